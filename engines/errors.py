@@ -1,0 +1,29 @@
+"""Exception types of the engine layer.
+
+User mistakes (bad spec, missing model, bad sampling value) raise subclasses of
+``UserError`` so the CLI can print one line instead of a traceback.
+"""
+
+
+class UserError(Exception):
+    """A mistake the user can fix from the message alone (printed without traceback)."""
+
+
+class EngineSpecError(UserError, ValueError):
+    """An engine spec such as ``vllm:bundled`` is malformed or names no engine."""
+
+
+class ModelNotFoundError(UserError, FileNotFoundError):
+    """A model path or name does not resolve to a model."""
+
+
+class RequestError(UserError, ValueError):
+    """A request is malformed (raised before any backend call)."""
+
+
+class EngineError(RuntimeError):
+    """The backend failed as a whole (not one request)."""
+
+
+class BackendUnavailableError(UserError, ImportError):
+    """The package a backend needs is not installed (names the extra to install)."""

@@ -1,0 +1,85 @@
+"""Options shared by sub-commands: engine spec, engine options, cache, sampling."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from engines import Engine, SamplingConfig, create_engine
+from engines.cache import CachedEngine
+from engines.errors import EngineSpecError, UserError
+
+DEFAULT_ENGINE = "vllm:bundled"
+
+
+def add_engine_args(parser: argparse.ArgumentParser, *, optimizer: bool = False) -> None:
+    """Adds --engine, --engine-opt, --cache/--no-cache (and --optimizer-engine)."""
+    g = parser.add_argument_group("engine")
+    g.add_argument(
+        "--engine",
+        default=DEFAULT_ENGINE,
+        metavar="SPEC",
+        help="generation backend: vllm:MODEL, hf:MODEL, openai:MODEL or fake "
+        "(MODEL 'bundled' = the bundled SmolLM2-135M-Instruct; default: %(default)s)",
+    )
+    g.add_argument(
+        "--engine-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="backend option, repeatable (e.g. dtype=bfloat16, max_model_len=4096, "
+        "tensor_parallel_size=2, gpu_memory_utilization=0.9, base_url=http://host:8000/v1)",
+    )
+    if optimizer:
+        g.add_argument(
+            "--optimizer-engine",
+            default=None,
+            metavar="SPEC",
+            help="engine for evaluation/backward/update phases (default: the --engine one)",
+        )
+    g.add_argument(
+        "--cache",
+        default=None,
+        metavar="PATH",
+        help="SQLite generation cache (default: in the run dir where there is one)",
+    )
+    g.add_argument("--no-cache", action="store_true", help="switch the generation cache off")
+
+
+def parse_engine_opts(items: list[str]) -> dict[str, Any]:
+    """Parses KEY=VALUE items; values are YAML scalars (so 4096 is an int, true a bool)."""
+    opts: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise EngineSpecError(f"--engine-opt must look like KEY=VALUE, got {item!r}")
+        opts[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return opts
+
+
+def build_engine(spec: str, opts: list[str], cache: str | Path | None, no_cache: bool) -> Engine:
+    """Creates the engine for ``spec``, wrapped in a cache unless switched off."""
+    engine = create_engine(spec, **parse_engine_opts(opts))
+    if cache is not None and not no_cache:
+        engine = CachedEngine(engine, cache)
+    return engine
+
+
+def add_sampling_args(parser: argparse.ArgumentParser, *, max_tokens: int = 256) -> None:
+    g = parser.add_argument_group("sampling")
+    g.add_argument("--temperature", type=float, default=0.0, help="default: %(default)s")
+    g.add_argument("--top-p", type=float, default=1.0, help="default: %(default)s")
+    g.add_argument("--max-tokens", type=int, default=max_tokens, help="default: %(default)s")
+    g.add_argument("--seed", type=int, default=None, help="per-request seed (default: none)")
+
+
+def sampling_from_args(args: argparse.Namespace) -> SamplingConfig:
+    try:
+        return SamplingConfig(
+            temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed
+        )
+    except ValueError as e:
+        raise UserError(f"bad sampling value: {e}") from e

@@ -1,0 +1,93 @@
+"""What every task gives the algorithms: splits, prompts, answer extraction, scoring.
+
+A task is data plus three functions. Algorithms only use this interface, so a
+new task (or a local file in a documented format) plugs into every method.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One question with its ground truth.
+
+    Attributes:
+        id: stable id within the task (e.g. "test-17").
+        question: the question text as shown to the model (without the
+            task's format instruction).
+        answer: the ground truth in canonical form (the sorted words joined
+            by single spaces; a choice letter "A".."D").
+        choices: for multiple choice, the option texts in presented order.
+        meta: anything else worth recording (source row, permutation, ...).
+    """
+
+    id: str
+    question: str
+    answer: str
+    choices: tuple[str, ...] | None = None
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, hash=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["choices"] = list(self.choices) if self.choices is not None else None
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    """Train / validation / test examples, plus rows the loader skipped."""
+
+    train: tuple[Example, ...]
+    val: tuple[Example, ...]
+    test: tuple[Example, ...]
+    skipped: tuple[dict[str, Any], ...] = ()  # {"row": int, "reason": str}
+
+    def get(self, name: str) -> tuple[Example, ...]:
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"split must be train, val or test, got {name!r}")
+        return getattr(self, name)
+
+    def limited(self, limit: int | None) -> Splits:
+        """The first ``limit`` examples of every split (None: unchanged)."""
+        if limit is None:
+            return self
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        return Splits(self.train[:limit], self.val[:limit], self.test[:limit], self.skipped)
+
+
+class Task(abc.ABC):
+    """A benchmark: its splits and how to prompt, parse and score it."""
+
+    #: registry name, e.g. "word_sorting"
+    name: str = ""
+    #: the paper's initial loss prompt theta_L for this task (appendix C)
+    initial_loss_prompt: str = ""
+    #: what the answer must look like; appended to every question
+    format_instruction: str = ""
+
+    @abc.abstractmethod
+    def splits(self) -> Splits:
+        """Loads (once) and returns the task's splits."""
+
+    def format_question(self, example: Example) -> str:
+        """The full user message for ``example`` (question + format instruction)."""
+        if self.format_instruction:
+            return f"{example.question}\n\n{self.format_instruction}"
+        return example.question
+
+    @abc.abstractmethod
+    def extract_answer(self, response: str, example: Example | None = None) -> str | None:
+        """The canonical answer found in a model response, or None."""
+
+    def score(self, response: str, example: Example) -> float:
+        """1.0 if the response's extracted answer equals the ground truth, else 0.0."""
+        return float(self.extract_answer(response, example) == example.answer)
+
+    def describe(self) -> dict[str, Any]:
+        """What to record about the task in a run's config/results."""
+        return {"name": self.name}
