@@ -1,0 +1,166 @@
+"""Finding the final answer in free-form model output.
+
+Two parsers, one per answer kind, written against what models actually emit
+(markdown, LaTeX, restated answers, lists):
+
+* ``extract_choice_letter``: a multiple-choice letter.
+* ``extract_sorted_words``: the word sequence of a word-sorting answer.
+
+Both take the *last* answer in the response, so a model that corrects itself
+is scored on its final word. Neither ever guesses: no recognisable answer
+gives ``None`` (scored wrong), never a default letter.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+# Markdown / LaTeX wrappers removed before parsing: **B**, `B`, $B$, \boxed{B}, ### Answer.
+_LATEX_WRAP = re.compile(r"\\(?:boxed|text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}")
+_MARKUP = re.compile(r"[*`$#]|\\[()\[\]]")
+
+# "Answer: B", "The answer is (B)", "final answer would be: b)", "Answer: Option C",
+# "The correct option is D". The letter may be bracketed; it must not start a word.
+_LETTER = re.compile(
+    r"(?:\banswer(?:\s+(?:is|would\s+be|should\s+be|will\s+be|must\s+be))?"
+    r"(?:\s+(?:therefore|thus|clearly))?"
+    r"|\b(?:correct|right|best)\s+(?:option|choice)\s+is)"
+    r"\s*[:=\-]?\s*(?:(?:option|choice)\s+)?"
+    r"(?P<open>[(\[]\s*)?(?P<letter>[A-Za-z])(?![A-Za-z0-9])(?=(?P<rest>[^\n]*))",
+    re.IGNORECASE,
+)
+# "Answer: <text>" to the end of the line (for matching an option's text).
+_ANSWER_LINE = re.compile(r"\banswer\s*[:\-]\s*(?P<text>[^\n]*)", re.IGNORECASE)
+# A last line that is only a letter: "C", "(C)", "C.", "[C]".
+_BARE_LETTER = re.compile(r"^[(\[]?\s*(?P<letter>[A-Z])\s*[)\].]?$")
+_ONLY_PUNCT = re.compile(r"^[\s.,;:!)\]]*$")
+
+
+_STAR_BULLET = re.compile(r"^(\s*)\*\s+", re.MULTILINE)
+
+
+def _clean(text: str) -> str:
+    text = _STAR_BULLET.sub(r"\1- ", text)  # keep "* item" bullets as list items
+    return _MARKUP.sub("", _LATEX_WRAP.sub(r"\1", text))
+
+
+def _norm_option(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def extract_choice_letter(
+    response: str, choices: Sequence[str] | None = None, *, letters: str = "ABCD"
+) -> str | None:
+    """The multiple-choice letter a response ends on, upper-case, or None.
+
+    Accepted (case-insensitive keyword, markdown ``* ` $ #`` and LaTeX
+    ``\\boxed{}``/``\\text{}`` stripped first): ``Answer: B``, ``**Answer: (B)**``,
+    ``Answer: B.``, ``ANSWER: [B]``, ``Final answer: B) text``, ``The answer is C``,
+    ``The answer would be: (C)``, ``Answer: Option C``, ``The correct option is D``,
+    ``Answer: $\\boxed{D}$``. A lower-case letter counts only when bracketed or
+    followed by nothing but punctuation (``answer: b)``, ``Answer: c.``) so that
+    "the answer is a linear model" is not read as A. An upper-case letter must
+    not start a word ("Answer: Decision trees" is not D).
+
+    If ``choices`` are given, an ``Answer:`` line whose text equals one option's
+    text (ignoring case and punctuation) gives that option's letter; this wins
+    over a letter read at the same place ("Answer: A decision tree" where C is
+    "A decision tree" gives C).
+
+    Without any answer phrase, a last non-empty line that is just a letter
+    (``C``, ``(C)``, ``C.``) is accepted. When several answers appear, the last
+    one wins. Letters outside ``letters`` are ignored.
+
+    Returns:
+        One of ``letters`` or None.
+    """
+    text = _clean(response)
+    candidates: list[tuple[float, str]] = []
+    for m in _LETTER.finditer(text):
+        letter = m.group("letter")
+        if letter.upper() not in letters:
+            continue
+        if letter.islower() and not m.group("open") and not _ONLY_PUNCT.match(m.group("rest")):
+            continue
+        candidates.append((m.start(), letter.upper()))
+    if choices:
+        options = [_norm_option(c) for c in choices]
+        for m in _ANSWER_LINE.finditer(text):
+            said = _norm_option(m.group("text"))
+            if said and options.count(said) == 1:
+                candidates.append((m.start() + 0.5, letters[options.index(said)]))
+    if candidates:
+        return max(candidates)[1]
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if lines:
+        m = _BARE_LETTER.match(lines[-1])
+        if m and m.group("letter") in letters:
+            return m.group("letter")
+    return None
+
+
+# ---------------------------------------------------------------- word sorting
+
+_WORDS_KEY = re.compile(r"\banswer(?:\s+is)?\s*[:\-]", re.IGNORECASE)
+_LIST_ITEM = re.compile(r"^\s*(?:[-*+\u2022]|\d+[.)])\s+")
+_WORD = re.compile(r"[a-z][a-z'\-]*")
+
+
+def normalize_words(text: str) -> str:
+    """Lower-cases, drops punctuation, numbers and markdown, joins words with single spaces.
+
+    Words are runs of letters with inner apostrophes/hyphens (``o'clock``,
+    ``x-ray``); this is also how ground truths are canonicalised, so both
+    sides of a comparison go through it.
+    """
+    words = _WORD.findall(text.lower())
+    return " ".join(w.strip("'-") for w in words if w.strip("'-"))
+
+
+def _answer_segment(text: str) -> str | None:
+    matches = list(_WORDS_KEY.finditer(text))
+    if not matches:
+        return None
+    after = text[matches[-1].end():]
+    first, _, remainder = after.partition("\n")
+    lines = [first] + remainder.split("\n")
+    if not normalize_words(_LIST_ITEM.sub("", first)):
+        lines = lines[1:]
+        while lines and not lines[0].strip():
+            lines = lines[1:]  # "Answer:" alone on its line, list below
+    if not lines:
+        return None
+    taken = [lines[0]]
+    if _LIST_ITEM.match(lines[0]):
+        for ln in lines[1:]:
+            if not _LIST_ITEM.match(ln):
+                break
+            taken.append(ln)
+    return "\n".join(_LIST_ITEM.sub("", ln) for ln in taken)
+
+
+def extract_sorted_words(response: str, words: Sequence[str] | None = None) -> str | None:
+    """The word sequence after the last ``Answer:``, normalised, or None.
+
+    Accepted: ``Answer: apple banana cherry``, any case, commas or other
+    separators, a trailing period, markdown (``**Answer:** *apple*, banana``),
+    ``The answer is: ...``, ``Answer - ...``, and a numbered (``1.``/``1)``) or
+    bulleted (``-``/``*``/``\u2022``) list either on the answer line or starting
+    on the next non-empty line (consecutive list items are taken). Text in
+    parentheses is dropped ("(sorted alphabetically)"). If ``words`` (the words
+    to sort) are given and do not include "and", a conjunction "and" between
+    list items ("x, y, and z") is dropped. Nothing else is removed: extra or
+    missing words make the answer wrong, as they should.
+
+    Returns:
+        Space-joined lower-case words, or None if there is no ``Answer`` phrase
+        or it is followed by no words.
+    """
+    segment = _answer_segment(_clean(response))
+    if segment is None:
+        return None
+    segment = re.sub(r"\([^()]*\)", " ", segment)
+    if words is not None and "and" not in {w.lower() for w in words}:
+        segment = re.sub(r"(,|\n)\s*and\s+", r"\1 ", segment, flags=re.IGNORECASE)
+    return normalize_words(segment) or None

@@ -1,0 +1,125 @@
+"""Answer extraction and scoring on realistic model outputs (letters and sorted words)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mtg_local.tasks.answer_parsing import extract_choice_letter, extract_sorted_words
+from mtg_local.tasks.base import Example
+from mtg_local.tasks.multiple_choice import MC_FORMAT_INSTRUCTION, MultipleChoiceTask
+from mtg_local.tasks.word_sorting import WordSortingTask, make_question
+
+CHOICES = ("True, True", "False, False", "A decision tree", "False, True")
+
+LETTER_CASES = [
+    ("Statement 1 is false, statement 2 is true.\n\nAnswer: D", "D"),
+    ("**Answer: (B)**", "B"),
+    ("Answer: B.", "B"),
+    ("The answer is C", "C"),
+    ("so the final choice follows.\nanswer: b)", "B"),
+    ("Answer: c.", "C"),
+    ("ANSWER: [A]", "A"),
+    ("Final Answer: D) False, True", "D"),
+    ("**Answer:** B", "B"),
+    ("Answer: **C**", "C"),
+    ("Answer: $\\boxed{D}$", "D"),
+    ("Therefore the answer would be: (A)", "A"),
+    ("Answer: Option C", "C"),
+    ("The correct option is B.", "B"),
+    ("The answer is therefore D.", "D"),
+    ("Answer: A\n\nWait, re-checking statement 2... The answer is B", "B"),
+    ("Answer: I think the answer is B", "B"),
+    ("### Answer\nC", "C"),
+    ("Answer:\n\n(D)", "D"),
+    ("After eliminating options, I pick\n(C)", "C"),
+    ("Reasoning...\nB", "B"),
+    ("Answer: A decision tree", "C"),  # the option's text, not the article "A"
+    ("Answer: false, true", "D"),  # option text, any case
+    ("the answer is a linear model, nothing else", None),
+    ("Answer: Decision trees overfit", None),
+    ("Answer: $LETTER", None),
+    ("Answer: E", None),
+    ("I am not sure which one is right.", None),
+    ("", None),
+]
+
+
+@pytest.mark.parametrize("response, expected", LETTER_CASES)
+def test_extract_choice_letter(response, expected):
+    assert extract_choice_letter(response, CHOICES) == expected
+
+
+def test_choice_text_is_only_used_when_choices_are_given():
+    assert extract_choice_letter("Answer: A decision tree") == "A"
+    assert extract_choice_letter("Answer: false, true") is None
+
+
+class _MC(MultipleChoiceTask):
+    name = "mc_test"
+
+    def parse_row(self, row_number, row):  # pragma: no cover - not loaded here
+        raise NotImplementedError
+
+
+def test_multiple_choice_task_scores_letters():
+    from mtg_local.tasks.loading import DataSource
+
+    task = _MC(DataSource("x/y", None, ("train",)))
+    ex = Example(id="t-0", question="Q", answer="D", choices=CHOICES)
+    assert task.format_instruction == MC_FORMAT_INSTRUCTION
+    assert task.score("Thinking...\n**Answer: D**", ex) == 1.0
+    assert task.score("Answer: false, true", ex) == 1.0
+    assert task.score("Answer: B", ex) == 0.0
+    assert task.score("no idea", ex) == 0.0
+
+
+WORDS = ["oven", "costume", "counterpart", "o'clock", "x-ray"]
+SORTED = "costume counterpart o'clock oven x-ray"
+
+WORD_CASES = [
+    ("Answer: costume counterpart o'clock oven x-ray", SORTED),
+    ("Answer: Costume Counterpart O'Clock Oven X-Ray", SORTED),
+    ("Answer: costume, counterpart, o'clock, oven, x-ray.", SORTED),
+    ("**Answer:** costume counterpart o'clock oven x-ray", SORTED),
+    ("Answer: *costume* *counterpart* *o'clock* *oven* *x-ray*", SORTED),
+    ("Answer: `costume counterpart o'clock oven x-ray`", SORTED),
+    ("Answer:\n1. costume\n2. counterpart\n3. o'clock\n4. oven\n5. x-ray\n\nAll sorted.", SORTED),
+    ("Answer:\n\n- costume\n- counterpart\n- o'clock\n- oven\n- x-ray", SORTED),
+    ("Answer:\n* costume\n* counterpart\n* o'clock\n* oven\n* x-ray\nThat is the order.", SORTED),
+    ("Answer: 1. costume\n2. counterpart\n3. o'clock\n4. oven\n5. x-ray", SORTED),
+    ("Answer:\n1) costume\n2) counterpart\n3) o'clock\n4) oven\n5) x-ray", SORTED),
+    ("Answer: costume, counterpart, o'clock, oven, and x-ray", SORTED),
+    ("Answer: costume counterpart o'clock oven x-ray (sorted alphabetically)", SORTED),
+    ("The answer is: costume counterpart o'clock oven x-ray", SORTED),
+    ("Answer - costume counterpart o'clock oven x-ray", SORTED),
+    ("Let me sort.\nc < o < x.\nAnswer: costume counterpart o'clock oven x-ray\n", SORTED),
+    ("Answer: oven costume\nHmm, wrong. Answer: costume counterpart o'clock oven x-ray", SORTED),
+    ("answer: costume counterpart o'clock oven x-ray", SORTED),
+    ("Answer:   costume   counterpart o'clock oven   x-ray  ", SORTED),
+    ("Answer: costume counterpart oven o'clock x-ray", "costume counterpart oven o'clock x-ray"),  # wrong order kept
+    ("Answer: costume counterpart oven", "costume counterpart oven"),  # missing words kept
+    ("The sorted list is costume counterpart o'clock oven x-ray", None),  # no Answer phrase
+    ("Answer:", None),
+    ("Answer: $WORDS", "words"),
+    ("", None),
+]
+
+
+@pytest.mark.parametrize("response, expected", WORD_CASES)
+def test_extract_sorted_words(response, expected):
+    assert extract_sorted_words(response, WORDS) == expected
+
+
+def test_and_is_kept_when_it_is_one_of_the_words():
+    assert extract_sorted_words("Answer: and, band, cat", ["cat", "band", "and"]) == "and band cat"
+    assert extract_sorted_words("Answer: band, cat, and dog", ["cat", "band", "dog"]) == "band cat dog"
+
+
+def test_word_sorting_task_scores_against_normalised_ground_truth():
+    task = WordSortingTask.builtin(seed=0)
+    ex = Example(id="t-0", question=make_question(WORDS), answer=SORTED)
+    assert task.score("Sorting...\n**Answer:** Costume, counterpart, o'clock, oven, x-ray.", ex) == 1.0
+    assert task.score("Answer:\n1. costume\n2. counterpart\n3. o'clock\n4. oven\n5. x-ray", ex) == 1.0
+    assert task.score("Answer: costume counterpart oven o'clock x-ray", ex) == 0.0
+    assert task.score("costume counterpart o'clock oven x-ray", ex) == 0.0
+    assert task.extract_answer("Answer: Oven", ex) == "oven"
