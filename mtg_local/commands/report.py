@@ -1,0 +1,31 @@
+"""``mtg report RUN_DIR... --out DIR``: Table-2-shaped markdown + CSV and PNG plots.
+
+Searches every RUN_DIR recursively for results.json files; incomplete, failed and
+corrupt runs are listed in the report (and problems.csv), never silently dropped.
+The paper's GPT-4o-mini numbers appear in labelled columns, quoted from the paper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mtg_local.report import write_report
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="tables (markdown, CSV) and plots over many run dirs")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run dirs or folders of them (searched recursively)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for report.md, results.csv, problems.csv, plots/")
+    p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    col, files = write_report(args.run_dirs, args.out, plots=not args.no_plots)
+    print(f"{len(col.runs)} complete runs, {len(col.problems)} left out; wrote:")
+    for f in files:
+        print(f"  {f}")
+    for p in col.problems:
+        print(f"left out ({p.kind}): {p.path}: {p.detail}", file=sys.stderr)
+    return 0

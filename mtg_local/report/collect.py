@@ -1,0 +1,204 @@
+"""Find and read the results of many runs, and list the ones that cannot be reported.
+
+``collect(paths)`` searches each path recursively for ``results.json`` files and for run
+dirs (folders with ``config.json``). Complete runs become ``RunRecord``s; everything else
+becomes a ``Problem`` that the report lists, never silently drops:
+
+* ``corrupt``    results.json is not JSON or lacks required fields (path + reason);
+* ``failed``     results.json has status "failed" (its error text);
+* ``incomplete`` a run dir with config.json but no results.json (``running`` when a live
+                 process holds its lock; the last checkpointed step when there is one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from engines.errors import UserError
+from mtg_local.runs.lock import describe_holder, is_locked, read_holder
+from mtg_local.runs.run_dir import RESULTS_SCHEMA_VERSION
+
+_SKIP_DIRS = {".git", "__pycache__", ".venv", "node_modules"}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """One complete run, as the report needs it (accuracies in [0, 1])."""
+
+    path: Path  # the run dir
+    task: str  # column key (task name, + data-file stem when variants of one task differ)
+    method: str
+    engine: str  # forward engine spec (" / optimizer" appended when it differs)
+    per_seed: dict[str, float]
+    mean: float
+    std: float
+    n_questions: int
+    usage: dict[str, Any]
+    cost_usd: float | None
+    wall_s: float
+    history: tuple[dict[str, Any], ...] = ()
+    finished_at: str = ""
+    data_file: str | None = None
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.per_seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """A run (or file) left out of the tables, with the reason."""
+
+    path: Path
+    kind: str  # corrupt | failed | incomplete | running
+    detail: str
+
+
+@dataclasses.dataclass
+class Collection:
+    runs: list[RunRecord] = dataclasses.field(default_factory=list)
+    problems: list[Problem] = dataclasses.field(default_factory=list)
+
+
+def _walk(root: Path) -> tuple[list[Path], list[Path]]:
+    """(results.json files, dirs holding config.json) under ``root``, sorted."""
+    results, run_dirs = [], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
+        if "results.json" in filenames:
+            results.append(Path(dirpath) / "results.json")
+        if "config.json" in filenames:
+            run_dirs.append(Path(dirpath))
+    return results, run_dirs
+
+
+def _num(d: dict[str, Any], key: str, where: str) -> float:
+    v = d.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"{where}.{key} must be a number, got {v!r}")
+    return float(v)
+
+
+def parse_results(data: Any, path: Path) -> RunRecord | Problem:
+    """Validates one results.json body (schema: docs/results_schema.md)."""
+    if not isinstance(data, dict):
+        return Problem(path, "corrupt", f"top level is {type(data).__name__}, not an object")
+    version = data.get("schema_version")
+    if version is not None and version != RESULTS_SCHEMA_VERSION:
+        return Problem(path, "corrupt", f"schema_version {version!r}, this report reads {RESULTS_SCHEMA_VERSION}")
+    status = data.get("status")
+    if status != "complete":
+        kind = "failed" if status == "failed" else "incomplete"
+        return Problem(path, kind, str(data.get("error") or f"status {status!r}"))
+    try:
+        for key in ("task", "method", "engine"):
+            if not isinstance(data.get(key), str) or not data[key]:
+                raise ValueError(f"{key!r} must be a non-empty string, got {data.get(key)!r}")
+        acc = data.get("test_accuracy")
+        if not isinstance(acc, dict):
+            raise ValueError(f"'test_accuracy' must be an object, got {acc!r}")
+        per_seed = acc.get("per_seed") or {}
+        if not isinstance(per_seed, dict):
+            raise ValueError("test_accuracy.per_seed must be an object")
+        per_seed = {str(k): _num(per_seed, k, "test_accuracy.per_seed") for k in per_seed}
+        mean, std = _num(acc, "mean", "test_accuracy"), float(acc.get("std") or 0.0)
+        if not 0.0 <= mean <= 1.0:
+            raise ValueError(f"test_accuracy.mean must be in [0, 1], got {mean}")
+        if not per_seed:
+            per_seed = {"?": mean}
+        engine = data["engine"]
+        opt = data.get("optimizer_engine")
+        if opt and opt != engine:
+            engine = f"{engine} / {opt}"
+        config = data.get("config") if isinstance(data.get("config"), dict) else {}
+        history = data.get("history") or []
+        return RunRecord(
+            path=path.parent,
+            task=data["task"],
+            method=data["method"],
+            engine=engine,
+            per_seed=per_seed,
+            mean=mean,
+            std=std,
+            n_questions=int(data.get("n_questions") or 0),
+            usage=data.get("engine_usage") if isinstance(data.get("engine_usage"), dict) else {},
+            cost_usd=float(data["cost_usd"]) if isinstance(data.get("cost_usd"), (int, float)) else None,
+            wall_s=float(data.get("wall_s") or 0.0),
+            history=tuple(h for h in history if isinstance(h, dict)) if isinstance(history, list) else (),
+            finished_at=str(data.get("finished_at") or ""),
+            data_file=config.get("data_file") or None,
+        )
+    except (ValueError, TypeError) as e:
+        return Problem(path, "corrupt", str(e))
+
+
+def _incomplete(run_dir: Path) -> Problem:
+    if is_locked(run_dir):
+        return Problem(run_dir, "running", f"no results.json yet; in use by {describe_holder(read_holder(run_dir))}")
+    detail = "no results.json (killed, cancelled or not finished)"
+    try:
+        ckpt = json.loads((run_dir / "checkpoint.json").read_text())
+        step = ckpt.get("completed_step", ckpt.get("step")) if isinstance(ckpt, dict) else None
+        detail += f"; checkpoint after outer step {step}: resume with mtg train --resume {run_dir}"
+    except (OSError, ValueError):
+        pass
+    return Problem(run_dir, "incomplete", detail)
+
+
+def _disambiguate_tasks(runs: list[RunRecord]) -> list[RunRecord]:
+    """Appends the data-file stem to a task name when one task name has several data files."""
+    files: dict[str, set] = {}
+    for r in runs:
+        files.setdefault(r.task, set()).add(r.data_file)
+    out = []
+    for r in runs:
+        if len(files[r.task]) > 1:
+            stem = Path(r.data_file).stem if r.data_file else "builtin"
+            r = dataclasses.replace(r, task=f"{r.task} [{stem}]")
+        out.append(r)
+    return out
+
+
+def collect(paths: list[str | os.PathLike[str]]) -> Collection:
+    """Reads every run under ``paths`` (dirs searched recursively, or results.json files).
+
+    Raises:
+        UserError: a path does not exist, or nothing at all was found.
+    """
+    col = Collection()
+    seen_files: set[Path] = set()
+    seen_dirs: set[Path] = set()
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            raise UserError(f"no such run dir or file: {p}")
+        if p.is_file():
+            results, run_dirs = [p], []
+        else:
+            results, run_dirs = _walk(p)
+        for f in results:
+            f = f.resolve()
+            if f in seen_files:
+                continue
+            seen_files.add(f)
+            seen_dirs.add(f.parent)
+            try:
+                data = json.loads(f.read_text())
+            except (OSError, ValueError) as e:
+                col.problems.append(Problem(f, "corrupt", f"cannot read JSON: {e}"))
+                continue
+            item = parse_results(data, f)
+            (col.runs if isinstance(item, RunRecord) else col.problems).append(item)
+        for d in run_dirs:
+            d = d.resolve()
+            if d not in seen_dirs:
+                seen_dirs.add(d)
+                col.problems.append(_incomplete(d))
+    if not col.runs and not col.problems:
+        raise UserError(f"no results.json or run dir (config.json) found under {', '.join(map(str, paths))}")
+    col.runs = _disambiguate_tasks(col.runs)
+    return col

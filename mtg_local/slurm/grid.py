@@ -1,0 +1,272 @@
+"""A grid file (tasks x methods x engines) and its expansion into one run per array task.
+
+Grid YAML (every key but ``tasks``, ``methods`` and ``engines`` optional)::
+
+    name: paper-7b                 # runs land in RUNS_ROOT/name/<task>/<method>/<engine>
+    runs_root: runs                # default: $MTG_RUNS, else ./runs (made absolute at submit)
+    tasks: [word_sorting, {name: mmlu_ml, data_file: data/mmlu_ml.jsonl, label: mmlu}]
+    methods: [zero_shot_cot, solution_opt, learned_loss, maml, reptile]
+    engines:
+      - vllm:Qwen/Qwen2.5-7B-Instruct
+      - {spec: "vllm:meta-llama/Llama-3.3-70B-Instruct", label: llama70b, slurm: {gpus: 4}}
+    engine_opts: [dtype=bfloat16, max_model_len=8192]   # every engine (KEY=VALUE)
+    seeds: [0, 1, 2, 3, 4, 5]
+    args:                          # extra mtg arguments: for all, per sub-command, per method
+      all: [--limit, 100]
+      eval: [--steps, 3]
+      train: [--outer-steps, 5]
+      solution_opt: [--steps, 5]
+    slurm: {template: slurm/mtg_array.sbatch, partition: gpu, time: "08:00:00", gpus: 1,
+            cpus_per_task: 8, mem: 64G, max_parallel: 4, extra: [--account=abc],
+            export: {HF_HOME: /scratch/hf}}
+
+Runs whose engines carry different ``slurm`` overrides (e.g. a 70B model on 4 GPUs) go to
+separate array jobs, one per distinct resource request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from engines.errors import UserError
+
+METHOD_COMMANDS: dict[str, str] = {
+    "zero_shot_cot": "eval",
+    "solution_opt": "eval",
+    "learned_loss": "train",
+    "maml": "train",
+    "reptile": "train",
+    "joint": "train",
+    "prompt_opt": "baseline",
+    "copro": "baseline",
+    "miprov2": "baseline",
+}
+_GRID_KEYS = {"name", "runs_root", "tasks", "methods", "engines", "engine_opts", "seeds", "args", "slurm"}
+
+
+class GridError(UserError):
+    """A grid file is malformed; the message names the key and the value."""
+
+
+def label_of(text: str) -> str:
+    """A file-name-safe label: ``vllm:Qwen/Qwen2.5-7B-Instruct`` -> ``vllm_Qwen_Qwen2.5-7B-Instruct``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
+
+
+def _str_list(value: Any, key: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (str, int, float)):
+        return tuple(shlex.split(str(value)))
+    if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
+        raise GridError(f"grid key {key!r} must be a list of strings/numbers, got {value!r}")
+    return tuple(str(v) for v in value)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskEntry:
+    """One task column: registry name, optional local data file, label for the run dir."""
+
+    name: str
+    label: str
+    data_file: str | None = None
+    args: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise GridError("every grid task needs a non-empty name")
+
+    @classmethod
+    def parse(cls, raw: Any) -> TaskEntry:
+        if isinstance(raw, str):
+            return cls(name=raw, label=label_of(raw))
+        if not isinstance(raw, dict) or "name" not in raw:
+            raise GridError(f"a grid task must be a name or a mapping with 'name', got {raw!r}")
+        unknown = set(raw) - {"name", "label", "data_file", "args"}
+        if unknown:
+            raise GridError(f"unknown keys {sorted(unknown)} in grid task {raw!r} (name, label, data_file, args)")
+        data_file = str(raw["data_file"]) if raw.get("data_file") else None
+        default_label = raw["name"] + (f"-{Path(data_file).stem}" if data_file else "")
+        return cls(
+            name=str(raw["name"]),
+            label=label_of(str(raw.get("label") or default_label)),
+            data_file=data_file,
+            args=_str_list(raw.get("args"), f"tasks[{raw['name']}].args"),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineEntry:
+    """One engine/model: spec, options, label, and SLURM overrides for its runs."""
+
+    spec: str
+    label: str
+    opts: tuple[str, ...] = ()
+    slurm: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.spec or ":" not in self.spec and self.spec != "fake":
+            raise GridError(f"grid engine spec must look like 'vllm:MODEL', 'openai:MODEL' or 'fake', got {self.spec!r}")
+        for o in self.opts:
+            if "=" not in o:
+                raise GridError(f"engine option must be KEY=VALUE, got {o!r} for engine {self.spec!r}")
+
+    @classmethod
+    def parse(cls, raw: Any) -> EngineEntry:
+        if isinstance(raw, str):
+            return cls(spec=raw, label=label_of(raw))
+        if not isinstance(raw, dict) or "spec" not in raw:
+            raise GridError(f"a grid engine must be a spec or a mapping with 'spec', got {raw!r}")
+        unknown = set(raw) - {"spec", "label", "opts", "slurm"}
+        if unknown:
+            raise GridError(f"unknown keys {sorted(unknown)} in grid engine {raw!r} (spec, label, opts, slurm)")
+        slurm = raw.get("slurm") or {}
+        if not isinstance(slurm, dict):
+            raise GridError(f"engine {raw['spec']!r}: 'slurm' must be a mapping, got {slurm!r}")
+        return cls(
+            spec=str(raw["spec"]),
+            label=label_of(str(raw.get("label") or raw["spec"])),
+            opts=_str_list(raw.get("opts"), f"engines[{raw['spec']}].opts"),
+            slurm=tuple(sorted(slurm.items())),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One grid cell = one run dir = one array task."""
+
+    task: TaskEntry
+    method: str
+    engine: EngineEntry
+    run_dir: Path
+    argv: tuple[str, ...]
+
+    @property
+    def command(self) -> str:
+        return self.argv[0]
+
+    def manifest_line(self) -> str:
+        """The shell-quoted ``mtg`` arguments (the array template ``eval``s this line)."""
+        return shlex.join(self.argv)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task.label,
+            "method": self.method,
+            "engine": self.engine.spec,
+            "run_dir": str(self.run_dir),
+            "argv": list(self.argv),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """A parsed grid file (see the module docstring)."""
+
+    name: str
+    runs_root: Path
+    tasks: tuple[TaskEntry, ...]
+    methods: tuple[str, ...]
+    engines: tuple[EngineEntry, ...]
+    seeds: tuple[int, ...] = (0,)
+    engine_opts: tuple[str, ...] = ()
+    args: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    slurm: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", self.name):
+            raise GridError(f"grid name must be letters, digits, '.', '_' or '-', got {self.name!r}")
+        for what, items in (("tasks", self.tasks), ("methods", self.methods), ("engines", self.engines)):
+            if not items:
+                raise GridError(f"grid needs at least one entry under {what!r}")
+        for m in self.methods:
+            if m not in METHOD_COMMANDS:
+                raise GridError(f"unknown method {m!r} in grid; known: {', '.join(METHOD_COMMANDS)}")
+        if not self.seeds or any(s < 0 for s in self.seeds):
+            raise GridError(f"grid seeds must be a non-empty list of integers >= 0, got {list(self.seeds)}")
+        for kind, labels in (("task", [t.label for t in self.tasks]), ("engine", [e.label for e in self.engines])):
+            if len(set(labels)) != len(labels):
+                raise GridError(f"two grid {kind}s share a label ({labels}); give them distinct 'label's")
+        allowed = {"all", *set(METHOD_COMMANDS.values()), *METHOD_COMMANDS}
+        for key, _ in self.args:
+            if key not in allowed:
+                raise GridError(f"grid 'args' key {key!r} must be 'all', a sub-command or a method")
+
+    def args_for(self, key: str) -> tuple[str, ...]:
+        return dict(self.args).get(key, ())
+
+    def expand(self) -> list[RunSpec]:
+        """Every (task, method, engine) cell, tasks outermost, in file order."""
+        runs = []
+        for task in self.tasks:
+            for method in self.methods:
+                for engine in self.engines:
+                    cmd = METHOD_COMMANDS[method]
+                    run_dir = self.runs_root / self.name / task.label / method / engine.label
+                    argv = [cmd, "--task", task.name]
+                    if task.data_file:
+                        argv += ["--data-file", task.data_file]
+                    argv += [*task.args, "--method", method, "--engine", engine.spec]
+                    for o in (*self.engine_opts, *engine.opts):
+                        argv += ["--engine-opt", o]
+                    argv += ["--seeds", ",".join(str(s) for s in self.seeds)]
+                    argv += [*self.args_for("all"), *self.args_for(cmd), *self.args_for(method)]
+                    argv += ["--out", str(run_dir)]
+                    runs.append(RunSpec(task, method, engine, run_dir, tuple(argv)))
+        return runs
+
+
+def parse_grid(raw: Any, *, source: str = "grid", runs_root: str | None = None) -> Grid:
+    """Validates a loaded grid mapping; relative ``runs_root`` resolves against the cwd."""
+    if not isinstance(raw, dict):
+        raise GridError(f"{source}: the grid must be a YAML mapping, got {type(raw).__name__}")
+    unknown = set(raw) - _GRID_KEYS
+    if unknown:
+        raise GridError(f"{source}: unknown grid keys {sorted(unknown)}; known: {sorted(_GRID_KEYS)}")
+    for key in ("tasks", "methods", "engines"):
+        if not isinstance(raw.get(key), list):
+            raise GridError(f"{source}: {key!r} must be a list, got {raw.get(key)!r}")
+    seeds = raw.get("seeds", [0])
+    if isinstance(seeds, int):
+        seeds = [seeds]
+    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise GridError(f"{source}: 'seeds' must be a list of integers, got {seeds!r}")
+    args = raw.get("args") or {}
+    if isinstance(args, list):
+        args = {"all": args}
+    if not isinstance(args, dict):
+        raise GridError(f"{source}: 'args' must be a mapping (all/eval/train/<method>: [...]), got {args!r}")
+    slurm = raw.get("slurm") or {}
+    if not isinstance(slurm, dict):
+        raise GridError(f"{source}: 'slurm' must be a mapping, got {slurm!r}")
+    root = runs_root or raw.get("runs_root") or os.environ.get("MTG_RUNS") or "runs"
+    return Grid(
+        name=str(raw.get("name") or Path(source).stem),
+        runs_root=Path(root).expanduser().absolute(),
+        tasks=tuple(TaskEntry.parse(t) for t in raw["tasks"]),
+        methods=tuple(str(m) for m in raw["methods"]),
+        engines=tuple(EngineEntry.parse(e) for e in raw["engines"]),
+        seeds=tuple(seeds),
+        engine_opts=_str_list(raw.get("engine_opts"), "engine_opts"),
+        args=tuple(sorted((str(k), _str_list(v, f"args.{k}")) for k, v in args.items())),
+        slurm=tuple(sorted(slurm.items())),
+    )
+
+
+def load_grid(path: str | os.PathLike[str], *, runs_root: str | None = None) -> Grid:
+    """Reads and validates a grid YAML file."""
+    p = Path(path)
+    if not p.is_file():
+        raise GridError(f"grid file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise GridError(f"grid file {p} is not valid YAML: {e}") from e
+    return parse_grid(raw, source=str(p), runs_root=runs_root)

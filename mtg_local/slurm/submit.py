@@ -1,0 +1,158 @@
+"""Turn a grid into manifest files and ``sbatch --array`` commands, and submit them.
+
+For each group of runs with the same resource request, ``plan`` writes nothing; ``write``
+puts ``RUNS_ROOT/NAME/manifest[-K].txt`` (array index i = line i+1: shell-quoted ``mtg``
+arguments) and ``manifest[-K].json`` (the same runs with task/method/engine/run_dir), and
+``submit`` calls ``sbatch --parsable`` and returns the job ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from engines.errors import UserError
+from mtg_local.slurm.grid import Grid, RunSpec
+
+#: Keys of the grid's ``slurm:`` mapping (and of an engine's ``slurm:`` override).
+SLURM_KEYS = ("template", "partition", "time", "gpus", "cpus_per_task", "mem", "max_parallel", "job_name", "extra", "export")
+
+
+def repo_root() -> Path:
+    """The mtg-local checkout (holds slurm/ and the templates); MTG_CHECKOUT overrides it."""
+    if os.environ.get("MTG_CHECKOUT"):
+        return Path(os.environ["MTG_CHECKOUT"]).absolute()
+    return Path(__file__).resolve().parents[2]
+
+
+@dataclasses.dataclass(frozen=True)
+class SlurmSettings:
+    """Resources and options for one array job (grid ``slurm:`` merged with engine overrides)."""
+
+    template: str = "slurm/mtg_array.sbatch"
+    partition: str | None = None
+    time: str | None = None
+    gpus: int | None = None  # None: the template's --gres line; 0: --gres=none
+    cpus_per_task: int | None = None
+    mem: str | None = None
+    max_parallel: int | None = None
+    job_name: str | None = None
+    extra: tuple[str, ...] = ()
+    export: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.gpus is not None and (not isinstance(self.gpus, int) or self.gpus < 0):
+            raise UserError(f"slurm.gpus must be an integer >= 0, got {self.gpus!r}")
+        if self.max_parallel is not None and (not isinstance(self.max_parallel, int) or self.max_parallel < 1):
+            raise UserError(f"slurm.max_parallel must be an integer >= 1, got {self.max_parallel!r}")
+        for key, value in self.export:
+            if "," in value or "," in key or "=" in key:
+                raise UserError(f"slurm.export {key}={value!r}: sbatch --export cannot carry ',' in names or values")
+
+    @classmethod
+    def merged(cls, *layers: dict[str, Any]) -> SlurmSettings:
+        data: dict[str, Any] = {}
+        for layer in layers:
+            unknown = set(layer) - set(SLURM_KEYS)
+            if unknown:
+                raise UserError(f"unknown slurm settings {sorted(unknown)}; known: {', '.join(SLURM_KEYS)}")
+            data.update(layer)
+        if "extra" in data:
+            extra = data["extra"]
+            data["extra"] = tuple(shlex.split(extra) if isinstance(extra, str) else (str(x) for x in extra))
+        if "export" in data:
+            if not isinstance(data["export"], dict):
+                raise UserError(f"slurm.export must be a mapping NAME: value, got {data['export']!r}")
+            data["export"] = tuple(sorted((str(k), str(v)) for k, v in data["export"].items()))
+        for key in ("partition", "time", "mem", "job_name", "template"):
+            if data.get(key) is not None:
+                data[key] = str(data[key])
+        return cls(**data)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayJob:
+    """One array job: its runs, manifest paths and the sbatch command."""
+
+    runs: tuple[RunSpec, ...]
+    manifest: Path
+    settings: SlurmSettings
+    sbatch: tuple[str, ...]
+
+    def manifest_text(self) -> str:
+        return "".join(r.manifest_line() + "\n" for r in self.runs)
+
+
+def plan(grid: Grid) -> list[ArrayJob]:
+    """Groups the grid's runs by resource request and builds each group's sbatch command."""
+    base = dict(grid.slurm)
+    groups: dict[tuple, list[RunSpec]] = {}
+    for run in grid.expand():
+        groups.setdefault(run.engine.slurm, []).append(run)
+    root = repo_root()
+    out_dir = grid.runs_root / grid.name
+    jobs = []
+    for k, (override, runs) in enumerate(groups.items()):
+        settings = SlurmSettings.merged(base, dict(override))
+        suffix = "" if len(groups) == 1 else f"-{k}"
+        manifest = out_dir / f"manifest{suffix}.txt"
+        template = Path(settings.template)
+        if not template.is_absolute():
+            template = root / template
+        if not template.is_file():
+            raise UserError(f"sbatch template not found: {template} (slurm.template in the grid, or set MTG_CHECKOUT)")
+        n = len(runs)
+        array = f"0-{n - 1}" + (f"%{settings.max_parallel}" if settings.max_parallel else "")
+        cmd = ["sbatch", "--parsable", f"--array={array}", f"--job-name={settings.job_name or 'mtg-' + grid.name}"]
+        cmd.append(f"--output={out_dir / 'logs'}/%A_%a.out")
+        if settings.partition:
+            cmd.append(f"--partition={settings.partition}")
+        if settings.time:
+            cmd.append(f"--time={settings.time}")
+        if settings.gpus is not None:
+            cmd.append(f"--gres=gpu:{settings.gpus}" if settings.gpus > 0 else "--gres=none")
+        if settings.cpus_per_task:
+            cmd.append(f"--cpus-per-task={settings.cpus_per_task}")
+        if settings.mem:
+            cmd.append(f"--mem={settings.mem}")
+        cmd.extend(settings.extra)
+        exports = {"MTG_MANIFEST": str(manifest), "MTG_CHECKOUT": str(root), "MTG_RUNS": str(grid.runs_root)}
+        exports.update(dict(settings.export))
+        cmd.append("--export=ALL," + ",".join(f"{k}={v}" for k, v in exports.items()))
+        cmd.append(str(template))
+        jobs.append(ArrayJob(tuple(runs), manifest, settings, tuple(cmd)))
+    return jobs
+
+
+def write(jobs: list[ArrayJob]) -> None:
+    """Writes every job's manifest (.txt for the template, .json for people and reports)."""
+    for job in jobs:
+        job.manifest.parent.mkdir(parents=True, exist_ok=True)
+        (job.manifest.parent / "logs").mkdir(exist_ok=True)
+        job.manifest.write_text(job.manifest_text())
+        meta = [dict(r.to_dict(), index=i) for i, r in enumerate(job.runs)]
+        job.manifest.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def submit(jobs: list[ArrayJob], *, env: dict[str, str] | None = None) -> list[str]:
+    """Writes the manifests and runs each sbatch command; returns the job ids in order.
+
+    Raises:
+        UserError: sbatch is missing or refuses a job (its message is included).
+    """
+    write(jobs)
+    ids = []
+    for job in jobs:
+        try:
+            proc = subprocess.run(job.sbatch, capture_output=True, text=True, env=env, timeout=120)
+        except FileNotFoundError:
+            raise UserError("sbatch not found on PATH: run on a SLURM login node (or use --dry-run)") from None
+        if proc.returncode != 0:
+            raise UserError(f"sbatch refused the array job for {job.manifest}: {proc.stderr.strip() or proc.stdout.strip()}")
+        ids.append(proc.stdout.strip().split(";")[0])
+    return ids
