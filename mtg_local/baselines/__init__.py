@@ -1,0 +1,10 @@
+"""Baselines of the paper's Table 2 beside zero-shot CoT and solution optimization.
+
+* ``prompt_optimization``: TextGrad prompt optimization (the system prompt is
+  the trained variable), on our batched TextGrad operations;
+* ``copro`` / ``miprov2``: DSPy's COPRO and MIPROv2 run by the real DSPy
+  library on our engines (``engines.adapters.dspy_lm``), with the shared
+  program, metric and batched test evaluation in ``dspy_program``.
+
+The DSPy modules import dspy; import them only when a DSPy method is asked for.
+"""

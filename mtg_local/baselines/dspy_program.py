@@ -1,0 +1,326 @@
+"""What COPRO and MIPROv2 share: the DSPy program, metric, data and batched test evaluation.
+
+* ``make_program(task)``: ``dspy.ChainOfThought`` over ``question -> answer``
+  (the answer field's description carries the task's answer format, as in the
+  paper's appendix B prompts);
+* ``make_metric(task, examples)``: ``task.score`` on the prediction, the same
+  scoring as every other method (``response_text`` says how a prediction
+  becomes the response text that is scored);
+* ``dspy_examples``: our examples as ``dspy.Example``s;
+* ``evaluate_program``: the compiled program on N test questions x S seeds
+  in **one** ``engine.generate`` call: the prompts are built with DSPy's own
+  ``ChatAdapter.format`` from the optimized signature and demos, and the
+  completions parsed with ``ChatAdapter.parse``. (DSPy would retry an
+  unparsable completion through its JSON adapter, one more call per failure;
+  here such a completion is scored on its raw text instead.)
+* ``DSPyRunConfig`` / ``dspy_session``: the settings both optimizers share
+  and the DSPy context (task and prompt LMs over request coalescers, so
+  DSPy's evaluation threads reach the engine as batched calls).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from engines.adapters.common import offline_library_env
+
+offline_library_env()
+
+import dspy  # noqa: E402
+from dspy.utils.exceptions import AdapterParseError  # noqa: E402
+
+from engines.adapters.dspy_lm import EngineDSPyLM  # noqa: E402
+from engines.base import Engine, GenRequest, SamplingConfig  # noqa: E402
+from engines.coalescer import CoalescerConfig, RequestCoalescer  # noqa: E402
+from mtg_local import metrics  # noqa: E402
+from mtg_local.baselines.tolerant_chat_adapter import TolerantChatAdapter  # noqa: E402
+from mtg_local.prompts import baseline_prompts as P  # noqa: E402
+from mtg_local.tasks.base import Example, Task  # noqa: E402
+
+
+def make_signature(task: Task) -> type[dspy.Signature]:
+    """``question -> answer`` with the task's answer format in the answer description."""
+    answer_desc = P.DSPY_ANSWER_DESC_TEMPLATE.format(format_instruction=task.format_instruction).strip()
+    return dspy.Signature(
+        {
+            "question": dspy.InputField(desc=P.DSPY_QUESTION_DESC),
+            "answer": dspy.OutputField(desc=answer_desc),
+        }
+    )
+
+
+class TaskProgram(dspy.Module):
+    """Chain of thought over ``question -> answer``.
+
+    A completion that DSPy cannot parse (weak local models often ignore the
+    ``[[ ## field ## ]]`` markers) becomes a prediction with ``answer=None``
+    and the raw text in ``raw``, so the metric scores the raw text like any
+    other method would, instead of DSPy counting an error (too many of which
+    abort an optimizer run).
+    """
+
+    def __init__(self, signature: type[dspy.Signature]) -> None:
+        super().__init__()
+        self.prog = dspy.ChainOfThought(signature)
+
+    def forward(self, question: str) -> dspy.Prediction:
+        try:
+            return self.prog(question=question)
+        except AdapterParseError as e:
+            return dspy.Prediction(reasoning="", answer=None, raw=str(e.lm_response or ""))
+
+
+def make_program(task: Task) -> TaskProgram:
+    return TaskProgram(make_signature(task))
+
+
+def response_text(task: Task, answer: str | None, raw: str = "") -> str:
+    """The response text scored for a prediction.
+
+    The parsed answer field if it already holds the task's answer line,
+    else ``"Answer: " + answer`` (the field holds just the answer); the raw
+    completion when nothing was parsed.
+    """
+    if answer is None:
+        return raw
+    answer = str(answer)
+    return answer if task.extract_answer(answer) is not None else f"Answer: {answer}"
+
+
+def dspy_examples(task: Task, examples: Sequence[Example]) -> list[dspy.Example]:
+    """Our examples as DSPy examples (input: the full user question; label: the gold answer)."""
+    return [dspy.Example(question=task.format_question(ex), answer=ex.answer).with_inputs("question") for ex in examples]
+
+
+def make_metric(task: Task, examples: Sequence[Example]):
+    """A DSPy metric ``(example, prediction, trace=None) -> float`` that is ``task.score``.
+
+    The gold ``Example`` is found by the question text (the DSPy examples carry
+    no extra fields, so nothing else leaks into demos).
+    """
+    by_question = {task.format_question(ex): ex for ex in examples}
+
+    def metric(example: Any, pred: Any, trace: Any = None) -> float:
+        gold = by_question.get(example.question) or Example(id="", question=example.question, answer=example.answer)
+        text = response_text(task, getattr(pred, "answer", None), getattr(pred, "raw", "") or "")
+        return task.score(text, gold)
+
+    return metric
+
+
+def instruction_of(program: dspy.Module) -> str:
+    """The (optimized) instruction of the program's predictor."""
+    return program.predictors()[0].signature.instructions
+
+
+def demos_of(program: dspy.Module) -> list[dict[str, Any]]:
+    """The predictor's demos as plain dicts (JSON-ready)."""
+    out = []
+    for d in program.predictors()[0].demos:
+        items = d.items() if hasattr(d, "items") else dict(d).items()
+        out.append({k: v if isinstance(v, (str, int, float, bool, type(None))) else str(v) for k, v in items})
+    return out
+
+
+@dataclasses.dataclass
+class ProgramEvaluation:
+    """The compiled program's answers on a split over seeds.
+
+    Attributes:
+        records: one JSON-ready dict per (question, seed), question-major.
+        per_seed: accuracy per seed.
+        accuracy: ``metrics.summarize(per_seed)``.
+    """
+
+    records: list[dict[str, Any]]
+    per_seed: dict[int, float]
+    accuracy: dict[str, Any]
+
+
+def evaluate_program(
+    task: Task,
+    program: dspy.Module,
+    examples: Sequence[Example],
+    *,
+    seeds: Sequence[int],
+    engine: Engine,
+    temperature: float,
+    max_tokens: int,
+) -> ProgramEvaluation:
+    """Answers every (question, seed) with the program's prompt in one engine call and scores it.
+
+    Args:
+        task: scores the answers.
+        program: a (compiled) ``TaskProgram``; its predictor's signature and
+            demos make the prompt.
+        examples: the questions.
+        seeds: one request per question per seed (the seed is the request's).
+        engine: the forward engine (one ``generate`` call).
+        temperature / max_tokens: sampling.
+
+    Returns:
+        Records, accuracy per seed and its summary.
+    """
+    predictor = program.predictors()[0]
+    signature, demos = predictor.signature, list(predictor.demos)
+    adapter = dspy.ChatAdapter()
+    requests, keys = [], []
+    for ex in examples:
+        messages = adapter.format(signature, demos, {"question": task.format_question(ex)})
+        for s in seeds:
+            sampling = SamplingConfig(temperature=temperature, max_tokens=max_tokens, seed=int(s))
+            requests.append(GenRequest(messages=tuple(messages), sampling=sampling, id=f"test-{ex.id}-s{s}"))
+            keys.append((ex, int(s)))
+    results = engine.generate(requests)
+    records: list[dict[str, Any]] = []
+    scores: dict[int, list[float]] = {int(s): [] for s in seeds}
+    for (ex, s), r in zip(keys, results):
+        answer, parsed = None, False
+        if r.ok:
+            try:
+                answer = adapter.parse(signature, r.text).get("answer")
+                parsed = True
+            except AdapterParseError:
+                pass
+        text = response_text(task, answer, r.text) if r.ok else ""
+        score = task.score(text, ex) if r.ok else 0.0
+        scores[s].append(score)
+        records.append(
+            {
+                "example_id": ex.id,
+                "question": ex.question,
+                "gold": ex.answer,
+                "seed": s,
+                "final_answer": r.text,
+                "parsed": parsed,
+                "scored_text": text,
+                "extracted": task.extract_answer(text, ex) if text else None,
+                "score": score,
+                "errors": [r.error] if r.error else [],
+            }
+        )
+    per_seed = {s: (sum(v) / len(v) if v else 0.0) for s, v in scores.items()}
+    return ProgramEvaluation(records, per_seed, metrics.summarize(per_seed))
+
+
+# -- running DSPy on our engines ----------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class DSPyRunConfig:
+    """Settings every DSPy-optimizer baseline shares (validated in __post_init__).
+
+    Attributes:
+        temperature: task model sampling temperature (optimization and test).
+        max_tokens: task model completion budget.
+        prompt_temperature: default temperature of the prompt (optimizer) model;
+            the optimizers pass their own where they sample candidates.
+        prompt_max_tokens: prompt model completion budget.
+        num_threads: DSPy evaluation threads; their calls are coalesced into
+            batches, so more threads mean bigger engine batches.
+        max_errors: DSPy's error budget before it aborts (None: effectively
+            unlimited -- a weak local model should lower the score, not abort).
+        json_fallback: let DSPy retry unparsable completions with its JSON adapter.
+        seed: base seed of every optimization request.
+        window_s: coalescing window in seconds.
+    """
+
+    temperature: float = 0.7
+    max_tokens: int = 512
+    prompt_temperature: float = 0.7
+    prompt_max_tokens: int = 512
+    num_threads: int = 16
+    max_errors: int | None = None
+    json_fallback: bool = True
+    seed: int = 0
+    window_s: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("temperature", "prompt_temperature"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v <= 2):
+                raise ValueError(f"{name} must be a number in [0, 2], got {v!r}")
+        for name in ("max_tokens", "prompt_max_tokens", "num_threads"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.max_errors is not None and (not isinstance(self.max_errors, int) or self.max_errors < 0):
+            raise ValueError(f"max_errors must be None or an integer >= 0, got {self.max_errors!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        CoalescerConfig(window_s=self.window_s)  # validates the window
+
+    @property
+    def error_budget(self) -> int:
+        return self.max_errors if self.max_errors is not None else 10**9
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class DSPyOptimized:
+    """An optimized DSPy program and what to record about it."""
+
+    program: dspy.Module
+    instruction: str
+    demos: list[dict[str, Any]]
+    wall_s: float
+    coalescer: dict[str, Any]
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class DSPySession:
+    """The LMs of one optimization run and the coalescers behind them."""
+
+    task_lm: EngineDSPyLM
+    prompt_lm: EngineDSPyLM
+    coalescers: list[RequestCoalescer]
+
+    def coalescer_stats(self) -> dict[str, Any]:
+        """Engine calls made through the coalescers and their sizes (for results.json)."""
+        out = {}
+        for name, co in zip(("task", "prompt"), self.coalescers):
+            s = co.stats
+            out[name] = {
+                "batches": s.batches,
+                "requests": s.requests,
+                "mean_batch": round(s.requests / s.batches, 2) if s.batches else 0.0,
+                "max_batch": max(s.batch_sizes, default=0),
+            }
+        return out
+
+
+@contextlib.contextmanager
+def dspy_session(engine: Engine, prompt_engine: Engine | None, config: DSPyRunConfig) -> Iterator[DSPySession]:
+    """DSPy LMs over ``engine`` (task) and ``prompt_engine`` (proposals), as DSPy's context.
+
+    One coalescer per distinct engine; both are closed on exit (the engines
+    are not). Inside the block ``dspy.settings`` has the task LM, a
+    ``TolerantChatAdapter`` (DSPy's ChatAdapter; lenient only for the prompt
+    LM's unparsable proposals), ``num_threads`` and the error budget of ``config``.
+    """
+    co = RequestCoalescer(engine, CoalescerConfig(window_s=config.window_s), name="mtg-dspy-task")
+    coalescers = [co]
+    if prompt_engine is None or prompt_engine is engine:
+        pco = co
+    else:
+        pco = RequestCoalescer(prompt_engine, CoalescerConfig(window_s=config.window_s), name="mtg-dspy-prompt")
+        coalescers.append(pco)
+    task_lm = EngineDSPyLM(co, temperature=config.temperature, max_tokens=config.max_tokens, seed=config.seed)
+    prompt_lm = EngineDSPyLM(
+        pco, temperature=config.prompt_temperature, max_tokens=config.prompt_max_tokens, seed=config.seed
+    )
+    # Proposals of a weak prompt model must not abort the optimizer: see TolerantChatAdapter.
+    prompt_lm.tolerate_unparsable = True
+    adapter = TolerantChatAdapter(use_json_adapter_fallback=config.json_fallback)
+    try:
+        with dspy.context(
+            lm=task_lm, adapter=adapter, num_threads=config.num_threads, max_errors=config.error_budget
+        ):
+            yield DSPySession(task_lm, prompt_lm, coalescers)
+    finally:
+        for c in coalescers:
+            c.close()

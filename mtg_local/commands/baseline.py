@@ -1,0 +1,285 @@
+"""``mtg baseline``: TextGrad prompt optimization, COPRO or MIPROv2, then the test over seeds.
+
+``--method prompt_opt`` trains the forward system prompt with batched TextGrad
+(``mtg_local.baselines.prompt_optimization``); ``copro`` and ``miprov2`` run
+the real DSPy optimizers on our engines (``pip install -e '.[dspy]'``). The
+learned prompt is then evaluated on the test split, every question once per
+seed, in one engine call. Writes RUN_DIR/config.json, events.jsonl,
+results.json (schema: docs/results_schema.md; the learned instruction or
+system prompt under ``learned.system_prompt``), trajectories.jsonl and, for
+DSPy methods, dspy_program.json (DSPy's saved program state).
+
+Tests call ``run_baseline(config, engine=...)`` with a session engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from typing import Any
+
+from engines import Engine, create_engine
+from engines.cache import CachedEngine
+from engines.errors import UserError
+from mtg_local.commands.common import DEFAULT_ENGINE, add_engine_args, parse_engine_opts
+from mtg_local.commands.eval import parse_seeds, read_text_arg
+from mtg_local.evaluation import UsageMeter, evaluate, now_iso, results_record, write_trajectories
+from mtg_local.inner_loop import DEFAULT_TEMPLATE
+from mtg_local.runs.run_dir import RunDir
+from mtg_local.tasks import get_task, task_names
+
+METHODS = ("prompt_opt", "copro", "miprov2")
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineConfig:
+    """Resolved settings of one ``mtg baseline`` run.
+
+    ``method_config`` is a ``PromptOptConfig``, ``CoproConfig`` or ``MiproConfig``.
+    """
+
+    out: str
+    method: str
+    method_config: Any
+    task: str = "word_sorting"
+    engine: str = DEFAULT_ENGINE
+    optimizer_engine: str | None = None
+    engine_opts: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = (0, 1, 2)
+    limit: int | None = None  # first N questions of every split
+    data_file: str | None = None
+    cache: str | None = None
+    no_cache: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.out:
+            raise UserError("--out RUN_DIR is required")
+        if self.method not in METHODS:
+            raise UserError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise UserError(f"--seeds must be distinct integers >= 0, got {list(self.seeds)}")
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"--limit must be >= 1, got {self.limit}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["method_config"] = self.method_config.to_dict()
+        return d
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("baseline", help="run a prompt-optimization baseline (prompt_opt, copro, miprov2) and test it")
+    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--task", default="word_sorting", help=f"task name ({', '.join(task_names())})")
+    p.add_argument("--seeds", default="0,1,2", help="test seeds, e.g. 0,1,2 or 0-5 (default: %(default)s)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="first N questions of every split")
+    p.add_argument("--data-file", default=None, metavar="FILE", help="load the task from a local file")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
+    g = p.add_argument_group("sampling (all methods)")
+    g.add_argument("--temperature", type=float, default=0.7, help="task model; default: %(default)s")
+    g.add_argument("--max-tokens", type=int, default=512, help="task model; default: %(default)s")
+    g.add_argument("--optimizer-temperature", type=float, default=None,
+                   help="optimizer model (default: 0.0 for prompt_opt, 0.7 for DSPy's prompt model)")
+    g.add_argument("--optimizer-max-tokens", type=int, default=512, help="default: %(default)s")
+    g.add_argument("--optimization-seed", type=int, default=0, help="seed of the optimization run (default: 0)")
+    g = p.add_argument_group("prompt_opt (TextGrad)")
+    g.add_argument("--batch-size", type=int, default=3, help="default: %(default)s")
+    g.add_argument("--epochs", type=int, default=3, help="default: %(default)s")
+    g.add_argument("--max-steps", type=int, default=None, help="stop after N minibatches")
+    g.add_argument("--val-seeds", default="0", help="validation seeds (default: %(default)s)")
+    g.add_argument("--initial-system-prompt", default=None, metavar="TEXT|@FILE")
+    g.add_argument("--template", default=None, metavar="TEXT|@FILE", help=f"default: {DEFAULT_TEMPLATE!r}")
+    g = p.add_argument_group("DSPy (copro, miprov2)")
+    g.add_argument("--num-threads", type=int, default=16, help="DSPy threads, coalesced into batches (default: %(default)s)")
+    g.add_argument("--max-errors", type=int, default=None, help="DSPy error budget (default: unlimited)")
+    g.add_argument("--no-json-fallback", action="store_true", help="no JSON-adapter retry of unparsable outputs")
+    g.add_argument("--breadth", type=int, default=10, help="COPRO; default: %(default)s")
+    g.add_argument("--depth", type=int, default=3, help="COPRO; default: %(default)s")
+    g.add_argument("--init-temperature", type=float, default=None, help="COPRO 1.4 / MIPROv2 1.0 by default")
+    g.add_argument("--auto", default="light", choices=("light", "medium", "heavy", "none"), help="MIPROv2; default: %(default)s")
+    g.add_argument("--max-bootstrapped-demos", type=int, default=4, help="MIPROv2; default: %(default)s")
+    g.add_argument("--max-labeled-demos", type=int, default=4, help="MIPROv2; default: %(default)s")
+    g.add_argument("--num-candidates", type=int, default=None, help="MIPROv2 with --auto none")
+    g.add_argument("--num-trials", type=int, default=None, help="MIPROv2 with --auto none")
+    g.add_argument("--minibatch-size", type=int, default=35, help="MIPROv2; default: %(default)s")
+    g.add_argument("--no-data-aware-proposer", action="store_true", help="MIPROv2: do not summarize the data")
+    add_engine_args(p, optimizer=True)
+    p.set_defaults(func=run)
+
+
+def method_config_from_args(args: argparse.Namespace) -> Any:
+    """The method's config dataclass from parsed arguments (imports dspy only for DSPy methods)."""
+    try:
+        if args.method == "prompt_opt":
+            from mtg_local.baselines.prompt_optimization import PromptOptConfig
+
+            extra = {}
+            if args.initial_system_prompt:
+                extra["initial_system_prompt"] = read_text_arg(args.initial_system_prompt, "--initial-system-prompt")
+            return PromptOptConfig(
+                batch_size=args.batch_size, epochs=args.epochs, max_steps=args.max_steps,
+                template=read_text_arg(args.template, "--template") or DEFAULT_TEMPLATE,
+                temperature=args.temperature, max_tokens=args.max_tokens,
+                optimizer_temperature=0.0 if args.optimizer_temperature is None else args.optimizer_temperature,
+                optimizer_max_tokens=args.optimizer_max_tokens, val_seeds=parse_seeds(args.val_seeds),
+                seed=args.optimization_seed, **extra,
+            )
+        common = dict(
+            temperature=args.temperature, max_tokens=args.max_tokens,
+            prompt_temperature=0.7 if args.optimizer_temperature is None else args.optimizer_temperature,
+            prompt_max_tokens=args.optimizer_max_tokens, num_threads=args.num_threads,
+            max_errors=args.max_errors, json_fallback=not args.no_json_fallback, seed=args.optimization_seed,
+        )
+        if args.method == "copro":
+            from mtg_local.baselines.copro import CoproConfig
+
+            init = 1.4 if args.init_temperature is None else args.init_temperature
+            return CoproConfig(breadth=args.breadth, depth=args.depth, init_temperature=init, **common)
+        from mtg_local.baselines.miprov2 import MiproConfig
+
+        return MiproConfig(
+            auto=None if args.auto == "none" else args.auto,
+            max_bootstrapped_demos=args.max_bootstrapped_demos, max_labeled_demos=args.max_labeled_demos,
+            num_candidates=args.num_candidates, num_trials=args.num_trials, minibatch_size=args.minibatch_size,
+            init_temperature=1.0 if args.init_temperature is None else args.init_temperature,
+            data_aware_proposer=not args.no_data_aware_proposer, **common,
+        )
+    except ImportError as e:
+        raise UserError(f"--method {args.method} needs {e.name or e}; install it with: pip install -e '.[dspy]'") from e
+    except ValueError as e:
+        raise UserError(f"bad {args.method} setting: {e}") from e
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = BaselineConfig(
+        out=args.out, method=args.method, method_config=method_config_from_args(args), task=args.task,
+        engine=args.engine, optimizer_engine=args.optimizer_engine, engine_opts=tuple(args.engine_opt),
+        seeds=parse_seeds(args.seeds), limit=args.limit, data_file=args.data_file, cache=args.cache,
+        no_cache=args.no_cache,
+    )
+    run_baseline(cfg)
+    return 0
+
+
+def run_baseline(
+    cfg: BaselineConfig, *, engine: Engine | None = None, optimizer_engine: Engine | None = None
+) -> dict[str, Any]:
+    """Optimizes, tests over seeds and writes the run dir; returns the results.json body.
+
+    Args:
+        cfg: the run's settings.
+        engine: a ready task/forward engine (not closed here); default: built from the spec.
+        optimizer_engine: a ready optimizer/prompt engine; default: from the spec, else ``engine``.
+    """
+    task = get_task(cfg.task, data_file=cfg.data_file)
+    splits = task.splits().limited(cfg.limit)
+    if not splits.train or not splits.val or not splits.test:
+        raise UserError(f"{cfg.task} needs non-empty train, val and test splits for {cfg.method}")
+    run_dir = RunDir(cfg.out).create()
+    started, t0 = now_iso(), time.perf_counter()
+    owned: list[Engine] = []
+    fwd = engine
+    if fwd is None:
+        fwd = create_engine(cfg.engine, **parse_engine_opts(list(cfg.engine_opts)))
+        owned.append(fwd)
+    opt = optimizer_engine
+    if opt is None and cfg.optimizer_engine and cfg.optimizer_engine != cfg.engine:
+        opt = create_engine(cfg.optimizer_engine, **parse_engine_opts(list(cfg.engine_opts)))
+        owned.append(opt)
+    opt = opt or fwd
+    wrappers: list[CachedEngine] = []
+    if not cfg.no_cache:
+        cache_path = cfg.cache or run_dir.cache_path
+        fwd_run = CachedEngine(fwd, cache_path)
+        opt_run = fwd_run if opt is fwd else CachedEngine(opt, cache_path)
+        wrappers = [fwd_run] + ([opt_run] if opt_run is not fwd_run else [])
+    else:
+        fwd_run, opt_run = fwd, opt
+    specs = {"engine": fwd.spec or cfg.engine, "optimizer_engine": opt.spec or cfg.optimizer_engine or cfg.engine}
+    config = {**cfg.to_dict(), **specs}
+    run_dir.write_config(config)
+    run_dir.log_event("baseline_start", method=cfg.method, n_train=len(splits.train), n_val=len(splits.val),
+                      n_test=len(splits.test), seeds=list(cfg.seeds))
+    meter = UsageMeter(fwd_run, opt_run)
+    common = dict(task=task, method=cfg.method, seeds=cfg.seeds, split="test", n_questions=len(splits.test),
+                  config=config, started_at=started, **specs)
+    try:
+        if cfg.method == "prompt_opt":
+            body = _prompt_opt(cfg, task, splits, run_dir, fwd_run, opt_run)
+        else:
+            body = _dspy_method(cfg, task, splits, run_dir, fwd_run, opt_run)
+        results = results_record(engine_usage=meter.report(), wall_s=time.perf_counter() - t0, **common, **body)
+        run_dir.write_results(results)
+        run_dir.log_event("baseline_done", accuracy=results["test_accuracy"]["mean"],
+                          calls=results["engine_usage"]["calls"])
+        return results
+    except BaseException as e:
+        failed = results_record(accuracy=None, engine_usage=meter.report(), wall_s=time.perf_counter() - t0,
+                                status="failed", error=f"{type(e).__name__}: {e}", **common)
+        run_dir.write_results(failed)
+        run_dir.log_event("baseline_failed", error=failed["error"])
+        raise
+    finally:
+        for w in wrappers:
+            w.cache.close()
+        for e in owned:
+            e.close()
+
+
+def _prompt_opt(cfg, task, splits, run_dir: RunDir, fwd: Engine, opt: Engine) -> dict[str, Any]:
+    from mtg_local.baselines.prompt_optimization import optimize_system_prompt
+
+    mc = cfg.method_config
+    res = optimize_system_prompt(
+        task, splits.train, splits.val, forward_engine=fwd, optimizer_engine=opt, config=mc,
+        on_step=lambda h: run_dir.log_event("prompt_opt_step", **{k: h.get(k) for k in ("step", "val_accuracy", "accepted")}),
+    )
+    outcome = evaluate(task, splits.test, method="zero_shot_cot", seeds=cfg.seeds, forward_engine=fwd,
+                       config=mc.forward_config(res.system_prompt), template=mc.template, group="test")
+    write_trajectories(run_dir, outcome.trajectories, split="test", method="prompt_opt")
+    return {
+        "accuracy": outcome.accuracy,
+        "learned": {"loss_prompt": None, "template": mc.template, "system_prompt": res.system_prompt},
+        "history": res.history,
+        "val_accuracy": res.val_accuracy,
+    }
+
+
+def _dspy_method(cfg, task, splits, run_dir: RunDir, fwd: Engine, opt: Engine) -> dict[str, Any]:
+    from mtg_local.baselines.dspy_program import evaluate_program
+
+    mc = cfg.method_config
+    prompt_engine = None if opt is fwd else opt
+    if cfg.method == "copro":
+        from mtg_local.baselines.copro import optimize_copro
+
+        res = optimize_copro(task, splits.train, engine=fwd, prompt_engine=prompt_engine, config=mc)
+        history = [{"step": c["depth"], "candidate": c["instruction"], "val_accuracy": c["train_accuracy"],
+                    "accepted": c["instruction"] == res.instruction, "scored_on": "train"}
+                   for c in res.details["candidates"]]
+    else:
+        from mtg_local.baselines.miprov2 import optimize_miprov2
+
+        res = optimize_miprov2(task, splits.train, splits.val, engine=fwd, prompt_engine=prompt_engine, config=mc)
+        history = [{"step": t["trial"], "candidate": None,
+                    "val_accuracy": None if t["full_eval_score"] is None else t["full_eval_score"] / 100.0,
+                    "minibatch_accuracy": None if t["minibatch_score"] is None else t["minibatch_score"] / 100.0,
+                    "accepted": None} for t in res.details["trials"]]
+    run_dir.log_event(f"{cfg.method}_optimized", wall_s=round(res.wall_s, 3), coalescer=res.coalescer)
+    try:
+        res.program.save(str(run_dir.path / "dspy_program.json"))
+    except Exception as e:  # noqa: BLE001 - the artifact is also in results.json; note and go on
+        run_dir.log_event("dspy_save_failed", error=f"{type(e).__name__}: {e}")
+    # All test questions x seeds in one engine call (see dspy_program.evaluate_program).
+    ev = evaluate_program(task, res.program, splits.test, seeds=cfg.seeds, engine=fwd,
+                          temperature=mc.temperature, max_tokens=mc.max_tokens)
+    run_dir.write_trajectories([{"split": "test", "method": cfg.method, **r} for r in ev.records])
+    return {
+        "accuracy": ev.accuracy,
+        "learned": {"loss_prompt": None, "template": None, "system_prompt": res.instruction, "demos": res.demos},
+        "history": history,
+        "optimization_wall_s": round(res.wall_s, 3),
+        "coalescer": res.coalescer,
+        "optimizer_details": {k: v for k, v in res.details.items() if k != "candidates"},
+    }
