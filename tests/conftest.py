@@ -1,0 +1,68 @@
+"""Shared fixtures: the bundled model and ONE real engine of each kind per pytest session.
+
+Starting vLLM costs ~40-60 s here, so every test file shares the session's
+``vllm_engine``. Its counters are shared too: a test that checks usage calls
+``engine.reset_usage()`` first or compares before/after values. ``close()`` on
+the shared engines is a no-op (a ``CachedEngine`` wrapper closing its inner
+engine must not kill it for later tests); the real close runs at session end.
+
+Tests that use ``vllm_engine`` get the ``vllm`` marker automatically, so
+``pytest -m "not vllm"`` skips them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "vllm_engine" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.vllm)
+
+
+@pytest.fixture(scope="session")
+def bundled_model_path() -> Path:
+    """The converted bundled model folder (converted once per machine, ~40 s the first time)."""
+    from engines.bundled import find_bundled_gguf, prepare_bundled_model
+    from engines.errors import ModelNotFoundError
+
+    try:
+        find_bundled_gguf()
+    except ModelNotFoundError as e:
+        pytest.skip(str(e))
+    return prepare_bundled_model()
+
+
+def _shared(engine):  # noqa: ANN001, ANN202
+    """Makes ``engine.close`` a no-op for tests; returns the real close."""
+    real_close = engine.close
+    engine.close = lambda: None
+    return real_close
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(bundled_model_path: Path):  # noqa: ANN201
+    """vLLM engine on the bundled model with the CPU (or GPU) defaults, shared by all tests."""
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vllm is not installed")
+    from engines import create_engine
+
+    engine = create_engine("vllm:bundled")
+    real_close = _shared(engine)
+    yield engine
+    real_close()
+
+
+@pytest.fixture(scope="session")
+def hf_engine(bundled_model_path: Path):  # noqa: ANN201
+    """transformers engine on the bundled model, context matched to the vLLM CPU default (4096)."""
+    from engines import create_engine
+
+    engine = create_engine("hf:bundled", max_model_len=4096)
+    real_close = _shared(engine)
+    yield engine
+    real_close()
