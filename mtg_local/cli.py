@@ -16,6 +16,13 @@ from engines.errors import UserError
 # Modules that add sub-commands, in the order they appear in ``mtg --help``.
 COMMAND_MODULES = [
     "mtg_local.commands.generate",
+    "mtg_local.commands.eval",
+    "mtg_local.commands.baseline",
+    "mtg_local.commands.train",
+    "mtg_local.commands.slurm",
+    "mtg_local.commands.report",
+    "mtg_local.commands.prepare",
+    "mtg_local.commands.bench",
 ]
 
 

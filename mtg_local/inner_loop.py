@@ -8,19 +8,59 @@ in docs/results_schema.md.
 Each phase (initial answer, loss, backward, update) for ALL items is ONE
 engine.generate call: 1 + 3*T calls for any number of items, including items
 of different groups / loss prompts / templates.
+
+Per step t = 1..T, for every active item: zero_grad, evaluate the answer with
+the item's loss prompt (loss), turn the evaluation into feedback on the answer
+(backward), rewrite the answer from the feedback under the task's answer
+format (TGD step). A failed update keeps the previous answer and the item goes
+on; frozen items (``freeze_when``) drop out of later phases.
+
+Seeds: ``item.seed`` is the forward request's ``SamplingConfig.seed``; the
+loss/backward/update requests of step t get ``derive_seed(item.seed, phase, t)``
+(a stable hash), so every request of a run is reproducible and distinct.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from engines.base import Engine
+from tqdm.auto import tqdm
+
+from engines.base import Engine, SamplingConfig
+from mtg_local import metrics
 from mtg_local.tasks.base import Example, Task
+from mtg_local.textgrad import TextualGradientDescent, backward, forward, loss
 
 #: The paper's initial inference template y_T (section 2.2).
 DEFAULT_TEMPLATE = "Let's break this down step by step. First, "
+
+#: Conditions ``freeze_when`` may combine with commas ("never" alone: none).
+#: "error": an engine error for the item (its last good answer stays);
+#: "unchanged": an accepted update returned the same answer (a fixed point:
+#: with greedy optimizer phases further steps would repeat it).
+FREEZE_CONDITIONS = ("error", "unchanged")
+
+
+def parse_freeze_when(value: str) -> frozenset[str]:
+    """The set of freeze conditions in ``value`` ("never", "error", "unchanged", "error,unchanged")."""
+    if value.strip() == "never":
+        return frozenset()
+    parts = frozenset(p.strip() for p in value.split(",") if p.strip())
+    bad = parts - set(FREEZE_CONDITIONS)
+    if not parts or bad:
+        raise ValueError(
+            f"freeze_when must be 'never' or a comma-separated subset of {FREEZE_CONDITIONS}, got {value!r}"
+        )
+    return parts
+
+
+def derive_seed(seed: int, phase: str, step: int) -> int:
+    """The seed of an optimizer-phase request: a stable hash of (seed, phase, step), < 2**31."""
+    digest = hashlib.sha256(f"mtg-local:{seed}:{phase}:{step}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +75,28 @@ class InnerLoopConfig:
     system_prompt: str | None = None  # forward system prompt (trained by TextGrad prompt optimization)
     freeze_when: str = "never"  # early freezing policy
     majority_vote: bool = False
+    #: prefill "<IMPROVED_VARIABLE>" as the update's response prefix where the engine can
+    prefill_update_tag: bool = True
+    #: reject an update whose answer the task cannot extract when the previous one had one
+    keep_answer_format: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+            raise ValueError(f"steps must be an integer >= 0, got {self.steps!r}")
+        for name in ("temperature", "optimizer_temperature"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+        for name in ("max_tokens", "optimizer_max_tokens"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.system_prompt is not None and not isinstance(self.system_prompt, str):
+            raise ValueError(f"system_prompt must be a string or None, got {type(self.system_prompt).__name__}")
+        parse_freeze_when(self.freeze_when)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +112,12 @@ class InnerItem:
 
 @dataclasses.dataclass
 class Trajectory:
-    """Everything the inner loop produced for one item (what the outer loops feed on)."""
+    """Everything the inner loop produced for one item (what the outer loops feed on).
+
+    Lists are aligned by step: ``answers[t]`` is the answer after step t
+    (``answers[0]`` the initial one), ``evaluations[t-1]``, ``gradients[t-1]``
+    and ``update_errors[t-1]`` belong to step t. A frozen item has fewer steps.
+    """
 
     item: InnerItem
     answers: list[str]  # full responses, step 0..T (answers[0] starts with the template)
@@ -61,9 +128,29 @@ class Trajectory:
     final_answer: str  # answers[-1], or the majority-vote answer
     extracted: str | None  # task.extract_answer(final_answer)
     score: float  # task.score(final_answer, example): 0.0 or 1.0
+    frozen_at: int | None = None  # step after which the item was frozen, or None
 
     def to_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """A JSON-ready record (one line of trajectories.jsonl)."""
+        ex = self.item.example
+        return {
+            "example_id": ex.id,
+            "question": ex.question,
+            "gold": ex.answer,
+            "seed": self.item.seed,
+            "group": self.item.group,
+            "loss_prompt": self.item.loss_prompt,
+            "template": self.item.template,
+            "answers": list(self.answers),
+            "evaluations": list(self.evaluations),
+            "gradients": list(self.gradients),
+            "update_errors": list(self.update_errors),
+            "errors": list(self.errors),
+            "frozen_at": self.frozen_at,
+            "final_answer": self.final_answer,
+            "extracted": self.extracted,
+            "score": self.score,
+        }
 
 
 def solution_optimization(
@@ -77,14 +164,149 @@ def solution_optimization(
 ) -> list[Trajectory]:
     """Batched TextGrad solution optimization; trajectories in item order.
 
-    Exactly 1 + 3*T engine.generate calls for any number of items.
+    Exactly 1 + 3*T engine.generate calls for any number of items (fewer only
+    when every item of a phase is frozen or has failed earlier in that step).
+
+    Args:
+        task: formats questions (with the answer format), extracts and scores.
+        items: (question, seed, loss prompt, template) tuples, any mix.
+        forward_engine: answers the questions (initial answers).
+        optimizer_engine: loss, backward and update phases (default: forward_engine).
+        config: steps, sampling, freezing, majority vote.
+        progress: show a phase-level tqdm bar.
+
+    Returns:
+        One ``Trajectory`` per item, ``result[i]`` for ``items[i]``.
     """
-    raise NotImplementedError
+    items = list(items)
+    opt_engine = optimizer_engine or forward_engine
+    freeze = parse_freeze_when(config.freeze_when)
+    n = len(items)
+    questions = [task.format_question(it.example) for it in items]
+    constraints = [task.format_instruction] if task.format_instruction else []
+    bar = tqdm(total=1 + 3 * config.steps, desc="solution_opt", unit="phase", disable=not progress)
+
+    def opt_sampling(i: int, phase: str, t: int) -> SamplingConfig:
+        return SamplingConfig(
+            temperature=config.optimizer_temperature,
+            max_tokens=config.optimizer_max_tokens,
+            seed=derive_seed(items[i].seed, phase, t),
+        )
+
+    bar.set_postfix_str("forward")
+    answers = forward(
+        forward_engine,
+        questions,
+        templates=[it.template for it in items],
+        samplings=[
+            SamplingConfig(temperature=config.temperature, max_tokens=config.max_tokens, seed=it.seed)
+            for it in items
+        ],
+        system_prompts=[config.system_prompt] * n,
+        ids=[f"fwd-{i}" for i in range(n)],
+    )
+    bar.update()
+    trajs = [Trajectory(it, [a.value], [], [], [], [], "", None, 0.0) for it, a in zip(items, answers)]
+    for i, a in enumerate(answers):
+        if a.error is not None:
+            trajs[i].errors.append(f"step 0 forward: {a.error}")
+            if "error" in freeze:
+                trajs[i].frozen_at = 0
+
+    for t in range(1, config.steps + 1):
+        active = [i for i in range(n) if trajs[i].frozen_at is None]
+        params = [answers[i] for i in active]
+        optimizer = TextualGradientDescent(
+            params,
+            engine=opt_engine,
+            constraints=constraints,
+            prefill_tag=config.prefill_update_tag,
+            validate=_format_keeper(task, [items[i].example for i in active]) if config.keep_answer_format else None,
+        )
+        optimizer.zero_grad()
+        bar.set_postfix_str(f"step {t} loss")
+        losses = loss(
+            opt_engine,
+            params,
+            questions=[questions[i] for i in active],
+            loss_prompts=[items[i].loss_prompt for i in active],
+            samplings=[opt_sampling(i, "loss", t) for i in active],
+            ids=[f"loss-{t}-{i}" for i in active],
+        )
+        bar.update()
+        bar.set_postfix_str(f"step {t} backward")
+        grad_errors = backward(
+            opt_engine,
+            losses,
+            samplings=[opt_sampling(i, "backward", t) for i in active],
+            ids=[f"bwd-{t}-{i}" for i in active],
+        )
+        bar.update()
+        bar.set_postfix_str(f"step {t} update")
+        before = [p.value for p in params]
+        outcomes = optimizer.step(
+            samplings=[opt_sampling(i, "update", t) for i in active], ids=[f"upd-{t}-{i}" for i in active]
+        )
+        bar.update()
+        for k, i in enumerate(active):
+            tr, lv = trajs[i], losses[k]
+            engine_error = False
+            tr.evaluations.append(lv.value)
+            tr.gradients.append(params[k].gradient_text())
+            if lv.error is not None:
+                tr.errors.append(f"step {t} loss: {lv.error}")
+                tr.update_errors.append("skipped: the loss call failed")
+                engine_error = True
+            elif grad_errors[k] is not None:
+                tr.errors.append(f"step {t} backward: {grad_errors[k]}")
+                tr.update_errors.append("skipped: the backward call failed")
+                engine_error = True
+            else:
+                out = outcomes[k]
+                tr.update_errors.append(out.error)
+                if out.engine_error:
+                    tr.errors.append(f"step {t} update: {out.error}")
+                    engine_error = True
+            tr.answers.append(params[k].value)
+            if ("error" in freeze and engine_error) or (
+                "unchanged" in freeze and outcomes[k].updated and params[k].value.strip() == before[k].strip()
+            ):
+                tr.frozen_at = t
+    bar.close()
+
+    for tr in trajs:
+        _finish(task, tr, majority_vote=config.majority_vote)
+    return trajs
 
 
-# Also to provide (same contract):
-#   mtg_local/zero_shot_cot.py: zero_shot_cot(task, items, *, engine, config, progress=False) -> list[Trajectory]  (1 call)
+def _format_keeper(task: Task, examples: list[Example]) -> Callable[[int, str, str], str | None]:
+    """Rejects an update that loses the answer format the previous answer had."""
+
+    def validate(k: int, old: str, new: str) -> str | None:
+        ex = examples[k]
+        if task.extract_answer(new, ex) is None and task.extract_answer(old, ex) is not None:
+            return "rejected: the update has no answer in the task's format (the previous one had)"
+        return None
+
+    return validate
+
+
+def _finish(task: Task, tr: Trajectory, *, majority_vote: bool) -> None:
+    """Sets final_answer / extracted / score (majority vote over the trajectory if asked)."""
+    ex = tr.item.example
+    final = tr.answers[-1]
+    if majority_vote:
+        extracted = [task.extract_answer(a, ex) for a in tr.answers]
+        idx = metrics.majority_vote(extracted)
+        if idx is not None:
+            final = tr.answers[idx]
+    tr.final_answer = final
+    tr.extracted = task.extract_answer(final, ex)
+    tr.score = float(task.score(final, ex))
+
+
+# Also provided (same contract):
+#   mtg_local/zero_shot_cot.py: zero_shot_cot(task, items, *, engine, config, progress=False)
+#                               -> list[Trajectory]  (1 call)
 #   mtg_local/metrics.py: accuracy_by_seed(trajectories) -> dict[int, float];
 #                         summarize(per_seed) -> {"mean", "std", "per_seed", "n"}
-# Seeds: item.seed goes into the forward request's SamplingConfig.seed; optimizer
-# requests get a seed derived from it.

@@ -1,0 +1,155 @@
+"""``mtg bench``: throughput benchmarks, one sub-command each.
+
+``mtg bench engine`` sends the same N chat requests (varied short prompts,
+temperature 0.7, distinct seeds) once as one batched call and once one request
+per call, and prints one JSON line comparing the two. That ratio is why the
+whole project hands each phase to the engine as one list. Further benchmarks
+(e.g. ``bench inner-loop``) are added as sibling sub-parsers of ``engine`` in
+``register`` (one ``add_*_bench`` function each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from engines import Engine, GenRequest, SamplingConfig
+from engines.errors import UserError
+from mtg_local.bench.inner_loop_bench import add_inner_loop_bench
+from mtg_local.commands.common import build_engine
+
+_TOPICS = (
+    "the moon", "rivers", "prime numbers", "honey bees", "volcanoes", "the color blue",
+    "chess", "bread", "glaciers", "owls", "magnets", "the ocean", "tea", "bridges",
+    "comets", "maple trees",
+)
+_ASKS = (
+    "Tell me one short fact about {}.",
+    "Write one sentence describing {}.",
+    "Why do people find {} interesting? Answer briefly.",
+    "Give a two-line poem about {}.",
+    "Explain {} to a child in one sentence.",
+    "List three words related to {}.",
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="throughput benchmarks (engine: batched vs one request per call)")
+    bench_sub = p.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
+    add_engine_bench(bench_sub)
+    add_inner_loop_bench(bench_sub)
+
+
+def add_engine_bench(bench_sub: argparse._SubParsersAction) -> None:
+    p = bench_sub.add_parser("engine", help="the same N requests as one batched call vs one call each")
+    p.add_argument("--engine", default="vllm:bundled", metavar="SPEC", help="engine spec (default: %(default)s)")
+    p.add_argument("--engine-opt", action="append", default=[], metavar="KEY=VALUE", help="backend option, repeatable")
+    p.add_argument("--requests", type=int, default=96, help="number of requests N (default: %(default)s)")
+    p.add_argument("--max-tokens", type=int, default=64, help="max new tokens per request (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.7, help="default: %(default)s")
+    p.add_argument(
+        "--per-call-requests",
+        type=int,
+        default=None,
+        metavar="K",
+        help="time only the first K requests one per call and report rates (default: all N)",
+    )
+    p.set_defaults(func=run_engine_bench)
+
+
+def bench_requests(n: int, max_tokens: int, temperature: float) -> list[GenRequest]:
+    """N varied short chat requests with distinct seeds (deterministic)."""
+    sampling = SamplingConfig(temperature=temperature, max_tokens=max_tokens)
+    return [
+        GenRequest.chat(
+            _ASKS[i % len(_ASKS)].format(_TOPICS[(i // len(_ASKS) + i) % len(_TOPICS)]),
+            sampling=sampling.replace(seed=1000 + i),
+            id=f"bench-{i}",
+        )
+        for i in range(n)
+    ]
+
+
+def _timed(engine: Engine, batches: list[list[GenRequest]]) -> dict[str, Any]:
+    engine.reset_usage()
+    t0 = time.perf_counter()
+    for batch in batches:
+        engine.generate(batch)
+    wall = time.perf_counter() - t0
+    u = engine.usage
+    return {
+        "wall_s": round(wall, 3),
+        "completion_tokens": u.completion_tokens,
+        "prompt_tokens": u.prompt_tokens,
+        "calls": u.calls,
+        "errors": u.errors,
+        "tok_s": round(u.completion_tokens / wall, 2) if wall > 0 else 0.0,
+    }
+
+
+def engine_bench(engine: Engine, requests: list[GenRequest], per_call_requests: int | None = None) -> dict[str, Any]:
+    """Times ``requests`` as one batched call, then (the first K of them) one per call.
+
+    Args:
+        engine: the engine to measure (not closed here; no cache wrapper, so
+            every request reaches the backend).
+        requests: the batch.
+        per_call_requests: K, how many of them to time one per call (default: all).
+
+    Returns:
+        The benchmark record (tokens/s of both ways, their ratio, walls, counts).
+    """
+    k = per_call_requests or len(requests)
+    # Warm-up (first-call allocations) outside the timings.
+    engine.generate(requests[:1])
+    batched = _timed(engine, [requests])
+    per_call = _timed(engine, [[r] for r in requests[:k]])
+    ratio = batched["tok_s"] / per_call["tok_s"] if per_call["tok_s"] else None
+    return {
+        "batched_tok_s": batched["tok_s"],
+        "per_call_tok_s": per_call["tok_s"],
+        "ratio": round(ratio, 2) if ratio is not None else None,
+        "batched_wall_s": batched["wall_s"],
+        "per_call_wall_s": per_call["wall_s"],
+        "batched_tokens": batched["completion_tokens"],
+        "per_call_tokens": per_call["completion_tokens"],
+        "batched_calls": batched["calls"],
+        "per_call_calls": per_call["calls"],
+        "per_call_requests": k,
+        "errors": batched["errors"] + per_call["errors"],
+        "prefix_cache": getattr(engine, "prefix_cache_stats", lambda: None)(),
+    }
+
+
+def run_engine_bench(args: argparse.Namespace) -> int:
+    if args.requests < 1:
+        raise UserError(f"--requests must be >= 1, got {args.requests}")
+    try:
+        requests = bench_requests(args.requests, args.max_tokens, args.temperature)
+    except ValueError as e:
+        raise UserError(f"bad sampling value: {e}") from e
+    k = args.per_call_requests or args.requests
+    if not 1 <= k <= args.requests:
+        raise UserError(f"--per-call-requests must be in [1, {args.requests}], got {k}")
+    t0 = time.perf_counter()
+    # No cache: a benchmark must hit the backend every time.
+    engine = build_engine(args.engine, args.engine_opt, None, True)
+    start_s = time.perf_counter() - t0
+    try:
+        result = engine_bench(engine, requests, k)
+    finally:
+        engine.close()
+    record = {
+        "bench": "engine",
+        "engine": args.engine,
+        "engine_opts": args.engine_opt,
+        "requests": args.requests,
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "engine_start_s": round(start_s, 1),
+        **result,
+    }
+    print(json.dumps(record))
+    return 0

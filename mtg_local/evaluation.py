@@ -1,0 +1,199 @@
+"""Evaluate a method on a split over seeds, and write the run dir's results.
+
+Shared by ``mtg eval``, ``mtg train`` (final test of learned artifacts) and the
+baselines: build the N x S items, run the method (one batched inner loop for
+all of them), score per seed, measure engine usage, and write
+``results.json`` (schema: ``docs/results_schema.md``) and
+``trajectories.jsonl``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from collections.abc import Sequence
+from typing import Any
+
+from engines.base import Engine, Usage
+from engines.errors import UserError
+from mtg_local import metrics
+from mtg_local.inner_loop import DEFAULT_TEMPLATE, InnerItem, InnerLoopConfig, Trajectory, solution_optimization
+from mtg_local.runs.run_dir import RunDir
+from mtg_local.tasks.base import Example, Task
+from mtg_local.zero_shot_cot import zero_shot_cot
+
+#: Methods ``run_method`` knows.
+METHODS = ("zero_shot_cot", "solution_opt")
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def make_items(
+    examples: Sequence[Example],
+    seeds: Sequence[int],
+    *,
+    loss_prompt: str,
+    template: str = DEFAULT_TEMPLATE,
+    group: str = "",
+) -> list[InnerItem]:
+    """The N x S items, question-major: all seeds of question 0, then question 1, ..."""
+    return [
+        InnerItem(example=ex, seed=int(s), loss_prompt=loss_prompt, template=template, group=group)
+        for ex in examples
+        for s in seeds
+    ]
+
+
+def run_method(
+    method: str,
+    task: Task,
+    items: Sequence[InnerItem],
+    *,
+    forward_engine: Engine,
+    optimizer_engine: Engine | None = None,
+    config: InnerLoopConfig,
+    progress: bool = False,
+) -> list[Trajectory]:
+    """Runs ``method`` ("zero_shot_cot" or "solution_opt") on ``items``; trajectories in item order."""
+    if method == "zero_shot_cot":
+        return zero_shot_cot(task, items, engine=forward_engine, config=config, progress=progress)
+    if method == "solution_opt":
+        return solution_optimization(
+            task, items, forward_engine=forward_engine, optimizer_engine=optimizer_engine, config=config,
+            progress=progress,
+        )
+    raise UserError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+
+
+@dataclasses.dataclass
+class EvalOutcome:
+    """Trajectories of one evaluation and their accuracy over seeds."""
+
+    trajectories: list[Trajectory]
+    per_seed: dict[int, float]
+    accuracy: dict[str, Any]  # metrics.summarize(per_seed)
+
+
+def evaluate(
+    task: Task,
+    examples: Sequence[Example],
+    *,
+    method: str,
+    seeds: Sequence[int],
+    forward_engine: Engine,
+    optimizer_engine: Engine | None = None,
+    config: InnerLoopConfig,
+    loss_prompt: str | None = None,
+    template: str = DEFAULT_TEMPLATE,
+    group: str = "",
+    progress: bool = False,
+) -> EvalOutcome:
+    """Runs ``method`` on every (example, seed) in one batched loop and scores per seed.
+
+    Args:
+        task: the task (formats, extracts, scores).
+        examples: the questions (e.g. the first N of the test split).
+        method: "zero_shot_cot" or "solution_opt".
+        seeds: sampling seeds; each question is answered once per seed.
+        forward_engine / optimizer_engine: engines (optimizer defaults to forward).
+        config: inner-loop settings.
+        loss_prompt: theta_L (default: ``task.initial_loss_prompt``).
+        template: the inference template y_T.
+        group: tag recorded on every item.
+        progress: show the phase-level progress bar.
+    """
+    items = make_items(
+        examples, seeds, loss_prompt=loss_prompt or task.initial_loss_prompt, template=template, group=group
+    )
+    trajs = run_method(
+        method, task, items, forward_engine=forward_engine, optimizer_engine=optimizer_engine, config=config,
+        progress=progress,
+    )
+    per_seed = metrics.accuracy_by_seed(trajs)
+    return EvalOutcome(trajs, per_seed, metrics.summarize(per_seed))
+
+
+class UsageMeter:
+    """Engine usage since construction, for engines that may be shared and already used.
+
+    ``report()`` gives the schema's ``engine_usage``: the sum over distinct
+    engines, plus ``engines`` (per-engine, keyed "forward"/"optimizer") when
+    the forward and optimizer engines differ.
+    """
+
+    def __init__(self, forward_engine: Engine, optimizer_engine: Engine | None = None) -> None:
+        self.engines: dict[str, Engine] = {"forward": forward_engine}
+        if optimizer_engine is not None and optimizer_engine is not forward_engine:
+            self.engines["optimizer"] = optimizer_engine
+        self._start = {k: e.usage for k, e in self.engines.items()}
+
+    def delta(self, name: str) -> Usage:
+        now, start = self.engines[name].usage, self._start[name]
+        d = Usage()
+        for f in dataclasses.fields(Usage):
+            setattr(d, f.name, getattr(now, f.name) - getattr(start, f.name))
+        return d
+
+    def report(self) -> dict[str, Any]:
+        total = Usage()
+        per: dict[str, Any] = {}
+        for name in self.engines:
+            d = self.delta(name)
+            total.add(d)
+            per[name] = d.to_dict()
+        out = total.to_dict()
+        if len(per) > 1:
+            out["engines"] = per
+        return out
+
+
+def results_record(
+    *,
+    task: Task,
+    method: str,
+    engine: str,
+    optimizer_engine: str | None,
+    seeds: Sequence[int],
+    split: str,
+    n_questions: int,
+    accuracy: dict[str, Any] | None,
+    engine_usage: dict[str, Any],
+    wall_s: float,
+    config: dict[str, Any],
+    started_at: str,
+    status: str = "complete",
+    learned: dict[str, str | None] | None = None,
+    history: list[dict[str, Any]] | None = None,
+    cost_usd: float | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A results.json body in the schema of ``docs/results_schema.md`` (without schema_version)."""
+    empty = {"mean": 0.0, "std": 0.0, "per_seed": {}, "n": 0}
+    return {
+        "status": status,
+        "task": task.name,
+        "task_info": task.describe(),
+        "method": method,
+        "engine": engine,
+        "optimizer_engine": optimizer_engine or engine,
+        "seeds": [int(s) for s in seeds],
+        "split": split,
+        "n_questions": n_questions,
+        "test_accuracy": accuracy if accuracy is not None else empty,
+        "engine_usage": engine_usage,
+        "cost_usd": cost_usd,
+        "wall_s": round(wall_s, 3),
+        "config": config,
+        "learned": learned or {"loss_prompt": None, "template": None, "system_prompt": None},
+        "history": history or [],
+        "started_at": started_at,
+        "finished_at": now_iso(),
+        **extra,
+    }
+
+
+def write_trajectories(run_dir: RunDir, trajectories: Sequence[Trajectory], *, split: str, method: str) -> None:
+    """Writes trajectories.jsonl: one ``Trajectory.to_dict()`` per line, plus split and method."""
+    run_dir.write_trajectories([{"split": split, "method": method, **t.to_dict()} for t in trajectories])

@@ -1,0 +1,230 @@
+"""One outer-loop update of a learned artifact, and the batched proposal of candidates.
+
+A ``MetaUpdate`` turns the train minibatch's trajectories into a new value for
+one artifact (the loss prompt or the inference template) in at most two
+stages: an optional meta evaluation (theta_meta or theta_R) and a TGD step.
+``propose`` runs any number of updates together, so each stage is **one**
+engine call whatever the number of updates (the joint method has two):
+
+    call 1: the meta evaluations of all updates that need one
+    call 2: the TGD steps of all updates that were not skipped
+
+Learned loss and Reptile make 2 calls per outer step, MAML 1, joint 2.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from engines.base import Engine, GenRequest, SamplingConfig
+from mtg_local.inner_loop import Trajectory
+from mtg_local.prompts import meta_prompts as P
+from mtg_local.tasks.base import Task
+
+TARGETS = ("loss_prompt", "template")
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifacts:
+    """What metaTextGrad learns: the loss prompt theta_L and the inference template y_T."""
+
+    loss_prompt: str
+    template: str
+
+    def with_value(self, target: str, value: str) -> Artifacts:
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+        return dataclasses.replace(self, **{target: value})
+
+    def to_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Artifacts:
+        return cls(loss_prompt=d["loss_prompt"], template=d["template"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A proposed artifact pair and how it was made.
+
+    Attributes:
+        label: "loss_prompt", "template" or "both" (joint combination).
+        artifacts: the full pair to validate (unchanged parts are the current ones).
+        info: per-update record (meta feedback, raw TGD output, parse mode).
+    """
+
+    label: str
+    artifacts: Artifacts
+    info: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaContext:
+    """What updates need besides trajectories: the task, the engine, sampling, limits."""
+
+    task: Task
+    engine: Engine
+    max_tokens: int
+    temperature: float
+    max_pairs: int
+
+
+class MetaUpdate(abc.ABC):
+    """Updates one artifact (``target``) from an inner loop's trajectories."""
+
+    #: "loss_prompt" or "template"
+    target: str = ""
+    #: role description in the TGD step prompt
+    role: str = ""
+
+    @abc.abstractmethod
+    def meta_evaluation(self, ctx: MetaContext, current: Artifacts, trajs: Sequence[Trajectory]) -> str | None:
+        """The meta-evaluation prompt, "" if this update needs none, None to skip the step."""
+
+    @abc.abstractmethod
+    def context(
+        self, ctx: MetaContext, current: Artifacts, trajs: Sequence[Trajectory], feedback: str | None
+    ) -> str | None:
+        """The TGD step's <CONTEXT> from the meta feedback (or the trajectories); None to skip."""
+
+    def skip_reason(self) -> str:
+        """Why ``meta_evaluation``/``context`` returned None (recorded in the history)."""
+        return "no wrong answers in the minibatch"
+
+
+def wrong_pairs_block(task: Task, trajs: Sequence[Trajectory], max_pairs: int) -> str | None:
+    """The numbered Q&A block of the wrong answers (item order), or None if there are none.
+
+    Items whose engine calls failed are left out: an empty answer says nothing
+    about the loss prompt or template.
+    """
+    wrong = [t for t in trajs if t.score < 1.0 and not t.errors][:max_pairs]
+    if not wrong:
+        return None
+    pairs = [
+        P.QA_PAIR.format(
+            i=i, question=task.format_question(t.item.example), response=t.final_answer, answer=t.item.example.answer
+        )
+        for i, t in enumerate(wrong, start=1)
+    ]
+    return P.QA_PAIR_SEPARATOR.join(pairs)
+
+
+def parse_improved(text: str) -> tuple[str | None, str]:
+    """The value between <IMPROVED_VARIABLE> tags, and how it was found.
+
+    Small models often drop the tags, so parsing is lenient (a bad candidate
+    costs one validation and is reverted by the outer loop): both tags ->
+    "tags"; only the opening tag -> the rest of the text ("open_tag"); no tag ->
+    the whole text ("untagged"). An empty value gives ``(None, "empty")``.
+    """
+    start = text.find(P.IMPROVED_START_TAG)
+    if start >= 0:
+        body = start + len(P.IMPROVED_START_TAG)
+        end = text.find(P.IMPROVED_END_TAG, body)
+        stop = end if end >= 0 else len(text)
+        # A prefilled tag that the model wrote again: take the text after the last one.
+        last = text.rfind(P.IMPROVED_START_TAG, body, stop)
+        if last >= 0:
+            body = last + len(P.IMPROVED_START_TAG)
+        value, mode = text[body:stop], ("tags" if end >= 0 else "open_tag")
+    else:
+        value, mode = text, "untagged"
+    value = value.strip()
+    return (value, mode) if value else (None, "empty")
+
+
+def _request(ctx: MetaContext, user: str, *, system: str | None, id: str, seed: int, prefix: str = "") -> GenRequest:
+    sampling = SamplingConfig(temperature=ctx.temperature, max_tokens=ctx.max_tokens, seed=seed)
+    if not ctx.engine.capabilities.response_prefix:
+        prefix = ""
+    return GenRequest.chat(user, system=system, sampling=sampling, id=id, response_prefix=prefix)
+
+
+def normalize_value(target: str, value: str) -> str:
+    """Templates are response prefixes: they end with one space, like the paper's initial one."""
+    return value.rstrip() + " " if target == "template" else value
+
+
+def propose(
+    updates: Sequence[MetaUpdate],
+    ctx: MetaContext,
+    current: Artifacts,
+    trajs: Sequence[Trajectory],
+    *,
+    step: int,
+    combine: bool = False,
+) -> tuple[list[Candidate], dict[str, Any]]:
+    """Runs ``updates`` together: one call for all meta evaluations, one for all TGD steps.
+
+    Args:
+        updates: at most one per target.
+        ctx: task, optimizer engine and meta sampling settings.
+        current: the artifacts the minibatch was run with.
+        trajs: the minibatch trajectories (item order).
+        step: outer step (1-based); also the meta requests' seed, so a retried
+            step with a sampling temperature > 0 does not hit the cache.
+        combine: also propose the combination of all successful updates ("both").
+
+    Returns:
+        (candidates in update order [+ "both"], info per target for the history).
+    """
+    info: dict[str, dict[str, Any]] = {u.target: {} for u in updates}
+    live: list[MetaUpdate] = []
+    evals: list[tuple[MetaUpdate, GenRequest]] = []
+    for u in updates:
+        prompt = u.meta_evaluation(ctx, current, trajs)
+        if prompt is None:
+            info[u.target]["skipped"] = u.skip_reason()
+            continue
+        live.append(u)
+        if prompt:
+            evals.append((u, _request(ctx, prompt, system=None, id=f"meta-eval-{step}-{u.target}", seed=step)))
+    feedback: dict[str, str | None] = {u.target: None for u in live}
+    if evals:
+        for (u, _), res in zip(evals, ctx.engine.generate([r for _, r in evals])):
+            if not res.ok:
+                info[u.target]["skipped"] = f"meta evaluation failed: {res.error}"
+                live.remove(u)
+            else:
+                feedback[u.target] = info[u.target]["meta_feedback"] = res.text
+    steps: list[tuple[MetaUpdate, GenRequest]] = []
+    for u in list(live):
+        context = u.context(ctx, current, trajs, feedback[u.target])
+        if context is None:
+            info[u.target]["skipped"] = u.skip_reason()
+            continue
+        variable = getattr(current, u.target)
+        user = P.TGD_STEP_PROMPT.format(role=u.role, variable=variable, context=context)
+        # The opening tag is prefilled where the engine can (small models then rarely lose it).
+        req = _request(ctx, user, system=P.TGD_SYSTEM_PROMPT, id=f"meta-tgd-{step}-{u.target}", seed=step,
+                       prefix=P.IMPROVED_START_TAG)
+        steps.append((u, req))
+    candidates: list[Candidate] = []
+    if steps:
+        for (u, req), res in zip(steps, ctx.engine.generate([r for _, r in steps])):
+            rec = info[u.target]
+            if not res.ok:
+                rec["skipped"] = f"TGD step failed: {res.error}"
+                continue
+            output = req.response_prefix + res.text
+            value, mode = parse_improved(output)
+            rec.update(tgd_output=output, parse=mode)
+            if value is None:
+                rec["skipped"] = "TGD step gave an empty value"
+                continue
+            value = normalize_value(u.target, value)
+            if value == getattr(current, u.target):
+                rec["skipped"] = "TGD step returned the unchanged value"
+                continue
+            candidates.append(Candidate(u.target, current.with_value(u.target, value), rec))
+    if combine and len(candidates) > 1:
+        both = current
+        for c in candidates:
+            both = both.with_value(c.label, getattr(c.artifacts, c.label))
+        candidates.append(Candidate("both", both, {}))
+    return candidates, info

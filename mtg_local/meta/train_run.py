@@ -1,0 +1,203 @@
+"""``run_train``: one resumable meta-training run in a run directory.
+
+Sets up the run dir (config.json, events.jsonl), the task splits, the engines
+(wrapped in ``RUN_DIR/cache.sqlite`` unless the cache is off), signal handling
+for preemption, runs ``OuterLoop`` and writes results.json (the core fields of
+``mtg eval``, docs/results_schema.md, plus "learned", "artifacts" and
+"history") and the learned artifacts as plain text files:
+``RUN_DIR/learned_loss_prompt.txt`` / ``RUN_DIR/learned_template.txt``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from engines.base import Engine
+from engines.cache import CachedEngine, GenerationCache
+from engines.errors import UserError
+from engines.registry import create_engine
+from mtg_local.evaluation import UsageMeter, now_iso, results_record
+from mtg_local.inner_loop import DEFAULT_TEMPLATE
+from mtg_local.meta.meta_config import MetaConfig
+from mtg_local.meta.meta_update import Artifacts
+from mtg_local.meta.outer_loop import OuterLoop, Preempted, StopFlag, TrainState
+from mtg_local.runs.run_dir import RESULTS_SCHEMA_VERSION, RunDir, read_json
+from mtg_local.tasks import get_task
+
+#: config.json keys that may differ between a run and its resumption.
+_RESUME_FREE = ("out", "progress", "engine_opts", "cache", "no_cache")
+LOSS_PROMPT_FILE = "learned_loss_prompt.txt"
+TEMPLATE_FILE = "learned_template.txt"
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: StopFlag) -> Iterator[None]:
+    """Sets ``stop`` on SIGUSR1/SIGTERM while inside (main thread only; no-op elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, stop.set) for s in (signal.SIGUSR1, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _engine_opts(items: tuple[str, ...]) -> dict[str, Any]:
+    from mtg_local.commands.common import parse_engine_opts
+
+    return parse_engine_opts(list(items))
+
+
+def _cost(config: MetaConfig, meter: UsageMeter) -> float | None:
+    """Estimated USD of this session's backend tokens; None unless every engine is priced."""
+    from engines.pricing import estimate_cost
+
+    total = 0.0
+    for name in meter.engines:
+        spec = config.engine if name == "forward" else (config.optimizer_engine or config.engine)
+        backend, _, model = spec.partition(":")
+        u = meter.delta(name)
+        cost = estimate_cost(model, u.prompt_tokens, u.completion_tokens) if backend == "openai" else None
+        if cost is None:
+            return None
+        total += cost
+    return total
+
+
+def _check_resumable(rd: RunDir, config: MetaConfig) -> None:
+    stored = read_json(rd.config_path).get("train", {}) if rd.config_path.exists() else {}
+    mine = config.to_dict()
+    diff = [k for k in mine if k not in _RESUME_FREE and k in stored and stored[k] != mine[k]]
+    if diff:
+        raise UserError(f"{rd.path} holds a run with other settings ({', '.join(diff)}); use another --out")
+
+
+def run_train(
+    config: MetaConfig,
+    *,
+    engine: Engine | None = None,
+    optimizer_engine: Engine | None = None,
+    resume: bool = False,
+    stop: StopFlag | None = None,
+) -> dict[str, Any]:
+    """Runs (or, with ``resume``, continues) meta-training; returns results.json's content.
+
+    Args:
+        config: the run's settings (``config.out`` is the run dir).
+        engine: forward engine to use instead of creating ``config.engine``
+            (tests pass the shared session engine). Not closed here.
+        optimizer_engine: likewise for ``config.optimizer_engine``; default:
+            the forward engine.
+        resume: continue from RUN_DIR/checkpoint.json; without it an existing
+            checkpoint is an error (the run dir holds another run).
+        stop: a stop flag to poll; default: one set by SIGUSR1/SIGTERM.
+
+    Raises:
+        UserError: bad settings, an occupied run dir, or empty splits.
+        Preempted: a stop was requested; the checkpoint is written.
+    """
+    t0 = time.perf_counter()
+    started = now_iso()
+    rd = RunDir(config.out).create()
+    checkpoint = rd.read_checkpoint()
+    if checkpoint is not None and not resume:
+        raise UserError(f"{rd.path} already holds a run (checkpoint.json); continue it with --resume {rd.path}")
+    if resume:
+        _check_resumable(rd, config)
+
+    task = get_task(config.task, data_file=config.data_file, seed=config.task_seed)
+    splits = task.splits().limited(config.limit)
+    for name in ("val", "test") + (("train",) if config.outer_steps else ()):
+        if not splits.get(name):
+            raise UserError(f"the {name} split of task {config.task!r} is empty")
+    start = Artifacts(config.initial_loss_prompt or task.initial_loss_prompt,
+                      config.initial_template or DEFAULT_TEMPLATE)
+    if checkpoint is None:
+        state = TrainState(completed_step=-1, best=start)
+        rd.write_config({"command": "train", "train": config.to_dict(),
+                         "inner_loop": config.inner_config().to_dict(), "task": task.describe(),
+                         "splits": {s: len(splits.get(s)) for s in ("train", "val", "test")},
+                         "initial": start.to_dict(), "created_at": started})
+        rd.log_event("start", method=config.method, outer_steps=config.outer_steps)
+    else:
+        state = TrainState.from_dict(checkpoint)
+        rd.log_event("resume", completed_step=state.completed_step, tested=state.test is not None)
+
+    own: list[Engine] = []
+    opts = _engine_opts(config.engine_opts)
+    if engine is None:
+        engine = create_engine(config.engine, **opts)
+        own.append(engine)
+    if optimizer_engine is None:
+        if config.optimizer_engine and config.optimizer_engine != config.engine:
+            optimizer_engine = create_engine(config.optimizer_engine, **opts)
+            own.append(optimizer_engine)
+        else:
+            optimizer_engine = engine
+    cache = None if config.no_cache else GenerationCache(config.cache or rd.cache_path)
+    fwd = CachedEngine(engine, cache) if cache is not None else engine
+    opt = fwd if optimizer_engine is engine else (CachedEngine(optimizer_engine, cache) if cache is not None else optimizer_engine)
+    meter = UsageMeter(fwd, opt)
+
+    stop = stop if stop is not None else StopFlag()
+    loop = OuterLoop(config, task, splits, forward_engine=fwd, optimizer_engine=opt, run_dir=rd, state=state, stop=stop)
+    try:
+        with stop_on_signals(stop):
+            state = loop.run()
+    except Preempted:
+        raise
+    except Exception as e:
+        rd.write_results({"status": "failed", "error": f"{type(e).__name__}: {e}", "method": config.method,
+                          "config": config.to_dict(), "history": state.history})
+        rd.log_event("failed", error=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        if cache is not None:
+            cache.close()
+        for e in own:
+            e.close()
+
+    learns = {"loss_prompt": config.method in ("learned_loss", "joint"),
+              "template": config.method in ("maml", "reptile", "joint")}
+    if learns["loss_prompt"]:
+        (rd.path / LOSS_PROMPT_FILE).write_text(state.best.loss_prompt + "\n")
+    if learns["template"]:
+        (rd.path / TEMPLATE_FILE).write_text(state.best.template + "\n")
+    test = state.test or {}
+    usage = meter.report()
+    results = results_record(
+        task=task,
+        method=config.method,
+        engine=engine.spec or config.engine,
+        optimizer_engine=optimizer_engine.spec or config.optimizer_engine or config.engine,
+        seeds=config.seeds,
+        split="test",
+        n_questions=test.get("n_questions", len(splits.test)),
+        accuracy=test.get("accuracy"),
+        engine_usage=usage,
+        cost_usd=_cost(config, meter),
+        wall_s=time.perf_counter() - t0,
+        config=config.to_dict(),
+        started_at=started,
+        learned={
+            "loss_prompt": state.best.loss_prompt if learns["loss_prompt"] else None,
+            "template": state.best.template if learns["template"] else None,
+            "system_prompt": None,
+        },
+        history=state.history,
+        artifacts=state.best.to_dict(),
+        initial_val_accuracy=next((h["val_accuracy"] for h in state.history if h["step"] == 0), None),
+        best_val_accuracy=state.best_val,
+        best_step=state.best_step,
+        resumed=checkpoint is not None,
+    )
+    rd.write_results(results)
+    rd.log_event("done", test_accuracy=results["test_accuracy"], engine_usage=results["engine_usage"])
+    return {"schema_version": RESULTS_SCHEMA_VERSION, **results}

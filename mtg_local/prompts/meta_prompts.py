@@ -1,0 +1,109 @@
+"""Prompt texts of metaTextGrad's outer loops (data, no logic).
+
+* ``META_LOSS_PROMPT`` is the paper's meta loss prompt theta_meta (section 2.1,
+  eq. 5) and ``REPTILE_LOSS_PROMPT`` its Reptile loss prompt theta_R (section
+  2.2, eq. 8), verbatim, as ``str.format`` templates. The paper's
+  "Question 1: ... (more Q&A pairs)" block is the ``{qa_pairs}`` field, filled
+  with ``QA_PAIR`` once per wrong answer (numbered from 1) joined by
+  ``QA_PAIR_SEPARATOR``.
+* ``TGD_*`` are the textual-gradient-descent step prompts that turn feedback
+  into a new loss prompt / inference template (eqs. 6, 7, 9). They follow
+  TextGrad's optimizer prompts (system prompt, ``<VARIABLE>``,
+  ``<CONTEXT>``/``<FEEDBACK>``, answer between ``<IMPROVED_VARIABLE>`` tags).
+
+One deliberate deviation: the paper's PDF text reads "as general aspossible"
+(a lost space from the PDF extraction); it is written "as general as possible".
+"""
+
+from __future__ import annotations
+
+#: theta_meta (eq. 5). Fields: {qa_pairs}, {loss_prompt}.
+META_LOSS_PROMPT = (
+    "You are a language model that improves prompts for answering reasoning questions. "
+    "You are given some wrong answers generated using the prompt and the standard answers: "
+    "{qa_pairs}\n\n"
+    "Prompts for evaluation of answers of a reasoning question that must be improved: {loss_prompt}\n\n"
+    "Provide concise feedback on how to improve the prompt so it better addresses reasoning "
+    "questions. Your suggestions should focus on refining key points related to answering "
+    "reasoning questions. Ensure your suggestions are applicable to these types of reasoning "
+    "questions as general as possible, not just to the specific examples provided."
+)
+
+#: theta_R (eq. 8). Fields: {qa_pairs}, {template}.
+REPTILE_LOSS_PROMPT = (
+    "You are a language model that improves inference templates for answering reasoning "
+    "questions. Here are some wrong responses:\n\n"
+    "{qa_pairs}\n\n"
+    "Here is the inference template to improve: {template}\n\n"
+    "Your task is to improve the inference template (the first few sentences of the response) "
+    "so that it can generate better responses. Please keep the inference template concise and "
+    "general, and end it with a colon so that it can be used as a prefix for generating responses."
+)
+
+#: One wrong answer in the Q&A block. Fields: {i} (1-based), {question}, {response}, {answer}.
+QA_PAIR = "Question {i}: {question} Generated Wrong Answer {i}: {response}\n\nStandard Answer {i}: {answer}"
+QA_PAIR_SEPARATOR = "\n\n"
+
+# --- TGD step (TextGrad's optimizer prompts, for one variable) ---------------------------
+
+IMPROVED_START_TAG = "<IMPROVED_VARIABLE>"
+IMPROVED_END_TAG = "</IMPROVED_VARIABLE>"
+
+#: System prompt of every outer-loop TGD step (TextGrad's OPTIMIZER_SYSTEM_PROMPT).
+TGD_SYSTEM_PROMPT = (
+    "You are part of an optimization system that improves text (i.e., variable). "
+    "You will be asked to creatively and critically improve prompts, solutions to problems, code, "
+    "or any other text-based variable. "
+    "You will receive some feedback, and use the feedback to improve the variable. "
+    "The feedback may be noisy, identify what is important and what is correct. "
+    "Pay attention to the role description of the variable, and the context in which it is used. "
+    "This is very important: You MUST give your response by sending the improved variable between "
+    f"{IMPROVED_START_TAG} {{improved variable}} {IMPROVED_END_TAG} tags. "
+    "The text you send between the tags will directly replace the variable.\n\n"
+    "### Glossary of tags that will be sent to you:\n"
+    "# - <LM_INPUT>: The input to the language model.\n"
+    "# - <LM_OUTPUT>: The output of the language model.\n"
+    "# - <FEEDBACK>: The feedback to the variable.\n"
+    "# - <ROLE>: The role description of the variable."
+)
+
+#: The TGD update request. Fields: {role}, {variable}, {context}.
+TGD_STEP_PROMPT = (
+    "Here is the role of the variable you will improve: <ROLE>{role}</ROLE>.\n\n"
+    "The variable is the text within the following span: <VARIABLE> {variable} </VARIABLE>\n\n"
+    "Here is the context and feedback we got for the variable:\n\n"
+    "<CONTEXT>{context}</CONTEXT>\n\n"
+    "Improve the variable ({role}) using the feedback provided in <FEEDBACK> tags.\n"
+    "Send the improved variable in the following format:\n\n"
+    f"{IMPROVED_START_TAG}{{{{the improved variable}}}}{IMPROVED_END_TAG}\n\n"
+    f"Send ONLY the improved variable between the {IMPROVED_START_TAG} tags, and nothing else."
+)
+
+#: Role descriptions of the two learned variables.
+LOSS_PROMPT_ROLE = (
+    "loss prompt: the instruction given to an evaluator that critiques answers to reasoning "
+    "questions, whose critique is used to improve the answers"
+)
+TEMPLATE_ROLE = (
+    "inference template: the first few words of every response to a reasoning question, used as "
+    "a prefix when generating responses; it should be concise, general and end with a colon"
+)
+
+#: <CONTEXT> of a loss-prompt step (eq. 6) or a Reptile step (eq. 9): the meta evaluation.
+#: Fields: {feedback}.
+META_FEEDBACK_CONTEXT = (
+    "A meta-evaluator read wrong answers produced with this variable, together with the standard "
+    "answers, and gave this feedback:\n\n<FEEDBACK>{feedback}</FEEDBACK>"
+)
+
+#: One response's part of the <CONTEXT> of a MAML-style step (eq. 7): the inner loop's last
+#: textual gradient w.r.t. a response that started with the template.
+#: Fields: {i}, {question}, {response}, {feedback}.
+MAML_GRADIENT_CONTEXT = (
+    "Response {i} started with the variable.\n"
+    "<LM_INPUT>{question}</LM_INPUT>\n"
+    "<LM_OUTPUT>{response}</LM_OUTPUT>\n"
+    "Here is the feedback we got for this response:\n"
+    "<FEEDBACK>{feedback}</FEEDBACK>"
+)
+MAML_CONTEXT_SEPARATOR = "\n\n"

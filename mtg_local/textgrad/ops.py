@@ -1,0 +1,210 @@
+"""Batched TextGrad operations: forward, loss and backward over lists of variables.
+
+Each function makes exactly **one** ``engine.generate`` call for its whole
+list (none for an empty list), whatever mix of loss prompts, templates or
+system prompts the items carry. Within the call, requests are ordered so that
+shared prefixes sit together (lexicographic order of the messages, which puts
+requests with a common prefix next to each other) for vLLM's prefix cache;
+results are mapped back to item order. An engine error for one item never
+stops the others: it is recorded on that item's output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from engines.base import Engine, GenRequest, GenResult, SamplingConfig
+from mtg_local.prompts import textgrad_prompts as P
+from mtg_local.textgrad.variable import Gradient, LossContext, Variable
+
+Samplings = SamplingConfig | Sequence[SamplingConfig]
+
+
+def per_item(samplings: Samplings, n: int) -> list[SamplingConfig]:
+    """One sampling config per item: the same for all, or a list of ``n`` paired ones."""
+    if isinstance(samplings, SamplingConfig):
+        return [samplings] * n
+    out = list(samplings)
+    if len(out) != n:
+        raise ValueError(f"samplings must be one SamplingConfig or {n} of them (one per item), got {len(out)}")
+    return out
+
+
+def _check_len(name: str, values: Sequence[object], n: int) -> None:
+    if len(values) != n:
+        raise ValueError(f"{name} must have one entry per item ({n}), got {len(values)}")
+
+
+def generate_in_prefix_order(engine: Engine, requests: Sequence[GenRequest], /) -> list[GenResult]:
+    """One ``engine.generate`` call with requests sorted by prefix; results in input order.
+
+    Args:
+        engine: the engine.
+        requests: the batch (any order).
+
+    Returns:
+        ``results[i]`` answers ``requests[i]``.
+    """
+    if not requests:
+        return []
+    order = sorted(range(len(requests)), key=lambda i: _prefix_key(requests[i]))
+    sorted_results = engine.generate([requests[i] for i in order])
+    results: list[GenResult | None] = [None] * len(requests)
+    for pos, i in enumerate(order):
+        results[i] = sorted_results[pos]
+    return results  # type: ignore[return-value]
+
+
+def _prefix_key(request: GenRequest) -> tuple[str, ...]:
+    if request.messages is not None:
+        parts = [f"{m.role}\x00{m.content}" for m in request.messages]
+    else:
+        parts = [request.prompt or ""]
+    return (*parts, request.response_prefix)
+
+
+def forward(
+    engine: Engine,
+    questions: Sequence[str],
+    /,
+    *,
+    templates: Sequence[str],
+    samplings: Samplings,
+    system_prompts: Sequence[str | None] | None = None,
+    role_description: str = P.ANSWER_ROLE,
+    ids: Sequence[str] | None = None,
+) -> list[Variable]:
+    """Answers each question, starting the response with its inference template.
+
+    Args:
+        engine: the forward engine.
+        questions: full user messages (question + format instruction).
+        templates: one inference template y_T per question, used as the
+            response prefix; the answer is template + continuation.
+        samplings: one config for all or one per question (carrying seeds).
+        system_prompts: one optional system prompt per question.
+        role_description: role of the answer variables.
+        ids: request ids (default "fwd-<i>").
+
+    Returns:
+        One answer ``Variable`` per question, in input order. On an engine
+        error the value is the template alone and ``error`` says why.
+    """
+    n = len(questions)
+    _check_len("templates", templates, n)
+    systems = list(system_prompts) if system_prompts is not None else [None] * n
+    _check_len("system_prompts", systems, n)
+    sams = per_item(samplings, n)
+    ids = list(ids) if ids is not None else [f"fwd-{i}" for i in range(n)]
+    requests = [
+        GenRequest.chat(q, system=s, sampling=sp, id=rid, response_prefix=t)
+        for q, s, sp, rid, t in zip(questions, systems, sams, ids, templates)
+    ]
+    results = generate_in_prefix_order(engine, requests)
+    return [
+        Variable(value=t + r.text, role_description=role_description, error=r.error)
+        for t, r in zip(templates, results)
+    ]
+
+
+def loss(
+    engine: Engine,
+    variables: Sequence[Variable],
+    /,
+    *,
+    questions: Sequence[str],
+    loss_prompts: Sequence[str],
+    samplings: Samplings,
+    ids: Sequence[str] | None = None,
+) -> list[Variable]:
+    """Evaluates each answer with its loss prompt theta_L (no ground truth).
+
+    Args:
+        engine: the evaluation engine.
+        variables: the answers to judge.
+        questions: the question each answer answers.
+        loss_prompts: one loss prompt per item (system prompt of the call).
+        samplings: one config for all or one per item.
+        ids: request ids (default "loss-<i>").
+
+    Returns:
+        One evaluation ``Variable`` per item (``requires_grad=False``) whose
+        ``loss_context`` points back at the judged answer; ``error`` is set
+        where the engine failed for that item.
+    """
+    n = len(variables)
+    _check_len("questions", questions, n)
+    _check_len("loss_prompts", loss_prompts, n)
+    sams = per_item(samplings, n)
+    ids = list(ids) if ids is not None else [f"loss-{i}" for i in range(n)]
+    inputs = [P.LOSS_INPUT_TEMPLATE.format(question=q, answer=v.value) for q, v in zip(questions, variables)]
+    requests = [
+        GenRequest.chat(u, system=lp, sampling=sp, id=rid)
+        for u, lp, sp, rid in zip(inputs, loss_prompts, sams, ids)
+    ]
+    results = generate_in_prefix_order(engine, requests)
+    out = []
+    for v, q, lp, u, r in zip(variables, questions, loss_prompts, inputs, results):
+        ctx = LossContext(evaluated=v, loss_prompt=lp, loss_input=u, context=q)
+        out.append(
+            Variable(r.text, P.EVALUATION_ROLE, requires_grad=False, error=r.error, loss_context=ctx)
+        )
+    return out
+
+
+def backward(
+    engine: Engine,
+    losses: Sequence[Variable],
+    /,
+    *,
+    samplings: Samplings,
+    ids: Sequence[str] | None = None,
+) -> list[str | None]:
+    """Computes d(evaluation)/d(answer) for each loss output and adds it to the answer.
+
+    Loss outputs that carry an error, or whose evaluated variable does not
+    require a gradient, are skipped (no request).
+
+    Args:
+        engine: the backward engine.
+        losses: outputs of ``loss`` (each with a ``loss_context``).
+        samplings: one config for all or one per loss output.
+        ids: request ids (default "bwd-<i>").
+
+    Returns:
+        Per loss output: None if a gradient was added to its variable, else why not.
+    """
+    n = len(losses)
+    sams = per_item(samplings, n)
+    ids = list(ids) if ids is not None else [f"bwd-{i}" for i in range(n)]
+    errors: list[str | None] = [None] * n
+    todo: list[int] = []
+    requests: list[GenRequest] = []
+    for i, lv in enumerate(losses):
+        ctx = lv.loss_context
+        if ctx is None:
+            raise ValueError(f"losses[{i}] is not a loss output (no loss_context)")
+        if lv.error is not None:
+            errors[i] = f"no gradient: the loss failed ({lv.error})"
+            continue
+        if not ctx.evaluated.requires_grad:
+            errors[i] = "no gradient: the evaluated variable does not require one"
+            continue
+        var = ctx.evaluated
+        user = P.BACKWARD_USER_TEMPLATE.format(
+            role=var.role_description,
+            loss_prompt=ctx.loss_prompt,
+            loss_input=ctx.loss_input,
+            evaluation=lv.value,
+            variable=var.value,
+        )
+        requests.append(GenRequest.chat(user, system=P.BACKWARD_SYSTEM_PROMPT, sampling=sams[i], id=ids[i]))
+        todo.append(i)
+    for i, r in zip(todo, generate_in_prefix_order(engine, requests)):
+        if r.error is not None:
+            errors[i] = f"backward engine error: {r.error}"
+            continue
+        ctx = losses[i].loss_context
+        assert ctx is not None
+        ctx.evaluated.gradients.append(Gradient(text=r.text, context=ctx.context))
+    return errors

@@ -1,0 +1,154 @@
+"""``TextualGradientDescent``: the batched TGD step over many variables.
+
+Like TextGrad's ``TGD`` (``zero_grad()`` / ``step()``), but ``step()`` rewrites
+*all* its parameters in **one** engine call. Each parameter may carry its own
+constraints (e.g. the task's answer format) and context (the question it
+answers). An output without well-formed ``<IMPROVED_VARIABLE>`` tags, or an
+engine error, keeps that parameter's previous value and records why; the
+other parameters are still updated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+from engines.base import Engine, GenRequest
+from mtg_local.prompts import textgrad_prompts as P
+from mtg_local.textgrad.ops import Samplings, generate_in_prefix_order, per_item
+from mtg_local.textgrad.update_parsing import parse_improved_variable
+from mtg_local.textgrad.variable import Variable
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOutcome:
+    """What one parameter's update did.
+
+    Attributes:
+        updated: the value was replaced.
+        error: None, or why the previous value was kept.
+        raw: the optimizer's full output (with any prefilled start tag).
+        engine_error: the error is the engine's (not a parse failure).
+    """
+
+    updated: bool
+    error: str | None = None
+    raw: str = ""
+    engine_error: bool = False
+
+
+class TextualGradientDescent:
+    """Batched textual gradient descent over a list of variables.
+
+    Args:
+        parameters: the variables to update (order is kept in ``step()``'s result).
+        engine: the optimizer engine.
+        constraints: per parameter, a list of constraint strings (or one list
+            for all); shown in ``<CONSTRAINTS>``.
+        contexts: per parameter, a context string (or None: the context of
+            its gradients is used).
+        prefill_tag: start the response with ``<IMPROVED_VARIABLE>`` where the
+            engine can prefill the assistant turn (helps weak models keep the
+            format; the parser accepts outputs with or without it).
+        validate: optional ``validate(index, old_value, new_value)`` returning
+            None to accept a parsed update or the reason to reject it (e.g.
+            the new answer lost the task's answer format).
+    """
+
+    def __init__(
+        self,
+        parameters: Sequence[Variable],
+        *,
+        engine: Engine,
+        constraints: Sequence[str] | Sequence[Sequence[str]] = (),
+        contexts: Sequence[str] | None = None,
+        prefill_tag: bool = True,
+        validate: Callable[[int, str, str], str | None] | None = None,
+    ) -> None:
+        self.parameters = list(parameters)
+        self.engine = engine
+        n = len(self.parameters)
+        if constraints and all(isinstance(c, str) for c in constraints):
+            self.constraints = [list(constraints)] * n  # type: ignore[list-item]
+        elif not constraints:
+            self.constraints = [[] for _ in range(n)]
+        else:
+            if len(constraints) != n:
+                raise ValueError(f"constraints must be one list for all or {n} lists, got {len(constraints)}")
+            self.constraints = [list(c) for c in constraints]  # type: ignore[arg-type]
+        if contexts is not None and len(contexts) != n:
+            raise ValueError(f"contexts must have one entry per parameter ({n}), got {len(contexts)}")
+        self.contexts = list(contexts) if contexts is not None else None
+        self.prefill_tag = prefill_tag and engine.capabilities.response_prefix
+        self.validate = validate
+
+    def zero_grad(self) -> None:
+        """Drops the gradients of every parameter."""
+        for p in self.parameters:
+            p.zero_grad()
+
+    def step(self, *, samplings: Samplings, ids: Sequence[str] | None = None) -> list[StepOutcome]:
+        """Rewrites every parameter that has gradients, in one engine call.
+
+        Parameters without gradients are left alone (``updated=False`` with a
+        reason) and send no request.
+
+        Args:
+            samplings: one config for all or one per parameter.
+            ids: request ids (default "step-<i>").
+
+        Returns:
+            One ``StepOutcome`` per parameter, in parameter order.
+        """
+        n = len(self.parameters)
+        sams = per_item(samplings, n)
+        ids = list(ids) if ids is not None else [f"step-{i}" for i in range(n)]
+        outcomes: list[StepOutcome] = [StepOutcome(False, "no gradient to step with")] * n
+        todo: list[int] = []
+        requests: list[GenRequest] = []
+        prefix = P.IMPROVED_VARIABLE_START if self.prefill_tag else ""
+        for i, var in enumerate(self.parameters):
+            if not var.requires_grad or not var.gradients:
+                continue
+            requests.append(
+                GenRequest.chat(
+                    self._user_message(i),
+                    system=P.OPTIMIZER_SYSTEM_PROMPT,
+                    sampling=sams[i],
+                    id=ids[i],
+                    response_prefix=prefix,
+                )
+            )
+            todo.append(i)
+        for i, r in zip(todo, generate_in_prefix_order(self.engine, requests)):
+            if r.error is not None:
+                outcomes[i] = StepOutcome(False, f"optimizer engine error: {r.error}", engine_error=True)
+                continue
+            raw = prefix + r.text
+            parsed = parse_improved_variable(raw, truncated=r.finish_reason == "length")
+            if parsed.value is None:
+                outcomes[i] = StepOutcome(False, parsed.error, raw)
+                continue
+            rejected = self.validate(i, self.parameters[i].value, parsed.value) if self.validate else None
+            if rejected is not None:
+                outcomes[i] = StepOutcome(False, rejected, raw)
+                continue
+            self.parameters[i].value = parsed.value
+            outcomes[i] = StepOutcome(True, None, raw)
+        return outcomes
+
+    def _user_message(self, i: int) -> str:
+        var = self.parameters[i]
+        cons = self.constraints[i]
+        block = P.CONSTRAINTS_TEMPLATE.format(constraints="\n".join(cons)) if cons else ""
+        if self.contexts is not None:
+            context = self.contexts[i]
+        else:
+            context = "\n\n".join(dict.fromkeys(g.context for g in var.gradients if g.context))
+        return P.OPTIMIZER_USER_TEMPLATE.format(
+            role=var.role_description,
+            constraints_block=block,
+            context=context,
+            variable=var.value,
+            feedback=var.gradient_text(P.FEEDBACK_SEPARATOR),
+        )

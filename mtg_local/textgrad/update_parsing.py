@@ -1,0 +1,85 @@
+"""Parsing the improved variable out of a TGD step's output, robustly.
+
+Weak models break the tags in every possible way: no start tag, no end tag,
+the start tag twice (once prefilled, once written), odd case or spaces inside
+the brackets, an empty body, output cut off at ``max_tokens``. Parsing never
+raises: it returns the new value or the reason it found none, and the caller
+keeps the previous value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from mtg_local.prompts.textgrad_prompts import IMPROVED_VARIABLE_END, IMPROVED_VARIABLE_START
+
+
+def _tag_pattern(tag: str) -> re.Pattern[str]:
+    # "<IMPROVED_VARIABLE>" -> tolerant of case and of spaces inside the brackets.
+    closing = tag.startswith("</")
+    name = tag.strip("</>")
+    slash = r"/\s*" if closing else ""
+    return re.compile(rf"<\s*{slash}{re.escape(name)}\s*>", re.IGNORECASE)
+
+
+_ANY_CLOSING = re.compile(r"</\s*[A-Za-z_]+\s*>")
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsedUpdate:
+    """The outcome of parsing one step output.
+
+    Attributes:
+        value: the improved variable (stripped), or None.
+        error: None, or why no value was taken.
+    """
+
+    value: str | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.value is not None
+
+
+def parse_improved_variable(
+    text: str,
+    *,
+    truncated: bool = False,
+    start_tag: str = IMPROVED_VARIABLE_START,
+    end_tag: str = IMPROVED_VARIABLE_END,
+) -> ParsedUpdate:
+    """Extracts the text between the first start tag and the next end tag.
+
+    If the start tag occurs several times before the end tag (a prefilled tag
+    that the model repeated), the text after the last of them is taken.
+
+    Args:
+        text: the full step output (including any prefilled start tag).
+        truncated: the output stopped at ``max_tokens`` (used in the reason).
+        start_tag: opening tag.
+        end_tag: closing tag.
+
+    Returns:
+        ``ParsedUpdate`` with ``value`` or ``error``; never raises.
+    """
+    start_re, end_re = _tag_pattern(start_tag), _tag_pattern(end_tag)
+    first = start_re.search(text)
+    if first is None:
+        return ParsedUpdate(None, f"no {start_tag} tag in the update output")
+    end = end_re.search(text, first.end())
+    if end is None:
+        if truncated:
+            why = "output cut off at max_tokens"
+        else:
+            other = _ANY_CLOSING.search(text, first.end())
+            why = f"closed with {other.group(0)} instead" if other else "the model stopped without it"
+        return ParsedUpdate(None, f"no {end_tag} after {start_tag} ({why})")
+    body_start = first.end()
+    for m in start_re.finditer(text, first.end(), end.start()):
+        body_start = m.end()
+    value = text[body_start : end.start()].strip()
+    if not value:
+        return ParsedUpdate(None, f"empty text between {start_tag} and {end_tag}")
+    return ParsedUpdate(value)

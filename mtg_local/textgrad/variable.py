@@ -1,0 +1,78 @@
+"""``Variable``: a piece of text being optimized, with its role and textual gradients.
+
+Shaped like TextGrad's (and PyTorch's) tensors: a value, ``requires_grad``,
+accumulated gradients and ``zero_grad()``. Unlike TextGrad, a variable never
+calls an engine itself: the batched operations in ``mtg_local.textgrad.ops``
+and ``TextualGradientDescent`` take lists of variables and make one engine
+call per phase.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Gradient:
+    """One textual gradient (feedback) on a variable.
+
+    Attributes:
+        text: the feedback.
+        context: what the variable is used for (e.g. the question it answers),
+            shown to the optimizer beside the feedback.
+    """
+
+    text: str
+    context: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class LossContext:
+    """What a loss output evaluated: everything ``backward`` needs to reach the variable.
+
+    Attributes:
+        evaluated: the variable the loss judged (gradients are added to it).
+        loss_prompt: the loss prompt theta_L (system prompt of the loss call).
+        loss_input: the user message the loss call read (question + answer).
+        context: context recorded with the gradient (the question).
+    """
+
+    evaluated: Variable
+    loss_prompt: str
+    loss_input: str
+    context: str = ""
+
+
+@dataclasses.dataclass(eq=False)
+class Variable:
+    """Text with a role description and accumulated textual gradients.
+
+    Attributes:
+        value: the current text.
+        role_description: what the text is for (shown to the backward and
+            optimizer prompts).
+        requires_grad: whether ``backward`` collects gradients for it.
+        gradients: textual gradients since the last ``zero_grad()``.
+        error: None, or why the operation that produced ``value`` failed
+            (an engine error result); ``value`` is then a fallback.
+        loss_context: set on loss outputs only: what was evaluated.
+    """
+
+    value: str
+    role_description: str
+    requires_grad: bool = True
+    gradients: list[Gradient] = dataclasses.field(default_factory=list)
+    error: str | None = None
+    loss_context: LossContext | None = None
+
+    def zero_grad(self) -> None:
+        """Drops the accumulated gradients (call before each loss/backward)."""
+        self.gradients.clear()
+
+    def gradient_text(self, separator: str = "\n\n") -> str:
+        """The accumulated gradients' texts joined by ``separator``."""
+        return separator.join(g.text for g in self.gradients)
+
+    def __repr__(self) -> str:
+        short = self.value if len(self.value) <= 60 else self.value[:57] + "..."
+        return f"Variable({short!r}, role={self.role_description!r}, grads={len(self.gradients)})"

@@ -1,0 +1,114 @@
+"""A scripted engine for outer-loop tests: accuracy follows a "GOOD" marker.
+
+Any request whose text (messages + response prefix) contains ``GOOD`` is
+answered correctly (the sorted words, with ``GOOD`` repeated so it flows
+through the loss -> backward -> update phases); other requests get the words
+in reverse order (always wrong). Meta calls are recognised by their prompts:
+a meta evaluation (theta_meta / theta_R) returns fixed feedback, and a meta
+TGD step of outer step ``s`` (the request's seed) returns the variable with
+`` [v{s}]`` appended, plus `` GOOD`` when (s, target) is scripted good. So a
+candidate with the marker reaches validation accuracy 1.0 and one without
+stays at 0.0: tests decide exactly which steps are accepted.
+
+Selectable by spec in a subprocess after ``register_scripted()``:
+``scripted:good=2.template+3;delay=0.2`` (steps 2 (template only) and 3 good;
+sleep 0.2 s per call).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from engines.base import GenRequest
+from engines.fake_engine import FakeEngine
+from mtg_local.prompts import meta_prompts as P
+
+_LIST = re.compile(r"List: ([a-z' \-]+)")
+META_FEEDBACK = "meta feedback: check the order letter by letter."
+
+
+def request_text(req: GenRequest) -> str:
+    return "\n".join(m.content for m in req.messages or ()) + (req.prompt or "") + req.response_prefix
+
+
+def is_meta_eval(req: GenRequest) -> bool:
+    text = request_text(req)
+    return P.META_LOSS_PROMPT[:60] in text or P.REPTILE_LOSS_PROMPT[:60] in text
+
+
+def meta_tgd_target(req: GenRequest) -> str | None:
+    text = request_text(req)
+    if f"<ROLE>{P.LOSS_PROMPT_ROLE}</ROLE>" in text:
+        return "loss_prompt"
+    if f"<ROLE>{P.TEMPLATE_ROLE}</ROLE>" in text:
+        return "template"
+    return None
+
+
+def parse_good(text: str) -> set[tuple[int, str]]:
+    """"2.template+3" -> {(2, "template"), (3, "loss_prompt"), (3, "template")}."""
+    good: set[tuple[int, str]] = set()
+    for part in filter(None, text.split("+")):
+        step, _, target = part.partition(".")
+        targets = [target] if target else ["loss_prompt", "template"]
+        good |= {(int(step), t) for t in targets}
+    return good
+
+
+def scripted_responder(good: set[tuple[int, str]], on_meta_tgd: Callable[[int], None] | None = None):
+    """The responder described in the module docstring."""
+
+    def respond(req: GenRequest) -> str:
+        if is_meta_eval(req):
+            return META_FEEDBACK
+        target = meta_tgd_target(req)
+        close = P.IMPROVED_END_TAG
+        open_tag = "" if req.response_prefix.endswith(P.IMPROVED_START_TAG) else P.IMPROVED_START_TAG
+        if target is not None:
+            step = req.sampling.seed
+            if on_meta_tgd is not None:
+                on_meta_tgd(step)
+            variable = request_text(req).split("<VARIABLE> ", 1)[1].split(" </VARIABLE>", 1)[0].strip()
+            new = f"{variable} [v{step}]" + (" GOOD" if (step, target) in good else "")
+            return f"{open_tag}{new}{close}"
+        text = request_text(req)
+        m = _LIST.search(text)
+        words = m.group(1).split() if m else ["none"]
+        ok = "GOOD" in text
+        answer = ("GOOD " if ok else "") + "Answer: " + " ".join(sorted(words, reverse=not ok))
+        if req.response_prefix.endswith(P.IMPROVED_START_TAG):  # an inner-loop update
+            return answer + close
+        return answer
+
+    return respond
+
+
+class ScriptedMetaEngine(FakeEngine):
+    """FakeEngine with ``scripted_responder``; optional sleep per call (to be killable)."""
+
+    def __init__(self, good: set[tuple[int, str]] | None = None, *, delay: float = 0.0, **kw: Any) -> None:
+        super().__init__(scripted_responder(good or set(), kw.pop("on_meta_tgd", None)), name="scripted", **kw)
+        self.delay = delay
+
+    @classmethod
+    def from_spec(cls, model: str | None, **options: Any) -> ScriptedMetaEngine:
+        fields = dict(p.partition("=")[::2] for p in (model or "").split(";") if p)
+        return cls(parse_good(fields.get("good", "")), delay=float(fields.get("delay", 0)), **options)
+
+    def identity(self) -> dict[str, Any]:
+        return {"backend": "scripted-meta"}
+
+    def _generate(self, requests: list[GenRequest], **kwargs: Any):
+        if self.delay:
+            time.sleep(self.delay)
+        return super()._generate(requests, **kwargs)
+
+
+def register_scripted() -> None:
+    """Makes ``scripted:...`` specs create a ``ScriptedMetaEngine`` (this process only)."""
+    from engines.registry import register
+
+    register("scripted", "meta_fakes:ScriptedMetaEngine")

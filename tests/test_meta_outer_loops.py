@@ -1,0 +1,166 @@
+"""Control flow of the outer loops on a scripted fake engine: revert, accept, exact call counts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engines.errors import UserError
+from meta_fakes import META_FEEDBACK, ScriptedMetaEngine, is_meta_eval, meta_tgd_target
+from mtg_local.inner_loop import DEFAULT_TEMPLATE
+from mtg_local.meta import MetaConfig, run_train
+from mtg_local.meta.outer_loop import OuterLoop, sample_minibatch
+from mtg_local.prompts import meta_prompts as P
+from mtg_local.tasks.word_sorting import INITIAL_LOSS_PROMPT
+
+N, SEEDS, M, T = 3, (0, 1), 2, 1  # questions per split, seeds, minibatch, inner steps
+INNER = 1 + 3 * T  # engine calls of one inner loop
+META_CALLS = {"learned_loss": 2, "maml": 1, "reptile": 2, "joint": 2}
+
+
+def config(tmp_path, method, **kw) -> MetaConfig:
+    base = dict(out=str(tmp_path / method), method=method, engine="scripted", seeds=SEEDS, outer_steps=2,
+                minibatch=M, steps=T, limit=N, max_tokens=64, optimizer_max_tokens=64, meta_max_tokens=64,
+                no_cache=True, progress=False)
+    base.update(kw)
+    return MetaConfig(**base)
+
+
+@pytest.fixture
+def calls_at_checkpoints(monkeypatch):
+    """Records len(engine.batches) at every checkpoint (one per step, one after the test)."""
+    marks: list[int] = []
+    engines: list[ScriptedMetaEngine] = []
+    original = OuterLoop._checkpoint
+
+    def spy(self):
+        marks.append(len(engines[0].batches))
+        original(self)
+
+    monkeypatch.setattr(OuterLoop, "_checkpoint", spy)
+    return marks, engines
+
+
+def deltas(marks: list[int]) -> list[int]:
+    return [b - a for a, b in zip([0] + marks, marks)]
+
+
+@pytest.mark.parametrize("method,target", [("learned_loss", "loss_prompt"), ("maml", "template"),
+                                           ("reptile", "template")])
+def test_revert_then_accept_with_exact_calls(tmp_path, calls_at_checkpoints, method, target):
+    marks, engines = calls_at_checkpoints
+    engine = ScriptedMetaEngine({(2, target)})
+    engines.append(engine)
+    res = run_train(config(tmp_path, method), engine=engine)
+
+    # step 0 (initial val + step-1 minibatch, one inner loop); step 1 (meta + val); step 2 (mb + meta + val); test
+    meta = META_CALLS[method]
+    assert deltas(marks) == [INNER, meta + INNER, INNER + meta + INNER, INNER]
+    assert len(engine.batches) == res["engine_usage"]["calls"] == 5 * INNER + 2 * meta
+    # the first inner-loop call batches the initial validation and step 1's minibatch
+    assert len(engine.batches[0]) == N * len(SEEDS) + M * len(SEEDS)
+
+    hist = res["history"]
+    assert [(h["step"], h["accepted"]) for h in hist] == [(0, True), (1, False), (2, True)]
+    assert [h["val_accuracy"] for h in hist] == [0.0, 0.0, 1.0]
+    assert res["initial_val_accuracy"] == 0.0 and res["best_val_accuracy"] == 1.0 and res["best_step"] == 2
+    start = INITIAL_LOSS_PROMPT if target == "loss_prompt" else DEFAULT_TEMPLATE.rstrip()
+    learned = res["learned"][target]
+    assert learned.strip() == f"{start} [v2] GOOD"  # step 1 reverted: step 2 started from the initial value
+    other = "template" if target == "loss_prompt" else "loss_prompt"
+    assert res["learned"][other] is None
+    assert res["test_accuracy"]["mean"] == 1.0 and res["test_accuracy"]["n"] == len(SEEDS)
+    assert hist[1]["candidate"][target].strip() == f"{start} [v1]"
+
+    rd = tmp_path / method
+    fname = "learned_loss_prompt.txt" if target == "loss_prompt" else "learned_template.txt"
+    assert (rd / fname).read_text() == learned + "\n"
+    for f in ("config.json", "events.jsonl", "checkpoint.json", "results.json", "trajectories.jsonl"):
+        assert (rd / f).exists(), f
+    assert json.loads((rd / "results.json").read_text())["status"] == "complete"
+    assert len((rd / "trajectories.jsonl").read_text().splitlines()) == N * len(SEEDS)
+
+
+def test_meta_requests_carry_the_paper_prompts(tmp_path):
+    engine = ScriptedMetaEngine({(2, "loss_prompt")})
+    run_train(config(tmp_path, "learned_loss", outer_steps=1), engine=engine)
+    evals = [r for b in engine.batches for r in b if is_meta_eval(r)]
+    tgds = [r for b in engine.batches for r in b if meta_tgd_target(r)]
+    assert len(evals) == 1 and len(tgds) == 1
+    text = evals[0].messages[-1].content
+    assert text.startswith(P.META_LOSS_PROMPT.split("{qa_pairs}")[0])
+    assert "Question 1: Sort the following words alphabetically" in text and "Standard Answer 1: " in text
+    assert f"must be improved: {INITIAL_LOSS_PROMPT}\n\n" in text
+    assert META_FEEDBACK in tgds[0].messages[-1].content
+    assert tgds[0].response_prefix == P.IMPROVED_START_TAG and tgds[0].messages[0].content == P.TGD_SYSTEM_PROMPT
+
+
+def test_maml_uses_last_gradients_and_reptile_theta_r(tmp_path):
+    maml = ScriptedMetaEngine()
+    run_train(config(tmp_path, "maml", outer_steps=1), engine=maml)
+    tgd = [r for b in maml.batches for r in b if meta_tgd_target(r) == "template"]
+    assert len(tgd) == 1 and not any(is_meta_eval(r) for b in maml.batches for r in b)
+    assert "Here is the feedback we got for this response:" in tgd[0].messages[-1].content
+
+    rep = ScriptedMetaEngine()
+    run_train(config(tmp_path, "reptile", outer_steps=1), engine=rep)
+    ev = [r for b in rep.batches for r in b if is_meta_eval(r)]
+    assert len(ev) == 1 and ev[0].messages[-1].content.startswith(P.REPTILE_LOSS_PROMPT.split("{qa_pairs}")[0])
+    assert f"template to improve: {DEFAULT_TEMPLATE.strip()}\n\n" in ev[0].messages[-1].content
+
+
+def test_joint_validates_three_candidates_in_one_inner_loop(tmp_path, calls_at_checkpoints):
+    marks, engines = calls_at_checkpoints
+    engine = ScriptedMetaEngine({(2, "template")})
+    engines.append(engine)
+    res = run_train(config(tmp_path, "joint"), engine=engine)
+    assert deltas(marks) == [INNER, 2 + INNER, INNER + 2 + INNER, INNER]
+    # meta evaluations of both updates share one call, TGD steps another
+    meta_batches = [b for b in engine.batches if any(is_meta_eval(r) or meta_tgd_target(r) for r in b)]
+    assert [len(b) for b in meta_batches] == [2, 2, 2, 2]
+    val_first = engine.batches[INNER + 2]  # step 1 validation, forward phase
+    assert len(val_first) == 3 * N * len(SEEDS)
+    step = lambda s: [(h["label"], h["val_accuracy"], h["accepted"]) for h in res["history"] if h["step"] == s]
+    assert step(1) == [("loss_prompt", 0.0, False), ("template", 0.0, False), ("both", 0.0, False)]
+    # template and both tie at 1.0: the first (template) wins
+    assert step(2) == [("loss_prompt", 0.0, False), ("template", 1.0, True), ("both", 1.0, False)]
+    assert res["learned"]["template"].strip().endswith("[v2] GOOD")
+    assert res["learned"]["loss_prompt"] == INITIAL_LOSS_PROMPT
+
+
+def test_skipped_step_when_no_wrong_answers(tmp_path, calls_at_checkpoints):
+    marks, engines = calls_at_checkpoints
+    engine = ScriptedMetaEngine()
+    engines.append(engine)
+    res = run_train(config(tmp_path, "learned_loss", initial_template="GOOD start: "), engine=engine)
+    assert deltas(marks) == [INNER, 0, INNER, INNER]  # no meta calls, nothing to validate
+    assert [h["label"] for h in res["history"]] == ["initial", None, None]
+    assert res["history"][1]["info"]["loss_prompt"]["skipped"] == "no wrong answers in the minibatch"
+
+
+def test_zero_outer_steps_only_validates_and_tests(tmp_path, calls_at_checkpoints):
+    marks, engines = calls_at_checkpoints
+    engines.append(engine := ScriptedMetaEngine())
+    res = run_train(config(tmp_path, "reptile", outer_steps=0), engine=engine)
+    assert deltas(marks) == [INNER, INNER] and len(engine.batches[0]) == N * len(SEEDS)
+    assert res["learned"]["template"] == DEFAULT_TEMPLATE
+
+
+def test_minibatches_depend_only_on_seed_and_step():
+    train = list(range(20))
+    assert sample_minibatch(train, 3, 0, 1) == sample_minibatch(train, 3, 0, 1)
+    assert sample_minibatch(train, 3, 0, 1) != sample_minibatch(train, 3, 0, 2)
+    assert sample_minibatch(train[:2], 3, 0, 1) in ([0, 1], [1, 0])
+
+
+def test_occupied_run_dir_and_bad_config(tmp_path):
+    run_train(config(tmp_path, "maml", outer_steps=0), engine=ScriptedMetaEngine())
+    with pytest.raises(UserError, match="--resume"):
+        run_train(config(tmp_path, "maml", outer_steps=0), engine=ScriptedMetaEngine())
+    with pytest.raises(UserError, match="other settings"):
+        run_train(config(tmp_path, "maml", outer_steps=1), engine=ScriptedMetaEngine(), resume=True)
+    with pytest.raises(UserError, match="method"):
+        config(tmp_path, "sgd")
+    with pytest.raises(UserError, match="seeds"):
+        config(tmp_path, "maml", seeds=())

@@ -1,0 +1,43 @@
+"""Every outer loop runs 2 steps on the real vLLM engine + bundled model and writes a full run dir."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mtg_local.meta import METHODS, MetaConfig, run_train
+
+RUN_FILES = ("config.json", "events.jsonl", "checkpoint.json", "cache.sqlite", "results.json", "trajectories.jsonl")
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("method", METHODS)
+def test_two_outer_steps_on_bundled_model(vllm_engine, tmp_path, method):  # noqa: ANN001
+    out = tmp_path / method
+    cfg = MetaConfig(out=str(out), method=method, engine="vllm:bundled", seeds=(0,), outer_steps=2, minibatch=2,
+                     steps=1, limit=3, max_tokens=48, optimizer_max_tokens=48, meta_max_tokens=64, progress=False)
+    res = run_train(cfg, engine=vllm_engine)
+
+    for name in RUN_FILES:
+        assert (out / name).exists(), name
+    learns = {"learned_loss": ["loss_prompt"], "maml": ["template"], "reptile": ["template"],
+              "joint": ["loss_prompt", "template"]}[method]
+    for target in learns:
+        text = (out / f"learned_{target}.txt").read_text()
+        assert text == res["learned"][target] + "\n" and text.strip()
+    assert res["status"] == "complete" and res["method"] == method
+    assert res["test_accuracy"]["n"] == 1 and 0.0 <= res["test_accuracy"]["mean"] <= 1.0
+    assert res["n_questions"] == 3 and len((out / "trajectories.jsonl").read_text().splitlines()) == 3
+    steps = [h["step"] for h in res["history"]]
+    assert steps[0] == 0 and {1, 2} <= set(steps)
+    for h in res["history"]:
+        assert h["val_accuracy"] is None or 0.0 <= h["val_accuracy"] <= 1.0
+        assert h["accepted"] in (True, False)
+    ckpt = json.loads((out / "checkpoint.json").read_text())
+    assert ckpt["completed_step"] == 2 and ckpt["test"]["accuracy"] == res["test_accuracy"]
+    # at most: 5 inner loops (step 0 + minibatch 1, minibatch 2, 2 validations, test) of 1 + 3T calls,
+    # plus <= 2 meta calls per step
+    assert 0 < res["engine_usage"]["calls"] <= 5 * 4 + 2 * 2
+    events = [json.loads(x)["event"] for x in (out / "events.jsonl").read_text().splitlines()]
+    assert events[0] == "start" and events[-1] == "done" and "initial_validation" in events

@@ -1,0 +1,160 @@
+"""Resumable ``mtg train``: preemption (exit 99), SIGKILL + --resume == an uninterrupted run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from meta_fakes import ScriptedMetaEngine, register_scripted
+from mtg_local.commands import train as train_cmd
+from mtg_local.meta import EXIT_REQUEUE, MetaConfig, Preempted, StopFlag, run_train
+
+TESTS_DIR = Path(__file__).parent
+REPO = TESTS_DIR.parent
+COMPARED = ("learned", "artifacts", "test_accuracy", "history", "initial_val_accuracy", "best_val_accuracy",
+            "best_step", "n_questions")
+
+
+def cfg(out: Path, **kw) -> MetaConfig:
+    base = dict(out=str(out), method="learned_loss", engine="scripted:good=2", seeds=(0, 1), outer_steps=2,
+                minibatch=2, steps=1, limit=3, max_tokens=64, optimizer_max_tokens=64, meta_max_tokens=64,
+                progress=False)
+    base.update(kw)
+    return MetaConfig(**base)
+
+
+def events(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
+
+
+def compared(results: dict) -> dict:
+    return {k: results[k] for k in COMPARED}
+
+
+def test_stop_flag_abandons_step_then_resume_matches(tmp_path):
+    full = run_train(cfg(tmp_path / "full"), engine=ScriptedMetaEngine({(2, "loss_prompt")}))
+
+    stop = StopFlag()
+    engine = ScriptedMetaEngine({(2, "loss_prompt")}, on_meta_tgd=lambda s: stop.set(0) if s == 2 else None)
+    with pytest.raises(Preempted):
+        run_train(cfg(tmp_path / "cut"), engine=engine, stop=stop)
+    ckpt = json.loads((tmp_path / "cut" / "checkpoint.json").read_text())
+    assert ckpt["completed_step"] == 1 and ckpt["test"] is None  # step 2 abandoned
+    assert not (tmp_path / "cut" / "results.json").exists()
+    assert events(tmp_path / "cut")[-1]["event"] == "preempted"
+
+    fresh = ScriptedMetaEngine({(2, "loss_prompt")})
+    resumed = run_train(cfg(tmp_path / "cut"), engine=fresh, resume=True)
+    assert compared(resumed) == compared(full)
+    assert resumed["resumed"] is True
+    # step 2's minibatch loop and meta calls were replayed from the cache; only step 2's
+    # validation and the test evaluation reached the engine -- minus the validation's forward
+    # phase: a loss-prompt candidate leaves the initial answers unchanged, cached at step 0
+    assert len(fresh.batches) == resumed["engine_usage"]["calls"] == 2 * 4 - 1
+    assert resumed["engine_usage"]["cache_hits"] > 0
+
+
+def test_sigusr1_exits_with_requeue_code(tmp_path):
+    register_scripted()
+    parser = argparse.ArgumentParser(prog="mtg")
+    train_cmd.register(parser.add_subparsers(dest="command"))
+    out = tmp_path / "run"
+    args = parser.parse_args(["train", "--engine", "scripted:good=2", "--seeds", "0,1", "--outer-steps", "2",
+                              "--minibatch", "2", "--limit", "3", "--steps", "1", "--max-tokens", "64",
+                              "--out", str(out), "--no-progress"])
+    # the signal arrives while step 1's meta step runs: that step is abandoned
+    import meta_fakes
+
+    orig = meta_fakes.scripted_responder
+    sent = []
+
+    def responder(good, on_meta_tgd=None):
+        def hook(step):
+            if not sent:
+                sent.append(step)
+                os.kill(os.getpid(), signal.SIGUSR1)
+        return orig(good, hook)
+
+    meta_fakes.scripted_responder = responder
+    try:
+        assert args.func(args) == EXIT_REQUEUE == 99
+    finally:
+        meta_fakes.scripted_responder = orig
+    assert json.loads((out / "checkpoint.json").read_text())["completed_step"] == 0
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handler restored
+    resume = parser.parse_args(["train", "--resume", str(out), "--no-progress"])
+    assert resume.func(resume) == 0
+    assert json.loads((out / "results.json").read_text())["best_step"] == 2
+
+
+LAUNCHER = textwrap.dedent(
+    """
+    import argparse, sys
+    sys.path.insert(0, {tests!r})
+    from meta_fakes import register_scripted
+    register_scripted()
+    from mtg_local.commands import train
+    p = argparse.ArgumentParser(prog="mtg")
+    train.register(p.add_subparsers(dest="command"))
+    args = p.parse_args(["train", *sys.argv[1:]])
+    sys.exit(args.func(args))
+    """
+)
+
+
+def mtg_train(launcher: Path, *argv: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(launcher), *argv], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("kill_after_step", [0, 1])
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, kill_after_step):
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(LAUNCHER.format(tests=str(TESTS_DIR)))
+    common = ["--engine", "scripted:good=2;delay=0.15", "--seeds", "0,1", "--outer-steps", "2", "--minibatch", "2",
+              "--limit", "3", "--steps", "1", "--max-tokens", "64", "--optimizer-max-tokens", "64",
+              "--meta-max-tokens", "64", "--no-progress"]
+    full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+    full = mtg_train(launcher, *common, "--out", str(full_dir))
+    cut = mtg_train(launcher, *common, "--out", str(cut_dir))
+    ckpt = cut_dir / "checkpoint.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if ckpt.exists() and json.loads(ckpt.read_text())["completed_step"] >= kill_after_step:
+            break
+        assert cut.poll() is None, cut.communicate()
+        time.sleep(0.01)
+    cut.kill()  # SIGKILL, mid-way through the next step
+    cut.wait()
+    assert cut.returncode == -signal.SIGKILL
+    state = json.loads(ckpt.read_text())
+    assert state["test"] is None and not (cut_dir / "results.json").exists()
+
+    resumed = mtg_train(launcher, "--resume", str(cut_dir), "--no-progress")
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    f_out, f_err = full.communicate(timeout=300)
+    assert full.returncode == 0, f_err
+
+    a = json.loads((full_dir / "results.json").read_text())
+    b = json.loads((cut_dir / "results.json").read_text())
+    assert compared(a) == compared(b)
+    assert (full_dir / "learned_loss_prompt.txt").read_text() == (cut_dir / "learned_loss_prompt.txt").read_text()
+    assert a["best_step"] == 2 and a["test_accuracy"]["mean"] == 1.0
+    # nothing finished before the checkpoint is generated again
+    calls_at = {e["completed_step"]: e["session_backend_calls"] for e in events(full_dir) if e["event"] == "checkpoint"
+                and not e["tested"]}
+    done = calls_at[state["completed_step"]]
+    assert b["engine_usage"]["calls"] <= a["engine_usage"]["calls"] - done
+    assert b["engine_usage"]["cache_hits"] > 0
+    print(f"\nkilled after step {state['completed_step']}: resumed run made {b['engine_usage']['calls']} backend "
+          f"calls ({b['engine_usage']['cache_hits']} cached requests) vs {a['engine_usage']['calls']} uninterrupted")
