@@ -202,6 +202,10 @@ class VLLMEngine(Engine):
             # ~670 tokens prefilled in 28 s with no reserved core vs 50 s with
             # one. Read when the worker starts; a user's setting wins.
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+            # One scheduler step prefills a whole phase (chunked prefill is off
+            # on CPU); on a busy 2-core machine that outlasted vLLM's 300 s
+            # step timeout and killed the engine mid-run.
+            os.environ.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "3600")
         self.llm_kwargs = config.llm_kwargs(self.model_path, on_cpu=self.on_cpu)
         try:
             self._llm = vllm.LLM(**self.llm_kwargs)
