@@ -161,6 +161,14 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+def model_identity(name: str) -> str:
+    """The model part of an engine's cache identity: ``bundled`` names its conversion recipe,
+    so a changed recipe never reuses cached outputs of the old weights."""
+    if name == BUNDLED_NAME:
+        return f"{BUNDLED_NAME}:smollm2-135m-instruct@recipe{RECIPE_VERSION}"
+    return name
+
+
 def resolve_model(name: str) -> str:
     """Maps a model name to what a backend loads.
 

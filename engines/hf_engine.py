@@ -11,8 +11,8 @@ import dataclasses
 from typing import Any
 
 from engines.base import Capabilities, Engine, GenRequest, GenResult
-from engines.bundled import BUNDLED_NAME, RECIPE_VERSION, resolve_model
-from engines.errors import EngineSpecError
+from engines.bundled import model_identity, resolve_model
+from engines.registry import config_from_options
 from engines.rendering import cut_at_stop, render_token_ids, resolve_dtype
 
 _SEED_NOTE = (
@@ -104,21 +104,10 @@ class HFEngine(Engine):
 
     @classmethod
     def from_spec(cls, model: str | None, **options: Any) -> HFEngine:
-        try:
-            config = HFConfig(model=model or "", **options)
-        except TypeError as e:
-            names = ", ".join(f.name for f in dataclasses.fields(HFConfig) if f.name != "model")
-            raise EngineSpecError(f"unknown hf engine option ({e}); known options: {names}") from e
-        except ValueError as e:
-            raise EngineSpecError(f"bad hf engine option: {e}") from e
-        return cls(config)
+        return cls(config_from_options(HFConfig, "hf", model, options))
 
     def identity(self) -> dict[str, Any]:
-        model = (
-            f"{BUNDLED_NAME}:smollm2-135m-instruct@recipe{RECIPE_VERSION}"
-            if self.config.model == BUNDLED_NAME
-            else self.config.model
-        )
+        model = model_identity(self.config.model)
         return {"backend": "hf", "model": model, "dtype": self.dtype, "max_model_len": self.max_model_len}
 
     @property

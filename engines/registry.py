@@ -8,8 +8,9 @@ exact prefix, never by a substring of a model name.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-from typing import Any
+from typing import Any, TypeVar
 
 from engines.base import Engine
 from engines.errors import BackendUnavailableError, EngineSpecError
@@ -23,6 +24,24 @@ _REGISTRY: dict[str, str] = {
 
 # Which pip extra provides each backend's heavy dependency (for error messages).
 _EXTRAS = {"vllm": "cpu] or .[gpu", "hf": "cpu", "openai": "openai"}
+
+
+_C = TypeVar("_C")
+
+
+def config_from_options(config_cls: type[_C], backend: str, model: str | None, options: dict[str, Any]) -> _C:
+    """Builds a backend's frozen config from a spec's model part and ``--engine-opt`` options.
+
+    Raises:
+        EngineSpecError: an unknown option (naming the known ones) or a bad value.
+    """
+    try:
+        return config_cls(model=model or "", **options)
+    except TypeError as e:
+        names = ", ".join(f.name for f in dataclasses.fields(config_cls) if f.name != "model")
+        raise EngineSpecError(f"unknown {backend} engine option ({e}); known options: {names}") from e
+    except ValueError as e:
+        raise EngineSpecError(f"bad {backend} engine option: {e}") from e
 
 
 def register(name: str, target: str) -> None:

@@ -14,8 +14,9 @@ import os
 from typing import Any
 
 from engines.base import Capabilities, Engine, GenRequest, GenResult
-from engines.bundled import BUNDLED_NAME, RECIPE_VERSION, resolve_model
+from engines.bundled import model_identity, resolve_model
 from engines.errors import EngineError, EngineSpecError
+from engines.registry import config_from_options
 from engines.rendering import render_token_ids, resolve_dtype
 
 GiB = 1024**3
@@ -223,21 +224,10 @@ class VLLMEngine(Engine):
     @classmethod
     def from_spec(cls, model: str | None, **options: Any) -> VLLMEngine:
         """Builds the engine from a registry spec's model part and ``--engine-opt`` options."""
-        try:
-            config = VLLMConfig(model=model or "", **options)
-        except TypeError as e:
-            names = ", ".join(f.name for f in dataclasses.fields(VLLMConfig) if f.name != "model")
-            raise EngineSpecError(f"unknown vllm engine option ({e}); known options: {names}") from e
-        except ValueError as e:
-            raise EngineSpecError(f"bad vllm engine option: {e}") from e
-        return cls(config)
+        return cls(config_from_options(VLLMConfig, "vllm", model, options))
 
     def identity(self) -> dict[str, Any]:
-        model = (
-            f"{BUNDLED_NAME}:smollm2-135m-instruct@recipe{RECIPE_VERSION}"
-            if self.config.model == BUNDLED_NAME
-            else self.config.model
-        )
+        model = model_identity(self.config.model)
         return {
             "backend": "vllm",
             "model": model,
