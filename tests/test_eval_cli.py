@@ -187,3 +187,28 @@ def test_eval_solution_opt_on_vllm_bundled(vllm_engine, tmp_path: Path) -> None:
     second = run_eval(args, engine=vllm_engine)
     assert second["engine_usage"]["calls"] == 0 and second["engine_usage"]["cache_hits"] > 0
     assert second["test_accuracy"] == first["test_accuracy"] and read_run(out)[1] == trajs
+
+
+def test_open_run_engines_closes_only_what_it_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engines.fake_engine import FakeEngine
+    from mtg_local.commands.common import open_run_engines
+
+    closed: list[FakeEngine] = []
+    monkeypatch.setattr(FakeEngine, "close", lambda self: closed.append(self))
+    # Same spec for both roles: one engine, one cache wrapper, shared by forward and optimizer.
+    with open_run_engines("fake", "fake", [], cache_path=tmp_path / "c.sqlite") as e:
+        assert e.optimizer is e.forward and e.optimizer_run is e.forward_run is not e.forward
+        assert e.specs == {"engine": "fake", "optimizer_engine": "fake"}
+    assert closed == [e.forward]
+    closed.clear()
+    # A given engine is the caller's: not closed; another optimizer spec gets its own engine, closed.
+    given = FakeEngine()
+    with open_run_engines("fake", "fake:echo", [], cache_path=None, engine=given) as e:
+        assert e.forward is given and e.forward_run is given and e.optimizer is not given
+    assert closed == [e.optimizer]
+    closed.clear()
+    # Engines opened before a failure are closed, and the error propagates.
+    with pytest.raises(RuntimeError, match="boom"):
+        with open_run_engines("fake", None, [], cache_path=None) as e:
+            raise RuntimeError("boom")
+    assert closed == [e.forward]

@@ -3,7 +3,8 @@
 * ``offline_library_env`` -- keeps DSPy/TextGrad/LiteLLM off the network and
   out of the working directory when they are imported;
 * ``chat_messages`` -- OpenAI-style message dicts -> our ``Message`` tuples;
-* ``derive_seed`` -- distinct, reproducible per-sample seeds.
+* ``derive_seed`` -- distinct, reproducible per-sample seeds;
+* ``adopt_coalescer`` -- an adapter's engine-or-shared-coalescer argument.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from engines.base import Message
+from engines.base import Engine, Message
+from engines.coalescer import CoalescerConfig, RequestCoalescer
 from engines.errors import RequestError
 
 _ROLE_MAP = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -75,3 +77,23 @@ def derive_seed(*parts: Any) -> int:
     """A stable seed in [0, 2**31) from any printable parts (e.g. base seed, rollout id, sample index)."""
     digest = hashlib.sha256(("mtg-adapter:" + ":".join(map(str, parts))).encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def adopt_coalescer(
+    engine: Engine | RequestCoalescer, config: CoalescerConfig | None
+) -> tuple[RequestCoalescer, bool, str]:
+    """The coalescer an adapter sends through: a shared one as given, else a private one over ``engine``.
+
+    Returns:
+        (coalescer, owned -- True when the adapter made it and must close it, engine spec or class name).
+
+    Raises:
+        TypeError: ``engine`` is neither an ``Engine`` nor a ``RequestCoalescer``.
+    """
+    if isinstance(engine, RequestCoalescer):
+        coalescer, owned = engine, False
+    elif isinstance(engine, Engine):
+        coalescer, owned = RequestCoalescer(engine, config), True
+    else:
+        raise TypeError(f"engine must be an Engine or a RequestCoalescer, got {type(engine).__name__}")
+    return coalescer, owned, coalescer.engine.spec or type(coalescer.engine).__name__

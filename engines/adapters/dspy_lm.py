@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from engines.adapters.common import chat_messages, derive_seed, offline_library_env
+from engines.adapters.common import adopt_coalescer, chat_messages, derive_seed, offline_library_env
 
 offline_library_env()
 
@@ -92,13 +92,7 @@ class EngineDSPyLM(dspy.BaseLM):
         coalescer_config: CoalescerConfig | None = None,
         **kwargs: Any,
     ) -> None:
-        if isinstance(engine, RequestCoalescer):
-            self.coalescer, self._owns_coalescer = engine, False
-        elif isinstance(engine, Engine):
-            self.coalescer, self._owns_coalescer = RequestCoalescer(engine, coalescer_config), True
-        else:
-            raise TypeError(f"engine must be an Engine or a RequestCoalescer, got {type(engine).__name__}")
-        spec = self.coalescer.engine.spec or type(self.coalescer.engine).__name__
+        self.coalescer, self._owns_coalescer, spec = adopt_coalescer(engine, coalescer_config)
         super().__init__(
             model=model or f"mtg/{spec}",
             model_type="chat",

@@ -31,7 +31,7 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from engines.adapters.common import derive_seed, offline_library_env
+from engines.adapters.common import adopt_coalescer, derive_seed, offline_library_env
 
 offline_library_env()
 
@@ -82,13 +82,7 @@ class TextGradEngine(EngineLM):
         seed: int = 0,
         coalescer_config: CoalescerConfig | None = None,
     ) -> None:
-        if isinstance(engine, RequestCoalescer):
-            self.coalescer, self._owns_coalescer = engine, False
-        elif isinstance(engine, Engine):
-            self.coalescer, self._owns_coalescer = RequestCoalescer(engine, coalescer_config), True
-        else:
-            raise TypeError(f"engine must be an Engine or a RequestCoalescer, got {type(engine).__name__}")
-        spec = self.coalescer.engine.spec or type(self.coalescer.engine).__name__
+        self.coalescer, self._owns_coalescer, spec = adopt_coalescer(engine, coalescer_config)
         self.model_string = model_string or f"mtg/{spec}"
         self.system_prompt = system_prompt
         self.sampling = SamplingConfig(temperature=temperature, max_tokens=max_tokens, top_p=top_p)

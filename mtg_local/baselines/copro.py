@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from mtg_local.baselines.dspy_program import (
     DSPyOptimized,
     DSPyRunConfig,
+    check_temperature,
     dspy_examples,
     dspy_session,
     demos_of,
@@ -51,9 +52,7 @@ class CoproConfig(DSPyRunConfig):
             raise ValueError(f"breadth must be an integer >= 2 (COPRO needs > 1), got {self.breadth!r}")
         if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 1:
             raise ValueError(f"depth must be an integer >= 1, got {self.depth!r}")
-        t = self.init_temperature
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0 <= t <= 2):
-            raise ValueError(f"init_temperature must be a number in [0, 2], got {t!r}")
+        check_temperature("init_temperature", self.init_temperature)
 
 
 def optimize_copro(

@@ -207,6 +207,12 @@ def evaluate_program(
 
 
 # -- running DSPy on our engines ----------------------------------------------
+def check_temperature(name: str, value: Any) -> None:
+    """Raises ValueError unless ``value`` is a number in [0, 2] (the range every sampler here accepts)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value <= 2):
+        raise ValueError(f"{name} must be a number in [0, 2], got {value!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class DSPyRunConfig:
     """Settings every DSPy-optimizer baseline shares (validated in __post_init__).
@@ -238,9 +244,7 @@ class DSPyRunConfig:
 
     def __post_init__(self) -> None:
         for name in ("temperature", "prompt_temperature"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v <= 2):
-                raise ValueError(f"{name} must be a number in [0, 2], got {v!r}")
+            check_temperature(name, getattr(self, name))
         for name in ("max_tokens", "prompt_max_tokens", "num_threads"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

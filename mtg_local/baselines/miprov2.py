@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from mtg_local.baselines.dspy_program import (
     DSPyOptimized,
     DSPyRunConfig,
+    check_temperature,
     demos_of,
     dspy_examples,
     dspy_session,
@@ -82,9 +83,7 @@ class MiproConfig(DSPyRunConfig):
                 raise ValueError(f"{name} must be None or an integer >= 1, got {v!r}")
         if isinstance(self.minibatch_size, bool) or not isinstance(self.minibatch_size, int) or self.minibatch_size < 1:
             raise ValueError(f"minibatch_size must be an integer >= 1, got {self.minibatch_size!r}")
-        t = self.init_temperature
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0 <= t <= 2):
-            raise ValueError(f"init_temperature must be a number in [0, 2], got {t!r}")
+        check_temperature("init_temperature", self.init_temperature)
 
 
 def optimize_miprov2(

@@ -19,10 +19,9 @@ import dataclasses
 import time
 from typing import Any
 
-from engines import Engine, create_engine
-from engines.cache import CachedEngine
+from engines import Engine
 from engines.errors import UserError
-from mtg_local.commands.common import DEFAULT_ENGINE, add_engine_args, parse_engine_opts
+from mtg_local.commands.common import DEFAULT_ENGINE, add_engine_args, open_run_engines
 from mtg_local.commands.eval import parse_seeds, read_text_arg
 from mtg_local.evaluation import UsageMeter, evaluate, now_iso, results_record, write_trajectories
 from mtg_local.inner_loop import DEFAULT_TEMPLATE
@@ -178,53 +177,32 @@ def run_baseline(
         raise UserError(f"{cfg.task} needs non-empty train, val and test splits for {cfg.method}")
     run_dir = RunDir(cfg.out).create()
     started, t0 = now_iso(), time.perf_counter()
-    owned: list[Engine] = []
-    fwd = engine
-    if fwd is None:
-        fwd = create_engine(cfg.engine, **parse_engine_opts(list(cfg.engine_opts)))
-        owned.append(fwd)
-    opt = optimizer_engine
-    if opt is None and cfg.optimizer_engine and cfg.optimizer_engine != cfg.engine:
-        opt = create_engine(cfg.optimizer_engine, **parse_engine_opts(list(cfg.engine_opts)))
-        owned.append(opt)
-    opt = opt or fwd
-    wrappers: list[CachedEngine] = []
-    if not cfg.no_cache:
-        cache_path = cfg.cache or run_dir.cache_path
-        fwd_run = CachedEngine(fwd, cache_path)
-        opt_run = fwd_run if opt is fwd else CachedEngine(opt, cache_path)
-        wrappers = [fwd_run] + ([opt_run] if opt_run is not fwd_run else [])
-    else:
-        fwd_run, opt_run = fwd, opt
-    specs = {"engine": fwd.spec or cfg.engine, "optimizer_engine": opt.spec or cfg.optimizer_engine or cfg.engine}
-    config = {**cfg.to_dict(), **specs}
-    run_dir.write_config(config)
-    run_dir.log_event("baseline_start", method=cfg.method, n_train=len(splits.train), n_val=len(splits.val),
-                      n_test=len(splits.test), seeds=list(cfg.seeds))
-    meter = UsageMeter(fwd_run, opt_run)
-    common = dict(task=task, method=cfg.method, seeds=cfg.seeds, split="test", n_questions=len(splits.test),
-                  config=config, started_at=started, **specs)
-    try:
-        if cfg.method == "prompt_opt":
-            body = _prompt_opt(cfg, task, splits, run_dir, fwd_run, opt_run)
-        else:
-            body = _dspy_method(cfg, task, splits, run_dir, fwd_run, opt_run)
-        results = results_record(engine_usage=meter.report(), wall_s=time.perf_counter() - t0, **common, **body)
-        run_dir.write_results(results)
-        run_dir.log_event("baseline_done", accuracy=results["test_accuracy"]["mean"],
-                          calls=results["engine_usage"]["calls"])
-        return results
-    except BaseException as e:
-        failed = results_record(accuracy=None, engine_usage=meter.report(), wall_s=time.perf_counter() - t0,
-                                status="failed", error=f"{type(e).__name__}: {e}", **common)
-        run_dir.write_results(failed)
-        run_dir.log_event("baseline_failed", error=failed["error"])
-        raise
-    finally:
-        for w in wrappers:
-            w.cache.close()
-        for e in owned:
-            e.close()
+    cache_path = None if cfg.no_cache else (cfg.cache or run_dir.cache_path)
+    with open_run_engines(cfg.engine, cfg.optimizer_engine, cfg.engine_opts, cache_path=cache_path,
+                          engine=engine, optimizer_engine=optimizer_engine) as engines:
+        config = {**cfg.to_dict(), **engines.specs}
+        run_dir.write_config(config)
+        run_dir.log_event("baseline_start", method=cfg.method, n_train=len(splits.train), n_val=len(splits.val),
+                          n_test=len(splits.test), seeds=list(cfg.seeds))
+        meter = UsageMeter(engines.forward_run, engines.optimizer_run)
+        common = dict(task=task, method=cfg.method, seeds=cfg.seeds, split="test", n_questions=len(splits.test),
+                      config=config, started_at=started, **engines.specs)
+        try:
+            if cfg.method == "prompt_opt":
+                body = _prompt_opt(cfg, task, splits, run_dir, engines.forward_run, engines.optimizer_run)
+            else:
+                body = _dspy_method(cfg, task, splits, run_dir, engines.forward_run, engines.optimizer_run)
+            results = results_record(engine_usage=meter.report(), wall_s=time.perf_counter() - t0, **common, **body)
+            run_dir.write_results(results)
+            run_dir.log_event("baseline_done", accuracy=results["test_accuracy"]["mean"],
+                              calls=results["engine_usage"]["calls"])
+            return results
+        except BaseException as e:
+            failed = results_record(accuracy=None, engine_usage=meter.report(), wall_s=time.perf_counter() - t0,
+                                    status="failed", error=f"{type(e).__name__}: {e}", **common)
+            run_dir.write_results(failed)
+            run_dir.log_event("baseline_failed", error=failed["error"])
+            raise
 
 
 def _prompt_opt(cfg, task, splits, run_dir: RunDir, fwd: Engine, opt: Engine) -> dict[str, Any]:

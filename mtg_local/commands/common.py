@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +69,68 @@ def build_engine(spec: str, opts: list[str], cache: str | Path | None, no_cache:
     if cache is not None and not no_cache:
         engine = CachedEngine(engine, cache)
     return engine
+
+
+@dataclasses.dataclass(frozen=True)
+class RunEngines:
+    """The engines of one run: raw backends and the (possibly cached) ones the run calls.
+
+    Attributes:
+        forward: the task/forward backend.
+        optimizer: the optimizer backend (the forward one unless another spec was given).
+        forward_run: what the run calls for forward phases (``forward`` behind the cache).
+        optimizer_run: the same for optimizer phases; the very object ``forward_run`` when
+            both are one backend, so one cache and one usage meter see everything.
+        specs: ``{"engine": ..., "optimizer_engine": ...}`` as recorded in config/results.
+    """
+
+    forward: Engine
+    optimizer: Engine
+    forward_run: Engine
+    optimizer_run: Engine
+    specs: dict[str, str]
+
+
+@contextlib.contextmanager
+def open_run_engines(
+    spec: str,
+    optimizer_spec: str | None,
+    engine_opts: list[str] | tuple[str, ...],
+    *,
+    cache_path: str | Path | None,
+    engine: Engine | None = None,
+    optimizer_engine: Engine | None = None,
+) -> Iterator[RunEngines]:
+    """Opens (or adopts) a run's forward and optimizer engines, cached unless ``cache_path`` is None.
+
+    Engines passed in are used as they are and left open; engines built here
+    from the specs, and the caches, are closed on exit. An optimizer spec equal
+    to the forward one shares the forward engine (one model loaded, not two).
+    """
+    owned: list[Engine] = []
+    wrappers: list[CachedEngine] = []
+    try:
+        fwd = engine
+        if fwd is None:
+            fwd = create_engine(spec, **parse_engine_opts(list(engine_opts)))
+            owned.append(fwd)
+        opt = optimizer_engine
+        if opt is None and optimizer_spec and optimizer_spec != spec:
+            opt = create_engine(optimizer_spec, **parse_engine_opts(list(engine_opts)))
+            owned.append(opt)
+        opt = opt or fwd
+        fwd_run, opt_run = fwd, opt
+        if cache_path is not None:
+            fwd_run = CachedEngine(fwd, cache_path)
+            opt_run = fwd_run if opt is fwd else CachedEngine(opt, cache_path)
+            wrappers = [fwd_run] + ([opt_run] if opt_run is not fwd_run else [])
+        specs = {"engine": fwd.spec or spec, "optimizer_engine": opt.spec or optimizer_spec or spec}
+        yield RunEngines(fwd, opt, fwd_run, opt_run, specs)
+    finally:
+        for w in wrappers:
+            w.cache.close()
+        for e in owned:
+            e.close()
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, *, max_tokens: int = 256) -> None:

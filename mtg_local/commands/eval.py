@@ -20,10 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engines import Engine, create_engine
-from engines.cache import CachedEngine
+from engines import Engine
 from engines.errors import UserError
-from mtg_local.commands.common import DEFAULT_ENGINE, add_engine_args, parse_engine_opts
+from mtg_local.commands.common import DEFAULT_ENGINE, add_engine_args, open_run_engines
 from mtg_local.evaluation import METHODS, UsageMeter, evaluate, now_iso, results_record, write_trajectories
 from mtg_local.inner_loop import DEFAULT_TEMPLATE, FREEZE_CONDITIONS, InnerLoopConfig
 from mtg_local.runs.lock import RunDirLock
@@ -206,55 +205,34 @@ def run_eval(
     run_dir = RunDir(cfg.out).create()
     started, t0 = now_iso(), time.perf_counter()
 
-    owned: list[Engine] = []
-    fwd = engine
-    if fwd is None:
-        fwd = create_engine(cfg.engine, **parse_engine_opts(list(cfg.engine_opts)))
-        owned.append(fwd)
-    opt = optimizer_engine
-    if opt is None and cfg.optimizer_engine and cfg.optimizer_engine != cfg.engine:
-        opt = create_engine(cfg.optimizer_engine, **parse_engine_opts(list(cfg.engine_opts)))
-        owned.append(opt)
-    opt = opt or fwd
-    wrappers: list[CachedEngine] = []
-    if not cfg.no_cache:
-        cache_path = cfg.cache or run_dir.cache_path
-        fwd_run = CachedEngine(fwd, cache_path)
-        opt_run = fwd_run if opt is fwd else CachedEngine(opt, cache_path)
-        wrappers = [fwd_run] + ([opt_run] if opt_run is not fwd_run else [])
-    else:
-        fwd_run, opt_run = fwd, opt
-    specs = {"engine": fwd.spec or cfg.engine, "optimizer_engine": opt.spec or cfg.optimizer_engine or cfg.engine}
-    config = {**cfg.to_dict(), **specs, "loss_prompt": cfg.loss_prompt or task.initial_loss_prompt}
-    run_dir.write_config(config)
-    run_dir.log_event("eval_start", method=cfg.method, n_questions=len(examples), seeds=list(cfg.seeds))
-    meter = UsageMeter(fwd_run, opt_run)
-    common = dict(
-        task=task, method=cfg.method, seeds=cfg.seeds, split=cfg.split, n_questions=len(examples),
-        config=config, started_at=started, **specs,
-    )
-    try:
-        outcome = evaluate(
-            task, examples, method=cfg.method, seeds=cfg.seeds, forward_engine=fwd_run, optimizer_engine=opt_run,
-            config=cfg.inner, loss_prompt=cfg.loss_prompt, template=cfg.template, progress=cfg.progress,
+    cache_path = None if cfg.no_cache else (cfg.cache or run_dir.cache_path)
+    with open_run_engines(cfg.engine, cfg.optimizer_engine, cfg.engine_opts, cache_path=cache_path,
+                          engine=engine, optimizer_engine=optimizer_engine) as engines:
+        config = {**cfg.to_dict(), **engines.specs, "loss_prompt": cfg.loss_prompt or task.initial_loss_prompt}
+        run_dir.write_config(config)
+        run_dir.log_event("eval_start", method=cfg.method, n_questions=len(examples), seeds=list(cfg.seeds))
+        meter = UsageMeter(engines.forward_run, engines.optimizer_run)
+        common = dict(
+            task=task, method=cfg.method, seeds=cfg.seeds, split=cfg.split, n_questions=len(examples),
+            config=config, started_at=started, **engines.specs,
         )
-        write_trajectories(run_dir, outcome.trajectories, split=cfg.split, method=cfg.method)
-        results = results_record(
-            accuracy=outcome.accuracy, engine_usage=meter.report(), wall_s=time.perf_counter() - t0, **common
-        )
-        run_dir.write_results(results)
-        run_dir.log_event("eval_done", accuracy=outcome.accuracy["mean"], calls=results["engine_usage"]["calls"])
-        return results
-    except BaseException as e:
-        failed = results_record(
-            accuracy=None, engine_usage=meter.report(), wall_s=time.perf_counter() - t0, status="failed",
-            error=f"{type(e).__name__}: {e}", **common,
-        )
-        run_dir.write_results(failed)
-        run_dir.log_event("eval_failed", error=failed["error"])
-        raise
-    finally:
-        for w in wrappers:
-            w.cache.close()
-        for e in owned:
-            e.close()
+        try:
+            outcome = evaluate(
+                task, examples, method=cfg.method, seeds=cfg.seeds, forward_engine=engines.forward_run,
+                optimizer_engine=engines.optimizer_run, config=cfg.inner, loss_prompt=cfg.loss_prompt, template=cfg.template, progress=cfg.progress,
+            )
+            write_trajectories(run_dir, outcome.trajectories, split=cfg.split, method=cfg.method)
+            results = results_record(
+                accuracy=outcome.accuracy, engine_usage=meter.report(), wall_s=time.perf_counter() - t0, **common
+            )
+            run_dir.write_results(results)
+            run_dir.log_event("eval_done", accuracy=outcome.accuracy["mean"], calls=results["engine_usage"]["calls"])
+            return results
+        except BaseException as e:
+            failed = results_record(
+                accuracy=None, engine_usage=meter.report(), wall_s=time.perf_counter() - t0, status="failed",
+                error=f"{type(e).__name__}: {e}", **common,
+            )
+            run_dir.write_results(failed)
+            run_dir.log_event("eval_failed", error=failed["error"])
+            raise

@@ -32,7 +32,7 @@ def run_submit(args: argparse.Namespace) -> int:
         for job in jobs:
             print(f"# {len(job.runs)} runs -> manifest {job.manifest} (not written: dry run)")
             print(shlex.join(job.sbatch))
-            print(f"# manifest (array index: mtg arguments)")
+            print("# manifest (array index: mtg arguments)")
             for i, run in enumerate(job.runs):
                 print(f"{i}: mtg {run.manifest_line()}")
         print(f"# {n_runs} runs in {len(jobs)} array job(s); results would land under {results_dir}")
