@@ -305,7 +305,8 @@ def dspy_session(engine: Engine, prompt_engine: Engine | None, config: DSPyRunCo
     One coalescer per distinct engine; both are closed on exit (the engines
     are not). Inside the block ``dspy.settings`` has the task LM, a
     ``TolerantChatAdapter`` (DSPy's ChatAdapter; lenient only for the prompt
-    LM's unparsable proposals), ``num_threads`` and the error budget of ``config``.
+    LM's unparsable proposals), ``num_threads`` and the error budget of ``config``,
+    and ``sys.stdout`` is redirected to stderr (process-wide, for the block only).
     """
     co = RequestCoalescer(engine, CoalescerConfig(window_s=config.window_s), name="mtg-dspy-task")
     coalescers = [co]
