@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from engines.base import Capabilities, Engine, GenRequest, GenResult
@@ -251,22 +252,28 @@ class VLLMEngine(Engine):
     def tokenizer(self) -> Any:
         return self._tokenizer
 
-    def _generate(self, requests: list[GenRequest], **kwargs: Any) -> list[GenResult]:
+    def vllm_inputs(
+        self, requests: Sequence[GenRequest]
+    ) -> tuple[list[list[int]], list[int], list[Any], list[Any], dict[int, GenResult]]:
+        """What ``generate`` hands to ``LLM.generate`` for ``requests``, rendered once.
+
+        Returns:
+            (token ids of every request, indices of the requests submitted, their
+            ``TokensPrompt``s, their ``SamplingParams``, error results by index
+            for prompts that leave no room in the context -- not submitted).
+        """
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        progress = bool(kwargs.pop("progress", False))
-        if kwargs:
-            raise TypeError(f"unknown generate() options for the vllm engine: {sorted(kwargs)}")
         ids = render_token_ids(self._tokenizer, requests)
-        results: list[GenResult | None] = [None] * len(requests)
         submit: list[int] = []
         prompts: list[TokensPrompt] = []
         params: list[SamplingParams] = []
+        failed: dict[int, GenResult] = {}
         for i, (req, tok) in enumerate(zip(requests, ids)):
             room = self.max_model_len - len(tok)
             if room < 1:
-                results[i] = GenResult.failed(
+                failed[i] = GenResult.failed(
                     req.id,
                     f"prompt has {len(tok)} tokens; the context (max_model_len) is {self.max_model_len} "
                     "and must leave at least 1 token for the answer",
@@ -285,6 +292,14 @@ class VLLMEngine(Engine):
                     seed=s.seed,
                 )
             )
+        return ids, submit, prompts, params, failed
+
+    def _generate(self, requests: list[GenRequest], **kwargs: Any) -> list[GenResult]:
+        progress = bool(kwargs.pop("progress", False))
+        if kwargs:
+            raise TypeError(f"unknown generate() options for the vllm engine: {sorted(kwargs)}")
+        ids, submit, prompts, params, failed = self.vllm_inputs(requests)
+        results: list[GenResult | None] = [failed.get(i) for i in range(len(requests))]
         self._calls_last = 0
         if submit:
             try:

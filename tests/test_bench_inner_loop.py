@@ -72,3 +72,23 @@ def test_wrappers_keep_order_and_count_calls() -> None:
     out = PerRequestEngine(inner).generate(reqs)
     assert [r.id for r in out] == [r.id for r in reqs]
     assert inner.usage.calls == 5 and [len(b) for b in inner.batches[1:]] == [1] * 5
+
+
+@pytest.mark.vllm
+def test_raw_replay_on_vllm_sends_what_the_engine_sends(vllm_engine) -> None:  # noqa: ANN001
+    """c goes below the engine (``LLM.generate`` on ``vllm_inputs``): same requests, same seeded tokens."""
+    from engines import GenRequest, SamplingConfig
+    from mtg_local.bench.replay import LEVEL_LLM, replay_raw
+
+    phases = [
+        [GenRequest.chat(f"Name a colour, number {i}.", sampling=SamplingConfig(temperature=0.7, max_tokens=12, seed=i))
+         for i in range(3)],
+        [GenRequest.chat("Count to three.", sampling=SamplingConfig(max_tokens=10))],
+    ]
+    vllm_engine.reset_usage()
+    for phase in phases:
+        vllm_engine.generate(phase)
+    via_engine = vllm_engine.reset_usage()
+    raw = replay_raw(vllm_engine, phases)
+    assert raw.level == LEVEL_LLM and raw.calls == 2 and raw.requests == 4
+    assert (raw.prompt_tokens, raw.completion_tokens) == (via_engine.prompt_tokens, via_engine.completion_tokens)

@@ -2,9 +2,10 @@
 
 The raw ceiling skips everything our code does around a backend call. For the
 in-process vLLM engine the recorded requests are rendered and tokenized
-*before* the clock starts (exactly as ``VLLMEngine`` would: same rendering,
-same ``SamplingParams``), and each phase is one ``vllm.LLM.generate`` on token
-ids. Other engines are replayed with one ``engine.generate(phase)`` per phase.
+*before* the clock starts by ``VLLMEngine.vllm_inputs``, the very code its
+``generate`` uses (same rendering, same ``SamplingParams``), and each phase
+is one ``vllm.LLM.generate`` on token ids. Other engines are replayed with one
+``engine.generate(phase)`` per phase.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from engines.base import Engine, GenRequest
-from engines.rendering import render_token_ids
 from mtg_local.bench.wrappers import PerRequestEngine
 
 #: what ``replay_raw`` calls, recorded in the benchmark's JSON
@@ -40,31 +40,7 @@ def _vllm_llm(engine: Engine) -> Any | None:
     """The engine's ``vllm.LLM`` if it is the in-process vLLM engine, else None."""
     # VLLMEngine keeps it private; the ceiling has to go below the engine.
     llm = getattr(engine, "_llm", None)
-    return llm if llm is not None and hasattr(engine, "tokenizer") and hasattr(engine, "max_model_len") else None
-
-
-def _prepare_vllm(engine: Engine, phase: Sequence[GenRequest]) -> tuple[list[Any], list[Any]]:
-    """Token-id prompts and sampling params for ``phase``, built as ``VLLMEngine._generate`` does."""
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
-
-    prompts, params = [], []
-    for req, ids in zip(phase, render_token_ids(engine.tokenizer, phase)):  # type: ignore[attr-defined]
-        room = engine.max_model_len - len(ids)  # type: ignore[attr-defined]
-        if room < 1:  # VLLMEngine fails these without submitting them
-            continue
-        s = req.sampling
-        prompts.append(TokensPrompt(prompt_token_ids=ids))
-        params.append(
-            SamplingParams(
-                temperature=float(s.temperature),
-                top_p=float(s.top_p),
-                max_tokens=min(s.max_tokens, room),
-                stop=list(s.stop) or None,
-                seed=s.seed,
-            )
-        )
-    return prompts, params
+    return llm if llm is not None and hasattr(engine, "vllm_inputs") else None
 
 
 def replay_raw(engine: Engine, phases: Sequence[Sequence[GenRequest]]) -> ReplayStats:
@@ -90,7 +66,7 @@ def replay_raw(engine: Engine, phases: Sequence[Sequence[GenRequest]]) -> Replay
         stats.prompt_tokens, stats.completion_tokens = u.prompt_tokens, u.completion_tokens
         return stats
     stats.level = LEVEL_LLM
-    prepared = [_prepare_vllm(engine, phase) for phase in phases]
+    prepared = [engine.vllm_inputs(phase)[2:4] for phase in phases]  # type: ignore[attr-defined]
     t0 = time.perf_counter()
     outputs = [llm.generate(prompts, params, use_tqdm=False) for prompts, params in prepared]
     stats.wall_s = time.perf_counter() - t0
