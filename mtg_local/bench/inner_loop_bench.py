@@ -204,17 +204,7 @@ def _run_ours(
     wall = time.perf_counter() - t0
     if profiler is not None:
         profiler.dump_stats(config.profile_path)
-    u = engine.reset_usage()
-    stats = ReplayStats(
-        wall_s=wall,
-        calls=u.calls,
-        requests=u.requests,
-        prompt_tokens=u.prompt_tokens,
-        completion_tokens=u.completion_tokens,
-        errors=u.errors,
-        level="solution_optimization (phase-batched)",
-    )
-    return stats, recorder
+    return ReplayStats.from_usage(wall, engine.reset_usage(), "solution_optimization (phase-batched)"), recorder
 
 
 def run_inner_loop_bench(engine: Engine, config: InnerLoopBenchConfig, *, task: Task | None = None) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from engines.base import Engine, GenRequest
+from engines.base import Engine, GenRequest, Usage
 from mtg_local.bench.wrappers import PerRequestEngine
 
 #: what ``replay_raw`` calls, recorded in the benchmark's JSON
@@ -35,6 +35,12 @@ class ReplayStats:
     errors: int = 0
     level: str = LEVEL_ENGINE
 
+    @classmethod
+    def from_usage(cls, wall_s: float, usage: Usage, level: str) -> ReplayStats:
+        """Stats from an engine's ``reset_usage()`` counters."""
+        return cls(wall_s=wall_s, calls=usage.calls, requests=usage.requests, prompt_tokens=usage.prompt_tokens,
+                   completion_tokens=usage.completion_tokens, errors=usage.errors, level=level)
+
 
 def _vllm_llm(engine: Engine) -> Any | None:
     """The engine's ``vllm.LLM`` if it is the in-process vLLM engine, else None."""
@@ -53,19 +59,14 @@ def replay_raw(engine: Engine, phases: Sequence[Sequence[GenRequest]]) -> Replay
     Returns:
         Wall time of the calls only (preparation excluded) and token counts.
     """
-    stats = ReplayStats()
     llm = _vllm_llm(engine)
     if llm is None:
         engine.reset_usage()
         t0 = time.perf_counter()
         for phase in phases:
             engine.generate(phase)
-        stats.wall_s = time.perf_counter() - t0
-        u = engine.reset_usage()
-        stats.calls, stats.requests, stats.errors = u.calls, u.requests, u.errors
-        stats.prompt_tokens, stats.completion_tokens = u.prompt_tokens, u.completion_tokens
-        return stats
-    stats.level = LEVEL_LLM
+        return ReplayStats.from_usage(time.perf_counter() - t0, engine.reset_usage(), LEVEL_ENGINE)
+    stats = ReplayStats(level=LEVEL_LLM)
     prepared = [engine.vllm_inputs(phase)[2:4] for phase in phases]  # type: ignore[attr-defined]
     t0 = time.perf_counter()
     outputs = [llm.generate(prompts, params, use_tqdm=False) for prompts, params in prepared]
@@ -99,14 +100,4 @@ def replay_per_request(
     t0 = time.perf_counter()
     for phase in chosen:
         per_call.generate(phase)
-    wall = time.perf_counter() - t0
-    u = engine.reset_usage()
-    return ReplayStats(
-        wall_s=wall,
-        calls=u.calls,
-        requests=u.requests,
-        prompt_tokens=u.prompt_tokens,
-        completion_tokens=u.completion_tokens,
-        errors=u.errors,
-        level="engine.generate([request]) per request",
-    )
+    return ReplayStats.from_usage(time.perf_counter() - t0, engine.reset_usage(), "engine.generate([request]) per request")
