@@ -35,6 +35,8 @@ class FakeEngine(Engine):
     """Scripted/echo engine. See the module docstring."""
 
     capabilities = Capabilities(per_request_seed=True, response_prefix=True)
+    #: stateless per call (batches are only appended): safe to share between threads
+    serves_concurrent_calls = True
 
     def __init__(
         self,

@@ -1,10 +1,12 @@
 """OpenAI API (or any OpenAI-compatible server, e.g. ``vllm serve``) behind the batch contract.
 
 ``openai:<model>``. One ``generate(list)`` runs every request concurrently on an
-``AsyncOpenAI`` client (at most ``max_concurrency`` in flight) inside a private
-thread with its own event loop, so it can be called from plain code, from
-worker threads, and from code that already runs an event loop. Results come
-back in input order.
+``AsyncOpenAI`` client inside the engine's own event loop thread, so it can be
+called from plain code, from worker threads, and from code that already runs
+an event loop. At most ``max_concurrency`` requests are in flight **per
+engine object**: concurrent ``generate()`` calls (the cells of ``mtg grid``)
+share one limit, as they share one API quota. Results come back in input
+order.
 
 Failures stay per request. Rate limits (429), server errors (5xx, 408, 409),
 timeouts, connection errors and malformed responses are retried with
@@ -46,7 +48,6 @@ import os
 import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -55,6 +56,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from engines.base import Capabilities, Engine, GenRequest, GenResult
 from engines.errors import EngineError, EngineSpecError, UserError
+from engines.loop_thread import BackgroundLoop
 from engines.openai_support import (
     MalformedResponse,
     Redactor,
@@ -91,7 +93,8 @@ class OpenAIConfig:
         model: model name on the server, e.g. ``gpt-4o-mini``.
         base_url: API root (``.../v1``); None = ``$OPENAI_BASE_URL`` or the OpenAI API.
         api_key_env: environment variable holding the API key.
-        max_concurrency: requests in flight at once per batch, >= 1.
+        max_concurrency: requests in flight at once on one engine object (shared by
+            concurrent ``generate()`` calls), >= 1.
         timeout_s: limit of one attempt in seconds, > 0.
         deadline_s: limit of one request including retries and waits, > 0.
         max_retries: retries per request after the first attempt, >= 0.
@@ -180,6 +183,25 @@ class OpenAIEngine(Engine):
         self._prices = load_prices(config.pricing_file)
         self._prefill_detected: bool | None = None
         self._lock = threading.Lock()
+        # One loop for the engine's lifetime: every caller's requests wait on one semaphore.
+        self._loop: BackgroundLoop | None = None
+        self._slots: asyncio.Semaphore | None = None
+
+    #: concurrent generate() calls share the loop and the concurrency limit (see engines.shared).
+    serves_concurrent_calls = True
+
+    def _background_loop(self) -> BackgroundLoop:
+        with self._lock:
+            if self._loop is None:
+                self._loop = BackgroundLoop(name="openai-engine")
+            return self._loop
+
+    def close(self) -> None:
+        """Stops the engine's event loop thread. Safe to call twice."""
+        with self._lock:
+            loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.close()
 
     @classmethod
     def from_spec(cls, model: str | None, **options: Any) -> OpenAIEngine:
@@ -223,14 +245,13 @@ class OpenAIEngine(Engine):
 
     # -- batch ----------------------------------------------------------------
     def _generate(self, requests: list[GenRequest], **kwargs: Any) -> list[GenResult]:
-        # A private thread owns the event loop: works whether or not the caller runs one.
-        with ThreadPoolExecutor(1, thread_name_prefix="openai-engine") as pool:
-            try:
-                outcomes = pool.submit(asyncio.run, self._run_batch(requests)).result()
-            except UserError:
-                raise
-            except Exception as e:  # a bug or a client failure outside any one request
-                raise EngineError(self._scrub(f"openai engine failed: {type(e).__name__}: {e}")) from None
+        # The engine's loop thread runs the batch: works whether or not the caller runs a loop.
+        try:
+            outcomes = self._background_loop().run(self._run_batch(requests))
+        except UserError:
+            raise
+        except Exception as e:  # a bug or a client failure outside any one request
+            raise EngineError(self._scrub(f"openai engine failed: {type(e).__name__}: {e}")) from None
         results = [r for r, _ in outcomes]
         statuses = {s for _, s in outcomes}
         if all(not r.ok for r in results) and len(statuses) == 1:
@@ -257,7 +278,9 @@ class OpenAIEngine(Engine):
         try:
             needs_prefix = any(r.response_prefix and r.messages is not None for r in requests)
             prefill = await self._resolve_prefill(client) if needs_prefix else False
-            slots = asyncio.Semaphore(self.config.max_concurrency)
+            if self._slots is None:  # created on the loop thread, shared by every batch
+                self._slots = asyncio.Semaphore(self.config.max_concurrency)
+            slots = self._slots
 
             async def run_one(req: GenRequest) -> tuple[GenResult, int | None]:
                 async with slots:

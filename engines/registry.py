@@ -17,13 +17,14 @@ from engines.errors import BackendUnavailableError, EngineSpecError
 
 _REGISTRY: dict[str, str] = {
     "vllm": "engines.vllm_engine:VLLMEngine",
+    "vllm-async": "engines.vllm_async_engine:AsyncVLLMEngine",
     "hf": "engines.hf_engine:HFEngine",
     "openai": "engines.openai_engine:OpenAIEngine",
     "fake": "engines.fake_engine:FakeEngine",
 }
 
 # Which pip extra provides each backend's heavy dependency (for error messages).
-_EXTRAS = {"vllm": "cpu] or .[gpu", "hf": "cpu", "openai": "openai"}
+_EXTRAS = {"vllm": "cpu] or .[gpu", "vllm-async": "cpu] or .[gpu", "hf": "cpu", "openai": "openai"}
 
 
 _C = TypeVar("_C")

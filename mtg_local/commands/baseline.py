@@ -103,6 +103,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--num-trials", type=int, default=None, help="MIPROv2 with --auto none")
     g.add_argument("--minibatch-size", type=int, default=35, help="MIPROv2; default: %(default)s")
     g.add_argument("--no-data-aware-proposer", action="store_true", help="MIPROv2: do not summarize the data")
+    p.add_argument("--no-progress", action="store_true",
+                   help="accepted for grid files that pass it to every run (this command shows no bars)")
     add_engine_args(p, optimizer=True)
     p.set_defaults(func=run)
 
@@ -150,14 +152,18 @@ def method_config_from_args(args: argparse.Namespace) -> Any:
         raise UserError(f"bad {args.method} setting: {e}") from e
 
 
-def run(args: argparse.Namespace) -> int:
-    cfg = BaselineConfig(
+def config_from_args(args: argparse.Namespace) -> BaselineConfig:
+    """The run's config from parsed ``mtg baseline`` arguments (also used by ``mtg grid``)."""
+    return BaselineConfig(
         out=args.out, method=args.method, method_config=method_config_from_args(args), task=args.task,
         engine=args.engine, optimizer_engine=args.optimizer_engine, engine_opts=tuple(args.engine_opt),
         seeds=parse_seeds(args.seeds), limit=args.limit, data_file=args.data_file, cache=args.cache,
         no_cache=args.no_cache,
     )
-    run_baseline(cfg)
+
+
+def run(args: argparse.Namespace) -> int:
+    run_baseline(config_from_args(args))
     return 0
 
 

@@ -1,0 +1,182 @@
+"""``mtg grid GRID.yaml``: every cell of one engine of a grid in one process, concurrently, on one engine.
+
+The grid file is the one ``mtg slurm submit`` takes (mtg_local/slurm/grid.py).
+Each cell is the same run as its array-mode job (same ``mtg eval``/``train``/
+``baseline`` arguments, run dir, lock, checkpoint, events, results.json,
+trajectories), run in a thread of this process on a view of one shared,
+long-lived engine (``mtg_local.grid``). Complete cells are skipped; a train
+cell with a checkpoint resumes. SIGUSR1/SIGTERM: train cells checkpoint,
+eval/baseline cells stop before their next engine call, exit 99 ("requeue
+me"; rerun the same command to continue).
+
+Exit status: 0 every cell complete (or skipped); 2 user error; 3 some cells
+failed (listed on stderr); 99 stopped on SIGUSR1/SIGTERM; 130 on SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from engines.base import Engine
+from engines.errors import UserError
+from mtg_local.grid import GridCell, is_complete, run_cells
+from mtg_local.grid.engine import open_shared_engine, shared_spec
+from mtg_local.meta.outer_loop import EXIT_REQUEUE, StopFlag
+from mtg_local.runs.run_dir import RunDir, atomic_write_json
+from mtg_local.slurm.grid import EngineEntry, Grid, RunSpec, load_grid
+
+EXIT_FAILED = 3
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "grid",
+        help="run every cell of a grid (one engine) in one process, concurrently, on one shared engine",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("grid", metavar="GRID.yaml", help="grid file (format: mtg slurm submit; slurm/grid_example.yaml)")
+    p.add_argument("--engine", default=None, metavar="SPEC|LABEL",
+                   help="which engine of the grid to run (needed when the grid has several)")
+    p.add_argument("--engine-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra option for the shared engine and every cell (e.g. tensor_parallel_size=4, "
+                        "data_parallel_size=8 for vllm)")
+    p.add_argument("--max-concurrent", type=int, default=8, metavar="N",
+                   help="most cells running at once (1 = one after another on the one engine; default: %(default)s)")
+    p.add_argument("--runs-root", default=None, metavar="DIR", help="override the grid's runs_root / $MTG_RUNS")
+    p.add_argument("--dry-run", action="store_true", help="print the cells and what would happen to each")
+    p.set_defaults(func=run)
+
+
+def select_engine(grid: Grid, wanted: str | None) -> EngineEntry:
+    """The grid engine named by spec or label, or the only one."""
+    if wanted is None:
+        if len(grid.engines) > 1:
+            names = ", ".join(e.label for e in grid.engines)
+            raise UserError(f"the grid has {len(grid.engines)} engines ({names}); choose one with --engine")
+        return grid.engines[0]
+    for e in grid.engines:
+        if wanted in (e.spec, e.label):
+            return e
+    raise UserError(f"--engine {wanted!r} is not in the grid; its engines: {', '.join(e.spec for e in grid.engines)}")
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    from mtg_local.cli import build_parser  # the cells' own parsers (cli imports this module)
+
+    try:
+        return build_parser().parse_args(argv)
+    except SystemExit:  # argparse has printed why
+        raise UserError(f"grid cell arguments are not valid: mtg {' '.join(argv)}") from None
+
+
+def build_cell(run: RunSpec, extra_opts: list[str]) -> GridCell:
+    """The cell of ``run``: its command line parsed as ``mtg`` would, run with ``engine=``.
+
+    Progress bars are off (one line per cell instead); a train cell whose run
+    dir has a checkpoint resumes (``mtg train --resume``).
+    """
+    argv = list(run.argv)
+    for o in extra_opts:
+        argv += ["--engine-opt", o]
+    args = _parse(argv)
+    args.no_progress = True
+    cmd = argv[0]
+    name = f"{run.task.label}/{run.method}/{run.engine.label}"
+    if cmd == "eval":
+        from mtg_local.commands.eval import EvalConfig, run_eval
+
+        config = EvalConfig.from_args(args)
+
+        def execute(engine: Engine, stop: StopFlag) -> dict[str, Any]:
+            return run_eval(config, engine=engine)
+
+    elif cmd == "train":
+        from mtg_local.commands.train import config_from_args
+        from mtg_local.meta.train_run import run_train
+
+        def execute(engine: Engine, stop: StopFlag) -> dict[str, Any]:
+            a = copy.copy(args)
+            if RunDir(run.run_dir).checkpoint_path.exists():
+                a.resume = str(run.run_dir)  # read at start: a requeued grid resumes the cell
+            config, resume = config_from_args(a)
+            return run_train(config, engine=engine, resume=resume, stop=stop)
+
+    elif cmd == "baseline":
+        from mtg_local.commands.baseline import config_from_args as baseline_config, run_baseline
+
+        bconfig = baseline_config(args)
+
+        def execute(engine: Engine, stop: StopFlag) -> dict[str, Any]:
+            return run_baseline(bconfig, engine=engine)
+
+    else:  # METHOD_COMMANDS maps every method to one of the three
+        raise UserError(f"grid cell {name}: unknown sub-command {cmd!r}")
+    return GridCell(name=name, run_dir=run.run_dir, kind=cmd, execute=execute, spec=run.engine.spec,
+                    checkpoints=cmd == "train")
+
+
+def cell_state(run: RunSpec) -> str:
+    if is_complete(run.run_dir):
+        return "complete (skip)"
+    if RunDir(run.run_dir).checkpoint_path.exists():
+        return "resume from checkpoint"
+    return "rerun" if RunDir(run.run_dir).results_path.exists() else "new"
+
+
+def after_engine_start(engine: Engine) -> None:
+    """Hook after the shared engine is up: where a parent-death watch of its workers belongs.
+
+    Intentionally empty here: the process-lifecycle work (issue 14) provides
+    that watch for every engine; call it from this one place.
+    """
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.max_concurrent < 1:
+        raise UserError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
+    grid = load_grid(args.grid, runs_root=args.runs_root)
+    entry = select_engine(grid, args.engine)
+    runs = [r for r in grid.expand() if r.engine.label == entry.label]
+    cells = [build_cell(r, args.engine_opt) for r in runs]  # parses every cell's arguments up front
+    opts_list = [*grid.engine_opts, *entry.opts, *args.engine_opt]
+    if args.dry_run:
+        print(f"# grid {grid.name}: {len(runs)} cells of {entry.spec} on one shared {shared_spec(entry.spec)} "
+              f"engine (options: {' '.join(opts_list) or 'none'}), at most {args.max_concurrent} at once")
+        for r in runs:
+            print(f"{cell_state(r):<24} mtg {r.manifest_line()}")
+        return 0
+
+    from mtg_local.commands.common import parse_engine_opts
+    from mtg_local.meta.train_run import stop_on_signals
+
+    stop = StopFlag()
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    with stop_on_signals(stop):  # main thread: the handlers are the grid's, cells only poll the flag
+        log(f"[grid] starting {shared_spec(entry.spec)} for {len(cells)} cells of {grid.name}")
+        engine = open_shared_engine(entry.spec, parse_engine_opts(opts_list))
+        try:
+            after_engine_start(engine)
+            report = run_cells(cells, engine, max_concurrent=args.max_concurrent, stop=stop, log=log)
+        finally:
+            engine.close()
+    summary = {"grid": grid.name, "engine": entry.spec, "shared_engine": shared_spec(entry.spec),
+               "max_concurrent": args.max_concurrent, **report.to_dict()}
+    out = grid.runs_root / grid.name / f"grid-{entry.label}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, summary)
+    print(json.dumps({k: summary[k] for k in ("grid", "engine", "wall_s", "stopped", "counts")} | {"summary": str(out)}))
+    if report.stopped:
+        print(f"mtg grid: stopped on signal {stop.signal}; rerun the same command to continue", file=sys.stderr)
+        return EXIT_REQUEUE
+    if report.failed:
+        first = report.failed[0]
+        print(f"mtg grid: {len(report.failed)} of {len(cells)} cells failed; first: {first.name}: {first.error}",
+              file=sys.stderr)
+        return EXIT_FAILED
+    return 0

@@ -1,0 +1,236 @@
+"""Runs grid cells concurrently, each a whole run (own run dir, lock, checkpoint, results), on one engine.
+
+A cell is a run of ``mtg eval``/``train``/``baseline``: ``GridCell.execute``
+calls the command's run function with ``engine=`` (built by
+``mtg_local.commands.grid``, which knows the commands; this module does
+not). Every cell gets its own ``EngineView`` of the shared engine, so its
+usage counts only its own requests, and the run function wraps that view in
+the run's own generation cache as it would wrap a private engine. Each cell
+runs in its own thread, at most ``max_concurrent`` at once; each thread
+makes the run's usual one ``generate()`` per phase, and the shared engine
+(vLLM's async engine, one OpenAI concurrency limit, or a coalescer) batches
+the phases of all running cells together.
+
+Cells whose results.json says "complete" are skipped. A cell that fails is
+recorded and the others go on. Stopping (``stop`` set, e.g. by SIGUSR1 /
+SIGTERM in the command): no new cell starts; train cells checkpoint at their
+next stage boundary (the same ``StopFlag`` ``run_train`` polls); eval and
+baseline cells, which have no checkpoint, stop before their next engine call
+(``CellStopped``) -- what they generated is in their cache, so a rerun
+replays it for free.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from engines.base import Engine
+from engines.shared import EngineView
+from mtg_local.meta.outer_loop import Preempted, StopFlag
+from mtg_local.runs.lock import RunDirLock
+from mtg_local.runs.run_dir import RunDir, read_json
+
+
+class CellStopped(Exception):
+    """A stop was requested; an eval/baseline cell refused its next engine call (rerun replays its cache)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GridCell:
+    """One run of the grid.
+
+    Attributes:
+        name: ``task/method/engine`` label (the caller tag of its requests).
+        run_dir: the run's directory.
+        kind: "eval", "train" or "baseline".
+        execute: ``execute(engine, stop) -> results`` runs the cell on ``engine``
+            (its view of the shared engine); ``stop`` is the grid's stop flag.
+        spec: the engine spec the cell records (its grid entry's, e.g. ``vllm:bundled``).
+        checkpoints: True if the run polls ``stop`` and checkpoints (train);
+            others are stopped at their next engine call.
+    """
+
+    name: str
+    run_dir: Path
+    kind: str
+    execute: Callable[[Engine, StopFlag], dict[str, Any]]
+    spec: str = ""
+    checkpoints: bool = False
+
+
+@dataclasses.dataclass
+class CellOutcome:
+    """What happened to one cell: status "complete", "skipped", "failed", "stopped" or "not_started"."""
+
+    name: str
+    run_dir: str
+    status: str
+    accuracy: float | None = None
+    wall_s: float = 0.0
+    error: str | None = None
+    usage: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class GridReport:
+    """The outcome of ``run_cells``: per cell, and the shared engine's totals."""
+
+    cells: list[CellOutcome]
+    wall_s: float
+    engine: dict[str, Any]
+    stopped: bool
+
+    @property
+    def failed(self) -> list[CellOutcome]:
+        return [c for c in self.cells if c.status == "failed"]
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.cells:
+            out[c.status] = out.get(c.status, 0) + 1
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"wall_s": round(self.wall_s, 3), "stopped": self.stopped, "counts": self.counts(),
+                "engine": self.engine, "cells": [c.to_dict() for c in self.cells]}
+
+
+def is_complete(run_dir: str | Path) -> bool:
+    """True if ``RUN_DIR/results.json`` exists and says status "complete"."""
+    rd = RunDir(run_dir)
+    if not rd.results_path.exists():
+        return False
+    try:
+        return read_json(rd.results_path).get("status") == "complete"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def engine_figures(engine: Engine, wall_s: float) -> dict[str, Any]:
+    """Shared-engine totals: generated tokens, tok/s over ``wall_s``, running batch when known."""
+    u = engine.usage
+    out: dict[str, Any] = {
+        "spec": engine.spec,
+        "requests": u.requests,
+        "completion_tokens": u.completion_tokens,
+        "prompt_tokens": u.prompt_tokens,
+        "gen_tok_per_s": round(u.completion_tokens / wall_s, 3) if wall_s > 0 else None,
+    }
+    batch = getattr(engine, "batch_stats", None)
+    if callable(batch):
+        out["running_batch"] = batch()
+    return out
+
+
+def _accuracy(results: dict[str, Any] | None) -> float | None:
+    acc = (results or {}).get("test_accuracy") or (results or {}).get("accuracy")
+    return acc.get("mean") if isinstance(acc, dict) else None
+
+
+def run_cells(
+    cells: Sequence[GridCell],
+    engine: Engine,
+    *,
+    max_concurrent: int = 4,
+    stop: StopFlag | None = None,
+    log: Callable[[str], None] = print,
+) -> GridReport:
+    """Runs ``cells`` on the shared ``engine``, at most ``max_concurrent`` at once.
+
+    Args:
+        cells: the grid's cells (any order; started in this order).
+        engine: the shared engine; it must serve concurrent calls (see
+            ``engines.shared.shareable``). Not closed here.
+        max_concurrent: most cells running at once (>= 1; 1 = one after another).
+        stop: set to stop (see the module docstring); polled, never cleared.
+        log: receives one progress line per cell event and engine totals.
+
+    Returns:
+        Every cell's outcome (in ``cells`` order) and the engine's totals.
+    """
+    if max_concurrent < 1:
+        raise ValueError(f"max_concurrent must be >= 1, got {max_concurrent}")
+    stop = stop if stop is not None else StopFlag()
+    t0 = time.perf_counter()
+    outcomes: dict[int, CellOutcome] = {}
+    pending: list[int] = []
+    for i, cell in enumerate(cells):
+        if is_complete(cell.run_dir):
+            outcomes[i] = CellOutcome(cell.name, str(cell.run_dir), "skipped")
+            log(f"[grid] skip   {cell.name}: results.json is complete")
+        else:
+            pending.append(i)
+    running = [0]
+    lock = threading.Lock()
+
+    def progress(cell: GridCell, what: str) -> None:
+        fig = engine_figures(engine, time.perf_counter() - t0)
+        batch = fig.get("running_batch", {}).get("mean_running")
+        tail = f" | engine {fig['completion_tokens']} tok, {fig['gen_tok_per_s']} tok/s"
+        tail += f", mean running batch {batch}" if batch is not None else ""
+        with lock:
+            log(f"[grid] {what} ({running[0]} running){tail}")
+
+    def before_call() -> None:
+        if stop:
+            raise CellStopped(f"stop requested (signal {stop.signal}); rerun the grid to continue")
+
+    def one(i: int) -> CellOutcome:
+        cell = cells[i]
+        if stop:
+            return CellOutcome(cell.name, str(cell.run_dir), "not_started")
+        c0 = time.perf_counter()
+        with lock:
+            running[0] += 1
+        progress(cell, f"start  {cell.name}")
+        view = EngineView(engine, tag=cell.name, spec=cell.spec or None,
+                          before_call=None if cell.checkpoints else before_call)
+        try:
+            with RunDirLock(cell.run_dir):
+                RunDir(cell.run_dir).create().log_event("grid_cell", shared_engine=engine.spec, kind=cell.kind)
+                results = cell.execute(view, stop)
+        except (Preempted, CellStopped) as e:
+            out = CellOutcome(cell.name, str(cell.run_dir), "stopped", wall_s=time.perf_counter() - c0, error=str(e))
+        except Exception as e:  # noqa: BLE001 - one cell's failure is its own; the grid goes on
+            out = CellOutcome(cell.name, str(cell.run_dir), "failed", wall_s=time.perf_counter() - c0,
+                              error=f"{type(e).__name__}: {e}")
+        else:
+            status = results.get("status", "complete")
+            out = CellOutcome(cell.name, str(cell.run_dir), "complete" if status == "complete" else "failed",
+                              accuracy=_accuracy(results), wall_s=time.perf_counter() - c0,
+                              error=None if status == "complete" else f"run status {status!r}",
+                              usage=results.get("engine_usage"))
+        with lock:
+            running[0] -= 1
+        acc = f" accuracy={out.accuracy:.3f}" if out.accuracy is not None else ""
+        err = f" error={out.error}" if out.error else ""
+        progress(cell, f"{out.status:<6} {cell.name}{acc} wall={out.wall_s:.1f}s{err}")
+        return out
+
+    with concurrent.futures.ThreadPoolExecutor(max_concurrent, thread_name_prefix="mtg-grid-cell") as pool:
+        futures = {pool.submit(one, i): i for i in pending}
+        remaining = set(futures)
+        try:
+            while remaining:
+                # A timeout keeps the main thread responsive to signal handlers.
+                done, remaining = concurrent.futures.wait(remaining, timeout=0.5)
+                for f in done:
+                    outcomes[futures[f]] = f.result()
+        except KeyboardInterrupt:
+            stop.set(2)  # SIGINT: stop the cells like SIGTERM, then let the caller exit 130
+            for f in concurrent.futures.as_completed(remaining):
+                outcomes[futures[f]] = f.result()
+            raise
+    wall = time.perf_counter() - t0
+    report = GridReport([outcomes[i] for i in range(len(cells))], wall, engine_figures(engine, wall), bool(stop))
+    log(f"[grid] {report.counts()} in {wall:.1f}s; engine: {report.engine}")
+    return report
