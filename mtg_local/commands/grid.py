@@ -165,12 +165,12 @@ def run(args: argparse.Namespace) -> int:
             report = run_cells(cells, engine, max_concurrent=args.max_concurrent, stop=stop, log=log)
         finally:
             engine.close()
-    summary = {"grid": grid.name, "engine": entry.spec, "shared_engine": shared_spec(entry.spec),
+    summary = {"grid": grid.name, "engine_spec": entry.spec, "shared_engine": shared_spec(entry.spec),
                "max_concurrent": args.max_concurrent, **report.to_dict()}
     out = grid.runs_root / grid.name / f"grid-{entry.label}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, summary)
-    print(json.dumps({k: summary[k] for k in ("grid", "engine", "wall_s", "stopped", "counts")} | {"summary": str(out)}))
+    print(json.dumps({k: summary[k] for k in ("grid", "engine_spec", "wall_s", "stopped", "counts")} | {"summary": str(out)}))
     if report.stopped:
         print(f"mtg grid: stopped on signal {stop.signal}; rerun the same command to continue", file=sys.stderr)
         return EXIT_REQUEUE

@@ -196,7 +196,7 @@ def run_cells(
                           before_call=None if cell.checkpoints else before_call)
         try:
             with RunDirLock(cell.run_dir):
-                RunDir(cell.run_dir).create().log_event("grid_cell", shared_engine=engine.spec, kind=cell.kind)
+                RunDir(cell.run_dir).create().log_event("grid_cell", shared_engine=engine.spec, command=cell.kind)
                 results = cell.execute(view, stop)
         except (Preempted, CellStopped) as e:
             out = CellOutcome(cell.name, str(cell.run_dir), "stopped", wall_s=time.perf_counter() - c0, error=str(e))
@@ -213,7 +213,8 @@ def run_cells(
             running[0] -= 1
         acc = f" accuracy={out.accuracy:.3f}" if out.accuracy is not None else ""
         err = f" error={out.error}" if out.error else ""
-        progress(cell, f"{out.status:<6} {cell.name}{acc} wall={out.wall_s:.1f}s{err}")
+        word = "done" if out.status == "complete" else out.status
+        progress(cell, f"{word:<6} {cell.name}{acc} wall={out.wall_s:.1f}s{err}")
         return out
 
     with concurrent.futures.ThreadPoolExecutor(max_concurrent, thread_name_prefix="mtg-grid-cell") as pool:
