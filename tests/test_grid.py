@@ -324,3 +324,46 @@ def test_stopped_or_killed_grid_resumes_every_cell_to_the_uninterrupted_results(
     resumed = [d for d in b.values() if any(json.loads(x)["event"] == "resume"
                                             for x in (d / "events.jsonl").read_text().splitlines())]
     assert resumed  # at least one train cell continued from its checkpoint
+
+
+# --------------------------------------------------------------------------- SLURM --shared (no SLURM needed)
+
+
+def test_slurm_submit_shared_dry_run_one_job_per_engine(tmp_path, capsys):
+    example = REPO / "slurm" / "grid_example.yaml"
+    assert cli.main(["slurm", "submit", str(example), "--shared", "--dry-run", "--runs-root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    sbatch = [x for x in out.splitlines() if x.startswith("sbatch ")]
+    assert len(sbatch) == 2 and all("--array" not in x and x.endswith("slurm/mtg_grid.sbatch") for x in sbatch)
+    assert "MTG_GRID_ENGINE=vllm_Qwen_Qwen2.5-7B-Instruct" in sbatch[0]
+    assert f"MTG_GRID_RUNS_ROOT={tmp_path}" in sbatch[0] and "MTG_GRID_BACKEND=vllm" in sbatch[0]
+    assert "# 36 runs in 2 shared job(s)" in out
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("env,expect", [
+    ({"SLURM_GPUS_ON_NODE": "8"}, ["--engine-opt data_parallel_size=8"]),
+    ({"SLURM_GPUS_ON_NODE": "8", "MTG_GRID_TP": "4"},
+     ["--engine-opt tensor_parallel_size=4 --engine-opt data_parallel_size=2"]),
+    ({"SLURM_GPUS_ON_NODE": "1"}, []),
+    ({"SLURM_GPUS_ON_NODE": "4", "MTG_GRID_BACKEND": "openai"}, []),
+])
+def test_grid_template_gpu_layout_dry_run(tmp_path, env, expect):
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "mtg").write_text("#!/bin/sh\nexit 0\n")
+    (fake_bin / "mtg").chmod(0o755)
+    full = dict(os.environ, PATH=f"{fake_bin}{os.pathsep}{os.environ['PATH']}", MTG_CHECKOUT=str(REPO),
+                MTG_VENV=str(tmp_path / "novenv"), MTG_DRY_RUN="1", MTG_GRID="/g.yaml", MTG_GRID_ENGINE="e",
+                MTG_GRID_RUNS_ROOT=str(tmp_path / "runs"), **env)
+    for k in ("MTG_TP", "MTG_DP", "SLURM_JOB_ID", "CUDA_VISIBLE_DEVICES"):
+        full.pop(k, None)
+    r = subprocess.run(["bash", str(REPO / "slurm" / "mtg_grid.sbatch")], env=full, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stderr.splitlines() if "mtg grid /g.yaml" in x)
+    assert f"--engine e --runs-root {tmp_path / 'runs'}" in line
+    for e in expect:
+        assert line.endswith(e), line
+    if not expect:
+        assert "parallel_size" not in line

@@ -1,8 +1,11 @@
-"""``mtg slurm submit GRID.yaml [--dry-run]``: expand a grid into a manifest and an array job.
+"""``mtg slurm submit GRID.yaml [--shared] [--dry-run]``: submit a grid to SLURM.
 
-Prints the job id(s), the manifest and where results will land; ``--dry-run`` prints the
-sbatch command(s) and the manifest(s) without writing or submitting anything. The batch
-side is slurm/mtg_array.sbatch (see slurm/README.md).
+Default (array mode): one array task per cell, each with its own engine (manifest +
+slurm/mtg_array.sbatch). ``--shared``: one job per engine of the grid that runs
+``mtg grid`` for all of that engine's cells concurrently on one engine on the node's GPUs
+(slurm/mtg_grid.sbatch). Prints the job id(s) and where results will land; ``--dry-run``
+prints the sbatch command(s) and the runs without writing or submitting anything (see
+slurm/README.md for when to use which).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from mtg_local.slurm import load_grid, plan, submit
+from mtg_local.slurm import load_grid, plan, plan_shared, submit, submit_shared
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,12 +22,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = ssub.add_parser("submit", help="expand GRID.yaml into a manifest + array job and submit it")
     s.add_argument("grid", metavar="GRID.yaml", help="grid file (example: slurm/grid_example.yaml)")
     s.add_argument("--dry-run", action="store_true", help="print the sbatch command(s) and manifest(s) only")
+    s.add_argument("--shared", action="store_true",
+                   help="one job per engine running `mtg grid` (all its cells on one shared engine) instead of an array")
     s.add_argument("--runs-root", default=None, metavar="DIR", help="override the grid's runs_root / $MTG_RUNS")
     s.set_defaults(func=run_submit)
 
 
 def run_submit(args: argparse.Namespace) -> int:
     grid = load_grid(args.grid, runs_root=args.runs_root)
+    if args.shared:
+        return _submit_shared(args, grid)
     jobs = plan(grid)
     n_runs = sum(len(j.runs) for j in jobs)
     results_dir = grid.runs_root / grid.name
@@ -40,6 +47,26 @@ def run_submit(args: argparse.Namespace) -> int:
     ids = submit(jobs)
     for job_id, job in zip(ids, jobs):
         print(f"submitted array job {job_id}: {len(job.runs)} runs, manifest {job.manifest}")
+    print(f"results: {results_dir}/<task>/<method>/<engine>/results.json  (logs: {results_dir}/logs)")
+    print(f"when done: mtg report {results_dir} --out {results_dir}/report")
+    return 0
+
+
+def _submit_shared(args: argparse.Namespace, grid) -> int:
+    jobs = plan_shared(grid, args.grid)
+    results_dir = grid.runs_root / grid.name
+    n_runs = sum(len(j.runs) for j in jobs)
+    if args.dry_run:
+        for job in jobs:
+            print(f"# {len(job.runs)} runs of {job.engine.spec} in one job: mtg grid {args.grid} --engine {job.engine.label}")
+            print(shlex.join(job.sbatch))
+            for run in job.runs:
+                print(f"  mtg {run.manifest_line()}")
+        print(f"# {n_runs} runs in {len(jobs)} shared job(s); results would land under {results_dir}")
+        return 0
+    ids = submit_shared(jobs)
+    for job_id, job in zip(ids, jobs):
+        print(f"submitted grid job {job_id}: {len(job.runs)} runs of {job.engine.spec} on one engine")
     print(f"results: {results_dir}/<task>/<method>/<engine>/results.json  (logs: {results_dir}/logs)")
     print(f"when done: mtg report {results_dir} --out {results_dir}/report")
     return 0

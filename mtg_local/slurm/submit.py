@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.errors import UserError
-from mtg_local.slurm.grid import Grid, RunSpec
+from mtg_local.slurm.grid import EngineEntry, Grid, RunSpec
 
 #: Keys of the grid's ``slurm:`` mapping (and of an engine's ``slurm:`` override).
 SLURM_KEYS = ("template", "partition", "time", "gpus", "cpus_per_task", "mem", "max_parallel", "job_name", "extra", "export")
@@ -127,6 +127,93 @@ def plan(grid: Grid) -> list[ArrayJob]:
         cmd.append(str(template))
         jobs.append(ArrayJob(tuple(runs), manifest, settings, tuple(cmd)))
     return jobs
+
+
+SHARED_TEMPLATE = "slurm/mtg_grid.sbatch"
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedJob:
+    """One ``--shared`` job: every cell of one engine, run by ``mtg grid`` on one engine."""
+
+    engine: EngineEntry
+    runs: tuple[RunSpec, ...]
+    settings: SlurmSettings
+    sbatch: tuple[str, ...]
+    log_dir: Path
+
+
+def _engine_opt(opts: tuple[str, ...], key: str) -> str | None:
+    for o in reversed(opts):
+        k, _, v = o.partition("=")
+        if k.strip() == key:
+            return v.strip()
+    return None
+
+
+def plan_shared(grid: Grid, grid_file: str | os.PathLike[str]) -> list[SharedJob]:
+    """One plain (non-array) sbatch command per engine of the grid, running ``mtg grid``.
+
+    The template (default ``slurm/mtg_grid.sbatch``; a grid ``slurm.template``
+    naming the array template is replaced by it) gets the grid file, the
+    engine label and, for vLLM, the tensor-parallel size the grid sets (if
+    any); it chooses data parallelism from the GPUs it gets (slurm/README.md).
+    """
+    base = dict(grid.slurm)
+    root = repo_root()
+    out_dir = grid.runs_root / grid.name
+    by_engine: dict[str, list[RunSpec]] = {}
+    for run in grid.expand():
+        by_engine.setdefault(run.engine.label, []).append(run)
+    jobs = []
+    for entry in grid.engines:
+        settings = SlurmSettings.merged(base, dict(entry.slurm))
+        # The array template runs one manifest line; a --shared job needs the grid template.
+        array_template = Path(settings.template).name == Path(SlurmSettings.template).name
+        template = Path(SHARED_TEMPLATE if array_template else settings.template)
+        if not template.is_absolute():
+            template = root / template
+        if not template.is_file():
+            raise UserError(f"sbatch template not found: {template} (slurm.template in the grid, or set MTG_CHECKOUT)")
+        cmd = ["sbatch", "--parsable", f"--job-name={settings.job_name or 'mtg-' + grid.name}-{entry.label}"[:128]]
+        cmd.append(f"--output={out_dir / 'logs'}/grid-{entry.label}-%j.out")
+        if settings.partition:
+            cmd.append(f"--partition={settings.partition}")
+        if settings.time:
+            cmd.append(f"--time={settings.time}")
+        if settings.gpus is not None:
+            cmd.append(f"--gres=gpu:{settings.gpus}" if settings.gpus > 0 else "--gres=none")
+        if settings.cpus_per_task:
+            cmd.append(f"--cpus-per-task={settings.cpus_per_task}")
+        if settings.mem:
+            cmd.append(f"--mem={settings.mem}")
+        cmd.extend(settings.extra)
+        exports = {"MTG_GRID": str(Path(grid_file).absolute()), "MTG_GRID_ENGINE": entry.label,
+                   "MTG_CHECKOUT": str(root), "MTG_RUNS": str(grid.runs_root), "MTG_GRID_RUNS_ROOT": str(grid.runs_root),
+                   "MTG_GRID_BACKEND": entry.spec.partition(":")[0]}
+        tp = _engine_opt((*grid.engine_opts, *entry.opts), "tensor_parallel_size")
+        if tp:
+            exports["MTG_GRID_TP"] = tp
+        exports.update(dict(settings.export))
+        cmd.append("--export=ALL," + ",".join(f"{k}={v}" for k, v in exports.items()))
+        cmd.append(str(template))
+        jobs.append(SharedJob(entry, tuple(by_engine.get(entry.label, ())), settings, tuple(cmd), out_dir / "logs"))
+    return jobs
+
+
+def submit_shared(jobs: list[SharedJob], *, env: dict[str, str] | None = None) -> list[str]:
+    """Runs each ``--shared`` job's sbatch command; returns the job ids in order."""
+    ids = []
+    for job in jobs:
+        job.log_dir.mkdir(parents=True, exist_ok=True)  # sbatch does not create the --output folder
+        try:
+            proc = subprocess.run(job.sbatch, capture_output=True, text=True, env=env, timeout=120)
+        except FileNotFoundError:
+            raise UserError("sbatch not found on PATH: run on a SLURM login node (or use --dry-run)") from None
+        if proc.returncode != 0:
+            raise UserError(f"sbatch refused the grid job for {job.engine.spec}: {proc.stderr.strip() or proc.stdout.strip()}")
+        ids.append(proc.stdout.strip().split(";")[0])
+    return ids
 
 
 def write(jobs: list[ArrayJob]) -> None:

@@ -123,6 +123,41 @@ mtg_run() {
     argv=(train --resume "$run_dir" "${keep[@]}" "${opts[@]}")
     mtg_log "run dir has a checkpoint (restart ${SLURM_RESTART_COUNT:-0}): resuming"
   fi
+  mtg_exec "$run_dir" "${argv[@]}"
+}
+
+# mtg_run_grid GRID.yaml : runs `mtg grid GRID.yaml --engine $MTG_GRID_ENGINE` (all cells of one engine on
+# one shared engine) with the GPU layout of the job, signal forwarding and requeue (see mtg_grid.sbatch).
+mtg_run_grid() {
+  local grid=$1
+  local -a argv=(grid "$grid" --max-concurrent "${MTG_MAX_CONCURRENT:-32}")
+  [[ -n "${MTG_GRID_ENGINE:-}" ]] && argv+=(--engine "$MTG_GRID_ENGINE")
+  [[ -n "${MTG_GRID_RUNS_ROOT:-}" ]] && argv+=(--runs-root "$MTG_GRID_RUNS_ROOT")
+  if [[ "${MTG_GRID_BACKEND:-vllm}" == vllm ]]; then
+    local gpus tp dp
+    gpus=$(mtg_gpu_count)
+    # MTG_TP=auto (mtg_setup's default) here means: the grid's tensor_parallel_size, else 1 (one
+    # replica per GPU); the GPUs left go to data parallel replicas.
+    tp=${MTG_TP:-auto}
+    [[ "$tp" == auto ]] && tp=${MTG_GRID_TP:-1}
+    [[ "$tp" =~ ^[0-9]+$ ]] && (( tp >= 1 )) || mtg_die "MTG_TP must be a number >= 1 or auto, got '$tp'"
+    dp=${MTG_DP:-auto}
+    if [[ "$dp" == auto ]]; then dp=$(( gpus >= tp ? gpus / tp : 1 )); fi
+    [[ "$dp" =~ ^[0-9]+$ ]] && (( dp >= 1 )) || mtg_die "MTG_DP must be a number >= 1 or auto, got '$dp'"
+    if (( tp > 1 )); then argv+=(--engine-opt "tensor_parallel_size=$tp"); fi
+    if (( dp > 1 )); then argv+=(--engine-opt "data_parallel_size=$dp"); fi
+    mtg_log "GPUs $gpus: tensor parallel $tp x data parallel $dp"
+  fi
+  local o
+  for o in ${MTG_ENGINE_OPTS:-}; do argv+=(--engine-opt "$o"); done
+  mtg_exec "" "${argv[@]}"
+}
+
+# mtg_exec RUN_DIR ARGS... : runs `mtg ARGS...` in the background, forwards SIGUSR1/SIGTERM to it, and on
+# exit code 99 requeues the job (RUN_DIR is only named in the log).
+mtg_exec() {
+  local run_dir=$1; shift
+  local -a argv=("$@")
   mtg_log "mtg ${argv[*]}"
   if [[ "${MTG_DRY_RUN:-0}" == 1 ]]; then mtg_log "MTG_DRY_RUN=1: not running"; return 0; fi
   trap '_mtg_forward USR1' USR1
@@ -143,7 +178,7 @@ mtg_run() {
     local jid=${SLURM_JOB_ID:-}
     [[ -n "${SLURM_ARRAY_JOB_ID:-}" && -n "${SLURM_ARRAY_TASK_ID:-}" ]] && jid=${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}
     if [[ -n "$jid" ]]; then
-      mtg_log "checkpointed; requeueing job $jid (it resumes $run_dir)"
+      mtg_log "checkpointed; requeueing job $jid (it resumes ${run_dir:-every unfinished cell})"
       if scontrol requeue "$jid"; then
         # Slurm now kills this shell and puts the job back in the queue; exiting first could
         # let the exit status race the requeue, so wait to be killed.
