@@ -367,3 +367,26 @@ def test_grid_template_gpu_layout_dry_run(tmp_path, env, expect):
         assert line.endswith(e), line
     if not expect:
         assert "parallel_size" not in line
+
+
+# --------------------------------------------------------------------------- mtg bench grid (fake engine)
+
+
+def test_bench_grid_on_the_fake_engine_prints_one_json_line_with_ratios(tmp_path, capsys):
+    assert cli.main(["bench", "grid", "--engine", "fake", "--out", str(tmp_path / "b"), "--max-concurrent", "4"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    rec = json.loads(lines[0])
+    assert set(rec["variants"]) == {"array", "sequential", "grid"}
+    for name, v in rec["variants"].items():
+        for key in ("wall_s", "gen_tok_per_s", "mean_running_batch", "mean_batch_submitted", "engine_starts",
+                    "peak_rss_gib", "cells"):
+            assert key in v, (name, key)
+        assert v["cells"] == 4 and v["wall_s"] > 0 and v["peak_rss_gib"] > 0
+    assert rec["variants"]["array"]["engine_starts"] == 4 and rec["variants"]["grid"]["engine_starts"] == 1
+    # same work in every variant (fresh run dirs, deterministic engine)
+    assert len({v["completion_tokens"] for v in rec["variants"].values()}) == 1
+    w = {k: v["wall_s"] for k, v in rec["variants"].items()}
+    assert rec["speedup_vs_array"] == round(w["array"] / w["grid"], 3)
+    assert rec["speedup_vs_sequential"] == round(w["sequential"] / w["grid"], 3)
+    assert cli.main(["bench", "grid", "--engine", "fake", "--out", str(tmp_path / "b")]) == 2  # not empty

@@ -17,6 +17,7 @@ from typing import Any
 
 from engines import Engine, GenRequest, SamplingConfig
 from engines.errors import UserError
+from mtg_local.bench.grid_bench import add_grid_bench
 from mtg_local.bench.inner_loop_bench import add_inner_loop_bench
 from mtg_local.commands.common import build_engine
 
@@ -40,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench_sub = p.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
     add_engine_bench(bench_sub)
     add_inner_loop_bench(bench_sub)
+    add_grid_bench(bench_sub)
 
 
 def add_engine_bench(bench_sub: argparse._SubParsersAction) -> None:
