@@ -156,6 +156,7 @@ class AsyncVLLMEngine(Engine):
         self._events: collections.deque[RequestEvent] = collections.deque(maxlen=MAX_EVENTS)
         self._events_lock = threading.Lock()
         self._ids = itertools.count()
+        self._per_thread = threading.local()  # backend calls of this thread's last generate()
         self._loop = BackgroundLoop(name="mtg-vllm-async")
         factory = _stat_logger_factory(self._sampler)
 
@@ -205,7 +206,7 @@ class AsyncVLLMEngine(Engine):
         # Rendering runs in the caller's thread, so callers tokenize in parallel with the loop.
         ids, submit, prompts, params, failed = build_vllm_inputs(self._tokenizer, self.max_model_len, requests)
         results: list[GenResult | None] = [failed.get(i) for i in range(len(requests))]
-        self._calls_last = 0
+        self._per_thread.calls = 0
         if submit:
             for p in params:
                 p.output_kind = self._final_only
@@ -213,7 +214,7 @@ class AsyncVLLMEngine(Engine):
                 outs = self._loop.run(self._run_batch(tag, prompts, params))
             except Exception as e:  # the engine as a whole failed (EngineDeadError, loop closed)
                 raise EngineError(f"vLLM (async) failed for a batch of {len(prompts)}: {e}") from e
-            self._calls_last = 1
+            self._per_thread.calls = 1
             for i, out in zip(submit, outs):
                 if isinstance(out, BaseException):
                     results[i] = GenResult.failed(requests[i].id, f"{type(out).__name__}: {out}", len(ids[i]))
@@ -229,7 +230,8 @@ class AsyncVLLMEngine(Engine):
         return results  # type: ignore[return-value]
 
     def _count_backend_calls(self) -> int:
-        return getattr(self, "_calls_last", 1)
+        # _record runs in the thread that called generate(): its own count, not another caller's.
+        return getattr(self._per_thread, "calls", 1)
 
     async def _run_batch(self, tag: str, prompts: list[Any], params: list[Any]) -> list[Any]:
         """Submits every request at once and gathers them; per-request exceptions are returned."""

@@ -390,3 +390,37 @@ def test_bench_grid_on_the_fake_engine_prints_one_json_line_with_ratios(tmp_path
     assert rec["speedup_vs_array"] == round(w["array"] / w["grid"], 3)
     assert rec["speedup_vs_sequential"] == round(w["sequential"] / w["grid"], 3)
     assert cli.main(["bench", "grid", "--engine", "fake", "--out", str(tmp_path / "b")]) == 2  # not empty
+
+
+def test_runner_stops_eval_cells_before_their_next_call_and_starts_no_new_cell(tmp_path):
+    from mtg_local.grid import GridCell, run_cells
+    from mtg_local.meta.outer_loop import StopFlag
+
+    stop = StopFlag()
+    phases: dict[str, int] = {}
+
+    def eval_cell(engine, flag):
+        for k in range(3):
+            engine.generate([GenRequest.chat(f"a {k}")])
+            phases["a"] = k + 1
+            if k == 0:
+                stop.set(signal.SIGTERM)
+        return {"status": "complete"}
+
+    def train_cell(engine, flag):
+        while not flag:  # a train run polls the grid's flag itself, between stages
+            time.sleep(0.01)
+        engine.generate([GenRequest.chat("t finishes its stage")])  # not refused: it checkpoints itself
+        phases["t"] = 1
+        return {"status": "complete", "test_accuracy": {"mean": 0.5}}
+
+    cells = [GridCell("a", tmp_path / "a", "eval", eval_cell),
+             GridCell("t", tmp_path / "t", "train", train_cell, checkpoints=True),
+             GridCell("late", tmp_path / "late", "eval", lambda e, f: {"status": "complete"})]
+    lines: list[str] = []
+    report = run_cells(cells, FakeEngine(), max_concurrent=2, stop=stop, log=lines.append)
+    status = {c.name: c.status for c in report.cells}
+    assert status == {"a": "stopped", "t": "complete", "late": "not_started"} and report.stopped
+    assert phases == {"a": 1, "t": 1}
+    assert report.cells[1].accuracy == 0.5
+    assert any(x.startswith("[grid] stopped a") for x in lines)

@@ -37,8 +37,12 @@ from mtg_local.runs.lock import RunDirLock
 from mtg_local.runs.run_dir import RunDir, read_json
 
 
-class CellStopped(Exception):
-    """A stop was requested; an eval/baseline cell refused its next engine call (rerun replays its cache)."""
+class CellStopped(Preempted):
+    """A stop was requested; an eval/baseline cell refused its next engine call.
+
+    A ``Preempted``: whatever marks a preempted run (status, exit code) applies;
+    the run has no checkpoint, but its cache replays what it generated on rerun.
+    """
 
 
 @dataclasses.dataclass(frozen=True)
