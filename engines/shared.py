@@ -18,7 +18,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from engines.base import Engine, GenRequest, GenResult
@@ -126,10 +126,3 @@ def shareable(engine: Engine, config: CoalescerConfig | None = None) -> Engine:
     """``engine`` itself if it serves concurrent calls, else a ``CoalescedEngine`` around it."""
     return engine if serves_concurrent_calls(engine) else CoalescedEngine(engine, config)
 
-
-def view(engine: Engine, tag: str, **kwargs: Any) -> EngineView:
-    """Shorthand for ``EngineView(engine, tag=tag, **kwargs)``."""
-    return EngineView(engine, tag=tag, **kwargs)
-
-
-__all__: Sequence[str] = ("CoalescedEngine", "EngineView", "serves_concurrent_calls", "shareable", "view")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engines.base import GenRequest, SamplingConfig
+from engines.base import GenRequest
 from engines.fake_engine import FakeEngine
 from engines.shared import CoalescedEngine, EngineView, shareable
 from meta_fakes import register_scripted
@@ -185,10 +185,6 @@ def test_openai_engine_shares_one_concurrency_limit_across_concurrent_callers():
 # --------------------------------------------------------------------------- the runner and command
 
 
-def run_alone(run_dir_argv: list[str]) -> int:
-    return cli.main(run_dir_argv)
-
-
 def test_grid_cells_equal_cells_run_alone_and_complete_cells_are_skipped(tmp_path, capsys):
     register_scripted()
     g = grid_file(tmp_path, "g")
@@ -243,9 +239,6 @@ def test_failing_cell_leaves_the_others_complete_and_exits_3(tmp_path, capsys):
 
 def test_grid_dry_run_on_example_and_engine_choice(tmp_path, capsys):
     example = REPO / "slurm" / "grid_example.yaml"
-    with pytest.raises(SystemExit):
-        pass_through = cli.build_parser().parse_args(["grid", "--help"])  # noqa: F841
-    capsys.readouterr()
     assert cli.main(["grid", str(example), "--dry-run"]) == 2  # two engines, none chosen
     assert "choose one with --engine" in capsys.readouterr().err
     assert cli.main(["grid", str(example), "--engine", "vllm:Qwen/Qwen2.5-7B-Instruct", "--dry-run",

@@ -19,7 +19,6 @@ import argparse
 import copy
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from engines.base import Engine
