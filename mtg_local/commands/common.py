@@ -25,7 +25,7 @@ def add_engine_args(parser: argparse.ArgumentParser, *, optimizer: bool = False)
         "--engine",
         default=DEFAULT_ENGINE,
         metavar="SPEC",
-        help="generation backend: vllm:MODEL, hf:MODEL, openai:MODEL or fake "
+        help="generation backend: vllm:MODEL, vllm-async:MODEL (AsyncLLM, for concurrent callers), hf:MODEL, openai:MODEL or fake "
         "(MODEL 'bundled' = the bundled SmolLM2-135M-Instruct; default: %(default)s)",
     )
     g.add_argument(
