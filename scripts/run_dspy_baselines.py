@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None, *, engine: Engine | None = None) -> list
     p.add_argument("--engine", default="vllm:bundled")
     p.add_argument("--engine-opt", action="append", default=[])
     p.add_argument("--methods", default="copro,miprov2,prompt_opt")
-    p.add_argument("--task", default="word_sorting")
+    p.add_argument("--task", default="synthetic_word_sorting")
     p.add_argument("--limit", type=int, default=4, help="questions per split (default: %(default)s)")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--max-tokens", type=int, default=128)

@@ -53,7 +53,7 @@ class InnerLoopBenchConfig:
         max_tokens: most new tokens per request, every phase.
         temperature: forward (initial answer) temperature; the optimizer
             phases use the inner loop's default (greedy).
-        task: task name (``word_sorting`` is offline).
+        task: task name (``synthetic_word_sorting`` is offline).
         split: "train", "val" or "test".
         per_call_sample: if set, b sends only the first K requests of each
             phase (rates comparable, walls not); None = all.
@@ -65,7 +65,7 @@ class InnerLoopBenchConfig:
     steps: int = 2
     max_tokens: int = 64
     temperature: float = 0.7
-    task: str = "word_sorting"
+    task: str = "synthetic_word_sorting"
     split: str = "test"
     per_call_sample: int | None = None
     profile_path: str | None = None

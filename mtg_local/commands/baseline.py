@@ -41,7 +41,7 @@ class BaselineConfig:
     out: str
     method: str
     method_config: Any
-    task: str = "word_sorting"
+    task: str = "synthetic_word_sorting"
     engine: str = DEFAULT_ENGINE
     optimizer_engine: str | None = None
     engine_opts: tuple[str, ...] = ()
@@ -70,7 +70,7 @@ class BaselineConfig:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("baseline", help="run a prompt-optimization baseline (prompt_opt, copro, miprov2) and test it")
     p.add_argument("--method", required=True, choices=METHODS)
-    p.add_argument("--task", default="word_sorting", help=f"task name ({', '.join(task_names())})")
+    p.add_argument("--task", default="synthetic_word_sorting", help=f"task name ({', '.join(task_names())})")
     p.add_argument("--seeds", default="0,1,2", help="test seeds, e.g. 0,1,2 or 0-5 (default: %(default)s)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="first N questions of every split")
     p.add_argument("--data-file", default=None, metavar="FILE", help="load the task from a local file")

@@ -39,7 +39,7 @@ class EvalConfig:
     """Resolved settings of one ``mtg eval`` run (validated in __post_init__)."""
 
     out: str  # run dir
-    task: str = "word_sorting"
+    task: str = "synthetic_word_sorting"
     method: str = "solution_opt"
     engine: str = DEFAULT_ENGINE
     optimizer_engine: str | None = None  # None: the forward engine
@@ -140,7 +140,7 @@ def read_text_arg(value: str | None, flag: str) -> str | None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate zero-shot CoT or TextGrad solution optimization on a task split")
-    p.add_argument("--task", default="word_sorting", help=f"task name ({', '.join(task_names())})")
+    p.add_argument("--task", default="synthetic_word_sorting", help=f"task name ({', '.join(task_names())})")
     p.add_argument("--method", default="solution_opt", choices=METHODS, help="default: %(default)s")
     p.add_argument("--seeds", default="0,1,2", help="sampling seeds, e.g. 0,1,2 or 0-5 (default: %(default)s)")
     p.add_argument("--steps", type=int, default=_DEFAULT_INNER.steps, help="inner-loop steps T (default: %(default)s)")

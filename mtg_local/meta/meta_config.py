@@ -61,7 +61,7 @@ class MetaConfig:
     """
 
     out: str
-    task: str = "word_sorting"
+    task: str = "synthetic_word_sorting"
     method: str = "learned_loss"
     engine: str = "vllm:bundled"
     optimizer_engine: str | None = None

@@ -3,7 +3,7 @@
 # shellcheck shell=bash
 : "${MTG_MODEL:=Qwen/Qwen2.5-7B-Instruct}"
 : "${MTG_ENGINE:=vllm:$MTG_MODEL}"
-: "${MTG_TASK:=word_sorting}"
+: "${MTG_TASK:=synthetic_word_sorting}"
 : "${MTG_METHOD:=zero_shot_cot}"
 : "${MTG_SEEDS:=0,1,2,3,4,5}"
 : "${MTG_ARGS:=}"
