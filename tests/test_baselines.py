@@ -47,7 +47,7 @@ def prompt_opt_responder(candidates):
 
 
 def test_prompt_opt_accepts_better_reverts_worse_and_counts_calls():
-    task = get_task("word_sorting")
+    task = get_task("synthetic_word_sorting")
     sp = task.splits()
     train, val = sp.train[:9], sp.val[:4]
     eng = FakeEngine(prompt_opt_responder([
@@ -76,7 +76,7 @@ def test_prompt_opt_accepts_better_reverts_worse_and_counts_calls():
 
 
 def test_minibatches_shuffle_per_epoch_and_max_steps():
-    task = get_task("word_sorting")
+    task = get_task("synthetic_word_sorting")
     train = task.splits().train[:7]
     mb = minibatches(train, PromptOptConfig(batch_size=3, epochs=2))
     assert [len(b) for _, b in mb] == [3, 3, 1, 3, 3, 1]
@@ -144,7 +144,7 @@ def test_dspy_methods_end_to_end_on_fake_engine(tmp_path, method):
 def test_unparsable_dspy_output_is_scored_on_raw_text():
     from mtg_local.baselines.dspy_program import evaluate_program, make_program
 
-    task = get_task("word_sorting")
+    task = get_task("synthetic_word_sorting")
     test = task.splits().test[:2]
     eng = FakeEngine(lambda r: "no markers here\nAnswer: " + " ".join(sorted(_words(r))))
     ev = evaluate_program(task, make_program(task), test, seeds=[3], engine=eng, temperature=0.0, max_tokens=50)

@@ -36,7 +36,7 @@ def sorter(req: GenRequest) -> str:
 
 
 def eval_args(out: Path, *extra: str) -> list[str]:
-    return ["eval", "--task", "word_sorting", "--limit", "4", "--seeds", "0,1", "--out", str(out), "--no-progress", *extra]
+    return ["eval", "--task", "synthetic_word_sorting", "--limit", "4", "--seeds", "0,1", "--out", str(out), "--no-progress", *extra]
 
 
 def read_run(out: Path) -> tuple[dict, list[dict]]:
@@ -47,7 +47,7 @@ def read_run(out: Path) -> tuple[dict, list[dict]]:
 
 def check_results(results: dict, *, method: str, n: int, seeds: list[int], calls: int) -> None:
     assert RESULT_KEYS <= set(results)
-    assert results["status"] == "complete" and results["method"] == method and results["task"] == "word_sorting"
+    assert results["status"] == "complete" and results["method"] == method and results["task"] == "synthetic_word_sorting"
     assert results["n_questions"] == n and results["seeds"] == seeds and results["split"] == "test"
     acc = results["test_accuracy"]
     assert set(acc) == {"mean", "std", "per_seed", "n"} and acc["n"] == len(seeds)
@@ -170,7 +170,7 @@ def test_eval_solution_opt_on_vllm_bundled(vllm_engine, tmp_path: Path) -> None:
     # The size is 16 questions; CI on 2 CPU cores runs 4 (see tests/conftest.py).
     n = 16 if FULL else 4
     argv = [
-        "eval", "--task", "word_sorting", "--method", "solution_opt", "--seeds", "0,1,2", "--steps", "2",
+        "eval", "--task", "synthetic_word_sorting", "--method", "solution_opt", "--seeds", "0,1,2", "--steps", "2",
         "--limit", str(n), "--max-tokens", "96", "--optimizer-max-tokens", "96", "--out", str(out),
     ]
     args = cli.build_parser().parse_args(argv)
