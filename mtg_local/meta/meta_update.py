@@ -10,6 +10,20 @@ engine call whatever the number of updates (the joint method has two):
     call 2: the TGD steps of all updates that were not skipped
 
 Learned loss and Reptile make 2 calls per outer step, MAML 1, joint 2.
+
+What the meta step is shown. The minibatch's trajectories are question-major
+(all seeds of question 1, then question 2, ...), so taking the first
+``max_pairs`` of them would show the first question several times and the
+last ones not at all (minibatch 3 x 6 seeds, 8 pairs: 6 + 2 + 0). The pairs
+are therefore ordered round-robin over the minibatch's questions
+(``spread_over_questions``): every distinct question that has a pair appears
+once before any question appears a second time under another seed, and so on;
+ties keep item order, so the choice is deterministic. At most ``max_pairs``
+pairs are shown (default 8, ``MetaConfig.max_meta_pairs``): with the default
+minibatch of 3 questions that covers every question with up to 2-3 seeds
+each, which is what the meta prompt needs to generalise across questions
+rather than across samples of one question, while keeping the meta prompt
+short enough for the optimizer's context.
 """
 
 from __future__ import annotations
@@ -96,13 +110,28 @@ class MetaUpdate(abc.ABC):
         return "no wrong answers in the minibatch"
 
 
-def wrong_pairs_block(task: Task, trajs: Sequence[Trajectory], max_pairs: int) -> str | None:
-    """The numbered Q&A block of the wrong answers (item order), or None if there are none.
+def spread_over_questions(trajs: Sequence[Trajectory]) -> list[Trajectory]:
+    """``trajs`` reordered round-robin over their questions (see the module docstring).
 
-    Items whose engine calls failed are left out: an empty answer says nothing
-    about the loss prompt or template.
+    Round r holds the r-th trajectory of every question, questions in order
+    of first appearance; within a question item order is kept.
     """
-    wrong = [t for t in trajs if t.score < 1.0 and not t.errors][:max_pairs]
+    by_question: dict[str, list[Trajectory]] = {}
+    for t in trajs:
+        by_question.setdefault(t.item.example.id, []).append(t)
+    rounds = max((len(v) for v in by_question.values()), default=0)
+    return [ts[r] for r in range(rounds) for ts in by_question.values() if r < len(ts)]
+
+
+def wrong_pairs_block(task: Task, trajs: Sequence[Trajectory], max_pairs: int) -> str | None:
+    """The numbered Q&A block of up to ``max_pairs`` wrong answers, or None if there are none.
+
+    Wrong answers are taken round-robin over the questions
+    (``spread_over_questions``), so every minibatch question with a wrong
+    answer is shown before any repeats. Items whose engine calls failed are
+    left out: an empty answer says nothing about the loss prompt or template.
+    """
+    wrong = spread_over_questions([t for t in trajs if t.score < 1.0 and not t.errors])[:max_pairs]
     if not wrong:
         return None
     pairs = [
