@@ -17,7 +17,14 @@ from typing import Any
 from engines.base import Engine, Usage
 from engines.errors import UserError
 from mtg_local import metrics
-from mtg_local.inner_loop import DEFAULT_TEMPLATE, InnerItem, InnerLoopConfig, Trajectory, solution_optimization
+from mtg_local.inner_loop import (
+    DEFAULT_TEMPLATE,
+    PHASES,
+    InnerItem,
+    InnerLoopConfig,
+    Trajectory,
+    solution_optimization,
+)
 from mtg_local.runs.run_dir import RunDir
 from mtg_local.tasks.base import Example, Task
 from mtg_local.zero_shot_cot import zero_shot_cot
@@ -115,6 +122,23 @@ def evaluate(
     return EvalOutcome(trajs, per_seed, metrics.summarize(per_seed))
 
 
+def truncation_summary(trajectories: Sequence[Trajectory]) -> dict[str, int]:
+    """Calls cut off at max_tokens (finish_reason "length"), per inner-loop phase and in total.
+
+    Returns:
+        ``{"forward": n, "loss": n, "backward": n, "update": n, "total": n}``
+        (results.json's ``truncated``). A truncated forward answer usually
+        lost its ``Answer:`` line and scores 0, so a non-zero count means the
+        token caps were too small for the numbers to be trusted.
+    """
+    out = {p: 0 for p in PHASES}
+    for t in trajectories:
+        for phase, reasons in t.finish_reasons.items():
+            out[phase] = out.get(phase, 0) + sum(r == "length" for r in reasons)
+    out["total"] = sum(out.values())
+    return out
+
+
 class UsageMeter:
     """Engine usage since construction, for engines that may be shared and already used.
 
@@ -167,9 +191,14 @@ def results_record(
     learned: dict[str, str | None] | None = None,
     history: list[dict[str, Any]] | None = None,
     cost_usd: float | None = None,
+    truncated: dict[str, int] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """A results.json body in the schema of ``docs/results_schema.md`` (without schema_version)."""
+    """A results.json body in the schema of ``docs/results_schema.md`` (without schema_version).
+
+    ``truncated`` is ``truncation_summary`` of the scored trajectories; None
+    where the method has none (DSPy baselines), recorded as null.
+    """
     empty = {"mean": 0.0, "std": 0.0, "per_seed": {}, "n": 0}
     return {
         "status": status,
@@ -184,6 +213,7 @@ def results_record(
         "test_accuracy": accuracy if accuracy is not None else empty,
         "engine_usage": engine_usage,
         "cost_usd": cost_usd,
+        "truncated": truncated,
         "wall_s": round(wall_s, 3),
         "config": config,
         "learned": learned or {"loss_prompt": None, "template": None, "system_prompt": None},

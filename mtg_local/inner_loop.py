@@ -43,6 +43,9 @@ DEFAULT_TEMPLATE = "Let's break this down step by step. First, "
 #: with greedy optimizer phases further steps would repeat it).
 FREEZE_CONDITIONS = ("error", "unchanged")
 
+#: The inner loop's phases, as recorded in ``Trajectory.finish_reasons``.
+PHASES = ("forward", "loss", "backward", "update")
+
 
 def parse_freeze_when(value: str) -> frozenset[str]:
     """The set of freeze conditions in ``value`` ("never", "error", "unchanged", "error,unchanged")."""
@@ -129,6 +132,14 @@ class Trajectory:
     extracted: str | None  # task.extract_answer(final_answer)
     score: float  # task.score(final_answer, example): 0.0 or 1.0
     frozen_at: int | None = None  # step after which the item was frozen, or None
+    #: phase ("forward", "loss", "backward", "update") -> finish reason of each call made for
+    #: this item, in step order ("stop", "length" = cut off at max_tokens, "error", ...)
+    finish_reasons: dict[str, list[str]] = dataclasses.field(default_factory=lambda: {p: [] for p in PHASES})
+
+    @property
+    def truncated(self) -> int:
+        """How many of this item's calls stopped at max_tokens (finish_reason "length")."""
+        return sum(r == "length" for rs in self.finish_reasons.values() for r in rs)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready record (one line of trajectories.jsonl)."""
@@ -147,6 +158,8 @@ class Trajectory:
             "update_errors": list(self.update_errors),
             "errors": list(self.errors),
             "frozen_at": self.frozen_at,
+            "finish_reasons": {k: list(v) for k, v in self.finish_reasons.items()},
+            "truncated": self.truncated,
             "final_answer": self.final_answer,
             "extracted": self.extracted,
             "score": self.score,
@@ -208,6 +221,7 @@ def solution_optimization(
     bar.update()
     trajs = [Trajectory(it, [a.value], [], [], [], [], "", None, 0.0) for it, a in zip(items, answers)]
     for i, a in enumerate(answers):
+        trajs[i].finish_reasons["forward"].append(a.finish_reason)
         if a.error is not None:
             trajs[i].errors.append(f"step 0 forward: {a.error}")
             if "error" in freeze:
@@ -253,6 +267,14 @@ def solution_optimization(
             engine_error = False
             tr.evaluations.append(lv.value)
             tr.gradients.append(params[k].gradient_text())
+            # Truncated loss/backward outputs still feed the next phase (as in TextGrad); they
+            # are counted here. A truncated update never replaces the answer (update parsing).
+            tr.finish_reasons["loss"].append(lv.finish_reason)
+            if lv.error is None:
+                grads = params[k].gradients
+                tr.finish_reasons["backward"].append(grads[-1].finish_reason if grads else "error")
+            if outcomes[k].finish_reason is not None:
+                tr.finish_reasons["update"].append(outcomes[k].finish_reason)
             if lv.error is not None:
                 tr.errors.append(f"step {t} loss: {lv.error}")
                 tr.update_errors.append("skipped: the loss call failed")

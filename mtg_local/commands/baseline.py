@@ -24,6 +24,7 @@ from engines.errors import UserError
 from mtg_local.commands.common import DEFAULT_ENGINE, add_engine_args, open_run_engines
 from mtg_local.commands.eval import parse_seeds, read_text_arg
 from mtg_local.evaluation import UsageMeter, evaluate, now_iso, results_record, write_trajectories
+from mtg_local.evaluation import truncation_summary
 from mtg_local.inner_loop import DEFAULT_TEMPLATE
 from mtg_local.runs.run_dir import RunDir
 from mtg_local.tasks import get_task, task_names
@@ -221,6 +222,7 @@ def _prompt_opt(cfg, task, splits, run_dir: RunDir, fwd: Engine, opt: Engine) ->
         "learned": {"loss_prompt": None, "template": mc.template, "system_prompt": res.system_prompt},
         "history": res.history,
         "val_accuracy": res.val_accuracy,
+        "truncated": truncation_summary(outcome.trajectories),
     }
 
 

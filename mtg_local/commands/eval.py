@@ -24,6 +24,7 @@ from engines import Engine
 from engines.errors import UserError
 from mtg_local.commands.common import DEFAULT_ENGINE, add_engine_args, open_run_engines
 from mtg_local.evaluation import METHODS, UsageMeter, evaluate, now_iso, results_record, write_trajectories
+from mtg_local.evaluation import truncation_summary
 from mtg_local.inner_loop import DEFAULT_TEMPLATE, FREEZE_CONDITIONS, InnerLoopConfig
 from mtg_local.runs.lock import RunDirLock
 from mtg_local.runs.run_dir import RunDir
@@ -223,7 +224,8 @@ def run_eval(
             )
             write_trajectories(run_dir, outcome.trajectories, split=cfg.split, method=cfg.method)
             results = results_record(
-                accuracy=outcome.accuracy, engine_usage=meter.report(), wall_s=time.perf_counter() - t0, **common
+                accuracy=outcome.accuracy, engine_usage=meter.report(), wall_s=time.perf_counter() - t0,
+                truncated=truncation_summary(outcome.trajectories), **common
             )
             run_dir.write_results(results)
             run_dir.log_event("eval_done", accuracy=outcome.accuracy["mean"], calls=results["engine_usage"]["calls"])

@@ -9,6 +9,10 @@ engine call whatever the number of updates (the joint method has two):
     call 1: the meta evaluations of all updates that need one
     call 2: the TGD steps of all updates that were not skipped
 
+A TGD output that stopped at ``max_tokens`` (finish reason "length") is never
+a candidate, whatever its tags say; a truncated meta evaluation still feeds
+the TGD step and is recorded (``meta_evaluation_truncated`` in the history).
+
 Learned loss and Reptile make 2 calls per outer step, MAML 1, joint 2.
 
 What the meta step is shown. The minibatch's trajectories are question-major
@@ -221,6 +225,10 @@ def propose(
                 live.remove(u)
             else:
                 feedback[u.target] = info[u.target]["meta_feedback"] = res.text
+                # A meta evaluation cut off at max_tokens still feeds the TGD step: it is
+                # feedback, not a candidate, and its first part still says what to change;
+                # the candidate it leads to is validated like any other. It is recorded.
+                info[u.target]["meta_evaluation_truncated"] = res.finish_reason == "length"
     steps: list[tuple[MetaUpdate, GenRequest]] = []
     for u in list(live):
         context = u.context(ctx, current, trajs, feedback[u.target])
@@ -241,8 +249,14 @@ def propose(
                 rec["skipped"] = f"TGD step failed: {res.error}"
                 continue
             output = req.response_prefix + res.text
+            rec["tgd_output"] = output
+            if res.finish_reason == "length":
+                # A prompt cut off mid-text is never a candidate: no validation call is spent on it.
+                rec["skipped"] = "TGD step output cut off at max_tokens"
+                rec["tgd_truncated"] = True
+                continue
             value, mode = parse_improved(output)
-            rec.update(tgd_output=output, parse=mode)
+            rec["parse"] = mode
             if value is None:
                 rec["skipped"] = "TGD step gave an empty value"
                 continue

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from engines.base import Engine
 from mtg_local import inner_loop, metrics
 from mtg_local.evaluation import write_trajectories
+from mtg_local.evaluation import truncation_summary
 from mtg_local.inner_loop import InnerItem, Trajectory
 from mtg_local.meta.joint import joint_updates
 from mtg_local.meta.learned_loss import LearnedLoss
@@ -223,19 +224,21 @@ class OuterLoop:
                           self.config.optimizer_temperature, self.config.max_meta_pairs)
         candidates, info = propose(self.updates, ctx, self.state.best, minibatch, step=step, combine=self.combine)
         self._check_stop(f"after the meta step of step {step}")
-        base = {"step": step, "minibatch": ids, "train_accuracy": train_acc, "best_val_before": self.state.best_val}
+        base = {"step": step, "minibatch": ids, "train_accuracy": train_acc, "best_val_before": self.state.best_val,
+                "truncated": truncation_summary(minibatch)}
         if not candidates:
             self.state.history.append({**base, "label": None, "candidate": None, "val_accuracy": None,
                                        "accepted": False, "info": info})
             self.run_dir.log_event("step_skipped", step=step, info=info)
         else:
-            accs = self._validate(step, candidates)
+            accs, val_truncated = self._validate(step, candidates)
             winner = max(range(len(candidates)), key=lambda i: (accs[i], -i))
             accepted = accs[winner] > self.state.best_val
             for i, (c, acc) in enumerate(zip(candidates, accs)):
                 keep = accepted and i == winner
                 self.state.history.append({**base, "label": c.label, "candidate": c.artifacts.to_dict(),
-                                           "val_accuracy": acc, "accepted": keep, "info": c.info})
+                                           "val_accuracy": acc, "val_truncated": val_truncated[i],
+                                           "accepted": keep, "info": c.info})
                 self.run_dir.log_event("candidate", step=step, label=c.label, val_accuracy=acc, accepted=keep)
             if accepted:
                 self.state.best = candidates[winner].artifacts
@@ -243,14 +246,15 @@ class OuterLoop:
         self.state.completed_step = step
         self._checkpoint()
 
-    def _validate(self, step: int, candidates: list[Candidate]) -> list[float]:
-        """Validation accuracy of each candidate, all in ONE inner loop (group per candidate)."""
+    def _validate(self, step: int, candidates: list[Candidate]) -> tuple[list[float], list[dict[str, int]]]:
+        """Validation accuracy and truncation counts of each candidate, all in ONE inner loop."""
         items: list[InnerItem] = []
         for c in candidates:
             items += make_items(self.splits.val, self.config.seeds, c.artifacts, f"val:{step}:{c.label}")
         trajs = self._inner(items)
         n = len(items) // len(candidates)
-        return [mean_score(trajs[i * n : (i + 1) * n]) for i in range(len(candidates))]
+        parts = [trajs[i * n : (i + 1) * n] for i in range(len(candidates))]
+        return [mean_score(p) for p in parts], [truncation_summary(p) for p in parts]
 
     def _test(self) -> None:
         """Final evaluation of the best artifacts on the test split over all seeds."""
@@ -258,7 +262,8 @@ class OuterLoop:
         trajs = self._inner(items)
         write_trajectories(self.run_dir, trajs, split="test", method=self.config.method)
         summary = metrics.summarize(metrics.accuracy_by_seed(trajs))
-        self.state.test = {"accuracy": summary, "n_questions": len(self.splits.test)}
+        self.state.test = {"accuracy": summary, "n_questions": len(self.splits.test),
+                           "truncated": truncation_summary(trajs)}
         self.run_dir.log_event("test", accuracy=summary)
         self._checkpoint()
 

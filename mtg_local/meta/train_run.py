@@ -22,6 +22,7 @@ from engines.cache import CachedEngine, GenerationCache
 from engines.errors import UserError
 from engines.registry import create_engine
 from mtg_local.evaluation import UsageMeter, now_iso, results_record
+from mtg_local.evaluation import truncation_summary
 from mtg_local.inner_loop import DEFAULT_TEMPLATE
 from mtg_local.meta.meta_config import MetaConfig
 from mtg_local.meta.meta_update import Artifacts
@@ -183,6 +184,7 @@ def run_train(
         accuracy=test.get("accuracy"),
         engine_usage=usage,
         cost_usd=_cost(config, meter),
+        truncated=test.get("truncated"),
         wall_s=time.perf_counter() - t0,
         config=config.to_dict(),
         started_at=started,
