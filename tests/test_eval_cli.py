@@ -36,7 +36,8 @@ def sorter(req: GenRequest) -> str:
 
 
 def eval_args(out: Path, *extra: str) -> list[str]:
-    return ["eval", "--task", "synthetic_word_sorting", "--limit", "4", "--seeds", "0,1", "--out", str(out), "--no-progress", *extra]
+    return ["eval", "--task", "synthetic_word_sorting", "--limit", "4", "--seeds", "0,1", "--out", str(out),
+            "--no-progress", *extra]
 
 
 def read_run(out: Path) -> tuple[dict, list[dict]]:
@@ -47,7 +48,8 @@ def read_run(out: Path) -> tuple[dict, list[dict]]:
 
 def check_results(results: dict, *, method: str, n: int, seeds: list[int], calls: int) -> None:
     assert RESULT_KEYS <= set(results)
-    assert results["status"] == "complete" and results["method"] == method and results["task"] == "synthetic_word_sorting"
+    assert results["status"] == "complete" and results["method"] == method
+    assert results["task"] == "synthetic_word_sorting"
     assert results["n_questions"] == n and results["seeds"] == seeds and results["split"] == "test"
     acc = results["test_accuracy"]
     assert set(acc) == {"mean", "std", "per_seed", "n"} and acc["n"] == len(seeds)

@@ -91,7 +91,10 @@ def get_task(
     if name in ("word_sorting", "synthetic_word_sorting"):
         from mtg_local.tasks.word_sorting import WordSortingTask
 
-        task = WordSortingTask.builtin(seed=seed) if synthetic else WordSortingTask.load(data_file=data_file, strict=strict)
+        if synthetic:
+            task = WordSortingTask.builtin(seed=seed)
+        else:
+            task = WordSortingTask.load(data_file=data_file, strict=strict)
     elif name == "mmlu_machine_learning":
         from mtg_local.tasks.mmlu import MMLUMachineLearningTask
 

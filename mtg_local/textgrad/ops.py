@@ -230,4 +230,6 @@ def conversation(loss_output: Variable) -> str:
     ctx = loss_output.loss_context
     if ctx is None:
         raise ValueError("not a loss output (no loss_context)")
-    return P.CONVERSATION_TEMPLATE.format(system_prompt=ctx.system_prompt, input=ctx.loss_input, output=loss_output.value)
+    return P.CONVERSATION_TEMPLATE.format(
+        system_prompt=ctx.system_prompt, input=ctx.loss_input, output=loss_output.value
+    )

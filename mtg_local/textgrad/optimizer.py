@@ -126,7 +126,8 @@ class TextualGradientDescent:
         for i, r in zip(todo, generate_in_prefix_order(self.engine, requests)):
             fr = r.finish_reason
             if r.error is not None:
-                outcomes[i] = StepOutcome(False, f"optimizer engine error: {r.error}", engine_error=True, finish_reason=fr)
+                why = f"optimizer engine error: {r.error}"
+                outcomes[i] = StepOutcome(False, why, engine_error=True, finish_reason=fr)
                 continue
             raw = prefix + r.text
             parsed = parse_improved_variable(raw, truncated=fr == "length")
