@@ -127,6 +127,11 @@ def test_joint_validates_three_candidates_in_one_inner_loop(tmp_path, calls_at_c
     assert step(2) == [("loss_prompt", 0.0, False), ("template", 1.0, True), ("both", 1.0, False)]
     assert res["learned"]["template"].strip().endswith("[v2] GOOD")
     assert res["learned"]["loss_prompt"] == INITIAL_LOSS_PROMPT
+    # truncation is recorded for the test phase, every minibatch and every candidate's validation
+    zero = {"forward": 0, "loss": 0, "backward": 0, "update": 0, "total": 0}
+    assert res["truncated"] == zero
+    assert all(h["truncated"] == zero for h in res["history"] if h["step"] > 0)
+    assert all(h["val_truncated"] == zero for h in res["history"] if h["step"] > 0)
 
 
 def test_skipped_step_when_no_wrong_answers(tmp_path, calls_at_checkpoints):
