@@ -138,3 +138,10 @@ def context_check(protocol: Protocol, engines: Any, *, meta: bool = False) -> No
         check_context(protocol, {"forward": engines.forward, "optimizer": engines.optimizer}, meta=meta)
     except ValueError as e:
         raise UserError(str(e)) from e
+
+
+def protocol_flags() -> frozenset[str]:
+    """Every protocol option string (``--steps``, ``--seeds``, ...), e.g. to keep them out of per-method grid args."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_protocol_args(parser, meta=True)
+    return frozenset(o for a in parser._actions for o in a.option_strings)
