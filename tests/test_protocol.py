@@ -182,3 +182,12 @@ def test_train_resume_round_trips_the_protocol(tmp_path: Path) -> None:
     (out / "checkpoint.json").write_text((out / "checkpoint.json").read_text())
     again, resume = train_cmd.config_from_args(parser.parse_args(["train", "--resume", str(out), "--no-progress"]))
     assert resume and again.protocol == config.protocol and again.steps == 1 and again.seeds == (0, 1)
+
+
+def test_resume_of_a_run_without_protocol_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"command": "train", "train": {"out": str(out), "steps": 1}}))
+    (out / "checkpoint.json").write_text(json.dumps({"completed_step": 0}))
+    with pytest.raises(UserError, match="records no protocol"):
+        train_cmd.config_from_args(build_parser().parse_args(["train", "--resume", str(out)]))

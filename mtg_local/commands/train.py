@@ -67,6 +67,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[MetaConfig, bool]:
         stored = read_json(rd.config_path).get("train")
         if not isinstance(stored, dict):
             raise UserError(f"{rd.config_path} is not the config of an mtg train run")
+        if not isinstance(stored.get("protocol"), dict):
+            # Resuming under today's defaults would silently change T, sampling and answer selection mid-run.
+            raise UserError(f"{rd.config_path} records no protocol (written by an older mtg); start a new run")
         overrides: dict[str, Any] = {"out": args.resume, "progress": not args.no_progress}
         if args.engine_opt:
             overrides["engine_opts"] = tuple(args.engine_opt)
