@@ -156,7 +156,8 @@ def test_unparsable_dspy_output_is_scored_on_raw_text():
 @pytest.mark.vllm
 def test_prompt_opt_tiny_real_run(vllm_engine, tmp_path):  # noqa: ANN001
     mc = PromptOptConfig(batch_size=2, epochs=1, max_steps=1, max_tokens=96, optimizer_max_tokens=128)
-    cfg = BaselineConfig(out=str(tmp_path / "po"), method="prompt_opt", method_config=mc, protocol=Protocol(seeds=(0, 1), limit=2),
+    protocol = Protocol(seeds=(0, 1), limit=2, max_tokens=96, optimizer_max_tokens=128)  # CI-sized test call
+    cfg = BaselineConfig(out=str(tmp_path / "po"), method="prompt_opt", method_config=mc, protocol=protocol,
                          no_cache=True)
     calls = vllm_engine.usage.calls
     res = run_baseline(cfg, engine=vllm_engine)
@@ -173,7 +174,8 @@ def test_dspy_methods_smallest_real_run(vllm_engine, tmp_path, method):  # noqa:
     mc = (CoproConfig(breadth=2, depth=1, **common) if method == "copro" else
           MiproConfig(auto=None, num_candidates=2, num_trials=1, max_bootstrapped_demos=1, max_labeled_demos=1,
                       data_aware_proposer=False, **common))
-    cfg = BaselineConfig(out=str(tmp_path / method), method=method, method_config=mc, protocol=Protocol(seeds=(0, 1), limit=3),
+    protocol = Protocol(seeds=(0, 1), limit=3, max_tokens=96, optimizer_max_tokens=128)  # CI-sized test call
+    cfg = BaselineConfig(out=str(tmp_path / method), method=method, method_config=mc, protocol=protocol,
                          no_cache=True)
     res = run_baseline(cfg, engine=vllm_engine)
     assert res["status"] == "complete"
