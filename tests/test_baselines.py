@@ -129,7 +129,8 @@ def test_dspy_methods_end_to_end_on_fake_engine(tmp_path, method):
     mc = (CoproConfig(breadth=2, depth=1, num_threads=4) if method == "copro" else
           MiproConfig(auto=None, num_candidates=2, num_trials=2, max_bootstrapped_demos=1, max_labeled_demos=1,
                       num_threads=4))
-    cfg = BaselineConfig(out=str(tmp_path / method), method=method, method_config=mc, protocol=Protocol(seeds=(0, 1), limit=4),
+    cfg = BaselineConfig(out=str(tmp_path / method), method=method, method_config=mc,
+                         protocol=Protocol(seeds=(0, 1), limit=4),
                          engine="fake")
     res = run_baseline(cfg, engine=eng)
     _check_results(tmp_path / method, method, 4, [0, 1])

@@ -183,7 +183,8 @@ def test_report_separates_datasets_and_protocols(tmp_path: Path):
     assert by_dir["bbh/zs"].task == by_dir["bbh/so"].task == "word_sorting [tasks_bbh_word_sorting]"
     assert by_dir["bbh2/zs"].task == "word_sorting [other_bbh]"
     main_hash = by_dir["bbh/zs"].protocol_hash
-    assert {r.protocol_hash for r in col.runs} == {main_hash, by_dir["bbh/so-T2"].protocol_hash} and len(main_hash) == 12
+    assert len(main_hash) == 12
+    assert {r.protocol_hash for r in col.runs} == {main_hash, by_dir["bbh/so-T2"].protocol_hash}
     # The run with another protocol is listed with the differing field, and gets its own table.
     (p,) = [p for p in col.problems if p.kind == "other_protocol"]
     assert p.path == by_dir["bbh/so-T2"].path and "steps: 1 -> 2" in p.detail

@@ -87,7 +87,8 @@ def add_protocol_args(parser: argparse.ArgumentParser, *, meta: bool = False) ->
                        help=f"train questions per outer step (default: {_D.minibatch})")
         g.add_argument("--max-meta-pairs", type=int, default=None,
                        help=f"most wrong answers / gradients per meta call (default: {_D.max_meta_pairs})")
-        g.add_argument("--sample-seed", type=int, default=None, help=f"minibatch sampling seed (default: {_D.sample_seed})")
+        g.add_argument("--sample-seed", type=int, default=None,
+                       help=f"minibatch sampling seed (default: {_D.sample_seed})")
 
 
 def _seeds(seeds: tuple[int, ...]) -> str:
