@@ -191,3 +191,19 @@ def test_resume_of_a_run_without_protocol_is_refused(tmp_path: Path) -> None:
     (out / "checkpoint.json").write_text(json.dumps({"completed_step": 0}))
     with pytest.raises(UserError, match="records no protocol"):
         train_cmd.config_from_args(build_parser().parse_args(["train", "--resume", str(out)]))
+
+
+def test_a_one_step_tie_keeps_the_zero_shot_answer_like_textgrad(tmp_path: Path) -> None:
+    """T=1, seed 1: a wrong zero-shot answer, a right update. TextGrad's multimode()[0] keeps the first."""
+    from mtg_local.evaluation import evaluate
+    from mtg_local.tasks import get_task
+
+    task = get_task("word_sorting")
+    examples = task.splits().test[:2]
+    p = DEFAULT_PROTOCOL.replace(steps=1, seeds=(0, 1))
+    outcomes = {name: evaluate(task, examples, method="solution_opt", seeds=proto.seeds,
+                               forward_engine=FakeEngine(responder), config=proto.inner_config())
+                for name, proto in (("textgrad", p), ("last", p.replace(answer_selection="last")),
+                                    ("latest_tie", p.replace(vote_tie="last")))}
+    assert outcomes["textgrad"].per_seed == {0: 1.0, 1: 0.0}  # tie 1-1: the zero-shot (wrong) answer
+    assert outcomes["last"].per_seed == outcomes["latest_tie"].per_seed == {0: 1.0, 1: 1.0}
