@@ -25,6 +25,7 @@ from mtg_local.inner_loop import (
     Trajectory,
     solution_optimization,
 )
+from mtg_local.protocol import Protocol, protocol_hash
 from mtg_local.runs.run_dir import RunDir
 from mtg_local.tasks.base import Example, Task
 from mtg_local.zero_shot_cot import zero_shot_cot
@@ -192,14 +193,19 @@ def results_record(
     history: list[dict[str, Any]] | None = None,
     cost_usd: float | None = None,
     truncated: dict[str, int] | None = None,
+    protocol: Protocol | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """A results.json body in the schema of ``docs/results_schema.md`` (without schema_version).
 
     ``truncated`` is ``truncation_summary`` of the scored trajectories; None
     where the method has none (DSPy baselines), recorded as null.
+
+    ``protocol`` is recorded as the top-level ``protocol`` object and its
+    ``protocol_hash`` (what ``mtg report`` groups tables by).
     """
     empty = {"mean": 0.0, "std": 0.0, "per_seed": {}, "n": 0}
+    proto = {"protocol": protocol.to_dict(), "protocol_hash": protocol_hash(protocol)} if protocol else {}
     return {
         "status": status,
         "task": task.name,
@@ -210,6 +216,7 @@ def results_record(
         "seeds": [int(s) for s in seeds],
         "split": split,
         "n_questions": n_questions,
+        **proto,
         "test_accuracy": accuracy if accuracy is not None else empty,
         "engine_usage": engine_usage,
         "cost_usd": cost_usd,

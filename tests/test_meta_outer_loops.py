@@ -7,8 +7,9 @@ import json
 import pytest
 
 from engines.errors import UserError
-from meta_fakes import META_FEEDBACK, ScriptedMetaEngine, is_meta_eval, meta_tgd_target
+from meta_fakes import META_FEEDBACK, ScriptedMetaEngine, is_meta_eval, meta_config, meta_tgd_target
 from mtg_local.inner_loop import DEFAULT_TEMPLATE
+
 from mtg_local.meta import MetaConfig, run_train
 from mtg_local.meta.outer_loop import OuterLoop, sample_minibatch
 from mtg_local.prompts import meta_prompts as P
@@ -20,11 +21,12 @@ META_CALLS = {"learned_loss": 2, "maml": 1, "reptile": 2, "joint": 2}
 
 
 def config(tmp_path, method, **kw) -> MetaConfig:
+    # The scripted engine is written for last-iterate answers with format keeping.
     base = dict(out=str(tmp_path / method), method=method, engine="scripted", seeds=SEEDS, outer_steps=2,
                 minibatch=M, steps=T, limit=N, max_tokens=64, optimizer_max_tokens=64, meta_max_tokens=64,
-                no_cache=True, progress=False)
+                no_cache=True, progress=False, answer_selection="last", keep_answer_format=True)
     base.update(kw)
-    return MetaConfig(**base)
+    return meta_config(**base)
 
 
 @pytest.fixture
@@ -167,5 +169,5 @@ def test_occupied_run_dir_and_bad_config(tmp_path):
         run_train(config(tmp_path, "maml", outer_steps=1), engine=ScriptedMetaEngine(), resume=True)
     with pytest.raises(UserError, match="method"):
         config(tmp_path, "sgd")
-    with pytest.raises(UserError, match="seeds"):
+    with pytest.raises(ValueError, match="seeds"):  # a bad Protocol; the CLI turns it into a UserError
         config(tmp_path, "maml", seeds=())

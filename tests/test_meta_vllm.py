@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from mtg_local.meta import METHODS, MetaConfig, run_train
+from meta_fakes import meta_config
+from mtg_local.meta import METHODS, run_train
 
 RUN_FILES = ("config.json", "events.jsonl", "checkpoint.json", "cache.sqlite", "results.json", "trajectories.jsonl")
 
@@ -15,7 +16,7 @@ RUN_FILES = ("config.json", "events.jsonl", "checkpoint.json", "cache.sqlite", "
 @pytest.mark.parametrize("method", METHODS)
 def test_two_outer_steps_on_bundled_model(vllm_engine, tmp_path, method):  # noqa: ANN001
     out = tmp_path / method
-    cfg = MetaConfig(out=str(out), method=method, engine="vllm:bundled", seeds=(0,), outer_steps=2, minibatch=2,
+    cfg = meta_config(out=str(out), method=method, engine="vllm:bundled", seeds=(0,), outer_steps=2, minibatch=2,
                      steps=1, limit=3, max_tokens=48, optimizer_max_tokens=48, meta_max_tokens=64, progress=False)
     res = run_train(cfg, engine=vllm_engine)
 

@@ -286,7 +286,8 @@ def test_grid_expansion_and_dry_run_command(tmp_path, monkeypatch):
     assert first.command == "eval" and first.run_dir == tmp_path / "paper-7b/word_sorting/zero_shot_cot/vllm_Qwen_Qwen2.5-7B-Instruct"
     assert "--seeds" in first.argv and first.argv[first.argv.index("--seeds") + 1] == "0,1,2,3,4,5"
     ll = next(r for r in runs if r.method == "learned_loss")
-    assert ll.command == "train" and "--outer-steps" in ll.argv and "--steps" not in ll.argv
+    # one protocol for the whole grid: no per-method protocol flags (docs/protocol.md)
+    assert ll.command == "train" and "--outer-steps" not in ll.argv and "--steps" not in ll.argv
     (job,) = plan(grid)
     assert "--array=0-35%8" in job.sbatch and "--gres=gpu:1" in job.sbatch and "--partition=gpu" in job.sbatch
 

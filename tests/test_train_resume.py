@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from meta_fakes import ScriptedMetaEngine, register_scripted
+from meta_fakes import ScriptedMetaEngine, meta_config, register_scripted
 from mtg_local.commands import train as train_cmd
+
 from mtg_local.meta import EXIT_REQUEUE, MetaConfig, Preempted, StopFlag, run_train
 
 TESTS_DIR = Path(__file__).parent
@@ -25,11 +26,12 @@ COMPARED = ("learned", "artifacts", "test_accuracy", "history", "initial_val_acc
 
 
 def cfg(out: Path, **kw) -> MetaConfig:
+    # The scripted engine is written for last-iterate answers with format keeping.
     base = dict(out=str(out), method="learned_loss", engine="scripted:good=2", seeds=(0, 1), outer_steps=2,
                 minibatch=2, steps=1, limit=3, max_tokens=64, optimizer_max_tokens=64, meta_max_tokens=64,
-                progress=False)
+                progress=False, answer_selection="last", keep_answer_format=True)
     base.update(kw)
-    return MetaConfig(**base)
+    return meta_config(**base)
 
 
 def events(run_dir: Path) -> list[dict]:
@@ -70,7 +72,7 @@ def test_sigusr1_exits_with_requeue_code(tmp_path):
     out = tmp_path / "run"
     args = parser.parse_args(["train", "--engine", "scripted:good=2", "--seeds", "0,1", "--outer-steps", "2",
                               "--minibatch", "2", "--limit", "3", "--steps", "1", "--max-tokens", "64",
-                              "--out", str(out), "--no-progress"])
+                              "--answer-selection", "last", "--keep-format", "--out", str(out), "--no-progress"])
     # the signal arrives while step 1's meta step runs: that step is abandoned
     import meta_fakes
 
@@ -122,7 +124,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, kill_after_step):
     launcher.write_text(LAUNCHER.format(tests=str(TESTS_DIR)))
     common = ["--engine", "scripted:good=2;delay=0.15", "--seeds", "0,1", "--outer-steps", "2", "--minibatch", "2",
               "--limit", "3", "--steps", "1", "--max-tokens", "64", "--optimizer-max-tokens", "64",
-              "--meta-max-tokens", "64", "--no-progress"]
+              "--meta-max-tokens", "64", "--answer-selection", "last", "--keep-format", "--no-progress"]
     full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
     full = mtg_train(launcher, *common, "--out", str(full_dir))
     cut = mtg_train(launcher, *common, "--out", str(cut_dir))

@@ -89,6 +89,7 @@ class MetaContext:
     max_tokens: int
     temperature: float
     max_pairs: int
+    top_p: float = 1.0
 
 
 class MetaUpdate(abc.ABC):
@@ -172,7 +173,7 @@ def parse_improved(text: str) -> tuple[str | None, str]:
 
 
 def _request(ctx: MetaContext, user: str, *, system: str | None, id: str, seed: int, prefix: str = "") -> GenRequest:
-    sampling = SamplingConfig(temperature=ctx.temperature, max_tokens=ctx.max_tokens, seed=seed)
+    sampling = SamplingConfig(temperature=ctx.temperature, top_p=ctx.top_p, max_tokens=ctx.max_tokens, seed=seed)
     if not ctx.engine.capabilities.response_prefix:
         prefix = ""
     return GenRequest.chat(user, system=system, sampling=sampling, id=id, response_prefix=prefix)

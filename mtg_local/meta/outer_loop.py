@@ -221,7 +221,7 @@ class OuterLoop:
         ids = list(dict.fromkeys(t.item.example.id for t in minibatch))
         train_acc = mean_score(minibatch)
         ctx = MetaContext(self.task, self.optimizer_engine, self.config.meta_max_tokens,
-                          self.config.optimizer_temperature, self.config.max_meta_pairs)
+                          self.config.meta_temperature, self.config.max_meta_pairs, top_p=self.config.top_p)
         candidates, info = propose(self.updates, ctx, self.state.best, minibatch, step=step, combine=self.combine)
         self._check_stop(f"after the meta step of step {step}")
         base = {"step": step, "minibatch": ids, "train_accuracy": train_acc, "best_val_before": self.state.best_val,

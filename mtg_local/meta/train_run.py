@@ -27,8 +27,8 @@ from mtg_local.inner_loop import DEFAULT_TEMPLATE
 from mtg_local.meta.meta_config import MetaConfig
 from mtg_local.meta.meta_update import Artifacts
 from mtg_local.meta.outer_loop import OuterLoop, Preempted, StopFlag, TrainState
+from mtg_local.protocol import check_context, load_task, protocol_diff, protocol_hash
 from mtg_local.runs.run_dir import RESULTS_SCHEMA_VERSION, RunDir, read_json
-from mtg_local.tasks import get_task
 
 #: config.json keys that may differ between a run and its resumption.
 _RESUME_FREE = ("out", "progress", "engine_opts", "cache", "no_cache")
@@ -75,7 +75,9 @@ def _cost(config: MetaConfig, meter: UsageMeter) -> float | None:
 def _check_resumable(rd: RunDir, config: MetaConfig) -> None:
     stored = read_json(rd.config_path).get("train", {}) if rd.config_path.exists() else {}
     mine = config.to_dict()
-    diff = [k for k in mine if k not in _RESUME_FREE and k in stored and stored[k] != mine[k]]
+    diff = [k for k in mine if k not in _RESUME_FREE and k != "protocol" and k in stored and stored[k] != mine[k]]
+    if isinstance(stored.get("protocol"), dict):
+        diff += [f"protocol.{k}" for k in protocol_diff(stored["protocol"], mine["protocol"])]
     if diff:
         raise UserError(f"{rd.path} holds a run with other settings ({', '.join(diff)}); use another --out")
 
@@ -113,7 +115,7 @@ def run_train(
     if resume:
         _check_resumable(rd, config)
 
-    task = get_task(config.task, data_file=config.data_file, seed=config.task_seed)
+    task = load_task(config.task, config.protocol, data_file=config.data_file)
     splits = task.splits().limited(config.limit)
     for name in ("val", "test") + (("train",) if config.outer_steps else ()):
         if not splits.get(name):
@@ -122,7 +124,7 @@ def run_train(
                       config.initial_template or DEFAULT_TEMPLATE)
     if checkpoint is None:
         state = TrainState(completed_step=-1, best=start)
-        rd.write_config({"command": "train", "train": config.to_dict(),
+        rd.write_config({"command": "train", "train": config.to_dict(), "protocol_hash": protocol_hash(config.protocol),
                          "inner_loop": config.inner_config().to_dict(), "task": task.describe(),
                          "splits": {s: len(splits.get(s)) for s in ("train", "val", "test")},
                          "initial": start.to_dict(), "created_at": started})
@@ -142,6 +144,12 @@ def run_train(
             own.append(optimizer_engine)
         else:
             optimizer_engine = engine
+    try:
+        check_context(config.protocol, {"forward": engine, "optimizer": optimizer_engine}, meta=True)
+    except ValueError as e:
+        for e_own in own:
+            e_own.close()
+        raise UserError(str(e)) from e
     cache = None if config.no_cache else GenerationCache(config.cache or rd.cache_path)
     fwd = CachedEngine(engine, cache) if cache is not None else engine
     opt = fwd if optimizer_engine is engine else (CachedEngine(optimizer_engine, cache) if cache is not None else optimizer_engine)
@@ -156,7 +164,8 @@ def run_train(
         raise
     except Exception as e:
         rd.write_results({"status": "failed", "error": f"{type(e).__name__}: {e}", "method": config.method,
-                          "config": config.to_dict(), "history": state.history})
+                          "config": config.to_dict(), "protocol": config.protocol.to_dict(),
+                          "protocol_hash": protocol_hash(config.protocol), "history": state.history})
         rd.log_event("failed", error=f"{type(e).__name__}: {e}")
         raise
     finally:
@@ -188,6 +197,7 @@ def run_train(
         wall_s=time.perf_counter() - t0,
         config=config.to_dict(),
         started_at=started,
+        protocol=config.protocol,
         learned={
             "loss_prompt": state.best.loss_prompt if learns["loss_prompt"] else None,
             "template": state.best.template if learns["template"] else None,
