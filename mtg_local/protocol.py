@@ -22,14 +22,13 @@ import json
 from typing import Any
 
 from mtg_local.inner_loop import InnerLoopConfig, parse_freeze_when
+from mtg_local.tasks.base import SCORINGS
 
 #: How the final answer of an inner loop is chosen.
 ANSWER_SELECTIONS = ("majority_vote", "last")
 #: Majority-vote tie rules: "first" = the tied answer seen first (TextGrad:
 #: ``statistics.multimode(labels)[0]``); "last" = the tied answer seen last.
 VOTE_TIES = ("first", "last")
-#: Answer extraction rules of the tasks (``get_task(..., scoring=)``).
-SCORINGS = ("reference", "lenient")
 #: Length of ``protocol_hash`` (hex digits of SHA-256).
 HASH_LENGTH = 12
 
