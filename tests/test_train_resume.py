@@ -49,8 +49,9 @@ def test_stop_flag_abandons_step_then_resume_matches(tmp_path):
         run_train(cfg(tmp_path / "cut"), engine=engine, stop=stop)
     ckpt = json.loads((tmp_path / "cut" / "checkpoint.json").read_text())
     assert ckpt["completed_step"] == 1 and ckpt["test"] is None  # step 2 abandoned
-    assert not (tmp_path / "cut" / "results.json").exists()
-    assert events(tmp_path / "cut")[-1]["event"] == "preempted"
+    status = json.loads((tmp_path / "cut" / "results.json").read_text())
+    assert status["status"] == "interrupted" and f"mtg train --resume {tmp_path / 'cut'}" in status["message"]
+    assert [e["event"] for e in events(tmp_path / "cut")][-2:] == ["preempted", "interrupted"]
 
     fresh = ScriptedMetaEngine({(2, "loss_prompt")})
     resumed = run_train(cfg(tmp_path / "cut"), engine=fresh, resume=True)
