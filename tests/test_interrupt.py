@@ -93,6 +93,20 @@ def test_sigterm_aborts_at_once_and_sigusr1_only_sets_the_flag():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(5)
     assert info.value.exit_code == EXIT_SIGINT
+    stop = StopFlag()
+    with pytest.raises(Interrupted) as info:
+        with stop_on_signals(stop):
+            os.kill(os.getpid(), signal.SIGUSR1)  # SLURM's early warning, then the time limit's SIGTERM
+            time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    assert info.value.signum == signal.SIGTERM
+    with stop_on_signals(StopFlag()):  # only the first abort raises: cleanup is not interrupted again
+        with pytest.raises(Interrupted):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 

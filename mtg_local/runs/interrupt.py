@@ -85,8 +85,8 @@ def stop_on_signals(stop: StopFlag, abort_on: Sequence[int] = ABORT_NOW) -> Iter
 
     Args:
         stop: the flag to set.
-        abort_on: signals that also raise ``Interrupted`` immediately (only for
-            the first stop signal, so cleanup after it is not interrupted).
+        abort_on: signals that also raise ``Interrupted`` immediately (only
+            once, so the cleanup after it is not interrupted by a repeated signal).
 
     A SIGINT that is ignored (background jobs of a non-interactive shell) stays
     ignored. Outside the main thread this is a no-op (Python's rule).
@@ -95,10 +95,12 @@ def stop_on_signals(stop: StopFlag, abort_on: Sequence[int] = ABORT_NOW) -> Iter
         yield stop
         return
 
+    aborted: list[int] = []
+
     def handler(signum: int, frame: Any) -> None:
-        first = not stop
         stop.set(signum, frame)
-        if first and signum in abort_on:
+        if signum in abort_on and not aborted:  # e.g. SIGTERM after SLURM's early SIGUSR1 still aborts
+            aborted.append(signum)
             raise Interrupted(f"stopped by {signal_name(signum)}", signum)
 
     previous: dict[int, Any] = {}
