@@ -15,8 +15,8 @@ vLLM starts itself, so a tiny watchdog does it instead:
   process has, and polls the main process's pid and start time: when either
   says the main process is gone, it sends SIGTERM to the recorded processes and
   their descendants, waits ``grace_s``, then SIGKILLs the survivors;
-* ``close()`` (after the engine shut down normally) tells the watchdog to exit
-  without killing anything.
+* ``close()`` (after the engine's own shutdown) kills whatever that shutdown
+  left running, then tells the watchdog to exit.
 
 Any engine calls it after start-up::
 
@@ -147,8 +147,15 @@ class ProcessGuard:
     def watchdog_pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    def close(self) -> None:
-        """Stops the watchdog without killing anything (call after a normal engine shutdown). Idempotent."""
+    def close(self, *, kill_survivors: bool = True) -> None:
+        """Stops the watchdog (call after the engine's own shutdown). Idempotent.
+
+        Args:
+            kill_survivors: first SIGTERM/SIGKILL any recorded process the
+                shutdown left running (none after a clean vLLM shutdown).
+        """
+        if kill_survivors and self.pids:
+            kill_processes(self.pids)
         proc, self._proc = self._proc, None
         if proc is None:
             return

@@ -30,7 +30,7 @@ PARENT = textwrap.dedent(
     print(json.dumps({{"engine": sorted(guard.pids), "watchdog": guard.watchdog_pid,
                       "all": sorted(descendant_pids())}}), flush=True)
     if sys.argv[1] == "release":
-        guard.close()
+        guard.close(kill_survivors=False)
         print("released", flush=True)
     time.sleep(300)
     """
@@ -107,3 +107,13 @@ def test_nothing_to_guard_starts_no_watchdog():
     assert guard.watchdog_pid is None and guard.pids == {}
     guard.close()
     assert os.getpid() not in descendant_pids()
+
+
+def test_close_kills_what_the_shutdown_left():
+    before = descendant_pids()
+    child = subprocess.Popen(["sleep", "30"])
+    guard = ProcessGuard.watch(descendant_pids() - before)
+    watchdog = guard.watchdog_pid
+    guard.close()
+    assert child.wait(timeout=5) is not None
+    assert not psutil.pid_exists(watchdog) or psutil.Process(watchdog).status() == psutil.STATUS_ZOMBIE
