@@ -57,13 +57,24 @@ def _needs_vllm(bundled_model_path):
 
 
 def mtg_train(*argv: str) -> subprocess.Popen:
+    """``mtg train ARGV`` in its own session; stderr (vLLM's log) goes to a file, never a full pipe."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-m", "mtg_local.cli", "train", *argv], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log = open(Path(argv[argv.index("--out") + 1] if "--out" in argv else argv[argv.index("--resume") + 1])
+               .with_suffix(f".{time.time_ns()}.log"), "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "mtg_local.cli", "train", *argv], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=log, text=True, start_new_session=True)
+    proc.log = log  # type: ignore[attr-defined]
+    return proc
+
+
+def stderr_of(proc: subprocess.Popen) -> str:
+    proc.log.seek(0)  # type: ignore[attr-defined]
+    return proc.log.read()  # type: ignore[attr-defined]
 
 
 def finish(proc: subprocess.Popen) -> str:
-    _, err = proc.communicate(timeout=TIMEOUT)
+    proc.wait(timeout=TIMEOUT)
+    err = stderr_of(proc)
     assert proc.returncode == 0, err[-3000:]
     return err
 
@@ -126,7 +137,7 @@ def wait_mid_step(proc: subprocess.Popen, run_dir: Path, tree: Tree, rows_floor:
     deadline = time.time() + TIMEOUT
     while True:
         tree.record()
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert proc.poll() is None, stderr_of(proc)[-3000:]
         assert time.time() < deadline
         step = json.loads(ckpt.read_text())["completed_step"] if ckpt.exists() else None
         rows = cache_rows(cache)
@@ -191,8 +202,8 @@ def test_group_sigterm_then_sigint_are_interruptions_and_resume_equals_uninterru
             tree.record()
             assert engine_started(tree), f"no EngineCore among {tree.seen}"
             os.killpg(proc.pid, sig)  # the whole group: the engine core gets it too
-            _, err = proc.communicate(timeout=120)
-            assert proc.returncode == code, err[-3000:]
+            proc.wait(timeout=120)
+            assert proc.returncode == code, stderr_of(proc)[-3000:]
             assert not tree.wait_gone(10), "engine processes outlived an interrupted run"
         finally:
             tree.cleanup()
