@@ -203,3 +203,13 @@ def test_group_sigterm_interrupts_eval_and_a_rerun_finishes_from_the_cache(tmp_p
     assert rerun.returncode == 0, err
     res = json.loads((run / "results.json").read_text())
     assert res["status"] == "complete" and res["engine_usage"]["cache_hits"] >= rows > 0
+
+
+def test_report_lists_an_interrupted_run_as_resumable_not_failed(tmp_path):
+    from mtg_local.report.collect import parse_results
+
+    body = {"schema_version": 1, "status": "interrupted", "error": None, "signal": "SIGTERM",
+            "message": "stopped by SIGTERM; resume with: mtg train --resume runs/x"}
+    problem = parse_results(body, tmp_path / "results.json")
+    assert problem.kind == "interrupted" and "--resume runs/x" in problem.detail
+    assert parse_results({**body, "status": "failed", "error": "boom"}, tmp_path / "r.json").kind == "failed"
