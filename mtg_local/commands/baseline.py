@@ -8,6 +8,9 @@ seed, in one engine call. Writes RUN_DIR/config.json, events.jsonl,
 results.json (schema: docs/results_schema.md; the learned instruction or
 system prompt under ``learned.system_prompt``), trajectories.jsonl and, for
 DSPy methods, dspy_program.json (DSPy's saved program state).
+SIGUSR1/SIGTERM/SIGINT (also to the whole process group) stop it at once with
+results.json status "interrupted" and exit 99 (130 for SIGINT): rerun the same
+command; finished generations come from the run's cache.
 
 Tests call ``run_baseline(config, engine=...)`` with a session engine.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
 from typing import Any
 
@@ -28,6 +32,8 @@ from mtg_local.evaluation import UsageMeter, evaluate, now_iso, results_record, 
 from mtg_local.evaluation import truncation_summary
 from mtg_local.inner_loop import DEFAULT_TEMPLATE
 from mtg_local.protocol import DEFAULT_PROTOCOL, Protocol, load_task
+from mtg_local.runs.interrupt import ALL_STOP_SIGNALS, Interrupted, StopFlag, interruption, record_interruption
+from mtg_local.runs.interrupt import stop_on_signals
 from mtg_local.runs.run_dir import RunDir
 from mtg_local.tasks import task_names
 
@@ -168,7 +174,11 @@ def run(args: argparse.Namespace) -> int:
         engine=args.engine, optimizer_engine=args.optimizer_engine, engine_opts=tuple(args.engine_opt),
         data_file=args.data_file, protocol=protocol, cache=args.cache, no_cache=args.no_cache,
     )
-    run_baseline(cfg)
+    try:
+        run_baseline(cfg)
+    except Interrupted as e:
+        print(f"mtg baseline: {e}", file=sys.stderr)
+        return e.exit_code
     return 0
 
 
@@ -199,17 +209,26 @@ def run_baseline(
         meter = UsageMeter(engines.forward_run, engines.optimizer_run)
         common = dict(task=task, method=cfg.method, seeds=cfg.seeds, split="test", n_questions=len(splits.test),
                       config=config, started_at=started, protocol=cfg.protocol, **engines.specs)
+        stop = StopFlag()
         try:
-            if cfg.method == "prompt_opt":
-                body = _prompt_opt(cfg, task, splits, run_dir, engines.forward_run, engines.optimizer_run)
-            else:
-                body = _dspy_method(cfg, task, splits, run_dir, engines.forward_run, engines.optimizer_run)
+            with stop_on_signals(stop, abort_on=ALL_STOP_SIGNALS):  # no boundary to wait for
+                if cfg.method == "prompt_opt":
+                    body = _prompt_opt(cfg, task, splits, run_dir, engines.forward_run, engines.optimizer_run)
+                else:
+                    body = _dspy_method(cfg, task, splits, run_dir, engines.forward_run, engines.optimizer_run)
             results = results_record(engine_usage=meter.report(), wall_s=time.perf_counter() - t0, **common, **body)
             run_dir.write_results(results)
             run_dir.log_event("baseline_done", accuracy=results["test_accuracy"]["mean"],
                               calls=results["engine_usage"]["calls"])
             return results
         except BaseException as e:
+            intr = interruption(e, stop)
+            if intr is not None:
+                record_interruption(run_dir, intr, resume="the same command (finished generations are served from "
+                                    "the run's cache)", results=results_record(
+                                        accuracy=None, engine_usage=meter.report(), wall_s=time.perf_counter() - t0,
+                                        **common))
+                raise intr from (None if intr is e else e)
             failed = results_record(accuracy=None, engine_usage=meter.report(), wall_s=time.perf_counter() - t0,
                                     status="failed", error=f"{type(e).__name__}: {e}", **common)
             run_dir.write_results(failed)

@@ -4,7 +4,9 @@ Writes RUN_DIR/config.json (resolved config), RUN_DIR/events.jsonl,
 RUN_DIR/results.json (schema: docs/results_schema.md) and
 RUN_DIR/trajectories.jsonl. The engines are wrapped in the run dir's
 generation cache (RUN_DIR/cache.sqlite, or --cache PATH) unless --no-cache, so
-a rerun of the same evaluation makes no backend calls. ``--loss-prompt`` and
+a rerun of the same evaluation makes no backend calls. SIGUSR1/SIGTERM/SIGINT
+(also to the whole process group) stop it at once with results.json status
+"interrupted" and exit 99 (130 for SIGINT): rerun the same command to finish. ``--loss-prompt`` and
 ``--template`` (TEXT or @FILE) evaluate learned artifacts.
 
 Tests call ``run_eval(args_or_config, engine=..., optimizer_engine=...)`` to
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,10 +32,13 @@ from mtg_local.evaluation import METHODS, UsageMeter, evaluate, now_iso, results
 from mtg_local.evaluation import truncation_summary
 from mtg_local.inner_loop import DEFAULT_TEMPLATE, InnerLoopConfig
 from mtg_local.protocol import DEFAULT_PROTOCOL, Protocol, load_task
+from mtg_local.runs.interrupt import ALL_STOP_SIGNALS, Interrupted, StopFlag, interruption, record_interruption
+from mtg_local.runs.interrupt import stop_on_signals
 from mtg_local.runs.lock import RunDirLock
 from mtg_local.runs.run_dir import RunDir
 from mtg_local.tasks import task_names
 
+_RERUN_HINT = "the same command (finished generations are served from the run's cache)"
 # Engine options whose values must never reach the run dir (api_key=..., token=...).
 _SECRET_KEY = re.compile(r"key|token|secret|password", re.IGNORECASE)
 
@@ -139,8 +145,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with RunDirLock(args.out):  # one process per run dir (released by the kernel on death)
-        run_eval(args)
+    try:
+        with RunDirLock(args.out):  # one process per run dir (released by the kernel on death)
+            run_eval(args)
+    except Interrupted as e:
+        print(f"mtg eval: {e}", file=sys.stderr)
+        return e.exit_code
     return 0
 
 
@@ -178,11 +188,13 @@ def run_eval(
             task=task, method=cfg.method, seeds=cfg.seeds, split=cfg.split, n_questions=len(examples),
             config=config, started_at=started, protocol=cfg.protocol, **engines.specs,
         )
+        stop = StopFlag()
         try:
-            outcome = evaluate(
-                task, examples, method=cfg.method, seeds=cfg.seeds, forward_engine=engines.forward_run,
-                optimizer_engine=engines.optimizer_run, config=cfg.inner, loss_prompt=cfg.loss_prompt, template=cfg.template, progress=cfg.progress,
-            )
+            with stop_on_signals(stop, abort_on=ALL_STOP_SIGNALS):  # no boundary to wait for
+                outcome = evaluate(
+                    task, examples, method=cfg.method, seeds=cfg.seeds, forward_engine=engines.forward_run,
+                    optimizer_engine=engines.optimizer_run, config=cfg.inner, loss_prompt=cfg.loss_prompt, template=cfg.template, progress=cfg.progress,
+                )
             write_trajectories(run_dir, outcome.trajectories, split=cfg.split, method=cfg.method)
             results = results_record(
                 accuracy=outcome.accuracy, engine_usage=meter.report(), wall_s=time.perf_counter() - t0,
@@ -192,6 +204,11 @@ def run_eval(
             run_dir.log_event("eval_done", accuracy=outcome.accuracy["mean"], calls=results["engine_usage"]["calls"])
             return results
         except BaseException as e:
+            intr = interruption(e, stop)
+            if intr is not None:
+                record_interruption(run_dir, intr, resume=_RERUN_HINT, results=results_record(
+                    accuracy=None, engine_usage=meter.report(), wall_s=time.perf_counter() - t0, **common))
+                raise intr from (None if intr is e else e)
             failed = results_record(
                 accuracy=None, engine_usage=meter.report(), wall_s=time.perf_counter() - t0, status="failed",
                 error=f"{type(e).__name__}: {e}", **common,

@@ -9,8 +9,11 @@ On resume only --engine-opt, --cache/--no-cache and --no-progress are read
 from the command line; everything else (the protocol included) comes from
 RUN_DIR/config.json.
 
-Exit status: 0 done; 2 user error; 99 stopped on SIGUSR1/SIGTERM after
-writing the checkpoint ("requeue me": resume with --resume RUN_DIR).
+Exit status: 0 done; 2 user error; 99 stopped by SIGUSR1/SIGTERM ("requeue
+me": resume with --resume RUN_DIR); 130 stopped by SIGINT. SIGUSR1 stops at the
+next stage boundary; SIGTERM/SIGINT (also when sent to the whole process group,
+engine included) abort the running stage at once. Either way the checkpoint of
+the last completed stage is kept and results.json says "interrupted".
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ from mtg_local.commands.common import add_engine_args
 from mtg_local.commands.eval import read_text_arg
 from mtg_local.commands.protocol_args import add_protocol_args, protocol_from_args
 from mtg_local.meta.meta_config import JOINT_TEMPLATE_UPDATES, METHODS, MetaConfig
-from mtg_local.meta.outer_loop import EXIT_REQUEUE, Preempted
 from mtg_local.meta.train_run import run_train
+from mtg_local.runs.interrupt import Interrupted
 from mtg_local.runs.lock import RunDirLock
 from mtg_local.runs.run_dir import RunDir, read_json
 from mtg_local.tasks import task_names
@@ -37,7 +40,7 @@ _D = MetaConfig(out="-")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="meta-train a loss prompt and/or inference template (resumable; exit 99 = preempted, requeue)",
+        help="meta-train a loss prompt and/or inference template (resumable; exit 99 = preempted, requeue; 130 = Ctrl-C)",
         description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -106,9 +109,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         with RunDirLock(config.out):  # one process per run dir (released by the kernel on death)
             results = run_train(config, resume=resume)
-    except Preempted as e:
+    except Interrupted as e:
         print(f"mtg train: {e}; resume with: mtg train --resume {config.out}", file=sys.stderr)
-        return EXIT_REQUEUE
+        return e.exit_code
     acc = results["test_accuracy"]
     summary = {
         "run_dir": config.out,

@@ -19,10 +19,12 @@ a pure function of (seed, step), so a resumed run draws the same ones. Every
 request is a pure function of (item, artifacts, step), so a replayed step asks
 the engine cache the same requests and gets hits.
 
-Preemption: ``StopFlag`` (set by SIGUSR1/SIGTERM in ``run_train``) is checked
+Preemption: ``StopFlag`` (set by SIGUSR1 in ``run_train``) is checked
 between the stages of a step; when set, the unfinished step is abandoned, the
 checkpoint of the last completed step is (re)written and ``Preempted`` is
-raised -- ``mtg train`` then exits with ``EXIT_REQUEUE`` (99).
+raised -- ``mtg train`` then exits with ``EXIT_REQUEUE`` (99). SIGTERM/SIGINT
+abort the running stage at once (``mtg_local.runs.interrupt``); the checkpoint
+on disk is then the one of the last completed step.
 """
 
 from __future__ import annotations
@@ -45,29 +47,15 @@ from mtg_local.meta.maml_template import MAMLTemplate
 from mtg_local.meta.meta_config import MetaConfig
 from mtg_local.meta.meta_update import Artifacts, Candidate, MetaContext, MetaUpdate, propose
 from mtg_local.meta.reptile_template import ReptileTemplate
+from mtg_local.runs.interrupt import EXIT_REQUEUE, Interrupted, StopFlag, signal_name
 from mtg_local.runs.run_dir import RunDir
 from mtg_local.tasks.base import Example, Splits, Task
 
-#: Exit status of ``mtg train`` after a requested stop (SIGUSR1/SIGTERM): "requeue me".
-EXIT_REQUEUE = 99
 CHECKPOINT_VERSION = 1
 
 
-class Preempted(Exception):
-    """The run stopped on request after writing its checkpoint; resume with --resume."""
-
-
-class StopFlag:
-    """Set from a signal handler; checked by the outer loop between stages."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-
-    def set(self, signum: int, frame: Any = None) -> None:
-        self.signal = signum
-
-    def __bool__(self) -> bool:
-        return self.signal is not None
+class Preempted(Interrupted):
+    """The run stopped on request at a stage boundary after writing its checkpoint; resume with --resume."""
 
 
 def method_updates(config: MetaConfig) -> tuple[list[MetaUpdate], bool]:
@@ -185,8 +173,9 @@ class OuterLoop:
             self.run_dir.log_event("preempted", signal=self.stop.signal, where=where,
                                    completed_step=self.state.completed_step)
             raise Preempted(
-                f"stopped on signal {self.stop.signal} {where}; checkpoint at step "
-                f"{self.state.completed_step} in {self.run_dir.path}"
+                f"stopped by {signal_name(self.stop.signal)} {where}; checkpoint at step "
+                f"{self.state.completed_step} in {self.run_dir.path}",
+                self.stop.signal,
             )
 
     def _minibatch_items(self, step: int) -> list[InnerItem]:

@@ -1,8 +1,8 @@
 """``run_train``: one resumable meta-training run in a run directory.
 
 Sets up the run dir (config.json, events.jsonl), the task splits, the engines
-(wrapped in ``RUN_DIR/cache.sqlite`` unless the cache is off), signal handling
-for preemption, runs ``OuterLoop`` and writes results.json (the core fields of
+(wrapped in ``RUN_DIR/cache.sqlite`` unless the cache is off), stop signals
+(``mtg_local.runs.interrupt``), runs ``OuterLoop`` and writes results.json (the core fields of
 ``mtg eval``, docs/results_schema.md, plus "learned", "artifacts" and
 "history") and the learned artifacts as plain text files:
 ``RUN_DIR/learned_loss_prompt.txt`` / ``RUN_DIR/learned_template.txt``.
@@ -10,11 +10,7 @@ for preemption, runs ``OuterLoop`` and writes results.json (the core fields of
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from engines.base import Engine
@@ -26,7 +22,8 @@ from mtg_local.evaluation import truncation_summary
 from mtg_local.inner_loop import DEFAULT_TEMPLATE
 from mtg_local.meta.meta_config import MetaConfig
 from mtg_local.meta.meta_update import Artifacts
-from mtg_local.meta.outer_loop import OuterLoop, Preempted, StopFlag, TrainState
+from mtg_local.meta.outer_loop import OuterLoop, StopFlag, TrainState
+from mtg_local.runs.interrupt import Interrupted, interruption, record_interruption, stop_on_signals
 from mtg_local.protocol import check_context, load_task, protocol_diff, protocol_hash
 from mtg_local.runs.run_dir import RESULTS_SCHEMA_VERSION, RunDir, read_json
 
@@ -34,20 +31,6 @@ from mtg_local.runs.run_dir import RESULTS_SCHEMA_VERSION, RunDir, read_json
 _RESUME_FREE = ("out", "progress", "engine_opts", "cache", "no_cache")
 LOSS_PROMPT_FILE = "learned_loss_prompt.txt"
 TEMPLATE_FILE = "learned_template.txt"
-
-
-@contextlib.contextmanager
-def stop_on_signals(stop: StopFlag) -> Iterator[None]:
-    """Sets ``stop`` on SIGUSR1/SIGTERM while inside (main thread only; no-op elsewhere)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, stop.set) for s in (signal.SIGUSR1, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def _engine_opts(items: tuple[str, ...]) -> dict[str, Any]:
@@ -100,11 +83,14 @@ def run_train(
             the forward engine.
         resume: continue from RUN_DIR/checkpoint.json; without it an existing
             checkpoint is an error (the run dir holds another run).
-        stop: a stop flag to poll; default: one set by SIGUSR1/SIGTERM.
+        stop: a stop flag to poll; default: one set by SIGUSR1/SIGTERM/SIGINT
+            (``mtg_local.runs.interrupt``).
 
     Raises:
         UserError: bad settings, an occupied run dir, or empty splits.
-        Preempted: a stop was requested; the checkpoint is written.
+        Interrupted: a stop signal arrived (``Preempted`` at a stage boundary);
+            the checkpoint of the last completed stage is on disk and
+            results.json says "interrupted".
     """
     t0 = time.perf_counter()
     started = now_iso()
@@ -159,8 +145,22 @@ def run_train(
     loop = OuterLoop(config, task, splits, forward_engine=fwd, optimizer_engine=opt, run_dir=rd, state=state, stop=stop)
     try:
         with stop_on_signals(stop):
-            state = loop.run()
-    except Preempted:
+            try:
+                state = loop.run()
+            except BaseException as e:
+                intr = interruption(e, stop)
+                if intr is None:
+                    raise
+                # The checkpoint on disk is the last completed stage's (an aborted
+                # stage is replayed from the cache on resume).
+                ckpt = rd.read_checkpoint() or {}
+                record_interruption(rd, intr, resume=f"mtg train --resume {rd.path}", results={
+                    "method": config.method, "config": config.to_dict(),
+                    "completed_step": ckpt.get("completed_step", -1), "history": ckpt.get("history", [])})
+                if intr is e:
+                    raise
+                raise intr from e
+    except Interrupted:
         raise
     except Exception as e:
         rd.write_results({"status": "failed", "error": f"{type(e).__name__}: {e}", "method": config.method,

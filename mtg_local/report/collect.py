@@ -6,6 +6,8 @@ becomes a ``Problem`` that the report lists, never silently drops:
 
 * ``corrupt``    results.json is not JSON or lacks required fields (path + reason);
 * ``failed``     results.json has status "failed" (its error text);
+* ``interrupted`` results.json has status "interrupted": stopped by a signal, resumable
+                 (its message says how);
 * ``incomplete`` a run dir with config.json but no results.json (``running`` when a live
                  process holds its lock; the last checkpointed step when there is one);
 * ``other_protocol`` a complete run whose ``protocol_hash`` differs from the main table's
@@ -66,7 +68,7 @@ class Problem:
     """A run (or file) left out of the tables, with the reason."""
 
     path: Path
-    kind: str  # corrupt | failed | incomplete | running | other_protocol
+    kind: str  # corrupt | failed | interrupted | incomplete | running | other_protocol
     detail: str
 
 
@@ -104,8 +106,8 @@ def parse_results(data: Any, path: Path) -> RunRecord | Problem:
         return Problem(path, "corrupt", f"schema_version {version!r}, this report reads {RESULTS_SCHEMA_VERSION}")
     status = data.get("status")
     if status != "complete":
-        kind = "failed" if status == "failed" else "incomplete"
-        return Problem(path, kind, str(data.get("error") or f"status {status!r}"))
+        kind = {"failed": "failed", "interrupted": "interrupted"}.get(str(status), "incomplete")
+        return Problem(path, kind, str(data.get("error") or data.get("message") or f"status {status!r}"))
     try:
         for key in ("task", "method", "engine"):
             if not isinstance(data.get(key), str) or not data[key]:

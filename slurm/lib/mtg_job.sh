@@ -3,8 +3,8 @@
 # one `mtg` command so that preemption and time limits become a checkpoint + requeue + resume.
 #
 # Contract with the `mtg` CLI (see slurm/README.md):
-#   * `mtg train|eval|baseline` take `--out RUN_DIR`; on SIGUSR1/SIGTERM `mtg train` writes a
-#     checkpoint and exits 99 ("requeue me");
+#   * `mtg train|eval|baseline` take `--out RUN_DIR`; on SIGUSR1/SIGTERM they stop (train keeps
+#     its checkpoint), write results.json status "interrupted" and exit 99 ("requeue me");
 #   * `mtg train --resume RUN_DIR` continues a run dir; `mtg eval` rerun with the same run dir
 #     and cache recomputes cheaply (every finished generation is a cache hit);
 #   * a run dir is locked (RUN_DIR/.lock, flock) by the mtg process, never by this shell.
