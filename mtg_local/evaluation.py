@@ -18,6 +18,7 @@ from engines.base import Engine, Usage
 from engines.errors import UserError
 from mtg_local import metrics
 from mtg_local.inner_loop import DEFAULT_TEMPLATE, InnerItem, InnerLoopConfig, Trajectory, solution_optimization
+from mtg_local.runs.health import assess
 from mtg_local.runs.run_dir import RunDir
 from mtg_local.tasks.base import Example, Task
 from mtg_local.zero_shot_cot import zero_shot_cot
@@ -144,6 +145,12 @@ class UsageMeter:
             total.add(d)
             per[name] = d.to_dict()
         out = total.to_dict()
+        if total.errors:
+            # The engine keeps its first error since it was built; a shared engine that had
+            # failed before this meter started may name that older error (still a real one).
+            out["first_error"] = next(
+                (e.first_error for k, e in self.engines.items() if self.delta(k).errors and e.first_error), None
+            )
         if len(per) > 1:
             out["engines"] = per
         return out
@@ -169,8 +176,18 @@ def results_record(
     cost_usd: float | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """A results.json body in the schema of ``docs/results_schema.md`` (without schema_version)."""
+    """A results.json body in the schema of ``docs/results_schema.md`` (without schema_version).
+
+    A "complete" status is checked against the failed requests in ``engine_usage``
+    (``mtg_local.runs.health``): it becomes "degraded" or "failed" there, and
+    ``failed_requests`` says how many of how many, with the first error.
+    """
     empty = {"mean": 0.0, "std": 0.0, "per_seed": {}, "n": 0}
+    health = assess(engine_usage)
+    if status == "complete" and not health.ok:
+        status = health.status
+    if health.errors:
+        extra.setdefault("failed_requests", health.record())
     return {
         "status": status,
         "task": task.name,

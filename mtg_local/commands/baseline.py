@@ -25,7 +25,10 @@ from mtg_local.commands.common import DEFAULT_ENGINE, add_engine_args, open_run_
 from mtg_local.commands.eval import parse_seeds, read_text_arg
 from mtg_local.evaluation import UsageMeter, evaluate, now_iso, results_record, write_trajectories
 from mtg_local.inner_loop import DEFAULT_TEMPLATE
+from mtg_local.runs.health import exit_code
+from mtg_local.runs.lock import RunDirLock
 from mtg_local.runs.run_dir import RunDir
+from mtg_local.runs.secrets import public_engine_opts
 from mtg_local.tasks import get_task, task_names
 
 METHODS = ("prompt_opt", "copro", "miprov2")
@@ -62,7 +65,9 @@ class BaselineConfig:
             raise UserError(f"--limit must be >= 1, got {self.limit}")
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict without secret engine options."""
         d = dataclasses.asdict(self)
+        d["engine_opts"] = public_engine_opts(self.engine_opts)
         d["method_config"] = self.method_config.to_dict()
         return d
 
@@ -157,8 +162,9 @@ def run(args: argparse.Namespace) -> int:
         seeds=parse_seeds(args.seeds), limit=args.limit, data_file=args.data_file, cache=args.cache,
         no_cache=args.no_cache,
     )
-    run_baseline(cfg)
-    return 0
+    with RunDirLock(cfg.out):  # one process per run dir, as eval and train (released by the kernel on death)
+        results = run_baseline(cfg)
+    return exit_code(results, "baseline", cfg.out)
 
 
 def run_baseline(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -25,13 +24,13 @@ from engines.errors import UserError
 from mtg_local.commands.common import DEFAULT_ENGINE, add_engine_args, open_run_engines
 from mtg_local.evaluation import METHODS, UsageMeter, evaluate, now_iso, results_record, write_trajectories
 from mtg_local.inner_loop import DEFAULT_TEMPLATE, FREEZE_CONDITIONS, InnerLoopConfig
+from mtg_local.runs.health import exit_code
 from mtg_local.runs.lock import RunDirLock
 from mtg_local.runs.run_dir import RunDir
+from mtg_local.runs.secrets import public_engine_opts
 from mtg_local.tasks import get_task, task_names
 
 _DEFAULT_INNER = InnerLoopConfig()
-# Engine options whose values must never reach the run dir (api_key=..., token=...).
-_SECRET_KEY = re.compile(r"key|token|secret|password", re.IGNORECASE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +109,7 @@ class EvalConfig:
         """JSON-ready dict without secret engine options."""
         d = dataclasses.asdict(self)
         d["seeds"] = list(self.seeds)
-        d["engine_opts"] = [o for o in self.engine_opts if not _SECRET_KEY.search(o.partition("=")[0])]
+        d["engine_opts"] = public_engine_opts(self.engine_opts)
         return d
 
 
@@ -177,8 +176,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     with RunDirLock(args.out):  # one process per run dir (released by the kernel on death)
-        run_eval(args)
-    return 0
+        results = run_eval(args)
+    return exit_code(results, "eval", args.out)
 
 
 def run_eval(

@@ -25,6 +25,7 @@ from mtg_local.commands.eval import parse_seeds, read_text_arg
 from mtg_local.meta.meta_config import JOINT_TEMPLATE_UPDATES, METHODS, MetaConfig
 from mtg_local.meta.outer_loop import EXIT_REQUEUE, Preempted
 from mtg_local.meta.train_run import run_train
+from mtg_local.runs.health import exit_code
 from mtg_local.runs.lock import RunDirLock
 from mtg_local.runs.run_dir import RunDir, read_json
 from mtg_local.tasks import task_names
@@ -145,4 +146,4 @@ def run(args: argparse.Namespace) -> int:
         "wall_s": results["wall_s"],
     }
     print(json.dumps(summary, indent=2))
-    return 0
+    return exit_code(results, "train", config.out)
