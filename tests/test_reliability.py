@@ -288,3 +288,23 @@ def test_report_csv_equals_results_json(tmp_path):
     assert len(rows) == 1
     assert rows[0]["mean_pct"] == f"{100 * acc['mean']:.2f}" and rows[0]["std_pct"] == f"{100 * acc['std']:.2f}"
     assert int(rows[0]["n_seeds"]) == 3 and int(rows[0]["requests"]) == results["engine_usage"]["requests"]
+
+
+# ------------------------------------------------------------------------------------- retries
+def test_http_400_is_not_retried_but_500_is():
+    """Counted at the server: a 400 gets exactly one call; a 500 gets 1 + max_retries."""
+    from engines import GenRequest, create_engine
+    from tests.fault_server import ALWAYS_FAIL_MARKER
+
+    with FaultServer(fault_rate=0.0) as srv:
+        engine = create_engine("openai:fault-model", base_url=srv.base_url, api_key="sk-test-0000",
+                               max_retries=3, backoff_initial_s=0.01, backoff_max_s=0.02, timeout_s=5)
+        bad, flaky, good = engine.generate([GenRequest.chat(f"x {ECHO_AUTH_400_MARKER}", id="bad"),
+                                            GenRequest.chat(f"y {ALWAYS_FAIL_MARKER}", id="flaky"),
+                                            GenRequest.chat("z", id="good")])
+        engine.close()
+    calls = completions(srv)
+    per = {k: [c for c in calls if k in json.dumps(c.body)] for k in (ECHO_AUTH_400_MARKER, ALWAYS_FAIL_MARKER)}
+    assert bad.error and "400" in bad.error and flaky.error and good.ok
+    assert len(per[ECHO_AUTH_400_MARKER]) == 1
+    assert len(per[ALWAYS_FAIL_MARKER]) == 4 and engine.usage.retries == 3
