@@ -24,6 +24,7 @@ from engines.openai_engine import OpenAIConfig, OpenAIEngine
 from engines.registry import config_from_options
 from engines.vllm_engine import VLLMConfig
 from mtg_local.commands.common import parse_engine_opts
+from tests.conftest import require
 
 REPO = Path(__file__).resolve().parents[1]
 # KEY=VALUE with a shell expansion in the value gets a representative number.
@@ -172,20 +173,13 @@ def test_bad_vllm_options_are_rejected_with_the_name(opt, message):
 
 def test_llm_kwargs_names_exist_in_the_installed_vllm():
     """Every keyword we pass to vllm.LLM is an EngineArgs field of the installed vLLM."""
-    arg_utils = pytest.importorskip("vllm.engine.arg_utils") if not _ci() else __import__(
-        "vllm.engine.arg_utils", fromlist=["EngineArgs"])
+    arg_utils = require("vllm.engine.arg_utils")  # fails under CI=true when missing
     fields = {f.name for f in dataclasses.fields(arg_utils.EngineArgs)}
     cfg = check("vllm:bundled", ["pipeline_parallel_size=2", "distributed_executor_backend=mp", "kv_cache_gib=1",
                                  "max_num_seqs=8", "block_size=16", "max_model_len=2048"])
     for on_cpu in (True, False):
         unknown = set(cfg.llm_kwargs("/m", on_cpu=on_cpu)) - fields - {"model"}
         assert not unknown, f"not vLLM EngineArgs names (on_cpu={on_cpu}): {sorted(unknown)}"
-
-
-def _ci() -> bool:
-    import os
-
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def test_openai_engine_accepts_the_openai_template_options(monkeypatch):

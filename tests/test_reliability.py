@@ -28,6 +28,7 @@ import pytest
 from mtg_local.runs.health import DEGRADED_SHARE, EXIT_DEGRADED, assess
 from mtg_local.runs.lock import RunDirLock
 from mtg_local.runs.secrets import is_secret_key, public_engine_opts, redact
+from tests.conftest import require
 from tests.fault_server import ECHO_AUTH_400_MARKER, FaultServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,7 +162,7 @@ def test_secrets_through_the_cli(tmp_path):
 
 
 def test_copro_baseline_writes_no_secret(tmp_path):
-    pytest.importorskip("dspy") if os.environ.get("CI", "").lower() not in ("1", "true", "yes") else None
+    require("dspy")  # fails under CI=true when missing
     key = f"sk-coprocanary-{uuid.uuid4().hex}"
     out = tmp_path / "copro"
     with FaultServer(fault_rate=0.0, answer=word_answer) as srv:
