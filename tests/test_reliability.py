@@ -191,7 +191,7 @@ def _check_failed_run(p: subprocess.CompletedProcess, out: Path, command: str, n
     lines = [x for x in p.stderr.splitlines() if x.strip()]
     assert len(lines) == 1, p.stderr
     assert lines[0].startswith(f"mtg {command}: run failed: every request failed ({n} of {n})")
-    assert "first error: APIConnectionError" in lines[0] and "rerun" in lines[0]
+    assert "first error: APIConnectionError" in lines[0] and "rerun" in lines[0] and "only they are generated again" in lines[0]
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "failed"
     assert results["failed_requests"]["errors"] == results["failed_requests"]["requests"] == n
@@ -219,6 +219,16 @@ def test_baseline_against_a_dead_port_is_failed_not_zero(tmp_path):
     n = results["engine_usage"]["requests"]
     assert n >= 6
     _check_failed_run(p, out, "baseline", n)
+
+
+def test_train_against_a_dead_port_is_failed_not_zero(tmp_path):
+    out = tmp_path / "train"
+    p = mtg(["train", "--task", "word_sorting", "--limit", "2", "--seeds", "0", "--outer-steps", "1", "--minibatch", "1",
+             "--steps", "1", "--out", str(out), "--no-progress",
+             *engine_args(f"http://127.0.0.1:{closed_port()}/v1", "api_key=sk-x")])
+    n = json.loads((out / "results.json").read_text())["engine_usage"]["requests"]
+    _check_failed_run(p, out, "train", n)
+    assert f"--cache {out / 'cache.sqlite'}" in p.stderr
 
 
 def test_degraded_run_exits_3_and_rerun_retries_only_failed_requests(tmp_path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from engines.errors import UserError
@@ -146,4 +147,8 @@ def run(args: argparse.Namespace) -> int:
         "wall_s": results["wall_s"],
     }
     print(json.dumps(summary, indent=2))
-    return exit_code(results, "train", config.out)
+    # A finished train run's checkpoint holds its test result, so --resume would not retry:
+    # a new run dir reusing this one's cache regenerates only what failed.
+    cache = config.cache or str(Path(config.out) / "cache.sqlite")
+    retry = "rerun into a new --out" + ("" if config.no_cache else f" with --cache {cache}")
+    return exit_code(results, "train", config.out, retry=retry)

@@ -57,16 +57,20 @@ class RunHealth:
         return {"errors": self.errors, "requests": self.requests, "first_error": self.first_error,
                 "degraded_share": DEGRADED_SHARE}
 
-    def message(self, command: str, run_dir: str) -> str:
-        """One stderr line: what failed, how many of how many, the first error, how to retry."""
+    def message(self, command: str, run_dir: str, retry: str | None = None) -> str:
+        """One stderr line: what failed, how many of how many, the first error, how to retry.
+
+        ``retry`` replaces the default advice (rerun the same command into ``run_dir``).
+        """
         first = (self.first_error or "unknown error").replace("\n", " ")
         if len(first) > 300:
             first = first[:297] + "..."
         what = "every request failed" if self.status == "failed" else (
             f"more than {DEGRADED_SHARE:.0%} of the requests failed")
+        retry = retry or f"rerun the same command into {run_dir}"
         return (f"mtg {command}: run {self.status}: {what} ({self.errors} of {self.requests}); "
-                f"first error: {first}; fix the engine and rerun the same command into {run_dir} "
-                "(failed results are not cached, so only they are retried)")
+                f"first error: {first}; fix the engine and {retry} "
+                "(failed results are not cached, so only they are generated again)")
 
 
 def assess(engine_usage: dict[str, Any]) -> RunHealth:
@@ -83,12 +87,12 @@ def assess(engine_usage: dict[str, Any]) -> RunHealth:
     return RunHealth(status, errors, requests, first if isinstance(first, str) else None)
 
 
-def exit_code(results: dict[str, Any], command: str, run_dir: str) -> int:
+def exit_code(results: dict[str, Any], command: str, run_dir: str, retry: str | None = None) -> int:
     """0 for a complete run; else prints ``RunHealth.message`` to stderr and returns ``EXIT_DEGRADED``."""
     if results.get("status") not in ("degraded", "failed"):
         return 0
     health = assess(results.get("engine_usage") or {})
     if health.ok:  # failed for another reason (an exception): say so in the same one line
         health = RunHealth(results["status"], health.errors, health.requests, results.get("error"))
-    print(health.message(command, run_dir), file=sys.stderr)
+    print(health.message(command, run_dir, retry), file=sys.stderr)
     return EXIT_DEGRADED
