@@ -319,3 +319,16 @@ def test_http_400_is_not_retried_but_500_is():
     assert bad.error and "400" in bad.error and flaky.error and good.ok
     assert len(per[ECHO_AUTH_400_MARKER]) == 1
     assert len(per[ALWAYS_FAIL_MARKER]) == 4 and engine.usage.retries == 3
+
+
+def test_slurm_job_log_line_hides_secret_engine_options(tmp_path):
+    """slurm/lib/mtg_job.sh logs the mtg command line; secret engine options show as [redacted]."""
+    env = {**os.environ, "MTG_DRY_RUN": "1", "MTG_TP": "1", "MTG_ENGINE_OPTS": "api_key=sk-envopt-canary-1 max_num_batched_tokens=8"}
+    script = (f'source {REPO / "slurm" / "lib" / "mtg_job.sh"}; '
+              f'mtg_run eval --engine vllm:x --out {tmp_path / "run"} --engine-opt hf_token=hf-argcanary-2 --engine-opt dtype=bfloat16')
+    p = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    line = [x for x in p.stderr.splitlines() if "] mtg eval" in x]
+    assert len(line) == 1, p.stderr
+    assert "canary" not in p.stderr + p.stdout
+    assert "api_key=[redacted]" in line[0] and "hf_token=[redacted]" in line[0]
+    assert "max_num_batched_tokens=8" in line[0] and "dtype=bfloat16" in line[0]
