@@ -26,6 +26,7 @@ from mtg_local.inner_loop import (
     solution_optimization,
 )
 from mtg_local.protocol import Protocol, protocol_hash
+from mtg_local.runs.health import assess
 from mtg_local.runs.run_dir import RunDir
 from mtg_local.tasks.base import Example, Task
 from mtg_local.zero_shot_cot import zero_shot_cot
@@ -169,6 +170,12 @@ class UsageMeter:
             total.add(d)
             per[name] = d.to_dict()
         out = total.to_dict()
+        if total.errors:
+            # The engine keeps its first error since it was built; a shared engine that had
+            # failed before this meter started may name that older error (still a real one).
+            out["first_error"] = next(
+                (e.first_error for k, e in self.engines.items() if self.delta(k).errors and e.first_error), None
+            )
         if len(per) > 1:
             out["engines"] = per
         return out
@@ -203,8 +210,17 @@ def results_record(
 
     ``protocol`` is recorded as the top-level ``protocol`` object and its
     ``protocol_hash`` (what ``mtg report`` groups tables by).
+
+    A "complete" status is checked against the failed requests in ``engine_usage``
+    (``mtg_local.runs.health``): it becomes "degraded" or "failed" there, and
+    ``failed_requests`` says how many of how many, with the first error.
     """
     empty = {"mean": 0.0, "std": 0.0, "per_seed": {}, "n": 0}
+    health = assess(engine_usage)
+    if status == "complete" and not health.ok:
+        status = health.status
+    if health.errors:
+        extra.setdefault("failed_requests", health.record())
     proto = {"protocol": protocol.to_dict(), "protocol_hash": protocol_hash(protocol)} if protocol else {}
     return {
         "status": status,

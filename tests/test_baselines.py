@@ -16,6 +16,7 @@ from mtg_local.prompts import baseline_prompts as BP
 from mtg_local.prompts import textgrad_prompts as TP
 from mtg_local.protocol import Protocol
 from mtg_local.tasks import get_task
+from tests.conftest import require
 
 SCHEMA_KEYS = {
     "schema_version", "status", "task", "task_info", "method", "engine", "optimizer_engine", "seeds", "split",
@@ -115,7 +116,7 @@ def test_cli_errors_are_one_line(capsys):
     assert rc == 2 and "breadth" in capsys.readouterr().err
 
 
-dspy = pytest.importorskip("dspy")
+dspy = require("dspy")  # fails under CI=true when missing
 
 from mtg_local.baselines.copro import CoproConfig  # noqa: E402
 from mtg_local.baselines.miprov2 import MiproConfig  # noqa: E402

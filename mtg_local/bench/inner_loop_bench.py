@@ -39,6 +39,7 @@ from mtg_local.bench.memory import PeakRSS
 from mtg_local.bench.replay import ReplayStats, replay_per_request, replay_raw
 from mtg_local.bench.wrappers import RecordingEngine
 from mtg_local.inner_loop import DEFAULT_TEMPLATE, InnerItem, InnerLoopConfig, solution_optimization
+from mtg_local.runs.secrets import public_engine_opts
 from mtg_local.tasks import Task, get_task, task_names
 
 
@@ -329,7 +330,7 @@ def run_inner_loop_cli(args: argparse.Namespace) -> int:
         record = run_inner_loop_bench(engine, config)
     finally:
         engine.close()
-    record["engine_opts"] = args.engine_opt
+    record["engine_opts"] = public_engine_opts(args.engine_opt)
     record["engine_start_s"] = round(start_s, 1)
     print(json.dumps(record))
     return 0

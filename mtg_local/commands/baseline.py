@@ -34,7 +34,10 @@ from mtg_local.inner_loop import DEFAULT_TEMPLATE
 from mtg_local.protocol import DEFAULT_PROTOCOL, Protocol, load_task
 from mtg_local.runs.interrupt import ALL_STOP_SIGNALS, Interrupted, StopFlag, interruption, record_interruption
 from mtg_local.runs.interrupt import stop_on_signals
+from mtg_local.runs.health import exit_code
+from mtg_local.runs.lock import RunDirLock
 from mtg_local.runs.run_dir import RunDir
+from mtg_local.runs.secrets import public_engine_opts
 from mtg_local.tasks import task_names
 
 METHODS = ("prompt_opt", "copro", "miprov2")
@@ -78,7 +81,9 @@ class BaselineConfig:
         return self.protocol.limit
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict without secret engine options."""
         d = dataclasses.asdict(self)
+        d["engine_opts"] = public_engine_opts(self.engine_opts)
         d["method_config"] = self.method_config.to_dict()
         d["protocol"] = self.protocol.to_dict()
         return d
@@ -175,11 +180,12 @@ def run(args: argparse.Namespace) -> int:
         data_file=args.data_file, protocol=protocol, cache=args.cache, no_cache=args.no_cache,
     )
     try:
-        run_baseline(cfg)
+        with RunDirLock(cfg.out):  # one process per run dir, as eval and train (released by the kernel on death)
+            results = run_baseline(cfg)
     except Interrupted as e:
         print(f"mtg baseline: {e}", file=sys.stderr)
         return e.exit_code
-    return 0
+    return exit_code(results, "baseline", cfg.out)
 
 
 def run_baseline(

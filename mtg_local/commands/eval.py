@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import sys
 import time
 from pathlib import Path
@@ -34,13 +33,13 @@ from mtg_local.inner_loop import DEFAULT_TEMPLATE, InnerLoopConfig
 from mtg_local.protocol import DEFAULT_PROTOCOL, Protocol, load_task
 from mtg_local.runs.interrupt import ALL_STOP_SIGNALS, Interrupted, StopFlag, interruption, record_interruption
 from mtg_local.runs.interrupt import stop_on_signals
+from mtg_local.runs.health import exit_code
 from mtg_local.runs.lock import RunDirLock
 from mtg_local.runs.run_dir import RunDir
+from mtg_local.runs.secrets import public_engine_opts
 from mtg_local.tasks import task_names
 
 _RERUN_HINT = "the same command (finished generations are served from the run's cache)"
-# Engine options whose values must never reach the run dir (api_key=..., token=...).
-_SECRET_KEY = re.compile(r"key|token|secret|password", re.IGNORECASE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +111,7 @@ class EvalConfig:
         d = dataclasses.asdict(self)
         d["protocol"] = self.protocol.to_dict()
         d["inner"] = self.inner.to_dict()  # the resolved inner loop (derived from the protocol)
-        d["engine_opts"] = [o for o in self.engine_opts if not _SECRET_KEY.search(o.partition("=")[0])]
+        d["engine_opts"] = public_engine_opts(self.engine_opts)
         return d
 
 
@@ -147,11 +146,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         with RunDirLock(args.out):  # one process per run dir (released by the kernel on death)
-            run_eval(args)
+            results = run_eval(args)
     except Interrupted as e:
         print(f"mtg eval: {e}", file=sys.stderr)
         return e.exit_code
-    return 0
+    return exit_code(results, "eval", args.out)
 
 
 def run_eval(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from engines.errors import UserError
@@ -30,6 +31,7 @@ from mtg_local.commands.protocol_args import add_protocol_args, protocol_from_ar
 from mtg_local.meta.meta_config import JOINT_TEMPLATE_UPDATES, METHODS, MetaConfig
 from mtg_local.meta.train_run import run_train
 from mtg_local.runs.interrupt import Interrupted
+from mtg_local.runs.health import exit_code
 from mtg_local.runs.lock import RunDirLock
 from mtg_local.runs.run_dir import RunDir, read_json
 from mtg_local.tasks import task_names
@@ -125,4 +127,8 @@ def run(args: argparse.Namespace) -> int:
         "wall_s": results["wall_s"],
     }
     print(json.dumps(summary, indent=2))
-    return 0
+    # A finished train run's checkpoint holds its test result, so --resume would not retry:
+    # a new run dir reusing this one's cache regenerates only what failed.
+    cache = config.cache or str(Path(config.out) / "cache.sqlite")
+    retry = "rerun into a new --out" + ("" if config.no_cache else f" with --cache {cache}")
+    return exit_code(results, "train", config.out, retry=retry)

@@ -8,17 +8,15 @@ engine options (API keys) are never written: ``to_dict`` drops them.
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 from engines.errors import UserError
 from mtg_local.inner_loop import InnerLoopConfig
 from mtg_local.protocol import DEFAULT_PROTOCOL, Protocol
+from mtg_local.runs.secrets import public_engine_opts
 
 METHODS = ("learned_loss", "maml", "reptile", "joint")
 JOINT_TEMPLATE_UPDATES = ("reptile", "maml")
-#: Engine option keys that look secret are never written to the run dir.
-_SECRET_KEY = re.compile(r"key|token|secret|password", re.IGNORECASE)
 
 
 #: Protocol settings readable as ``MetaConfig`` attributes (``config.seeds`` etc.).
@@ -98,7 +96,7 @@ class MetaConfig:
         """JSON-ready dict without secret engine options."""
         d = dataclasses.asdict(self)
         d["protocol"] = self.protocol.to_dict()
-        d["engine_opts"] = [o for o in self.engine_opts if not _SECRET_KEY.search(o.partition("=")[0])]
+        d["engine_opts"] = public_engine_opts(self.engine_opts)
         return d
 
     @classmethod

@@ -5,7 +5,9 @@ dirs (folders with ``config.json``). Complete runs become ``RunRecord``s; everyt
 becomes a ``Problem`` that the report lists, never silently drops:
 
 * ``corrupt``    results.json is not JSON or lacks required fields (path + reason);
-* ``failed``     results.json has status "failed" (its error text);
+* ``failed``     results.json has status "failed" (its error text), or every request failed;
+* ``degraded``   status "degraded", or more failed requests than ``mtg_local.runs.health``
+                 allows (also for results written before that rule): never a table cell;
 * ``interrupted`` results.json has status "interrupted": stopped by a signal, resumable
                  (its message says how);
 * ``incomplete`` a run dir with config.json but no results.json (``running`` when a live
@@ -30,6 +32,7 @@ from typing import Any
 
 from engines.errors import UserError
 from mtg_local.protocol import protocol_diff
+from mtg_local.runs.health import assess
 from mtg_local.runs.lock import describe_holder, is_locked, read_holder
 from mtg_local.runs.run_dir import RESULTS_SCHEMA_VERSION
 
@@ -68,7 +71,7 @@ class Problem:
     """A run (or file) left out of the tables, with the reason."""
 
     path: Path
-    kind: str  # corrupt | failed | interrupted | incomplete | running | other_protocol
+    kind: str  # corrupt | failed | degraded | interrupted | incomplete | running | other_protocol
     detail: str
 
 
@@ -105,8 +108,15 @@ def parse_results(data: Any, path: Path) -> RunRecord | Problem:
     if version is not None and version != RESULTS_SCHEMA_VERSION:
         return Problem(path, "corrupt", f"schema_version {version!r}, this report reads {RESULTS_SCHEMA_VERSION}")
     status = data.get("status")
+    usage = data.get("engine_usage") if isinstance(data.get("engine_usage"), dict) else {}
+    health = assess(usage)
+    if status == "complete" and not health.ok:  # results written before the rule existed
+        status = health.status
+    if status in ("degraded", "failed") and health.errors:
+        first = f"; first error: {health.first_error}" if health.first_error else ""
+        return Problem(path, status, f"{health.errors} of {health.requests} requests failed{first}")
     if status != "complete":
-        kind = {"failed": "failed", "interrupted": "interrupted"}.get(str(status), "incomplete")
+        kind = status if status in ("failed", "degraded", "interrupted") else "incomplete"
         return Problem(path, kind, str(data.get("error") or data.get("message") or f"status {status!r}"))
     try:
         for key in ("task", "method", "engine"):

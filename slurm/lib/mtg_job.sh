@@ -123,7 +123,17 @@ mtg_run() {
     argv=(train --resume "$run_dir" "${keep[@]}" "${opts[@]}")
     mtg_log "run dir has a checkpoint (restart ${SLURM_RESTART_COUNT:-0}): resuming"
   fi
-  mtg_log "mtg ${argv[*]}"
+  # The logged line shows secret engine options (api_key=..., *_token=...) as [redacted].
+  local -a shown=() a k
+  for a in "${argv[@]}"; do
+    k=${a#--engine-opt=}; k=${k%%=*}; k=${k,,}
+    if [[ "$a" == *=* && "_${k}_" =~ _(key|apikey|token|secret|password|passwd|authorization|auth|credentials?)_ ]]; then
+      shown+=("${a%%=*}=[redacted]")
+    else
+      shown+=("$a")
+    fi
+  done
+  mtg_log "mtg ${shown[*]}"
   if [[ "${MTG_DRY_RUN:-0}" == 1 ]]; then mtg_log "MTG_DRY_RUN=1: not running"; return 0; fi
   trap '_mtg_forward USR1' USR1
   trap '_mtg_forward TERM' TERM
