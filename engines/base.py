@@ -256,6 +256,7 @@ class Engine(abc.ABC):
     def __init__(self) -> None:
         self._usage = Usage()
         self._usage_lock = threading.Lock()
+        self._first_error: str | None = None
 
     # -- public -------------------------------------------------------------
     def generate(self, requests: Sequence[GenRequest], /, **kwargs: Any) -> list[GenResult]:
@@ -298,10 +299,16 @@ class Engine(abc.ABC):
             return dataclasses.replace(self._usage)
 
     def reset_usage(self) -> Usage:
-        """Resets the counters and returns their values before the reset."""
+        """Resets the counters (and ``first_error``) and returns their values before the reset."""
         with self._usage_lock:
             old, self._usage = self._usage, Usage()
+            self._first_error = None
         return old
+
+    @property
+    def first_error(self) -> str | None:
+        """The error text of the first failed request since construction or ``reset_usage``."""
+        return getattr(self, "_first_error", None)
 
     @abc.abstractmethod
     def identity(self) -> dict[str, Any]:
@@ -345,6 +352,8 @@ class Engine(abc.ABC):
                 u.prompt_tokens += r.prompt_tokens
                 u.completion_tokens += r.completion_tokens
                 u.errors += r.error is not None
+                if r.error is not None and getattr(self, "_first_error", None) is None:
+                    self._first_error = r.error
 
     def _add_retries(self, n: int) -> None:
         with self._usage_lock:

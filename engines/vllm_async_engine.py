@@ -44,6 +44,7 @@ from engines.base import Capabilities, Engine, GenRequest, GenResult
 from engines.bundled import model_identity, resolve_model
 from engines.errors import EngineError
 from engines.loop_thread import BackgroundLoop
+from engines.process_guard import ProcessGuard, descendant_pids
 from engines.registry import config_from_options
 from engines.vllm_engine import _SEED_NOTE_CPU, VLLMConfig, build_vllm_inputs, import_vllm
 
@@ -165,11 +166,14 @@ class AsyncVLLMEngine(Engine):
             args = AsyncEngineArgs(**self.llm_kwargs)
             return AsyncLLM.from_engine_args(args, stat_loggers=[factory])
 
+        before = descendant_pids()
         try:
             self._llm = self._loop.run(_start())
         except (ValueError, RuntimeError) as e:
             self._loop.close()
             raise EngineError(f"vLLM (async) failed to start with {self.llm_kwargs}: {e}") from e
+        # As VLLMEngine: the engine core children die with this process (engines.process_guard).
+        self._guard = ProcessGuard.watch(descendant_pids() - before)
         self._tokenizer = self._llm.get_tokenizer()
         self.max_model_len = int(self._llm.model_config.max_model_len)
         self.dtype = str(self._llm.model_config.dtype).removeprefix("torch.")
@@ -294,3 +298,6 @@ class AsyncVLLMEngine(Engine):
         self._loop.close()
         del llm
         gc.collect()
+        guard = getattr(self, "_guard", None)
+        if guard is not None:
+            guard.close()

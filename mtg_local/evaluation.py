@@ -17,7 +17,16 @@ from typing import Any
 from engines.base import Engine, Usage
 from engines.errors import UserError
 from mtg_local import metrics
-from mtg_local.inner_loop import DEFAULT_TEMPLATE, InnerItem, InnerLoopConfig, Trajectory, solution_optimization
+from mtg_local.inner_loop import (
+    DEFAULT_TEMPLATE,
+    PHASES,
+    InnerItem,
+    InnerLoopConfig,
+    Trajectory,
+    solution_optimization,
+)
+from mtg_local.protocol import Protocol, protocol_hash
+from mtg_local.runs.health import assess
 from mtg_local.runs.run_dir import RunDir
 from mtg_local.tasks.base import Example, Task
 from mtg_local.zero_shot_cot import zero_shot_cot
@@ -115,6 +124,23 @@ def evaluate(
     return EvalOutcome(trajs, per_seed, metrics.summarize(per_seed))
 
 
+def truncation_summary(trajectories: Sequence[Trajectory]) -> dict[str, int]:
+    """Calls cut off at max_tokens (finish_reason "length"), per inner-loop phase and in total.
+
+    Returns:
+        ``{"forward": n, "loss": n, "backward": n, "update": n, "total": n}``
+        (results.json's ``truncated``). A truncated forward answer usually
+        lost its ``Answer:`` line and scores 0, so a non-zero count means the
+        token caps were too small for the numbers to be trusted.
+    """
+    out = {p: 0 for p in PHASES}
+    for t in trajectories:
+        for phase, reasons in t.finish_reasons.items():
+            out[phase] = out.get(phase, 0) + sum(r == "length" for r in reasons)
+    out["total"] = sum(out.values())
+    return out
+
+
 class UsageMeter:
     """Engine usage since construction, for engines that may be shared and already used.
 
@@ -144,6 +170,12 @@ class UsageMeter:
             total.add(d)
             per[name] = d.to_dict()
         out = total.to_dict()
+        if total.errors:
+            # The engine keeps its first error since it was built; a shared engine that had
+            # failed before this meter started may name that older error (still a real one).
+            out["first_error"] = next(
+                (e.first_error for k, e in self.engines.items() if self.delta(k).errors and e.first_error), None
+            )
         if len(per) > 1:
             out["engines"] = per
         return out
@@ -167,10 +199,29 @@ def results_record(
     learned: dict[str, str | None] | None = None,
     history: list[dict[str, Any]] | None = None,
     cost_usd: float | None = None,
+    truncated: dict[str, int] | None = None,
+    protocol: Protocol | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """A results.json body in the schema of ``docs/results_schema.md`` (without schema_version)."""
+    """A results.json body in the schema of ``docs/results_schema.md`` (without schema_version).
+
+    ``truncated`` is ``truncation_summary`` of the scored trajectories; None
+    where the method has none (DSPy baselines), recorded as null.
+
+    ``protocol`` is recorded as the top-level ``protocol`` object and its
+    ``protocol_hash`` (what ``mtg report`` groups tables by).
+
+    A "complete" status is checked against the failed requests in ``engine_usage``
+    (``mtg_local.runs.health``): it becomes "degraded" or "failed" there, and
+    ``failed_requests`` says how many of how many, with the first error.
+    """
     empty = {"mean": 0.0, "std": 0.0, "per_seed": {}, "n": 0}
+    health = assess(engine_usage)
+    if status == "complete" and not health.ok:
+        status = health.status
+    if health.errors:
+        extra.setdefault("failed_requests", health.record())
+    proto = {"protocol": protocol.to_dict(), "protocol_hash": protocol_hash(protocol)} if protocol else {}
     return {
         "status": status,
         "task": task.name,
@@ -181,9 +232,11 @@ def results_record(
         "seeds": [int(s) for s in seeds],
         "split": split,
         "n_questions": n_questions,
+        **proto,
         "test_accuracy": accuracy if accuracy is not None else empty,
         "engine_usage": engine_usage,
         "cost_usd": cost_usd,
+        "truncated": truncated,
         "wall_s": round(wall_s, 3),
         "config": config,
         "learned": learned or {"loss_prompt": None, "template": None, "system_prompt": None},

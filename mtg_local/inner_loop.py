@@ -43,6 +43,9 @@ DEFAULT_TEMPLATE = "Let's break this down step by step. First, "
 #: with greedy optimizer phases further steps would repeat it).
 FREEZE_CONDITIONS = ("error", "unchanged")
 
+#: The inner loop's phases, as recorded in ``Trajectory.finish_reasons``.
+PHASES = ("forward", "loss", "backward", "update")
+
 
 def parse_freeze_when(value: str) -> frozenset[str]:
     """The set of freeze conditions in ``value`` ("never", "error", "unchanged", "error,unchanged")."""
@@ -70,11 +73,16 @@ class InnerLoopConfig:
     steps: int = 2  # T, >= 0
     temperature: float = 0.7  # forward (initial answer) sampling temperature
     optimizer_temperature: float = 0.0  # loss / backward / update phases
+    top_p: float = 1.0  # nucleus mass of every call
     max_tokens: int = 512  # forward answer
     optimizer_max_tokens: int = 512
     system_prompt: str | None = None  # forward system prompt (trained by TextGrad prompt optimization)
     freeze_when: str = "never"  # early freezing policy
     majority_vote: bool = False
+    #: majority-vote tie rule: "last" (latest tied answer) or "first" (TextGrad's multimode()[0])
+    vote_tie: str = "last"
+    #: an answer with nothing extractable votes as its own label (TextGrad counts None)
+    vote_counts_none: bool = False
     #: prefill "<IMPROVED_VARIABLE>" as the update's response prefix where the engine can
     prefill_update_tag: bool = True
     #: reject an update whose answer the task cannot extract when the previous one had one
@@ -91,6 +99,10 @@ class InnerLoopConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
+        if self.vote_tie not in ("first", "last"):
+            raise ValueError(f"vote_tie must be 'first' or 'last', got {self.vote_tie!r}")
         if self.system_prompt is not None and not isinstance(self.system_prompt, str):
             raise ValueError(f"system_prompt must be a string or None, got {type(self.system_prompt).__name__}")
         parse_freeze_when(self.freeze_when)
@@ -129,6 +141,14 @@ class Trajectory:
     extracted: str | None  # task.extract_answer(final_answer)
     score: float  # task.score(final_answer, example): 0.0 or 1.0
     frozen_at: int | None = None  # step after which the item was frozen, or None
+    #: phase ("forward", "loss", "backward", "update") -> finish reason of each call made for
+    #: this item, in step order ("stop", "length" = cut off at max_tokens, "error", ...)
+    finish_reasons: dict[str, list[str]] = dataclasses.field(default_factory=lambda: {p: [] for p in PHASES})
+
+    @property
+    def truncated(self) -> int:
+        """How many of this item's calls stopped at max_tokens (finish_reason "length")."""
+        return sum(r == "length" for rs in self.finish_reasons.values() for r in rs)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready record (one line of trajectories.jsonl)."""
@@ -147,6 +167,8 @@ class Trajectory:
             "update_errors": list(self.update_errors),
             "errors": list(self.errors),
             "frozen_at": self.frozen_at,
+            "finish_reasons": {k: list(v) for k, v in self.finish_reasons.items()},
+            "truncated": self.truncated,
             "final_answer": self.final_answer,
             "extracted": self.extracted,
             "score": self.score,
@@ -189,6 +211,7 @@ def solution_optimization(
     def opt_sampling(i: int, phase: str, t: int) -> SamplingConfig:
         return SamplingConfig(
             temperature=config.optimizer_temperature,
+            top_p=config.top_p,
             max_tokens=config.optimizer_max_tokens,
             seed=derive_seed(items[i].seed, phase, t),
         )
@@ -199,7 +222,9 @@ def solution_optimization(
         questions,
         templates=[it.template for it in items],
         samplings=[
-            SamplingConfig(temperature=config.temperature, max_tokens=config.max_tokens, seed=it.seed)
+            SamplingConfig(
+                temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens, seed=it.seed
+            )
             for it in items
         ],
         system_prompts=[config.system_prompt] * n,
@@ -208,6 +233,7 @@ def solution_optimization(
     bar.update()
     trajs = [Trajectory(it, [a.value], [], [], [], [], "", None, 0.0) for it, a in zip(items, answers)]
     for i, a in enumerate(answers):
+        trajs[i].finish_reasons["forward"].append(a.finish_reason)
         if a.error is not None:
             trajs[i].errors.append(f"step 0 forward: {a.error}")
             if "error" in freeze:
@@ -253,6 +279,14 @@ def solution_optimization(
             engine_error = False
             tr.evaluations.append(lv.value)
             tr.gradients.append(params[k].gradient_text())
+            # Truncated loss/backward outputs still feed the next phase (as in TextGrad); they
+            # are counted here. A truncated update never replaces the answer (update parsing).
+            tr.finish_reasons["loss"].append(lv.finish_reason)
+            if lv.error is None:
+                grads = params[k].gradients
+                tr.finish_reasons["backward"].append(grads[-1].finish_reason if grads else "error")
+            if outcomes[k].finish_reason is not None:
+                tr.finish_reasons["update"].append(outcomes[k].finish_reason)
             if lv.error is not None:
                 tr.errors.append(f"step {t} loss: {lv.error}")
                 tr.update_errors.append("skipped: the loss call failed")
@@ -275,7 +309,7 @@ def solution_optimization(
     bar.close()
 
     for tr in trajs:
-        _finish(task, tr, majority_vote=config.majority_vote)
+        _finish(task, tr, config)
     return trajs
 
 
@@ -291,13 +325,13 @@ def _format_keeper(task: Task, examples: list[Example]) -> Callable[[int, str, s
     return validate
 
 
-def _finish(task: Task, tr: Trajectory, *, majority_vote: bool) -> None:
+def _finish(task: Task, tr: Trajectory, config: InnerLoopConfig) -> None:
     """Sets final_answer / extracted / score (majority vote over the trajectory if asked)."""
     ex = tr.item.example
     final = tr.answers[-1]
-    if majority_vote:
+    if config.majority_vote:
         extracted = [task.extract_answer(a, ex) for a in tr.answers]
-        idx = metrics.majority_vote(extracted)
+        idx = metrics.majority_vote(extracted, tie=config.vote_tie, none_votes=config.vote_counts_none)
         if idx is not None:
             final = tr.answers[idx]
     tr.final_answer = final

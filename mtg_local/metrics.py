@@ -52,22 +52,36 @@ def summarize(per_seed: Mapping[int, float] | Mapping[str, float]) -> dict[str, 
     return {"mean": mean, "std": std, "per_seed": {str(k): float(v) for k, v in per_seed.items()}, "n": n}
 
 
-def majority_vote(answers: Sequence[str | None]) -> int | None:
+def majority_vote(answers: Sequence[str | None], *, tie: str = "last", none_votes: bool = False) -> int | None:
     """Index of the answer chosen by majority vote over extracted answers.
 
-    ``None`` entries (nothing extractable) do not vote. The most frequent
-    answer wins; a tie goes to the answer seen latest (the most optimized
-    one). The returned index is the latest occurrence of the winner.
+    The most frequent answer wins. ``tie="last"``: a tie goes to the answer
+    seen latest (the most optimized one) and the index is its latest
+    occurrence; ``tie="first"``: to the answer seen first, at its first
+    occurrence -- TextGrad's ``statistics.multimode(labels)[0]``. ``None``
+    entries (nothing extractable) vote only with ``none_votes`` (TextGrad
+    counts them); a winning ``None`` gives the index of an answer without one.
 
     Args:
         answers: extracted answers, in step order.
+        tie: "last" or "first".
+        none_votes: whether ``None`` is a label like any other.
 
     Returns:
-        An index into ``answers``, or None if no entry is extractable.
+        An index into ``answers``, or None if no entry may vote.
     """
-    counts = Counter(a for a in answers if a is not None)
-    if not counts:
+    if tie not in ("first", "last"):
+        raise ValueError(f"tie must be 'first' or 'last', got {tie!r}")
+    voters = [(i, a) for i, a in enumerate(answers) if none_votes or a is not None]
+    if not voters:
         return None
-    last_seen = {a: i for i, a in enumerate(answers) if a is not None}
-    winner = max(counts, key=lambda a: (counts[a], last_seen[a]))
-    return last_seen[winner]
+    counts = Counter(a for _, a in voters)
+    seen: dict[str | None, int] = {}
+    for i, a in voters:
+        if tie == "last" or a not in seen:
+            seen[a] = i
+    if tie == "last":
+        winner = max(counts, key=lambda a: (counts[a], seen[a]))
+    else:
+        winner = max(counts, key=lambda a: (counts[a], -seen[a]))
+    return seen[winner]

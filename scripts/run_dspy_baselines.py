@@ -23,6 +23,7 @@ from engines import Engine, create_engine
 from mtg_local.commands.baseline import BaselineConfig, run_baseline
 from mtg_local.commands.common import parse_engine_opts
 from mtg_local.commands.eval import parse_seeds
+from mtg_local.protocol import DEFAULT_PROTOCOL
 
 
 def _configs(args: argparse.Namespace) -> dict[str, object]:
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None, *, engine: Engine | None = None) -> list
     p.add_argument("--engine", default="vllm:bundled")
     p.add_argument("--engine-opt", action="append", default=[])
     p.add_argument("--methods", default="copro,miprov2,prompt_opt")
-    p.add_argument("--task", default="word_sorting")
+    p.add_argument("--task", default="synthetic_word_sorting")
     p.add_argument("--limit", type=int, default=4, help="questions per split (default: %(default)s)")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--max-tokens", type=int, default=128)
@@ -66,9 +67,10 @@ def main(argv: list[str] | None = None, *, engine: Engine | None = None) -> list
     rows = []
     try:
         for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
+            protocol = DEFAULT_PROTOCOL.replace(seeds=parse_seeds(args.seeds), limit=args.limit,
+                                                max_tokens=args.max_tokens, optimizer_max_tokens=args.max_tokens)
             cfg = BaselineConfig(out=str(Path(args.out) / method), method=method, method_config=configs[method],
-                                 task=args.task, engine=args.engine, seeds=parse_seeds(args.seeds),
-                                 limit=args.limit, no_cache=True)
+                                 task=args.task, engine=args.engine, protocol=protocol, no_cache=True)
             t = time.perf_counter()
             res = run_baseline(cfg, engine=engine)
             row = {

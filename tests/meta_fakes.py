@@ -112,3 +112,15 @@ def register_scripted() -> None:
     from engines.registry import register
 
     register("scripted", "meta_fakes:ScriptedMetaEngine")
+
+
+def meta_config(**kw: Any):
+    """``MetaConfig`` from flat keywords: protocol fields go into its ``Protocol``."""
+    import dataclasses
+
+    from mtg_local.meta import MetaConfig
+    from mtg_local.protocol import Protocol
+
+    fields = {f.name for f in dataclasses.fields(Protocol)}
+    proto = {k: kw.pop(k) for k in list(kw) if k in fields}
+    return MetaConfig(**kw, protocol=Protocol(**proto))

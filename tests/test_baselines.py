@@ -14,7 +14,9 @@ from mtg_local.baselines.prompt_optimization import PromptOptConfig, minibatches
 from mtg_local.commands.baseline import BaselineConfig, run_baseline
 from mtg_local.prompts import baseline_prompts as BP
 from mtg_local.prompts import textgrad_prompts as TP
+from mtg_local.protocol import Protocol
 from mtg_local.tasks import get_task
+from tests.conftest import require
 
 SCHEMA_KEYS = {
     "schema_version", "status", "task", "task_info", "method", "engine", "optimizer_engine", "seeds", "split",
@@ -47,7 +49,7 @@ def prompt_opt_responder(candidates):
 
 
 def test_prompt_opt_accepts_better_reverts_worse_and_counts_calls():
-    task = get_task("word_sorting")
+    task = get_task("synthetic_word_sorting")
     sp = task.splits()
     train, val = sp.train[:9], sp.val[:4]
     eng = FakeEngine(prompt_opt_responder([
@@ -76,7 +78,7 @@ def test_prompt_opt_accepts_better_reverts_worse_and_counts_calls():
 
 
 def test_minibatches_shuffle_per_epoch_and_max_steps():
-    task = get_task("word_sorting")
+    task = get_task("synthetic_word_sorting")
     train = task.splits().train[:7]
     mb = minibatches(train, PromptOptConfig(batch_size=3, epochs=2))
     assert [len(b) for _, b in mb] == [3, 3, 1, 3, 3, 1]
@@ -114,7 +116,7 @@ def test_cli_errors_are_one_line(capsys):
     assert rc == 2 and "breadth" in capsys.readouterr().err
 
 
-dspy = pytest.importorskip("dspy")
+dspy = require("dspy")  # fails under CI=true when missing
 
 from mtg_local.baselines.copro import CoproConfig  # noqa: E402
 from mtg_local.baselines.miprov2 import MiproConfig  # noqa: E402
@@ -128,7 +130,8 @@ def test_dspy_methods_end_to_end_on_fake_engine(tmp_path, method):
     mc = (CoproConfig(breadth=2, depth=1, num_threads=4) if method == "copro" else
           MiproConfig(auto=None, num_candidates=2, num_trials=2, max_bootstrapped_demos=1, max_labeled_demos=1,
                       num_threads=4))
-    cfg = BaselineConfig(out=str(tmp_path / method), method=method, method_config=mc, seeds=(0, 1), limit=4,
+    cfg = BaselineConfig(out=str(tmp_path / method), method=method, method_config=mc,
+                         protocol=Protocol(seeds=(0, 1), limit=4),
                          engine="fake")
     res = run_baseline(cfg, engine=eng)
     _check_results(tmp_path / method, method, 4, [0, 1])
@@ -144,7 +147,7 @@ def test_dspy_methods_end_to_end_on_fake_engine(tmp_path, method):
 def test_unparsable_dspy_output_is_scored_on_raw_text():
     from mtg_local.baselines.dspy_program import evaluate_program, make_program
 
-    task = get_task("word_sorting")
+    task = get_task("synthetic_word_sorting")
     test = task.splits().test[:2]
     eng = FakeEngine(lambda r: "no markers here\nAnswer: " + " ".join(sorted(_words(r))))
     ev = evaluate_program(task, make_program(task), test, seeds=[3], engine=eng, temperature=0.0, max_tokens=50)
@@ -155,7 +158,8 @@ def test_unparsable_dspy_output_is_scored_on_raw_text():
 @pytest.mark.vllm
 def test_prompt_opt_tiny_real_run(vllm_engine, tmp_path):  # noqa: ANN001
     mc = PromptOptConfig(batch_size=2, epochs=1, max_steps=1, max_tokens=96, optimizer_max_tokens=128)
-    cfg = BaselineConfig(out=str(tmp_path / "po"), method="prompt_opt", method_config=mc, seeds=(0, 1), limit=2,
+    protocol = Protocol(seeds=(0, 1), limit=2, max_tokens=96, optimizer_max_tokens=128)  # CI-sized test call
+    cfg = BaselineConfig(out=str(tmp_path / "po"), method="prompt_opt", method_config=mc, protocol=protocol,
                          no_cache=True)
     calls = vllm_engine.usage.calls
     res = run_baseline(cfg, engine=vllm_engine)
@@ -172,7 +176,8 @@ def test_dspy_methods_smallest_real_run(vllm_engine, tmp_path, method):  # noqa:
     mc = (CoproConfig(breadth=2, depth=1, **common) if method == "copro" else
           MiproConfig(auto=None, num_candidates=2, num_trials=1, max_bootstrapped_demos=1, max_labeled_demos=1,
                       data_aware_proposer=False, **common))
-    cfg = BaselineConfig(out=str(tmp_path / method), method=method, method_config=mc, seeds=(0, 1), limit=3,
+    protocol = Protocol(seeds=(0, 1), limit=3, max_tokens=96, optimizer_max_tokens=128)  # CI-sized test call
+    cfg = BaselineConfig(out=str(tmp_path / method), method=method, method_config=mc, protocol=protocol,
                          no_cache=True)
     res = run_baseline(cfg, engine=vllm_engine)
     assert res["status"] == "complete"
@@ -191,7 +196,7 @@ def test_copro_survives_unmarked_proposals_from_a_weak_prompt_model(tmp_path, ca
         return task_responder(req)
 
     eng = FakeEngine(respond)
-    cfg = BaselineConfig(out=str(tmp_path / "c"), method="copro", seeds=(0,), limit=3, engine="fake",
+    cfg = BaselineConfig(out=str(tmp_path / "c"), method="copro", protocol=Protocol(seeds=(0,), limit=3), engine="fake",
                          method_config=CoproConfig(breadth=3, depth=2, num_threads=4))
     res = run_baseline(cfg, engine=eng)
     assert res["status"] == "complete"

@@ -36,7 +36,8 @@ def sorter(req: GenRequest) -> str:
 
 
 def eval_args(out: Path, *extra: str) -> list[str]:
-    return ["eval", "--task", "word_sorting", "--limit", "4", "--seeds", "0,1", "--out", str(out), "--no-progress", *extra]
+    return ["eval", "--task", "synthetic_word_sorting", "--limit", "4", "--seeds", "0,1", "--out", str(out),
+            "--no-progress", *extra]
 
 
 def read_run(out: Path) -> tuple[dict, list[dict]]:
@@ -47,7 +48,8 @@ def read_run(out: Path) -> tuple[dict, list[dict]]:
 
 def check_results(results: dict, *, method: str, n: int, seeds: list[int], calls: int) -> None:
     assert RESULT_KEYS <= set(results)
-    assert results["status"] == "complete" and results["method"] == method and results["task"] == "word_sorting"
+    assert results["status"] == "complete" and results["method"] == method
+    assert results["task"] == "synthetic_word_sorting"
     assert results["n_questions"] == n and results["seeds"] == seeds and results["split"] == "test"
     acc = results["test_accuracy"]
     assert set(acc) == {"mean", "std", "per_seed", "n"} and acc["n"] == len(seeds)
@@ -165,18 +167,29 @@ def test_parse_seeds() -> None:
 
 # -- real engine ----------------------------------------------------------------
 @pytest.mark.vllm
-def test_eval_solution_opt_on_vllm_bundled(vllm_engine, tmp_path: Path) -> None:  # noqa: ANN001
+def test_eval_solution_opt_on_vllm_bundled(vllm_engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    # Count the backend's own calls (vllm.LLM.generate), not the engine's self-reported usage.
+    llm_calls: list[int] = []
+    real_generate = vllm_engine._llm.generate
+
+    def counting_generate(prompts, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        llm_calls.append(len(prompts))
+        return real_generate(prompts, *args, **kwargs)
+
+    monkeypatch.setattr(vllm_engine._llm, "generate", counting_generate)
     out = tmp_path / "run"
     # The size is 16 questions; CI on 2 CPU cores runs 4 (see tests/conftest.py).
     n = 16 if FULL else 4
     argv = [
-        "eval", "--task", "word_sorting", "--method", "solution_opt", "--seeds", "0,1,2", "--steps", "2",
+        "eval", "--task", "synthetic_word_sorting", "--method", "solution_opt", "--seeds", "0,1,2", "--steps", "2",
         "--limit", str(n), "--max-tokens", "96", "--optimizer-max-tokens", "96", "--out", str(out),
     ]
     args = cli.build_parser().parse_args(argv)
     first = run_eval(args, engine=vllm_engine)
     results, trajs = read_run(out)
     check_results(results, method="solution_opt", n=n, seeds=[0, 1, 2], calls=7)
+    steps = 2
+    assert llm_calls == [3 * n] * (1 + 3 * steps)  # 1 + 3T LLM.generate calls, every item in each
     usage = results["engine_usage"]
     assert usage["errors"] == 0 and usage["requests"] == 3 * n * 7  # every item in every phase
     accepted = sum(e is None for t in trajs for e in t["update_errors"])
@@ -185,6 +198,7 @@ def test_eval_solution_opt_on_vllm_bundled(vllm_engine, tmp_path: Path) -> None:
     assert all(t["answers"][0].startswith("Let's break this down step by step. First, ") for t in trajs)
 
     second = run_eval(args, engine=vllm_engine)
+    assert len(llm_calls) == 1 + 3 * steps  # the cached rerun never reached vLLM
     assert second["engine_usage"]["calls"] == 0 and second["engine_usage"]["cache_hits"] > 0
     assert second["test_accuracy"] == first["test_accuracy"] and read_run(out)[1] == trajs
 

@@ -35,6 +35,10 @@ METHODS = ["zero_shot_cot", "solution_opt", "learned_loss", "reptile"]
 
 
 def grid_file(tmp_path: Path, name: str, *, engine: str = "scripted:good=2", tasks=None, methods=METHODS) -> Path:
+    # One protocol for the grid (train-only fields included): a --protocol file under args.all.
+    protocol = tmp_path / "protocol.json"
+    protocol.write_text(json.dumps({"steps": 1, "limit": 3, "max_tokens": 64, "optimizer_max_tokens": 64,
+                                    "meta_max_tokens": 64, "outer_steps": 2, "minibatch": 2}))
     raw = {
         "name": name,
         "runs_root": str(tmp_path / "runs"),
@@ -42,11 +46,7 @@ def grid_file(tmp_path: Path, name: str, *, engine: str = "scripted:good=2", tas
         "methods": methods,
         "engines": [engine],
         "seeds": [0, 1],
-        "args": {
-            "all": ["--limit", "3", "--max-tokens", "64", "--optimizer-max-tokens", "64"],
-            "eval": ["--steps", "1"],
-            "train": ["--outer-steps", "2", "--minibatch", "2", "--steps", "1", "--meta-max-tokens", "64"],
-        },
+        "args": {"all": ["--protocol", str(protocol)]},
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))

@@ -70,9 +70,9 @@ class Script:
         if sys == P.BACKWARD_SYSTEM_PROMPT:
             return f"grad[{variable_of(req)}]"
         q = re.search(r"QID-\d+", user).group(0)
-        if sys is not None and sys.startswith("LOSS") or sys == INITIAL_LOSS_PROMPT:
-            answer = user.split("**Answer:**\n", 1)[1]
-            return f"eval[{sys[:6]}|{answer}]"
+        if sys == P.LOSS_SYSTEM_PROMPT:
+            loss_prompt, answer = user.split("\nQuestion: ", 1)[0], user.split("\nAnswer by the language model: ", 1)[1]
+            return f"eval[{loss_prompt[:6]}|{answer}]"
         return f"{q} s{req.sampling.seed} v0\nAnswer: {self.words(q, 0)}"
 
 
@@ -183,10 +183,11 @@ def test_two_loss_prompts_and_templates_in_one_batch() -> None:
         tag = tr.item.loss_prompt[:6]
         assert all(e.startswith(f"eval[{tag}|") for e in tr.evaluations)
     loss_batch = engine.batches[1]
-    assert {system_of(r) for r in loss_batch} == {"LOSS-A judge it", "LOSS-B judge it"}
+    assert {system_of(r) for r in loss_batch} == {P.LOSS_SYSTEM_PROMPT}
+    heads = [r.messages[-1].content.split("\nQuestion: ")[0] for r in loss_batch]
+    assert set(heads) == {"LOSS-A judge it", "LOSS-B judge it"}
     # prefix-cache order: requests with the same loss prompt sit together
-    systems = [system_of(r) for r in loss_batch]
-    assert systems == sorted(systems)
+    assert heads == sorted(heads)
 
 
 def test_zero_shot_cot_is_one_call() -> None:

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from engines.errors import UserError
-from meta_fakes import META_FEEDBACK, ScriptedMetaEngine, is_meta_eval, meta_tgd_target
+from meta_fakes import META_FEEDBACK, ScriptedMetaEngine, is_meta_eval, meta_config, meta_tgd_target
 from mtg_local.inner_loop import DEFAULT_TEMPLATE
+
 from mtg_local.meta import MetaConfig, run_train
 from mtg_local.meta.outer_loop import OuterLoop, sample_minibatch
 from mtg_local.prompts import meta_prompts as P
@@ -20,11 +21,12 @@ META_CALLS = {"learned_loss": 2, "maml": 1, "reptile": 2, "joint": 2}
 
 
 def config(tmp_path, method, **kw) -> MetaConfig:
+    # The scripted engine is written for last-iterate answers with format keeping.
     base = dict(out=str(tmp_path / method), method=method, engine="scripted", seeds=SEEDS, outer_steps=2,
                 minibatch=M, steps=T, limit=N, max_tokens=64, optimizer_max_tokens=64, meta_max_tokens=64,
-                no_cache=True, progress=False)
+                no_cache=True, progress=False, answer_selection="last", keep_answer_format=True)
     base.update(kw)
-    return MetaConfig(**base)
+    return meta_config(**base)
 
 
 @pytest.fixture
@@ -127,6 +129,11 @@ def test_joint_validates_three_candidates_in_one_inner_loop(tmp_path, calls_at_c
     assert step(2) == [("loss_prompt", 0.0, False), ("template", 1.0, True), ("both", 1.0, False)]
     assert res["learned"]["template"].strip().endswith("[v2] GOOD")
     assert res["learned"]["loss_prompt"] == INITIAL_LOSS_PROMPT
+    # truncation is recorded for the test phase, every minibatch and every candidate's validation
+    zero = {"forward": 0, "loss": 0, "backward": 0, "update": 0, "total": 0}
+    assert res["truncated"] == zero
+    assert all(h["truncated"] == zero for h in res["history"] if h["step"] > 0)
+    assert all(h["val_truncated"] == zero for h in res["history"] if h["step"] > 0)
 
 
 def test_skipped_step_when_no_wrong_answers(tmp_path, calls_at_checkpoints):
@@ -162,5 +169,5 @@ def test_occupied_run_dir_and_bad_config(tmp_path):
         run_train(config(tmp_path, "maml", outer_steps=1), engine=ScriptedMetaEngine(), resume=True)
     with pytest.raises(UserError, match="method"):
         config(tmp_path, "sgd")
-    with pytest.raises(UserError, match="seeds"):
+    with pytest.raises(ValueError, match="seeds"):  # a bad Protocol; the CLI turns it into a UserError
         config(tmp_path, "maml", seeds=())

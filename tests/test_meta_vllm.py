@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from mtg_local.meta import METHODS, MetaConfig, run_train
+from meta_fakes import meta_config
+from mtg_local.meta import METHODS, run_train
 
 RUN_FILES = ("config.json", "events.jsonl", "checkpoint.json", "cache.sqlite", "results.json", "trajectories.jsonl")
 
@@ -15,7 +16,7 @@ RUN_FILES = ("config.json", "events.jsonl", "checkpoint.json", "cache.sqlite", "
 @pytest.mark.parametrize("method", METHODS)
 def test_two_outer_steps_on_bundled_model(vllm_engine, tmp_path, method):  # noqa: ANN001
     out = tmp_path / method
-    cfg = MetaConfig(out=str(out), method=method, engine="vllm:bundled", seeds=(0,), outer_steps=2, minibatch=2,
+    cfg = meta_config(out=str(out), method=method, engine="vllm:bundled", seeds=(0,), outer_steps=2, minibatch=2,
                      steps=1, limit=3, max_tokens=48, optimizer_max_tokens=48, meta_max_tokens=64, progress=False)
     res = run_train(cfg, engine=vllm_engine)
 
@@ -33,7 +34,22 @@ def test_two_outer_steps_on_bundled_model(vllm_engine, tmp_path, method):  # noq
     assert steps[0] == 0 and {1, 2} <= set(steps)
     for h in res["history"]:
         assert h["val_accuracy"] is None or 0.0 <= h["val_accuracy"] <= 1.0
-        assert h["accepted"] in (True, False)
+    # The revert rule on every step: a candidate is kept iff it beats the best so far (for joint,
+    # only the step's best candidate can be kept); skipped steps keep nothing.
+    best = res["history"][0]["val_accuracy"]
+    for step in sorted({h["step"] for h in res["history"]} - {0}):
+        hs = [h for h in res["history"] if h["step"] == step]
+        vals = [h["val_accuracy"] for h in hs if h["val_accuracy"] is not None]
+        assert all(h["best_val_before"] == best for h in hs)
+        if not vals:
+            assert [h["accepted"] for h in hs] == [False]
+            continue
+        winner = max(range(len(hs)), key=lambda i: (hs[i]["val_accuracy"], -i))
+        for i, h in enumerate(hs):
+            assert h["accepted"] == (i == winner and h["val_accuracy"] > h["best_val_before"]), (step, h["label"])
+        if hs[winner]["accepted"]:
+            best = hs[winner]["val_accuracy"]
+    assert res["best_val_accuracy"] == best
     ckpt = json.loads((out / "checkpoint.json").read_text())
     assert ckpt["completed_step"] == 2 and ckpt["test"]["accuracy"] == res["test_accuracy"]
     # at most: 5 inner loops (step 0 + minibatch 1, minibatch 2, 2 validations, test) of 1 + 3T calls,

@@ -158,3 +158,51 @@ def test_write_report_without_plots(runs_tree: Path, tmp_path: Path):
     col, files = write_report([runs_tree / "ws" / "zs"], tmp_path / "r", plots=False)
     assert [f.name for f in files] == ["report.md", "results.csv", "problems.csv"]
     assert json.loads(json.dumps(len(col.runs))) == 3
+
+
+# -- protocol tables and dataset identity (issue 13), from real mtg eval runs on the fake engine --
+def _eval(out: Path, *extra: str) -> None:
+    assert main(["eval", "--engine", "fake", "--limit", "2", "--seeds", "0,1", "--steps", "1", "--no-progress",
+                 "--out", str(out), *extra]) == 0
+
+
+def test_report_separates_datasets_and_protocols(tmp_path: Path):
+    fixture = Path(__file__).parent / "fixtures" / "tasks_bbh_word_sorting.jsonl"
+    other = tmp_path / "other_bbh.jsonl"
+    other.write_text(fixture.read_text())
+    root = tmp_path / "runs"
+    _eval(root / "synthetic/zs", "--task", "synthetic_word_sorting", "--method", "zero_shot_cot")  # generated data
+    _eval(root / "bbh/zs", "--task", "bbh_word_sorting", "--data-file", str(fixture), "--method", "zero_shot_cot")
+    _eval(root / "bbh/so", "--task", "word_sorting", "--data-file", str(fixture))  # alias: same column
+    _eval(root / "bbh2/zs", "--task", "word_sorting", "--data-file", str(other), "--method", "zero_shot_cot")
+    _eval(root / "bbh/so-T2", "--task", "word_sorting", "--data-file", str(fixture), "--steps", "2")  # other protocol
+    col = collect([root])
+    assert len(col.runs) == 5
+    by_dir = {r.path.relative_to(root.resolve()).as_posix(): r for r in col.runs}
+    assert by_dir["synthetic/zs"].task == "synthetic_word_sorting"
+    assert by_dir["bbh/zs"].task == by_dir["bbh/so"].task == "word_sorting [tasks_bbh_word_sorting]"
+    assert by_dir["bbh2/zs"].task == "word_sorting [other_bbh]"
+    main_hash = by_dir["bbh/zs"].protocol_hash
+    assert len(main_hash) == 12
+    assert {r.protocol_hash for r in col.runs} == {main_hash, by_dir["bbh/so-T2"].protocol_hash}
+    # The run with another protocol is listed with the differing field, and gets its own table.
+    (p,) = [p for p in col.problems if p.kind == "other_protocol"]
+    assert p.path == by_dir["bbh/so-T2"].path and "steps: 1 -> 2" in p.detail
+    md = markdown_report(col)
+    main_part, other_part = md.split(f"# Protocol `{by_dir['bbh/so-T2'].protocol_hash}`")
+    assert f"# Protocol `{main_hash}` (main table)" in main_part
+    header = next(line for line in main_part.splitlines() if line.startswith("| Method"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    # The paper's column sits beside each BBH dataset column, never beside the synthetic one.
+    assert "synthetic_word_sorting" in cols and not [c for c in cols if c.startswith("synthetic_word_sorting:")]
+    assert sum(PAPER_LABEL in c for c in cols) == 2
+    assert cols.count(f"Word Sorting [tasks_bbh_word_sorting]: {PAPER_LABEL}") == 1
+    assert cols.count(f"Word Sorting [other_bbh]: {PAPER_LABEL}") == 1
+    # solution_opt of the main protocol has exactly one cell (its own run), not merged with T=2.
+    cells = merge_cells([r for r in col.runs if r.protocol_hash == main_hash])
+    so = [c for (e, t, m), c in cells.items() if m == "solution_opt"]
+    assert len(so) == 1 and [r.path for r in so[0].runs] == [by_dir["bbh/so"].path]
+    rows = list(csv.DictReader(io.StringIO(cells_csv(col))))
+    assert {r["protocol_hash"] for r in rows} == {main_hash, by_dir["bbh/so-T2"].protocol_hash}
+    synth = [r for r in rows if r["task"] == "synthetic_word_sorting"]
+    assert len(synth) == 1 and synth[0]["paper_gpt4omini_pct"] == "" and synth[0]["dataset"].startswith("synthetic:")

@@ -118,8 +118,8 @@ def _log(path: Path) -> str:
 @needs_slurm
 def test_array_grid_two_tasks_two_methods_then_report(cluster, tmp_path):
     mmlu = FIXTURES / "tasks_mmlu_machine_learning.jsonl"
-    tasks = ["word_sorting", {"name": "mmlu_machine_learning", "data_file": str(mmlu)}] if mmlu.exists() \
-        else ["word_sorting", {"name": "word_sorting", "label": "ws2", "args": ["--data-file", "x"]}]
+    tasks = ["synthetic_word_sorting", {"name": "mmlu_machine_learning", "data_file": str(mmlu)}] if mmlu.exists() \
+        else ["synthetic_word_sorting", {"name": "word_sorting", "label": "ws2", "args": ["--data-file", "x"]}]
     engines = ["fake"]
     grid = {
         "name": "tiny", "runs_root": str(tmp_path / "runs"), "tasks": tasks,
@@ -160,7 +160,7 @@ def test_array_task_on_bundled_vllm(cluster, tmp_path):
     if importlib.util.find_spec("engines.vllm_engine") is None or importlib.util.find_spec("vllm") is None:
         pytest.skip("the vLLM engine (engines/vllm_engine.py) or the vllm package is not installed")
     grid = {
-        "name": "bundled", "runs_root": str(tmp_path / "runs"), "tasks": ["word_sorting"],
+        "name": "bundled", "runs_root": str(tmp_path / "runs"), "tasks": ["synthetic_word_sorting"],
         "methods": ["zero_shot_cot"], "engines": ["vllm:bundled"], "seeds": [0],
         "engine_opts": ["gpu_memory_utilization=0.4"],
         "args": {"all": ["--limit", "2", "--no-progress", "--max-tokens", "32"]},
@@ -182,13 +182,13 @@ def test_array_task_on_bundled_vllm(cluster, tmp_path):
 @needs_slurm
 def test_preempted_train_job_requeues_resumes_and_matches_uninterrupted(cluster, tmp_path):
     args = "--outer-steps 40 --limit 20 --no-progress"
-    common = ["--task", "word_sorting", "--method", "maml", "--engine", "fake", "--seeds", "0,1,2,3"]
+    common = ["--task", "synthetic_word_sorting", "--method", "maml", "--engine", "fake", "--seeds", "0,1,2,3"]
     ref = tmp_path / "ref"
     sh([MTG, "train", *common, *args.split(), "--out", str(ref)], cluster, timeout=300)
 
     run = tmp_path / "preempted"
     log = tmp_path / "job.out"
-    exports = (f"ALL,MTG_CHECKOUT={REPO},MTG_ENGINE=fake,MTG_TP=1,MTG_TASK=word_sorting,MTG_METHOD=maml,"
+    exports = (f"ALL,MTG_CHECKOUT={REPO},MTG_ENGINE=fake,MTG_TP=1,MTG_TASK=synthetic_word_sorting,MTG_METHOD=maml,"
                f"MTG_SEEDS=0-3,MTG_ARGS={args},MTG_RUN_DIR={run}")
     job = sbatch([f"--output={log}", "--gres=gpu:1", "--cpus-per-task=1", "--mem=1G", f"--export={exports}",
                   str(REPO / "slurm" / "mtg_gpu.sbatch")], cluster)
@@ -286,7 +286,8 @@ def test_grid_expansion_and_dry_run_command(tmp_path, monkeypatch):
     assert first.command == "eval" and first.run_dir == tmp_path / "paper-7b/word_sorting/zero_shot_cot/vllm_Qwen_Qwen2.5-7B-Instruct"
     assert "--seeds" in first.argv and first.argv[first.argv.index("--seeds") + 1] == "0,1,2,3,4,5"
     ll = next(r for r in runs if r.method == "learned_loss")
-    assert ll.command == "train" and "--outer-steps" in ll.argv and "--steps" not in ll.argv
+    # one protocol for the whole grid: no per-method protocol flags (docs/protocol.md)
+    assert ll.command == "train" and "--outer-steps" not in ll.argv and "--steps" not in ll.argv
     (job,) = plan(grid)
     assert "--array=0-35%8" in job.sbatch and "--gres=gpu:1" in job.sbatch and "--partition=gpu" in job.sbatch
 

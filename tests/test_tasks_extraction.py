@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from mtg_local.tasks.answer_parsing import extract_choice_letter, extract_sorted_words
+from mtg_local.tasks import get_task
+from mtg_local.tasks.answer_parsing import (
+    extract_choice_letter,
+    extract_sorted_words,
+    reference_choice_letter,
+    reference_sorted_words,
+)
 from mtg_local.tasks.base import Example
 from mtg_local.tasks.multiple_choice import MC_FORMAT_INSTRUCTION, MultipleChoiceTask
 from mtg_local.tasks.word_sorting import WordSortingTask, make_question
@@ -61,16 +67,60 @@ class _MC(MultipleChoiceTask):
         raise NotImplementedError
 
 
-def test_multiple_choice_task_scores_letters():
+def test_multiple_choice_task_scores_letters_lenient():
     from mtg_local.tasks.loading import DataSource
 
     task = _MC(DataSource("x/y", None, ("train",)))
+    task.scoring = "lenient"
     ex = Example(id="t-0", question="Q", answer="D", choices=CHOICES)
     assert task.format_instruction == MC_FORMAT_INSTRUCTION
     assert task.score("Thinking...\n**Answer: D**", ex) == 1.0
     assert task.score("Answer: false, true", ex) == 1.0
     assert task.score("Answer: B", ex) == 0.0
     assert task.score("no idea", ex) == 0.0
+
+
+REFERENCE_LETTER_CASES = [
+    ("Answer: B ... is the answer C?", "B"),  # first match wins (lenient: C)
+    ("Reasoning...\nAnswer: D", "D"),
+    ("ANSWER : c", "c"),  # kept as written: TextGrad compares it to "C" and scores 0
+    ("**Answer: (B)**", None),  # the pattern allows no bracket
+    ("Answer: Decision trees", "D"),  # TextGrad's pattern reads the D of "Decision"
+    ("The answer is C", None),  # no colon
+    ("answer:A then Answer: B", "A"),
+    ("", None),
+]
+
+
+@pytest.mark.parametrize("response, expected", REFERENCE_LETTER_CASES)
+def test_reference_choice_letter_is_textgrads_first_match(response, expected):
+    assert reference_choice_letter(response) == expected
+
+
+def test_multiple_choice_task_reference_scoring_is_the_default():
+    from mtg_local.tasks.loading import DataSource
+
+    task = _MC(DataSource("x/y", None, ("train",)))
+    ex = Example(id="t-0", question="Q", answer="B", choices=CHOICES)
+    assert task.scoring == "reference"
+    assert task.extract_answer("Answer: B ... is the answer C?", ex) == "B"
+    assert task.score("Answer: B ... is the answer C?", ex) == 1.0
+    assert task.score("answer: b", ex) == 0.0  # as in TextGrad's eval_string_based
+    task.scoring = "lenient"
+    assert task.extract_answer("Answer: B ... is the answer C?", ex) == "C"
+
+
+def test_scoring_is_recorded_in_describe(tmp_path):
+    import json
+
+    rows = [
+        {"question": f"q{i}", "choices": ["w", "x", "y", "z"], "answer": i % 4, "subject": "machine_learning"}
+        for i in range(8)
+    ]
+    path = tmp_path / "mmlu.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    assert get_task("mmlu_machine_learning", data_file=path).describe()["scoring"] == "reference"
+    assert get_task("mmlu_machine_learning", data_file=path, scoring="lenient").describe()["scoring"] == "lenient"
 
 
 WORDS = ["oven", "costume", "counterpart", "o'clock", "x-ray"]
@@ -115,8 +165,34 @@ def test_and_is_kept_when_it_is_one_of_the_words():
     assert extract_sorted_words("Answer: band, cat, and dog", ["cat", "band", "dog"]) == "band cat dog"
 
 
-def test_word_sorting_task_scores_against_normalised_ground_truth():
+REFERENCE_WORD_CASES = [
+    ("Answer: costume counterpart o'clock oven x-ray", SORTED),
+    ("Answer: Costume, counterpart, o'clock, oven, x-ray.", SORTED),  # same words, same order
+    ("Answer: oven costume\nHmm, wrong. Answer: costume counterpart o'clock oven x-ray", "oven costume"),  # first
+    ("Answer:\n1. costume\n2. counterpart", None),  # nothing on the answer line
+    ("**Answer:** costume counterpart o'clock oven x-ray", SORTED),  # markup is not a word
+    ("The answer is: costume counterpart o'clock oven x-ray", None),  # no colon right after "answer"
+    ("costume counterpart o'clock oven x-ray", None),
+]
+
+
+@pytest.mark.parametrize("response, expected", REFERENCE_WORD_CASES)
+def test_reference_sorted_words(response, expected):
+    assert reference_sorted_words(response) == expected
+
+
+def test_word_sorting_task_reference_scoring():
     task = WordSortingTask.builtin(seed=0)
+    ex = Example(id="t-0", question=make_question(WORDS), answer=SORTED)
+    assert task.scoring == "reference"
+    assert task.score("Sorting...\nAnswer: Costume, counterpart, o'clock, oven, x-ray.", ex) == 1.0
+    assert task.score("Answer:\n1. costume\n2. counterpart\n3. o'clock\n4. oven\n5. x-ray", ex) == 0.0
+    assert task.score("Answer: oven\nAnswer: costume counterpart o'clock oven x-ray", ex) == 0.0
+
+
+def test_word_sorting_task_scores_against_normalised_ground_truth_lenient():
+    task = WordSortingTask.builtin(seed=0)
+    task.scoring = "lenient"
     ex = Example(id="t-0", question=make_question(WORDS), answer=SORTED)
     assert task.score("Sorting...\n**Answer:** Costume, counterpart, o'clock, oven, x-ray.", ex) == 1.0
     assert task.score("Answer:\n1. costume\n2. counterpart\n3. o'clock\n4. oven\n5. x-ray", ex) == 1.0

@@ -43,8 +43,10 @@ def ids_and_questions(s: Splits) -> list[tuple[str, str]]:
 
 
 def test_task_names_and_prompts():
-    assert task_names() == ["word_sorting", "bbh_word_sorting", "mmlu_machine_learning", "gpqa_diamond"]
-    ws = get_task("word_sorting")
+    assert task_names() == [
+        "word_sorting", "bbh_word_sorting", "mmlu_machine_learning", "gpqa_diamond", "synthetic_word_sorting"
+    ]
+    ws = get_task("synthetic_word_sorting")
     mmlu = get_task("mmlu_machine_learning", data_file=MMLU)
     gpqa = get_task("gpqa_diamond", data_file=GPQA)
     assert ws.initial_loss_prompt.startswith("Below is a word sorting problem and an answer.")
@@ -62,8 +64,12 @@ def test_task_names_and_prompts():
     [
         ({"name": "nope"}, "unknown task 'nope'"),
         ({"name": "mmlu_machine_learning", "source": "builtin"}, "has no built-in data"),
+        ({"name": "word_sorting", "source": "builtin"}, "is 'synthetic_word_sorting'"),
+        ({"name": "synthetic_word_sorting", "source": "hub"}, "use 'word_sorting' for BBH"),
+        ({"name": "synthetic_word_sorting", "data_file": "x.json"}, "reads no data"),
         ({"name": "word_sorting", "source": "web"}, "source must be one of"),
-        ({"name": "word_sorting", "seed": "1"}, "seed must be an int"),
+        ({"name": "word_sorting", "scoring": "loose"}, "scoring must be one of reference, lenient"),
+        ({"name": "synthetic_word_sorting", "seed": "1"}, "seed must be an int"),
         ({"name": "gpqa_diamond", "data_file": "x.txt"}, "unsupported format '.txt'"),
     ],
 )
@@ -72,14 +78,27 @@ def test_get_task_rejects_bad_arguments(kwargs, needle):
         get_task(kwargs.pop("name"), **kwargs)
 
 
-def test_builtin_word_sorting_is_offline_default_and_deterministic():
-    a, b, c = get_task("word_sorting"), get_task("word_sorting", seed=0), get_task("word_sorting", seed=1)
+def test_synthetic_word_sorting_is_offline_and_deterministic():
+    a = get_task("synthetic_word_sorting")
+    b, c = get_task("synthetic_word_sorting", seed=0), get_task("synthetic_word_sorting", seed=1)
     assert sizes(a.splits()) == (50, 100, 100)
     assert ids_and_questions(a.splits()) == ids_and_questions(b.splits())
     assert [e.question for e in a.splits().test] != [e.question for e in c.splits().test]
+    assert a.name == a.describe()["name"] == "synthetic_word_sorting"
     assert a.describe()["source"] == "builtin(seed=0)"
+    assert a.describe()["scoring"] == "reference"
+    assert a.initial_loss_prompt.startswith("Below is a word sorting problem and an answer.")
     ex = a.splits().train[0]
     assert ex.answer == " ".join(sorted(ex.question.split("List: ")[1].split()))
+
+
+def test_word_sorting_is_bbh_and_the_old_name_is_an_alias():
+    """``word_sorting`` loads BBH (Hub or file), never the generated set; the alias resolves to it."""
+    ws, alias = get_task("word_sorting"), get_task("bbh_word_sorting")
+    assert isinstance(ws, WordSortingTask) and ws.data is not None and ws.source == "hub"
+    assert alias.name == ws.name == "word_sorting" and alias.source == "hub"
+    from_file = get_task("bbh_word_sorting", data_file=BBH, scoring="lenient")
+    assert from_file.name == "word_sorting" and from_file.describe()["scoring"] == "lenient"
 
 
 def test_missing_data_file_names_the_path(tmp_path):

@@ -8,9 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from tests.conftest import require
+
 # The adapter module first: it sets the offline defaults before it imports textgrad
 # (skips the file where textgrad is not installed).
-pytest.importorskip("engines.adapters.textgrad_engine")
+require("engines.adapters.textgrad_engine")  # fails under CI=true when missing
 
 from engines.adapters.textgrad_engine import TextGradEngine  # noqa: E402
 

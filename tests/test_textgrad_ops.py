@@ -88,7 +88,7 @@ def test_forward_prefixes_template_and_keeps_slots() -> None:
 
 
 def test_loss_with_two_loss_prompts_in_one_call() -> None:
-    engine = FakeEngine(lambda r: f"{r.messages[0].content} judged {qid(r)}", shuffle=True)
+    engine = FakeEngine(lambda r: f"{r.messages[-1].content.split(chr(10))[0]} judged {qid(r)}", shuffle=True)
     answers = [Variable(f"ans QID-{i}", "answer") for i in range(4)]
     prompts = ["LOSS-A", "LOSS-B", "LOSS-A", "LOSS-B"]
     evals = loss(engine, answers, questions=[f"q{i}" for i in range(4)], loss_prompts=prompts, samplings=S)

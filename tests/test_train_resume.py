@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from meta_fakes import ScriptedMetaEngine, register_scripted
+from meta_fakes import ScriptedMetaEngine, meta_config, register_scripted
 from mtg_local.commands import train as train_cmd
+
 from mtg_local.meta import EXIT_REQUEUE, MetaConfig, Preempted, StopFlag, run_train
 
 TESTS_DIR = Path(__file__).parent
@@ -25,11 +26,12 @@ COMPARED = ("learned", "artifacts", "test_accuracy", "history", "initial_val_acc
 
 
 def cfg(out: Path, **kw) -> MetaConfig:
+    # The scripted engine is written for last-iterate answers with format keeping.
     base = dict(out=str(out), method="learned_loss", engine="scripted:good=2", seeds=(0, 1), outer_steps=2,
                 minibatch=2, steps=1, limit=3, max_tokens=64, optimizer_max_tokens=64, meta_max_tokens=64,
-                progress=False)
+                progress=False, answer_selection="last", keep_answer_format=True)
     base.update(kw)
-    return MetaConfig(**base)
+    return meta_config(**base)
 
 
 def events(run_dir: Path) -> list[dict]:
@@ -49,8 +51,9 @@ def test_stop_flag_abandons_step_then_resume_matches(tmp_path):
         run_train(cfg(tmp_path / "cut"), engine=engine, stop=stop)
     ckpt = json.loads((tmp_path / "cut" / "checkpoint.json").read_text())
     assert ckpt["completed_step"] == 1 and ckpt["test"] is None  # step 2 abandoned
-    assert not (tmp_path / "cut" / "results.json").exists()
-    assert events(tmp_path / "cut")[-1]["event"] == "preempted"
+    status = json.loads((tmp_path / "cut" / "results.json").read_text())
+    assert status["status"] == "interrupted" and f"mtg train --resume {tmp_path / 'cut'}" in status["message"]
+    assert [e["event"] for e in events(tmp_path / "cut")][-2:] == ["preempted", "interrupted"]
 
     fresh = ScriptedMetaEngine({(2, "loss_prompt")})
     resumed = run_train(cfg(tmp_path / "cut"), engine=fresh, resume=True)
@@ -70,7 +73,7 @@ def test_sigusr1_exits_with_requeue_code(tmp_path):
     out = tmp_path / "run"
     args = parser.parse_args(["train", "--engine", "scripted:good=2", "--seeds", "0,1", "--outer-steps", "2",
                               "--minibatch", "2", "--limit", "3", "--steps", "1", "--max-tokens", "64",
-                              "--out", str(out), "--no-progress"])
+                              "--answer-selection", "last", "--keep-format", "--out", str(out), "--no-progress"])
     # the signal arrives while step 1's meta step runs: that step is abandoned
     import meta_fakes
 
@@ -116,13 +119,16 @@ def mtg_train(launcher: Path, *argv: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.parametrize("kill_after_step", [0, 1])
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path, kill_after_step):
+# (accepted step, outer steps, kill after step): (1, 3, ...) is "resume where the best is not
+# the initial": step 1 is accepted, steps 2-3 are rejected and must start from step 1's artifacts.
+@pytest.mark.parametrize("good, outer_steps, kill_after_step", [(2, 2, 0), (2, 2, 1), (1, 3, 1), (1, 3, 2)],
+                         ids=["best2-kill0", "best2-kill1", "best1-kill1", "best1-kill2"])
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, good, outer_steps, kill_after_step):
     launcher = tmp_path / "launch.py"
     launcher.write_text(LAUNCHER.format(tests=str(TESTS_DIR)))
-    common = ["--engine", "scripted:good=2;delay=0.15", "--seeds", "0,1", "--outer-steps", "2", "--minibatch", "2",
-              "--limit", "3", "--steps", "1", "--max-tokens", "64", "--optimizer-max-tokens", "64",
-              "--meta-max-tokens", "64", "--no-progress"]
+    common = ["--engine", f"scripted:good={good};delay=0.15", "--seeds", "0,1", "--outer-steps", str(outer_steps),
+              "--minibatch", "2", "--limit", "3", "--steps", "1", "--max-tokens", "64", "--optimizer-max-tokens", "64",
+              "--meta-max-tokens", "64", "--answer-selection", "last", "--keep-format", "--no-progress"]
     full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
     full = mtg_train(launcher, *common, "--out", str(full_dir))
     cut = mtg_train(launcher, *common, "--out", str(cut_dir))
@@ -149,7 +155,11 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, kill_after_step):
     b = json.loads((cut_dir / "results.json").read_text())
     assert compared(a) == compared(b)
     assert (full_dir / "learned_loss_prompt.txt").read_text() == (cut_dir / "learned_loss_prompt.txt").read_text()
-    assert a["best_step"] == 2 and a["test_accuracy"]["mean"] == 1.0
+    assert a["best_step"] == good and a["test_accuracy"]["mean"] == 1.0
+    if good <= state["completed_step"]:  # the checkpoint's best is a learned one, not the initial
+        assert state["best_step"] == good and state["best"] != a["history"][0]["candidate"]
+    assert [h["accepted"] for h in b["history"]] == [h["accepted"] for h in a["history"]]
+    assert b["artifacts"] == a["artifacts"] and b["artifacts"]["loss_prompt"].endswith(f"[v{good}] GOOD")
     # nothing finished before the checkpoint is generated again
     calls_at = {e["completed_step"]: e["session_backend_calls"] for e in events(full_dir) if e["event"] == "checkpoint"
                 and not e["tested"]}
@@ -158,3 +168,79 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, kill_after_step):
     assert b["engine_usage"]["cache_hits"] > 0
     print(f"\nkilled after step {state['completed_step']}: resumed run made {b['engine_usage']['calls']} backend "
           f"calls ({b['engine_usage']['cache_hits']} cached requests) vs {a['engine_usage']['calls']} uninterrupted")
+
+
+def cache_rows(path: Path) -> int:
+    """Rows of a run's generation cache (0 before the table exists)."""
+    import sqlite3
+
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+            return db.execute("SELECT COUNT(*) FROM generations").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def kill_mid_step(proc: subprocess.Popen, run_dir: Path, *, min_step: int = 0, timeout: float = 120) -> dict:
+    """SIGKILLs ``proc`` once its cache holds rows written after its last checkpoint.
+
+    Returns:
+        {"step": completed step of the checkpoint, "rows_at_checkpoint": rows seen when that
+        checkpoint was first seen (>= the rows it covers), "rows": rows after the kill}.
+    """
+    ckpt, cache = run_dir / "checkpoint.json", run_dir / "cache.sqlite"
+    seen: tuple[int, int] | None = None  # (checkpoint step, rows when first seen)
+    deadline = time.time() + timeout
+    while True:
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        step = json.loads(ckpt.read_text())["completed_step"] if ckpt.exists() else None
+        rows = cache_rows(cache)
+        if step is not None and step >= min_step:
+            if seen is None or seen[0] != step:
+                seen = (step, rows)
+            elif rows > seen[1]:
+                proc.kill()
+                proc.wait()
+                after = json.loads(ckpt.read_text())["completed_step"]
+                assert after == step, "a checkpoint was written just before the kill: not mid-step"
+                return {"step": step, "rows_at_checkpoint": seen[1], "rows": cache_rows(cache)}
+        time.sleep(0.005)
+
+
+def generated(usage: dict) -> int:
+    """Requests a session sent to the backend (not served from the cache)."""
+    return usage["requests"] - usage["cache_hits"]
+
+
+def test_sigkill_mid_step_resume_serves_the_rows_from_the_cache(tmp_path):
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(LAUNCHER.format(tests=str(TESTS_DIR)))
+    common = ["--engine", "scripted:good=1;delay=0.2", "--seeds", "0,1", "--outer-steps", "2", "--minibatch", "2",
+              "--limit", "3", "--steps", "2", "--max-tokens", "64", "--optimizer-max-tokens", "64",
+              "--meta-max-tokens", "64", "--no-progress"]
+    full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+    full = mtg_train(launcher, *common, "--out", str(full_dir))
+    cut = mtg_train(launcher, *common, "--out", str(cut_dir))
+    kill = kill_mid_step(cut, cut_dir, min_step=1)  # inside step 2 (its minibatch inner loop)
+    assert cut.returncode == -signal.SIGKILL
+    assert kill["rows"] > kill["rows_at_checkpoint"]
+
+    resumed = mtg_train(launcher, "--resume", str(cut_dir), "--no-progress")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    _, err = full.communicate(timeout=300)
+    assert full.returncode == 0, err
+    a = json.loads((full_dir / "results.json").read_text())
+    b = json.loads((cut_dir / "results.json").read_text())
+    assert compared(a) == compared(b)
+    # Every request is generated exactly once over both sessions: the killed session's
+    # generations are the cache rows (failed results are not cached; none fail here).
+    assert kill["rows"] + generated(b["engine_usage"]) == generated(a["engine_usage"])
+    # The rows written after the checkpoint (the killed step's finished calls) come back as hits.
+    assert b["engine_usage"]["cache_hits"] >= kill["rows"] - kill["rows_at_checkpoint"] > 0
+    print(f"\nscripted SIGKILL in step {kill['step'] + 1}: generated before the kill {kill['rows']} "
+          f"({kill['rows'] - kill['rows_at_checkpoint']}+ after the checkpoint), served from the cache after "
+          f"{b['engine_usage']['cache_hits']}, generated after {generated(b['engine_usage'])}; total "
+          f"{kill['rows'] + generated(b['engine_usage'])} vs uninterrupted {generated(a['engine_usage'])}")

@@ -16,7 +16,7 @@ import pytest
 from engines.base import GenRequest, SamplingConfig
 from engines.shared import EngineView
 from mtg_local.commands.eval import EvalConfig, run_eval
-from mtg_local.inner_loop import InnerLoopConfig
+from mtg_local.protocol import DEFAULT_PROTOCOL
 from mtg_local.tasks import task_names
 
 pytestmark = pytest.mark.vllm
@@ -37,12 +37,14 @@ def async_engine(bundled_model_path: Path):
 def configs(root: Path) -> dict[str, EvalConfig]:
     # A: one long seeded-sampling phase; B: solution optimization, four short greedy phases.
     return {
-        "A": EvalConfig(out=str(root / "A"), task=TASK, method="zero_shot_cot", engine="vllm:bundled", seeds=(0, 1),
-                        limit=3, no_cache=True, progress=False,
-                        inner=InnerLoopConfig(steps=1, temperature=0.7, max_tokens=64)),
-        "B": EvalConfig(out=str(root / "B"), task=TASK, method="solution_opt", engine="vllm:bundled", seeds=(0,),
-                        limit=1, no_cache=True, progress=False,
-                        inner=InnerLoopConfig(steps=1, temperature=0.0, max_tokens=24, optimizer_max_tokens=24)),
+        "A": EvalConfig(out=str(root / "A"), task=TASK, method="zero_shot_cot", engine="vllm:bundled",
+                        no_cache=True, progress=False,
+                        protocol=DEFAULT_PROTOCOL.replace(seeds=(0, 1), limit=3, steps=1, temperature=0.7,
+                                                          max_tokens=64)),
+        "B": EvalConfig(out=str(root / "B"), task=TASK, method="solution_opt", engine="vllm:bundled",
+                        no_cache=True, progress=False,
+                        protocol=DEFAULT_PROTOCOL.replace(seeds=(0,), limit=1, steps=1, temperature=0.0,
+                                                          max_tokens=24, optimizer_max_tokens=24)),
     }
 
 

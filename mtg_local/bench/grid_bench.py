@@ -56,7 +56,6 @@ def add_grid_bench(bench_sub: argparse._SubParsersAction) -> None:
 
 
 def bench_grid_file(root: Path, args: argparse.Namespace) -> Path:
-    cap = str(args.max_tokens)
     raw = {
         "name": "bench-grid",
         "runs_root": str(root),
@@ -65,14 +64,14 @@ def bench_grid_file(root: Path, args: argparse.Namespace) -> Path:
         "engines": [args.engine],
         "engine_opts": list(args.engine_opt),
         "seeds": [int(s) for s in str(args.seeds).split(",") if s.strip()],
-        "args": {
-            "all": ["--limit", str(args.limit), "--max-tokens", cap, "--optimizer-max-tokens", cap],
-            "eval": ["--steps", "1"],
-            "train": ["--outer-steps", "1", "--minibatch", "2", "--steps", "1", "--meta-max-tokens", cap],
-        },
+        # One protocol for every cell (train-only fields included): a --protocol file.
+        "args": {"all": ["--protocol", str(root / "protocol.json")]},
     }
     path = root / "grid.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
+    (root / "protocol.json").write_text(json.dumps({
+        "steps": 1, "limit": args.limit, "max_tokens": args.max_tokens, "optimizer_max_tokens": args.max_tokens,
+        "meta_max_tokens": args.max_tokens, "outer_steps": 1, "minibatch": 2}))
     path.write_text(yaml.safe_dump(raw))
     return path
 

@@ -39,6 +39,7 @@ from mtg_local.bench.memory import PeakRSS
 from mtg_local.bench.replay import ReplayStats, replay_per_request, replay_raw
 from mtg_local.bench.wrappers import RecordingEngine
 from mtg_local.inner_loop import DEFAULT_TEMPLATE, InnerItem, InnerLoopConfig, solution_optimization
+from mtg_local.runs.secrets import public_engine_opts
 from mtg_local.tasks import Task, get_task, task_names
 
 
@@ -53,7 +54,7 @@ class InnerLoopBenchConfig:
         max_tokens: most new tokens per request, every phase.
         temperature: forward (initial answer) temperature; the optimizer
             phases use the inner loop's default (greedy).
-        task: task name (``word_sorting`` is offline).
+        task: task name (``synthetic_word_sorting`` is offline).
         split: "train", "val" or "test".
         per_call_sample: if set, b sends only the first K requests of each
             phase (rates comparable, walls not); None = all.
@@ -65,7 +66,7 @@ class InnerLoopBenchConfig:
     steps: int = 2
     max_tokens: int = 64
     temperature: float = 0.7
-    task: str = "word_sorting"
+    task: str = "synthetic_word_sorting"
     split: str = "test"
     per_call_sample: int | None = None
     profile_path: str | None = None
@@ -329,7 +330,7 @@ def run_inner_loop_cli(args: argparse.Namespace) -> int:
         record = run_inner_loop_bench(engine, config)
     finally:
         engine.close()
-    record["engine_opts"] = args.engine_opt
+    record["engine_opts"] = public_engine_opts(args.engine_opt)
     record["engine_start_s"] = round(start_s, 1)
     print(json.dumps(record))
     return 0

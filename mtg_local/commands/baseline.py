@@ -8,6 +8,9 @@ seed, in one engine call. Writes RUN_DIR/config.json, events.jsonl,
 results.json (schema: docs/results_schema.md; the learned instruction or
 system prompt under ``learned.system_prompt``), trajectories.jsonl and, for
 DSPy methods, dspy_program.json (DSPy's saved program state).
+SIGUSR1/SIGTERM/SIGINT (also to the whole process group) stop it at once with
+results.json status "interrupted" and exit 99 (130 for SIGINT): rerun the same
+command; finished generations come from the run's cache.
 
 Tests call ``run_baseline(config, engine=...)`` with a session engine.
 """
@@ -16,17 +19,26 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
 from typing import Any
 
 from engines import Engine
 from engines.errors import UserError
 from mtg_local.commands.common import DEFAULT_ENGINE, add_engine_args, open_run_engines
-from mtg_local.commands.eval import parse_seeds, read_text_arg
+from mtg_local.commands.eval import read_text_arg
+from mtg_local.commands.protocol_args import add_protocol_args, context_check, parse_seeds, protocol_from_args
 from mtg_local.evaluation import UsageMeter, evaluate, now_iso, results_record, write_trajectories
+from mtg_local.evaluation import truncation_summary
 from mtg_local.inner_loop import DEFAULT_TEMPLATE
+from mtg_local.protocol import DEFAULT_PROTOCOL, Protocol, load_task
+from mtg_local.runs.interrupt import ALL_STOP_SIGNALS, Interrupted, StopFlag, interruption, record_interruption
+from mtg_local.runs.interrupt import stop_on_signals
+from mtg_local.runs.health import exit_code
+from mtg_local.runs.lock import RunDirLock
 from mtg_local.runs.run_dir import RunDir
-from mtg_local.tasks import get_task, task_names
+from mtg_local.runs.secrets import public_engine_opts
+from mtg_local.tasks import task_names
 
 METHODS = ("prompt_opt", "copro", "miprov2")
 
@@ -35,19 +47,20 @@ METHODS = ("prompt_opt", "copro", "miprov2")
 class BaselineConfig:
     """Resolved settings of one ``mtg baseline`` run.
 
-    ``method_config`` is a ``PromptOptConfig``, ``CoproConfig`` or ``MiproConfig``.
+    ``method_config`` is a ``PromptOptConfig``, ``CoproConfig`` or ``MiproConfig``
+    (the method's own optimizer knobs). Test seeds, limit, task seed, scoring and
+    the test evaluation's sampling come from ``protocol``.
     """
 
     out: str
     method: str
     method_config: Any
-    task: str = "word_sorting"
+    task: str = "synthetic_word_sorting"
     engine: str = DEFAULT_ENGINE
     optimizer_engine: str | None = None
     engine_opts: tuple[str, ...] = ()
-    seeds: tuple[int, ...] = (0, 1, 2)
-    limit: int | None = None  # first N questions of every split
     data_file: str | None = None
+    protocol: Protocol = DEFAULT_PROTOCOL
     cache: str | None = None
     no_cache: bool = False
 
@@ -56,32 +69,37 @@ class BaselineConfig:
             raise UserError("--out RUN_DIR is required")
         if self.method not in METHODS:
             raise UserError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
-            raise UserError(f"--seeds must be distinct integers >= 0, got {list(self.seeds)}")
-        if self.limit is not None and self.limit < 1:
-            raise UserError(f"--limit must be >= 1, got {self.limit}")
+        if not isinstance(self.protocol, Protocol):
+            raise UserError(f"protocol must be a Protocol, got {type(self.protocol).__name__}")
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return self.protocol.seeds
+
+    @property
+    def limit(self) -> int | None:
+        return self.protocol.limit
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict without secret engine options."""
         d = dataclasses.asdict(self)
+        d["engine_opts"] = public_engine_opts(self.engine_opts)
         d["method_config"] = self.method_config.to_dict()
+        d["protocol"] = self.protocol.to_dict()
         return d
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("baseline", help="run a prompt-optimization baseline (prompt_opt, copro, miprov2) and test it")
     p.add_argument("--method", required=True, choices=METHODS)
-    p.add_argument("--task", default="word_sorting", help=f"task name ({', '.join(task_names())})")
-    p.add_argument("--seeds", default="0,1,2", help="test seeds, e.g. 0,1,2 or 0-5 (default: %(default)s)")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="first N questions of every split")
+    p.add_argument("--task", default="synthetic_word_sorting", help=f"task name ({', '.join(task_names())})")
     p.add_argument("--data-file", default=None, metavar="FILE", help="load the task from a local file")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
-    g = p.add_argument_group("sampling (all methods)")
-    g.add_argument("--temperature", type=float, default=0.7, help="task model; default: %(default)s")
-    g.add_argument("--max-tokens", type=int, default=512, help="task model; default: %(default)s")
-    g.add_argument("--optimizer-temperature", type=float, default=None,
-                   help="optimizer model (default: 0.0 for prompt_opt, 0.7 for DSPy's prompt model)")
-    g.add_argument("--optimizer-max-tokens", type=int, default=512, help="default: %(default)s")
+    add_protocol_args(p)
+    g = p.add_argument_group("optimization (method settings, not protocol)")
     g.add_argument("--optimization-seed", type=int, default=0, help="seed of the optimization run (default: 0)")
+    g.add_argument("--prompt-temperature", type=float, default=None,
+                   help="DSPy's prompt model (default: the protocol's --optimizer-temperature if given, else 0.7)")
     g = p.add_argument_group("prompt_opt (TextGrad)")
     g.add_argument("--batch-size", type=int, default=3, help="default: %(default)s")
     g.add_argument("--epochs", type=int, default=3, help="default: %(default)s")
@@ -109,8 +127,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def method_config_from_args(args: argparse.Namespace) -> Any:
-    """The method's config dataclass from parsed arguments (imports dspy only for DSPy methods)."""
+def method_config_from_args(args: argparse.Namespace, protocol: Protocol = DEFAULT_PROTOCOL) -> Any:
+    """The method's config dataclass from parsed arguments (imports dspy only for DSPy methods).
+
+    The task model's sampling (and prompt_opt's optimizer sampling) is the protocol's.
+    """
     try:
         if args.method == "prompt_opt":
             from mtg_local.baselines.prompt_optimization import PromptOptConfig
@@ -121,15 +142,16 @@ def method_config_from_args(args: argparse.Namespace) -> Any:
             return PromptOptConfig(
                 batch_size=args.batch_size, epochs=args.epochs, max_steps=args.max_steps,
                 template=read_text_arg(args.template, "--template") or DEFAULT_TEMPLATE,
-                temperature=args.temperature, max_tokens=args.max_tokens,
-                optimizer_temperature=0.0 if args.optimizer_temperature is None else args.optimizer_temperature,
-                optimizer_max_tokens=args.optimizer_max_tokens, val_seeds=parse_seeds(args.val_seeds),
-                seed=args.optimization_seed, **extra,
+                temperature=protocol.temperature, max_tokens=protocol.max_tokens,
+                optimizer_temperature=protocol.optimizer_temperature,
+                optimizer_max_tokens=protocol.optimizer_max_tokens, val_seeds=parse_seeds(args.val_seeds),
+                seed=args.optimization_seed, prefill_update_tag=protocol.prefill_update_tag, **extra,
             )
+        prompt_t = args.prompt_temperature if args.prompt_temperature is not None else args.optimizer_temperature
         common = dict(
-            temperature=args.temperature, max_tokens=args.max_tokens,
-            prompt_temperature=0.7 if args.optimizer_temperature is None else args.optimizer_temperature,
-            prompt_max_tokens=args.optimizer_max_tokens, num_threads=args.num_threads,
+            temperature=protocol.temperature, max_tokens=protocol.max_tokens,
+            prompt_temperature=0.7 if prompt_t is None else prompt_t,
+            prompt_max_tokens=protocol.optimizer_max_tokens, num_threads=args.num_threads,
             max_errors=args.max_errors, json_fallback=not args.no_json_fallback, seed=args.optimization_seed,
         )
         if args.method == "copro":
@@ -154,17 +176,23 @@ def method_config_from_args(args: argparse.Namespace) -> Any:
 
 def config_from_args(args: argparse.Namespace) -> BaselineConfig:
     """The run's config from parsed ``mtg baseline`` arguments (also used by ``mtg grid``)."""
+    protocol = protocol_from_args(args)
     return BaselineConfig(
-        out=args.out, method=args.method, method_config=method_config_from_args(args), task=args.task,
+        out=args.out, method=args.method, method_config=method_config_from_args(args, protocol), task=args.task,
         engine=args.engine, optimizer_engine=args.optimizer_engine, engine_opts=tuple(args.engine_opt),
-        seeds=parse_seeds(args.seeds), limit=args.limit, data_file=args.data_file, cache=args.cache,
-        no_cache=args.no_cache,
+        data_file=args.data_file, protocol=protocol, cache=args.cache, no_cache=args.no_cache,
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    run_baseline(config_from_args(args))
-    return 0
+    cfg = config_from_args(args)
+    try:
+        with RunDirLock(cfg.out):  # one process per run dir, as eval and train (released by the kernel on death)
+            results = run_baseline(cfg)
+    except Interrupted as e:
+        print(f"mtg baseline: {e}", file=sys.stderr)
+        return e.exit_code
+    return exit_code(results, "baseline", cfg.out)
 
 
 def run_baseline(
@@ -177,7 +205,7 @@ def run_baseline(
         engine: a ready task/forward engine (not closed here); default: built from the spec.
         optimizer_engine: a ready optimizer/prompt engine; default: from the spec, else ``engine``.
     """
-    task = get_task(cfg.task, data_file=cfg.data_file)
+    task = load_task(cfg.task, cfg.protocol, data_file=cfg.data_file)
     splits = task.splits().limited(cfg.limit)
     if not splits.train or not splits.val or not splits.test:
         raise UserError(f"{cfg.task} needs non-empty train, val and test splits for {cfg.method}")
@@ -186,24 +214,34 @@ def run_baseline(
     cache_path = None if cfg.no_cache else (cfg.cache or run_dir.cache_path)
     with open_run_engines(cfg.engine, cfg.optimizer_engine, cfg.engine_opts, cache_path=cache_path,
                           engine=engine, optimizer_engine=optimizer_engine) as engines:
+        context_check(cfg.protocol, engines)
         config = {**cfg.to_dict(), **engines.specs}
         run_dir.write_config(config)
         run_dir.log_event("baseline_start", method=cfg.method, n_train=len(splits.train), n_val=len(splits.val),
                           n_test=len(splits.test), seeds=list(cfg.seeds))
         meter = UsageMeter(engines.forward_run, engines.optimizer_run)
         common = dict(task=task, method=cfg.method, seeds=cfg.seeds, split="test", n_questions=len(splits.test),
-                      config=config, started_at=started, **engines.specs)
+                      config=config, started_at=started, protocol=cfg.protocol, **engines.specs)
+        stop = StopFlag()
         try:
-            if cfg.method == "prompt_opt":
-                body = _prompt_opt(cfg, task, splits, run_dir, engines.forward_run, engines.optimizer_run)
-            else:
-                body = _dspy_method(cfg, task, splits, run_dir, engines.forward_run, engines.optimizer_run)
+            with stop_on_signals(stop, abort_on=ALL_STOP_SIGNALS):  # no boundary to wait for
+                if cfg.method == "prompt_opt":
+                    body = _prompt_opt(cfg, task, splits, run_dir, engines.forward_run, engines.optimizer_run)
+                else:
+                    body = _dspy_method(cfg, task, splits, run_dir, engines.forward_run, engines.optimizer_run)
             results = results_record(engine_usage=meter.report(), wall_s=time.perf_counter() - t0, **common, **body)
             run_dir.write_results(results)
             run_dir.log_event("baseline_done", accuracy=results["test_accuracy"]["mean"],
                               calls=results["engine_usage"]["calls"])
             return results
         except BaseException as e:
+            intr = interruption(e, stop)
+            if intr is not None:
+                record_interruption(run_dir, intr, resume="the same command (finished generations are served from "
+                                    "the run's cache)", results=results_record(
+                                        accuracy=None, engine_usage=meter.report(), wall_s=time.perf_counter() - t0,
+                                        **common))
+                raise intr from (None if intr is e else e)
             failed = results_record(accuracy=None, engine_usage=meter.report(), wall_s=time.perf_counter() - t0,
                                     status="failed", error=f"{type(e).__name__}: {e}", **common)
             run_dir.write_results(failed)
@@ -220,13 +258,15 @@ def _prompt_opt(cfg, task, splits, run_dir: RunDir, fwd: Engine, opt: Engine) ->
         on_step=lambda h: run_dir.log_event("prompt_opt_step", **{k: h.get(k) for k in ("step", "val_accuracy", "accepted")}),
     )
     outcome = evaluate(task, splits.test, method="zero_shot_cot", seeds=cfg.seeds, forward_engine=fwd,
-                       config=mc.forward_config(res.system_prompt), template=mc.template, group="test")
+                       config=cfg.protocol.inner_config(system_prompt=res.system_prompt), template=mc.template,
+                       group="test")
     write_trajectories(run_dir, outcome.trajectories, split="test", method="prompt_opt")
     return {
         "accuracy": outcome.accuracy,
         "learned": {"loss_prompt": None, "template": mc.template, "system_prompt": res.system_prompt},
         "history": res.history,
         "val_accuracy": res.val_accuracy,
+        "truncated": truncation_summary(outcome.trajectories),
     }
 
 
@@ -257,7 +297,7 @@ def _dspy_method(cfg, task, splits, run_dir: RunDir, fwd: Engine, opt: Engine) -
         run_dir.log_event("dspy_save_failed", error=f"{type(e).__name__}: {e}")
     # All test questions x seeds in one engine call (see dspy_program.evaluate_program).
     ev = evaluate_program(task, res.program, splits.test, seeds=cfg.seeds, engine=fwd,
-                          temperature=mc.temperature, max_tokens=mc.max_tokens)
+                          temperature=cfg.protocol.temperature, max_tokens=cfg.protocol.max_tokens)
     run_dir.write_trajectories([{"split": "test", "method": cfg.method, **r} for r in ev.records])
     return {
         "accuracy": ev.accuracy,

@@ -20,6 +20,7 @@ from engines.errors import UserError
 from mtg_local.bench.grid_bench import add_grid_bench
 from mtg_local.bench.inner_loop_bench import add_inner_loop_bench
 from mtg_local.commands.common import build_engine
+from mtg_local.runs.secrets import public_engine_opts
 
 _TOPICS = (
     "the moon", "rivers", "prime numbers", "honey bees", "volcanoes", "the color blue",
@@ -146,7 +147,7 @@ def run_engine_bench(args: argparse.Namespace) -> int:
     record = {
         "bench": "engine",
         "engine": args.engine,
-        "engine_opts": args.engine_opt,
+        "engine_opts": public_engine_opts(args.engine_opt),
         "requests": args.requests,
         "max_tokens": args.max_tokens,
         "temperature": args.temperature,

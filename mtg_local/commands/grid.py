@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import signal
 import sys
 from typing import Any
 
@@ -25,7 +26,7 @@ from engines.base import Engine
 from engines.errors import UserError
 from mtg_local.grid import GridCell, is_complete, run_cells
 from mtg_local.grid.engine import open_shared_engine, shared_spec
-from mtg_local.meta.outer_loop import EXIT_REQUEUE, StopFlag
+from mtg_local.runs.interrupt import EXIT_REQUEUE, EXIT_SIGINT, StopFlag
 from mtg_local.runs.run_dir import RunDir, atomic_write_json
 from mtg_local.slurm.grid import EngineEntry, Grid, RunSpec, load_grid
 
@@ -128,14 +129,6 @@ def cell_state(run: RunSpec) -> str:
     return "rerun" if RunDir(run.run_dir).results_path.exists() else "new"
 
 
-def after_engine_start(engine: Engine) -> None:
-    """Hook after the shared engine is up: where a parent-death watch of its workers belongs.
-
-    Intentionally empty here: the process-lifecycle work (issue 14) provides
-    that watch for every engine; call it from this one place.
-    """
-
-
 def run(args: argparse.Namespace) -> int:
     if args.max_concurrent < 1:
         raise UserError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
@@ -152,15 +145,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     from mtg_local.commands.common import parse_engine_opts
-    from mtg_local.meta.train_run import stop_on_signals
+    from mtg_local.runs.interrupt import stop_on_signals
 
     stop = StopFlag()
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    with stop_on_signals(stop):  # main thread: the handlers are the grid's, cells only poll the flag
+    # Main thread: the handlers are the grid's; no signal aborts it at once (abort_on=()), so the
+    # cells can reach a checkpoint / phase boundary; the cells only poll the flag.
+    with stop_on_signals(stop, abort_on=()):
         log(f"[grid] starting {shared_spec(entry.spec)} for {len(cells)} cells of {grid.name}")
         engine = open_shared_engine(entry.spec, parse_engine_opts(opts_list))
         try:
-            after_engine_start(engine)
             report = run_cells(cells, engine, max_concurrent=args.max_concurrent, stop=stop, log=log)
         finally:
             engine.close()
@@ -172,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps({k: summary[k] for k in ("grid", "engine_spec", "wall_s", "stopped", "counts")} | {"summary": str(out)}))
     if report.stopped:
         print(f"mtg grid: stopped on signal {stop.signal}; rerun the same command to continue", file=sys.stderr)
-        return EXIT_REQUEUE
+        return EXIT_SIGINT if stop.signal == signal.SIGINT else EXIT_REQUEUE
     if report.failed:
         first = report.failed[0]
         print(f"mtg grid: {len(report.failed)} of {len(cells)} cells failed; first: {first.name}: {first.error}",

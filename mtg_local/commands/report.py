@@ -2,7 +2,10 @@
 
 Searches every RUN_DIR recursively for results.json files; incomplete, failed and
 corrupt runs are listed in the report (and problems.csv), never silently dropped.
-The paper's GPT-4o-mini numbers appear in labelled columns, quoted from the paper.
+The paper's GPT-4o-mini numbers appear in labelled columns, quoted from the paper,
+beside the paper's tasks only. Runs are tabulated per protocol (``protocol_hash``,
+docs/protocol.md), the most common first; runs of another protocol are also listed in
+problems.csv with the settings that differ. Columns are task + dataset.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     col, files = write_report(args.run_dirs, args.out, plots=not args.no_plots)
-    print(f"{len(col.runs)} complete runs, {len(col.problems)} left out; wrote:")
+    print(f"{len(col.runs)} complete runs, {len(col.problems)} left out or under another protocol; wrote:")
     for f in files:
         print(f"  {f}")
     for p in col.problems:
-        print(f"left out ({p.kind}): {p.path}: {p.detail}", file=sys.stderr)
+        print(f"{'apart' if p.kind == 'other_protocol' else 'left out'} ({p.kind}): {p.path}: {p.detail}",
+              file=sys.stderr)
     return 0

@@ -6,10 +6,14 @@ results.json, trajectories.jsonl and the learned artifacts as text files.
 ``mtg train --resume RUN_DIR`` continues a killed or preempted run from its
 config.json and checkpoint; replayed requests are served by the run's cache.
 On resume only --engine-opt, --cache/--no-cache and --no-progress are read
-from the command line; everything else comes from RUN_DIR/config.json.
+from the command line; everything else (the protocol included) comes from
+RUN_DIR/config.json.
 
-Exit status: 0 done; 2 user error; 99 stopped on SIGUSR1/SIGTERM after
-writing the checkpoint ("requeue me": resume with --resume RUN_DIR).
+Exit status: 0 done; 2 user error; 99 stopped by SIGUSR1/SIGTERM ("requeue
+me": resume with --resume RUN_DIR); 130 stopped by SIGINT. SIGUSR1 stops at the
+next stage boundary; SIGTERM/SIGINT (also when sent to the whole process group,
+engine included) abort the running stage at once. Either way the checkpoint of
+the last completed stage is kept and results.json says "interrupted".
 """
 
 from __future__ import annotations
@@ -17,14 +21,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from engines.errors import UserError
 from mtg_local.commands.common import add_engine_args
-from mtg_local.commands.eval import parse_seeds, read_text_arg
+from mtg_local.commands.eval import read_text_arg
+from mtg_local.commands.protocol_args import add_protocol_args, protocol_from_args
 from mtg_local.meta.meta_config import JOINT_TEMPLATE_UPDATES, METHODS, MetaConfig
-from mtg_local.meta.outer_loop import EXIT_REQUEUE, Preempted
 from mtg_local.meta.train_run import run_train
+from mtg_local.runs.interrupt import Interrupted
+from mtg_local.runs.health import exit_code
 from mtg_local.runs.lock import RunDirLock
 from mtg_local.runs.run_dir import RunDir, read_json
 from mtg_local.tasks import task_names
@@ -35,35 +42,20 @@ _D = MetaConfig(out="-")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="meta-train a loss prompt and/or inference template (resumable; exit 99 = preempted, requeue)",
+        help="meta-train a loss prompt and/or inference template (resumable; exit 99 = preempted, requeue; 130 = Ctrl-C)",
         description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--task", default=_D.task, help=f"task name ({', '.join(task_names())}; default: %(default)s)")
     p.add_argument("--method", default=_D.method, choices=METHODS, help="default: %(default)s")
-    p.add_argument("--seeds", default="0-5", help="seeds of every (question, seed) item, e.g. 0,1,2 or 0-5 (default: %(default)s)")
-    p.add_argument("--outer-steps", type=int, default=_D.outer_steps, metavar="K", help="default: %(default)s")
-    p.add_argument("--minibatch", type=int, default=_D.minibatch, help="train questions per outer step (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=_D.steps, metavar="T", help="inner-loop steps (default: %(default)s)")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="cap every split at N questions")
     p.add_argument("--data-file", default=None, metavar="FILE", help="load the task from a local file")
     p.add_argument("--out", default=None, metavar="RUN_DIR", help="run directory of a new run")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
-    p.add_argument("--sample-seed", type=int, default=_D.sample_seed, help="minibatch sampling seed (default: %(default)s)")
-    p.add_argument("--task-seed", type=int, default=_D.task_seed, help="seed of generated task data (default: %(default)s)")
     p.add_argument("--joint-template", default=_D.joint_template, choices=JOINT_TEMPLATE_UPDATES,
                    help="template update of --method joint (default: %(default)s)")
     p.add_argument("--loss-prompt", default=None, metavar="TEXT|@FILE", help="starting loss prompt (default: the task's)")
     p.add_argument("--template", default=None, metavar="TEXT|@FILE", help="starting inference template (default: the paper's)")
-    g = p.add_argument_group("inner loop and meta calls")
-    g.add_argument("--temperature", type=float, default=_D.temperature, help="forward; default: %(default)s")
-    g.add_argument("--optimizer-temperature", type=float, default=_D.optimizer_temperature, help="default: %(default)s")
-    g.add_argument("--max-tokens", type=int, default=_D.max_tokens, help="forward; default: %(default)s")
-    g.add_argument("--optimizer-max-tokens", type=int, default=_D.optimizer_max_tokens, help="default: %(default)s")
-    g.add_argument("--meta-max-tokens", type=int, default=_D.meta_max_tokens, help="meta calls; default: %(default)s")
-    g.add_argument("--max-meta-pairs", type=int, default=_D.max_meta_pairs,
-                   help="most wrong answers / gradients per meta call (default: %(default)s)")
-    g.add_argument("--freeze-when", default=_D.freeze_when, help="inner-loop early freezing (default: %(default)s)")
+    add_protocol_args(p, meta=True)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_engine_args(p, optimizer=True)
     p.set_defaults(func=run)
@@ -80,6 +72,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[MetaConfig, bool]:
         stored = read_json(rd.config_path).get("train")
         if not isinstance(stored, dict):
             raise UserError(f"{rd.config_path} is not the config of an mtg train run")
+        if not isinstance(stored.get("protocol"), dict):
+            # Resuming under today's defaults would silently change T, sampling and answer selection mid-run.
+            raise UserError(f"{rd.config_path} records no protocol (written by an older mtg); start a new run")
         overrides: dict[str, Any] = {"out": args.resume, "progress": not args.no_progress}
         if args.engine_opt:
             overrides["engine_opts"] = tuple(args.engine_opt)
@@ -99,24 +94,11 @@ def config_from_args(args: argparse.Namespace) -> tuple[MetaConfig, bool]:
         engine=args.engine,
         optimizer_engine=args.optimizer_engine,
         engine_opts=tuple(args.engine_opt),
-        seeds=parse_seeds(args.seeds),
-        outer_steps=args.outer_steps,
-        minibatch=args.minibatch,
-        steps=args.steps,
-        limit=args.limit,
         data_file=args.data_file,
-        task_seed=args.task_seed,
-        sample_seed=args.sample_seed,
-        temperature=args.temperature,
-        optimizer_temperature=args.optimizer_temperature,
-        max_tokens=args.max_tokens,
-        optimizer_max_tokens=args.optimizer_max_tokens,
-        meta_max_tokens=args.meta_max_tokens,
-        max_meta_pairs=args.max_meta_pairs,
+        protocol=protocol_from_args(args),
         joint_template=args.joint_template,
         initial_loss_prompt=read_text_arg(args.loss_prompt, "--loss-prompt"),
         initial_template=read_text_arg(args.template, "--template"),
-        freeze_when=args.freeze_when,
         cache=args.cache,
         no_cache=args.no_cache,
         progress=not args.no_progress,
@@ -129,9 +111,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         with RunDirLock(config.out):  # one process per run dir (released by the kernel on death)
             results = run_train(config, resume=resume)
-    except Preempted as e:
+    except Interrupted as e:
         print(f"mtg train: {e}; resume with: mtg train --resume {config.out}", file=sys.stderr)
-        return EXIT_REQUEUE
+        return e.exit_code
     acc = results["test_accuracy"]
     summary = {
         "run_dir": config.out,
@@ -145,4 +127,8 @@ def run(args: argparse.Namespace) -> int:
         "wall_s": results["wall_s"],
     }
     print(json.dumps(summary, indent=2))
-    return 0
+    # A finished train run's checkpoint holds its test result, so --resume would not retry:
+    # a new run dir reusing this one's cache regenerates only what failed.
+    cache = config.cache or str(Path(config.out) / "cache.sqlite")
+    retry = "rerun into a new --out" + ("" if config.no_cache else f" with --cache {cache}")
+    return exit_code(results, "train", config.out, retry=retry)

@@ -32,7 +32,8 @@ from typing import Any
 
 from engines.base import Engine
 from engines.shared import EngineView
-from mtg_local.meta.outer_loop import Preempted, StopFlag
+from mtg_local.meta.outer_loop import Preempted
+from mtg_local.runs.interrupt import Interrupted, StopFlag
 from mtg_local.runs.lock import RunDirLock
 from mtg_local.runs.run_dir import RunDir, read_json
 
@@ -40,8 +41,8 @@ from mtg_local.runs.run_dir import RunDir, read_json
 class CellStopped(Preempted):
     """A stop was requested; an eval/baseline cell refused its next engine call.
 
-    A ``Preempted``: whatever marks a preempted run (status, exit code) applies;
-    the run has no checkpoint, but its cache replays what it generated on rerun.
+    A ``Preempted`` (an ``Interrupted``): the run records status "interrupted";
+    it has no checkpoint, but its cache replays what it generated on rerun.
     """
 
 
@@ -186,7 +187,7 @@ def run_cells(
 
     def before_call() -> None:
         if stop:
-            raise CellStopped(f"stop requested (signal {stop.signal}); rerun the grid to continue")
+            raise CellStopped(f"stop requested (signal {stop.signal}); rerun the grid to continue", stop.signal)
 
     def one(i: int) -> CellOutcome:
         cell = cells[i]
@@ -202,7 +203,7 @@ def run_cells(
             with RunDirLock(cell.run_dir):
                 RunDir(cell.run_dir).create().log_event("grid_cell", shared_engine=engine.spec, command=cell.kind)
                 results = cell.execute(view, stop)
-        except (Preempted, CellStopped) as e:
+        except Interrupted as e:  # Preempted (train checkpointed), CellStopped (eval/baseline)
             out = CellOutcome(cell.name, str(cell.run_dir), "stopped", wall_s=time.perf_counter() - c0, error=str(e))
         except Exception as e:  # noqa: BLE001 - one cell's failure is its own; the grid goes on
             out = CellOutcome(cell.name, str(cell.run_dir), "failed", wall_s=time.perf_counter() - c0,

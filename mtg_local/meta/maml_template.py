@@ -2,10 +2,13 @@
 
 The template is updated directly from the inner loop's last textual gradients
 with respect to the responses (``Trajectory.gradients[-1]``): no meta
-evaluation, one TGD-step call per outer step. The <CONTEXT> lists, in item
-order and up to ``max_meta_pairs``, each response that received a gradient
-with its question and that gradient (correct and wrong responses alike, as in
-eq. 7). With T = 0 there are no gradients and the step is skipped.
+evaluation, one TGD-step call per outer step. The <CONTEXT> lists, up to
+``max_meta_pairs``, each response that received a gradient with its question
+and that gradient (correct and wrong responses alike, as in eq. 7), taken
+round-robin over the minibatch's questions (``spread_over_questions``: every
+question once before any repeats under another seed; see
+``mtg_local.meta.meta_update``). With T = 0 there are no gradients and the
+step is skipped.
 """
 
 from __future__ import annotations
@@ -13,18 +16,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mtg_local.inner_loop import Trajectory
-from mtg_local.meta.meta_update import Artifacts, MetaContext, MetaUpdate
+from mtg_local.meta.meta_update import Artifacts, MetaContext, MetaUpdate, spread_over_questions
 from mtg_local.prompts import meta_prompts as P
 
 
 def last_gradient_context(ctx: MetaContext, trajs: Sequence[Trajectory]) -> str | None:
     """The MAML <CONTEXT>: each (question, response, last gradient), or None if none."""
     parts = []
-    for t in trajs:
-        if len(parts) >= ctx.max_pairs:
-            break
-        if not t.gradients or not t.gradients[-1].strip():
-            continue
+    with_gradient = [t for t in trajs if t.gradients and t.gradients[-1].strip()]
+    for t in spread_over_questions(with_gradient)[: ctx.max_pairs]:
         # gradients[k] is feedback on answers[k] (the answer that step k+1 updated).
         k = len(t.gradients) - 1
         response = t.answers[k] if k < len(t.answers) else t.final_answer

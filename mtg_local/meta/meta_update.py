@@ -9,7 +9,25 @@ engine call whatever the number of updates (the joint method has two):
     call 1: the meta evaluations of all updates that need one
     call 2: the TGD steps of all updates that were not skipped
 
+A TGD output that stopped at ``max_tokens`` (finish reason "length") is never
+a candidate, whatever its tags say; a truncated meta evaluation still feeds
+the TGD step and is recorded (``meta_evaluation_truncated`` in the history).
+
 Learned loss and Reptile make 2 calls per outer step, MAML 1, joint 2.
+
+What the meta step is shown. The minibatch's trajectories are question-major
+(all seeds of question 1, then question 2, ...), so taking the first
+``max_pairs`` of them would show the first question several times and the
+last ones not at all (minibatch 3 x 6 seeds, 8 pairs: 6 + 2 + 0). The pairs
+are therefore ordered round-robin over the minibatch's questions
+(``spread_over_questions``): every distinct question that has a pair appears
+once before any question appears a second time under another seed, and so on;
+ties keep item order, so the choice is deterministic. At most ``max_pairs``
+pairs are shown (default 8, ``MetaConfig.max_meta_pairs``): with the default
+minibatch of 3 questions that covers every question with up to 2-3 seeds
+each, which is what the meta prompt needs to generalise across questions
+rather than across samples of one question, while keeping the meta prompt
+short enough for the optimizer's context.
 """
 
 from __future__ import annotations
@@ -71,6 +89,7 @@ class MetaContext:
     max_tokens: int
     temperature: float
     max_pairs: int
+    top_p: float = 1.0
 
 
 class MetaUpdate(abc.ABC):
@@ -96,13 +115,28 @@ class MetaUpdate(abc.ABC):
         return "no wrong answers in the minibatch"
 
 
-def wrong_pairs_block(task: Task, trajs: Sequence[Trajectory], max_pairs: int) -> str | None:
-    """The numbered Q&A block of the wrong answers (item order), or None if there are none.
+def spread_over_questions(trajs: Sequence[Trajectory]) -> list[Trajectory]:
+    """``trajs`` reordered round-robin over their questions (see the module docstring).
 
-    Items whose engine calls failed are left out: an empty answer says nothing
-    about the loss prompt or template.
+    Round r holds the r-th trajectory of every question, questions in order
+    of first appearance; within a question item order is kept.
     """
-    wrong = [t for t in trajs if t.score < 1.0 and not t.errors][:max_pairs]
+    by_question: dict[str, list[Trajectory]] = {}
+    for t in trajs:
+        by_question.setdefault(t.item.example.id, []).append(t)
+    rounds = max((len(v) for v in by_question.values()), default=0)
+    return [ts[r] for r in range(rounds) for ts in by_question.values() if r < len(ts)]
+
+
+def wrong_pairs_block(task: Task, trajs: Sequence[Trajectory], max_pairs: int) -> str | None:
+    """The numbered Q&A block of up to ``max_pairs`` wrong answers, or None if there are none.
+
+    Wrong answers are taken round-robin over the questions
+    (``spread_over_questions``), so every minibatch question with a wrong
+    answer is shown before any repeats. Items whose engine calls failed are
+    left out: an empty answer says nothing about the loss prompt or template.
+    """
+    wrong = spread_over_questions([t for t in trajs if t.score < 1.0 and not t.errors])[:max_pairs]
     if not wrong:
         return None
     pairs = [
@@ -139,7 +173,7 @@ def parse_improved(text: str) -> tuple[str | None, str]:
 
 
 def _request(ctx: MetaContext, user: str, *, system: str | None, id: str, seed: int, prefix: str = "") -> GenRequest:
-    sampling = SamplingConfig(temperature=ctx.temperature, max_tokens=ctx.max_tokens, seed=seed)
+    sampling = SamplingConfig(temperature=ctx.temperature, top_p=ctx.top_p, max_tokens=ctx.max_tokens, seed=seed)
     if not ctx.engine.capabilities.response_prefix:
         prefix = ""
     return GenRequest.chat(user, system=system, sampling=sampling, id=id, response_prefix=prefix)
@@ -192,6 +226,10 @@ def propose(
                 live.remove(u)
             else:
                 feedback[u.target] = info[u.target]["meta_feedback"] = res.text
+                # A meta evaluation cut off at max_tokens still feeds the TGD step: it is
+                # feedback, not a candidate, and its first part still says what to change;
+                # the candidate it leads to is validated like any other. It is recorded.
+                info[u.target]["meta_evaluation_truncated"] = res.finish_reason == "length"
     steps: list[tuple[MetaUpdate, GenRequest]] = []
     for u in list(live):
         context = u.context(ctx, current, trajs, feedback[u.target])
@@ -212,8 +250,14 @@ def propose(
                 rec["skipped"] = f"TGD step failed: {res.error}"
                 continue
             output = req.response_prefix + res.text
+            rec["tgd_output"] = output
+            if res.finish_reason == "length":
+                # A prompt cut off mid-text is never a candidate: no validation call is spent on it.
+                rec["skipped"] = "TGD step output cut off at max_tokens"
+                rec["tgd_truncated"] = True
+                continue
             value, mode = parse_improved(output)
-            rec.update(tgd_output=output, parse=mode)
+            rec["parse"] = mode
             if value is None:
                 rec["skipped"] = "TGD step gave an empty value"
                 continue

@@ -19,10 +19,12 @@ a pure function of (seed, step), so a resumed run draws the same ones. Every
 request is a pure function of (item, artifacts, step), so a replayed step asks
 the engine cache the same requests and gets hits.
 
-Preemption: ``StopFlag`` (set by SIGUSR1/SIGTERM in ``run_train``) is checked
+Preemption: ``StopFlag`` (set by SIGUSR1 in ``run_train``) is checked
 between the stages of a step; when set, the unfinished step is abandoned, the
 checkpoint of the last completed step is (re)written and ``Preempted`` is
-raised -- ``mtg train`` then exits with ``EXIT_REQUEUE`` (99).
+raised -- ``mtg train`` then exits with ``EXIT_REQUEUE`` (99). SIGTERM/SIGINT
+abort the running stage at once (``mtg_local.runs.interrupt``); the checkpoint
+on disk is then the one of the last completed step.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from tqdm.auto import tqdm
 from engines.base import Engine
 from mtg_local import inner_loop, metrics
 from mtg_local.evaluation import write_trajectories
+from mtg_local.evaluation import truncation_summary
 from mtg_local.inner_loop import InnerItem, Trajectory
 from mtg_local.meta.joint import joint_updates
 from mtg_local.meta.learned_loss import LearnedLoss
@@ -44,29 +47,15 @@ from mtg_local.meta.maml_template import MAMLTemplate
 from mtg_local.meta.meta_config import MetaConfig
 from mtg_local.meta.meta_update import Artifacts, Candidate, MetaContext, MetaUpdate, propose
 from mtg_local.meta.reptile_template import ReptileTemplate
+from mtg_local.runs.interrupt import EXIT_REQUEUE, Interrupted, StopFlag, signal_name
 from mtg_local.runs.run_dir import RunDir
 from mtg_local.tasks.base import Example, Splits, Task
 
-#: Exit status of ``mtg train`` after a requested stop (SIGUSR1/SIGTERM): "requeue me".
-EXIT_REQUEUE = 99
 CHECKPOINT_VERSION = 1
 
 
-class Preempted(Exception):
-    """The run stopped on request after writing its checkpoint; resume with --resume."""
-
-
-class StopFlag:
-    """Set from a signal handler; checked by the outer loop between stages."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-
-    def set(self, signum: int, frame: Any = None) -> None:
-        self.signal = signum
-
-    def __bool__(self) -> bool:
-        return self.signal is not None
+class Preempted(Interrupted):
+    """The run stopped on request at a stage boundary after writing its checkpoint; resume with --resume."""
 
 
 def method_updates(config: MetaConfig) -> tuple[list[MetaUpdate], bool]:
@@ -184,8 +173,9 @@ class OuterLoop:
             self.run_dir.log_event("preempted", signal=self.stop.signal, where=where,
                                    completed_step=self.state.completed_step)
             raise Preempted(
-                f"stopped on signal {self.stop.signal} {where}; checkpoint at step "
-                f"{self.state.completed_step} in {self.run_dir.path}"
+                f"stopped by {signal_name(self.stop.signal)} {where}; checkpoint at step "
+                f"{self.state.completed_step} in {self.run_dir.path}",
+                self.stop.signal,
             )
 
     def _minibatch_items(self, step: int) -> list[InnerItem]:
@@ -220,22 +210,24 @@ class OuterLoop:
         ids = list(dict.fromkeys(t.item.example.id for t in minibatch))
         train_acc = mean_score(minibatch)
         ctx = MetaContext(self.task, self.optimizer_engine, self.config.meta_max_tokens,
-                          self.config.optimizer_temperature, self.config.max_meta_pairs)
+                          self.config.meta_temperature, self.config.max_meta_pairs, top_p=self.config.top_p)
         candidates, info = propose(self.updates, ctx, self.state.best, minibatch, step=step, combine=self.combine)
         self._check_stop(f"after the meta step of step {step}")
-        base = {"step": step, "minibatch": ids, "train_accuracy": train_acc, "best_val_before": self.state.best_val}
+        base = {"step": step, "minibatch": ids, "train_accuracy": train_acc, "best_val_before": self.state.best_val,
+                "truncated": truncation_summary(minibatch)}
         if not candidates:
             self.state.history.append({**base, "label": None, "candidate": None, "val_accuracy": None,
                                        "accepted": False, "info": info})
             self.run_dir.log_event("step_skipped", step=step, info=info)
         else:
-            accs = self._validate(step, candidates)
+            accs, val_truncated = self._validate(step, candidates)
             winner = max(range(len(candidates)), key=lambda i: (accs[i], -i))
             accepted = accs[winner] > self.state.best_val
             for i, (c, acc) in enumerate(zip(candidates, accs)):
                 keep = accepted and i == winner
                 self.state.history.append({**base, "label": c.label, "candidate": c.artifacts.to_dict(),
-                                           "val_accuracy": acc, "accepted": keep, "info": c.info})
+                                           "val_accuracy": acc, "val_truncated": val_truncated[i],
+                                           "accepted": keep, "info": c.info})
                 self.run_dir.log_event("candidate", step=step, label=c.label, val_accuracy=acc, accepted=keep)
             if accepted:
                 self.state.best = candidates[winner].artifacts
@@ -243,14 +235,15 @@ class OuterLoop:
         self.state.completed_step = step
         self._checkpoint()
 
-    def _validate(self, step: int, candidates: list[Candidate]) -> list[float]:
-        """Validation accuracy of each candidate, all in ONE inner loop (group per candidate)."""
+    def _validate(self, step: int, candidates: list[Candidate]) -> tuple[list[float], list[dict[str, int]]]:
+        """Validation accuracy and truncation counts of each candidate, all in ONE inner loop."""
         items: list[InnerItem] = []
         for c in candidates:
             items += make_items(self.splits.val, self.config.seeds, c.artifacts, f"val:{step}:{c.label}")
         trajs = self._inner(items)
         n = len(items) // len(candidates)
-        return [mean_score(trajs[i * n : (i + 1) * n]) for i in range(len(candidates))]
+        parts = [trajs[i * n : (i + 1) * n] for i in range(len(candidates))]
+        return [mean_score(p) for p in parts], [truncation_summary(p) for p in parts]
 
     def _test(self) -> None:
         """Final evaluation of the best artifacts on the test split over all seeds."""
@@ -258,7 +251,8 @@ class OuterLoop:
         trajs = self._inner(items)
         write_trajectories(self.run_dir, trajs, split="test", method=self.config.method)
         summary = metrics.summarize(metrics.accuracy_by_seed(trajs))
-        self.state.test = {"accuracy": summary, "n_questions": len(self.splits.test)}
+        self.state.test = {"accuracy": summary, "n_questions": len(self.splits.test),
+                           "truncated": truncation_summary(trajs)}
         self.run_dir.log_event("test", accuracy=summary)
         self._checkpoint()
 

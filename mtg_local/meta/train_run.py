@@ -1,8 +1,8 @@
 """``run_train``: one resumable meta-training run in a run directory.
 
 Sets up the run dir (config.json, events.jsonl), the task splits, the engines
-(wrapped in ``RUN_DIR/cache.sqlite`` unless the cache is off), signal handling
-for preemption, runs ``OuterLoop`` and writes results.json (the core fields of
+(wrapped in ``RUN_DIR/cache.sqlite`` unless the cache is off), stop signals
+(``mtg_local.runs.interrupt``), runs ``OuterLoop`` and writes results.json (the core fields of
 ``mtg eval``, docs/results_schema.md, plus "learned", "artifacts" and
 "history") and the learned artifacts as plain text files:
 ``RUN_DIR/learned_loss_prompt.txt`` / ``RUN_DIR/learned_template.txt``.
@@ -10,11 +10,7 @@ for preemption, runs ``OuterLoop`` and writes results.json (the core fields of
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from engines.base import Engine
@@ -22,31 +18,19 @@ from engines.cache import CachedEngine, GenerationCache
 from engines.errors import UserError
 from engines.registry import create_engine
 from mtg_local.evaluation import UsageMeter, now_iso, results_record
+from mtg_local.evaluation import truncation_summary
 from mtg_local.inner_loop import DEFAULT_TEMPLATE
 from mtg_local.meta.meta_config import MetaConfig
 from mtg_local.meta.meta_update import Artifacts
-from mtg_local.meta.outer_loop import OuterLoop, Preempted, StopFlag, TrainState
+from mtg_local.meta.outer_loop import OuterLoop, StopFlag, TrainState
+from mtg_local.runs.interrupt import Interrupted, interruption, record_interruption, stop_on_signals
+from mtg_local.protocol import check_context, load_task, protocol_diff, protocol_hash
 from mtg_local.runs.run_dir import RESULTS_SCHEMA_VERSION, RunDir, read_json
-from mtg_local.tasks import get_task
 
 #: config.json keys that may differ between a run and its resumption.
 _RESUME_FREE = ("out", "progress", "engine_opts", "cache", "no_cache")
 LOSS_PROMPT_FILE = "learned_loss_prompt.txt"
 TEMPLATE_FILE = "learned_template.txt"
-
-
-@contextlib.contextmanager
-def stop_on_signals(stop: StopFlag) -> Iterator[None]:
-    """Sets ``stop`` on SIGUSR1/SIGTERM while inside (main thread only; no-op elsewhere)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, stop.set) for s in (signal.SIGUSR1, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def _engine_opts(items: tuple[str, ...]) -> dict[str, Any]:
@@ -74,7 +58,9 @@ def _cost(config: MetaConfig, meter: UsageMeter) -> float | None:
 def _check_resumable(rd: RunDir, config: MetaConfig) -> None:
     stored = read_json(rd.config_path).get("train", {}) if rd.config_path.exists() else {}
     mine = config.to_dict()
-    diff = [k for k in mine if k not in _RESUME_FREE and k in stored and stored[k] != mine[k]]
+    diff = [k for k in mine if k not in _RESUME_FREE and k != "protocol" and k in stored and stored[k] != mine[k]]
+    if isinstance(stored.get("protocol"), dict):
+        diff += [f"protocol.{k}" for k in protocol_diff(stored["protocol"], mine["protocol"])]
     if diff:
         raise UserError(f"{rd.path} holds a run with other settings ({', '.join(diff)}); use another --out")
 
@@ -97,11 +83,14 @@ def run_train(
             the forward engine.
         resume: continue from RUN_DIR/checkpoint.json; without it an existing
             checkpoint is an error (the run dir holds another run).
-        stop: a stop flag to poll; default: one set by SIGUSR1/SIGTERM.
+        stop: a stop flag to poll; default: one set by SIGUSR1/SIGTERM/SIGINT
+            (``mtg_local.runs.interrupt``).
 
     Raises:
         UserError: bad settings, an occupied run dir, or empty splits.
-        Preempted: a stop was requested; the checkpoint is written.
+        Interrupted: a stop signal arrived (``Preempted`` at a stage boundary);
+            the checkpoint of the last completed stage is on disk and
+            results.json says "interrupted".
     """
     t0 = time.perf_counter()
     started = now_iso()
@@ -112,7 +101,7 @@ def run_train(
     if resume:
         _check_resumable(rd, config)
 
-    task = get_task(config.task, data_file=config.data_file, seed=config.task_seed)
+    task = load_task(config.task, config.protocol, data_file=config.data_file)
     splits = task.splits().limited(config.limit)
     for name in ("val", "test") + (("train",) if config.outer_steps else ()):
         if not splits.get(name):
@@ -121,7 +110,7 @@ def run_train(
                       config.initial_template or DEFAULT_TEMPLATE)
     if checkpoint is None:
         state = TrainState(completed_step=-1, best=start)
-        rd.write_config({"command": "train", "train": config.to_dict(),
+        rd.write_config({"command": "train", "train": config.to_dict(), "protocol_hash": protocol_hash(config.protocol),
                          "inner_loop": config.inner_config().to_dict(), "task": task.describe(),
                          "splits": {s: len(splits.get(s)) for s in ("train", "val", "test")},
                          "initial": start.to_dict(), "created_at": started})
@@ -141,6 +130,12 @@ def run_train(
             own.append(optimizer_engine)
         else:
             optimizer_engine = engine
+    try:
+        check_context(config.protocol, {"forward": engine, "optimizer": optimizer_engine}, meta=True)
+    except ValueError as e:
+        for e_own in own:
+            e_own.close()
+        raise UserError(str(e)) from e
     cache = None if config.no_cache else GenerationCache(config.cache or rd.cache_path)
     fwd = CachedEngine(engine, cache) if cache is not None else engine
     opt = fwd if optimizer_engine is engine else (CachedEngine(optimizer_engine, cache) if cache is not None else optimizer_engine)
@@ -150,12 +145,27 @@ def run_train(
     loop = OuterLoop(config, task, splits, forward_engine=fwd, optimizer_engine=opt, run_dir=rd, state=state, stop=stop)
     try:
         with stop_on_signals(stop):
-            state = loop.run()
-    except Preempted:
+            try:
+                state = loop.run()
+            except BaseException as e:
+                intr = interruption(e, stop)
+                if intr is None:
+                    raise
+                # The checkpoint on disk is the last completed stage's (an aborted
+                # stage is replayed from the cache on resume).
+                ckpt = rd.read_checkpoint() or {}
+                record_interruption(rd, intr, resume=f"mtg train --resume {rd.path}", results={
+                    "method": config.method, "config": config.to_dict(),
+                    "completed_step": ckpt.get("completed_step", -1), "history": ckpt.get("history", [])})
+                if intr is e:
+                    raise
+                raise intr from e
+    except Interrupted:
         raise
     except Exception as e:
         rd.write_results({"status": "failed", "error": f"{type(e).__name__}: {e}", "method": config.method,
-                          "config": config.to_dict(), "history": state.history})
+                          "config": config.to_dict(), "protocol": config.protocol.to_dict(),
+                          "protocol_hash": protocol_hash(config.protocol), "history": state.history})
         rd.log_event("failed", error=f"{type(e).__name__}: {e}")
         raise
     finally:
@@ -183,9 +193,11 @@ def run_train(
         accuracy=test.get("accuracy"),
         engine_usage=usage,
         cost_usd=_cost(config, meter),
+        truncated=test.get("truncated"),
         wall_s=time.perf_counter() - t0,
         config=config.to_dict(),
         started_at=started,
+        protocol=config.protocol,
         learned={
             "loss_prompt": state.best.loss_prompt if learns["loss_prompt"] else None,
             "template": state.best.template if learns["template"] else None,

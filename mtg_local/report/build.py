@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mtg_local.report.collect import Collection, collect
+from mtg_local.report.collect import Collection, collect, protocol_groups
 from mtg_local.report.tables import cells_csv, markdown_report, problems_csv
 
 
@@ -23,7 +23,8 @@ def write_report(paths: list[str | os.PathLike[str]], out_dir: str | os.PathLike
     if plots and col.runs:
         from mtg_local.report.plots import make_plots  # matplotlib only when plotting
 
-        pngs = make_plots(col.runs, out / "plots")
+        # Plots merge runs into cells like the tables: only the main (most common) protocol's.
+        pngs = make_plots(protocol_groups(col.runs)[0][1], out / "plots")
     md = markdown_report(col, plots=[str(p.relative_to(out)) for p in pngs])
     files = [out / "report.md", out / "results.csv", out / "problems.csv"]
     files[0].write_text(md)

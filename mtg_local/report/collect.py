@@ -5,9 +5,21 @@ dirs (folders with ``config.json``). Complete runs become ``RunRecord``s; everyt
 becomes a ``Problem`` that the report lists, never silently drops:
 
 * ``corrupt``    results.json is not JSON or lacks required fields (path + reason);
-* ``failed``     results.json has status "failed" (its error text);
+* ``failed``     results.json has status "failed" (its error text), or every request failed;
+* ``degraded``   status "degraded", or more failed requests than ``mtg_local.runs.health``
+                 allows (also for results written before that rule): never a table cell;
+* ``interrupted`` results.json has status "interrupted": stopped by a signal, resumable
+                 (its message says how);
 * ``incomplete`` a run dir with config.json but no results.json (``running`` when a live
-                 process holds its lock; the last checkpointed step when there is one).
+                 process holds its lock; the last checkpointed step when there is one);
+* ``other_protocol`` a complete run whose ``protocol_hash`` differs from the main table's
+                 (the most common one): it gets its own table, and the problem names the
+                 differing protocol fields.
+
+A run's column is its task *and* dataset: the paper's task names are aliased
+(``bbh_word_sorting`` -> ``word_sorting``), a synthetic (generated) word-sorting set
+is the column ``synthetic_word_sorting`` whatever its recorded name, and one task
+name with several datasets (data files, hub sets) gets one column per dataset.
 """
 
 from __future__ import annotations
@@ -19,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from engines.errors import UserError
+from mtg_local.protocol import protocol_diff
+from mtg_local.runs.health import assess
 from mtg_local.runs.lock import describe_holder, is_locked, read_holder
 from mtg_local.runs.run_dir import RESULTS_SCHEMA_VERSION
 
@@ -43,6 +57,9 @@ class RunRecord:
     history: tuple[dict[str, Any], ...] = ()
     finished_at: str = ""
     data_file: str | None = None
+    dataset: str = ""  # dataset identity: "synthetic:...", "file:PATH", "hub:NAME/CONFIG" or ""
+    protocol_hash: str = ""  # "" when the run recorded no protocol
+    protocol: dict[str, Any] | None = None
 
     @property
     def n_seeds(self) -> int:
@@ -54,7 +71,7 @@ class Problem:
     """A run (or file) left out of the tables, with the reason."""
 
     path: Path
-    kind: str  # corrupt | failed | incomplete | running
+    kind: str  # corrupt | failed | degraded | interrupted | incomplete | running | other_protocol
     detail: str
 
 
@@ -91,9 +108,16 @@ def parse_results(data: Any, path: Path) -> RunRecord | Problem:
     if version is not None and version != RESULTS_SCHEMA_VERSION:
         return Problem(path, "corrupt", f"schema_version {version!r}, this report reads {RESULTS_SCHEMA_VERSION}")
     status = data.get("status")
+    usage = data.get("engine_usage") if isinstance(data.get("engine_usage"), dict) else {}
+    health = assess(usage)
+    if status == "complete" and not health.ok:  # results written before the rule existed
+        status = health.status
+    if status in ("degraded", "failed") and health.errors:
+        first = f"; first error: {health.first_error}" if health.first_error else ""
+        return Problem(path, status, f"{health.errors} of {health.requests} requests failed{first}")
     if status != "complete":
-        kind = "failed" if status == "failed" else "incomplete"
-        return Problem(path, kind, str(data.get("error") or f"status {status!r}"))
+        kind = status if status in ("failed", "degraded", "interrupted") else "incomplete"
+        return Problem(path, kind, str(data.get("error") or data.get("message") or f"status {status!r}"))
     try:
         for key in ("task", "method", "engine"):
             if not isinstance(data.get(key), str) or not data[key]:
@@ -116,9 +140,12 @@ def parse_results(data: Any, path: Path) -> RunRecord | Problem:
             engine = f"{engine} / {opt}"
         config = data.get("config") if isinstance(data.get("config"), dict) else {}
         history = data.get("history") or []
+        info = data.get("task_info") if isinstance(data.get("task_info"), dict) else {}
+        task, dataset = task_identity(data["task"], info, config.get("data_file") or None)
+        protocol = data.get("protocol") if isinstance(data.get("protocol"), dict) else None
         return RunRecord(
             path=path.parent,
-            task=data["task"],
+            task=task,
             method=data["method"],
             engine=engine,
             per_seed=per_seed,
@@ -131,9 +158,46 @@ def parse_results(data: Any, path: Path) -> RunRecord | Problem:
             history=tuple(h for h in history if isinstance(h, dict)) if isinstance(history, list) else (),
             finished_at=str(data.get("finished_at") or ""),
             data_file=config.get("data_file") or None,
+            dataset=dataset,
+            protocol_hash=str(data.get("protocol_hash") or "") if protocol is not None else "",
+            protocol=protocol,
         )
     except (ValueError, TypeError) as e:
         return Problem(path, "corrupt", str(e))
+
+
+#: Task names that are aliases of a paper task (results name -> column name).
+TASK_ALIASES = {"bbh_word_sorting": "word_sorting"}
+SYNTHETIC_WORD_SORTING = "synthetic_word_sorting"
+
+
+def task_identity(name: str, info: dict[str, Any], data_file: str | None) -> tuple[str, str]:
+    """(column task name, dataset identity) of a run from its task name and ``task_info``.
+
+    A generated set (``task_info.source`` "builtin...", or a ``synthetic_*`` name) is
+    never the paper's task: a built-in ``word_sorting`` run becomes ``synthetic_word_sorting``.
+    """
+    source = str(info.get("source") or "")
+    data_file = info.get("data_file") or data_file
+    if source.startswith("builtin") or name.startswith("synthetic"):
+        task = SYNTHETIC_WORD_SORTING if name in ("word_sorting", "bbh_word_sorting") else name
+        return task, f"synthetic:{source or name}"
+    task = TASK_ALIASES.get(name, name)
+    if data_file:
+        return task, f"file:{data_file}"
+    if info.get("dataset"):
+        return task, f"hub:{info['dataset']}/{info.get('config') or ''}"
+    return task, ""
+
+
+def dataset_label(dataset: str) -> str:
+    """Short column suffix of a dataset identity (file stem, hub name, "synthetic", "builtin")."""
+    kind, _, rest = dataset.partition(":")
+    if kind == "file":
+        return Path(rest).stem
+    if kind == "hub":
+        return rest.strip("/").replace("/", "-")
+    return kind or "builtin"
 
 
 def _incomplete(run_dir: Path) -> Problem:
@@ -150,16 +214,43 @@ def _incomplete(run_dir: Path) -> Problem:
 
 
 def _disambiguate_tasks(runs: list[RunRecord]) -> list[RunRecord]:
-    """Appends the data-file stem to a task name when one task name has several data files."""
-    files: dict[str, set] = {}
+    """Appends the dataset label to a task name when one task name has several datasets."""
+    datasets: dict[str, set] = {}
     for r in runs:
-        files.setdefault(r.task, set()).add(r.data_file)
+        datasets.setdefault(r.task, set()).add(r.dataset)
     out = []
     for r in runs:
-        if len(files[r.task]) > 1:
-            stem = Path(r.data_file).stem if r.data_file else "builtin"
-            r = dataclasses.replace(r, task=f"{r.task} [{stem}]")
+        if len(datasets[r.task]) > 1:
+            r = dataclasses.replace(r, task=f"{r.task} [{dataset_label(r.dataset)}]")
         out.append(r)
+    return out
+
+
+def protocol_groups(runs: list[RunRecord]) -> list[tuple[str, list[RunRecord]]]:
+    """Runs grouped by protocol hash, the most common first (ties: hash order; "" = none recorded)."""
+    groups: dict[str, list[RunRecord]] = {}
+    for r in runs:
+        groups.setdefault(r.protocol_hash, []).append(r)
+    return sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0] == "", kv[0]))
+
+
+def _protocol_problems(runs: list[RunRecord]) -> list[Problem]:
+    """One ``other_protocol`` problem per run outside the main (most common) protocol."""
+    groups = protocol_groups(runs)
+    if len(groups) < 2:
+        return []
+    main_hash, main_runs = groups[0]
+    main = main_runs[0].protocol or {}
+    out = []
+    for h, rs in groups[1:]:
+        for r in rs:
+            if r.protocol is None:
+                detail = "no protocol recorded (results.json from before protocols): its own table"
+            else:
+                diff = protocol_diff(main, r.protocol)
+                fields = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+                detail = f"protocol {h} differs from the main table's {main_hash or '(none)'}: {fields}"
+            out.append(Problem(r.path, "other_protocol", detail))
     return out
 
 
@@ -201,4 +292,5 @@ def collect(paths: list[str | os.PathLike[str]]) -> Collection:
     if not col.runs and not col.problems:
         raise UserError(f"no results.json or run dir (config.json) found under {', '.join(map(str, paths))}")
     col.runs = _disambiguate_tasks(col.runs)
+    col.problems += _protocol_problems(col.runs)
     return col

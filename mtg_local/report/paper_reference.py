@@ -32,11 +32,14 @@ PAPER_TABLE2: dict[str, dict[str, float]] = {
 def canonical_task(name: str) -> str | None:
     """Maps a task name used by runs to the paper's column key (None: not in the paper).
 
-    ``word_sorting`` (and variants such as ``word_sorting-bbh``) -> ``word_sorting``;
-    anything with ``mmlu`` -> ``mmlu_ml``; anything with ``gpqa`` -> ``gpqa``.
+    ``word_sorting`` / ``bbh_word_sorting`` (and variants such as ``word_sorting-bbh``) ->
+    ``word_sorting``; anything with ``mmlu`` -> ``mmlu_ml``; anything with ``gpqa`` -> ``gpqa``;
+    a synthetic task (``synthetic_*``: generated data, not the paper's) -> None.
     """
     n = name.lower()
-    if n.startswith("word_sorting"):
+    if n.startswith("synthetic"):
+        return None
+    if n.startswith("word_sorting") or n.startswith("bbh_word_sorting"):
         return "word_sorting"
     if "mmlu" in n:
         return "mmlu_ml"

@@ -4,7 +4,9 @@ Rows are methods grouped as in the paper (zero-shot, prompt optimizers, inferenc
 optimizers, meta-learned); columns are tasks; a cell is ``mean ± std`` over seeds in percent
 with the number of seeds. Runs of the same (engine, task, method) are merged by seed (a later
 run wins for a seed present in both). The paper's GPT-4o-mini numbers appear in their own,
-labelled columns, quoted from the paper.
+labelled columns, quoted from the paper, and only beside the paper's tasks (never beside a
+synthetic one). Runs are tabulated per protocol (``protocol_hash``): one set of tables per
+protocol, the most common first; runs of two protocols never share a table or a cell.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from mtg_local.metrics import summarize
-from mtg_local.report.collect import Collection, RunRecord
+from mtg_local.report.collect import Collection, RunRecord, protocol_groups
 from mtg_local.report.paper_reference import PAPER_LABEL, PAPER_SOURCE, PAPER_TASKS, canonical_task, paper_accuracy
 
 #: (group heading, methods) in the paper's row order; "joint" is this project's addition.
@@ -186,19 +188,35 @@ def _fmt_cost(v: float | None) -> str:
     return f"${v:.2f}" if v >= 1 else f"${v:.4f}"
 
 
+def _protocol_heading(h: str, runs: list[RunRecord], main: bool) -> list[str]:
+    if not h:
+        return ["# Runs without a recorded protocol", "", "Written before protocols were recorded: compare with care.", ""]
+    proto = runs[0].protocol or {}
+    keys = ("steps", "answer_selection", "seeds", "temperature", "max_tokens", "scoring")
+    brief = ", ".join(f"{k}={proto.get(k)!r}" for k in keys if k in proto)
+    label = "main table" if main else "another protocol (differences listed under Left out)"
+    return [f"# Protocol `{h}` ({label})", "", f"{len(runs)} runs; {brief}. Full settings: any run's results.json "
+            "`protocol`; defaults and sources: docs/protocol.md.", ""]
+
+
 def markdown_report(col: Collection, *, plots: list[str] = ()) -> str:
-    """The whole report: tables per engine, side by side, totals, left-out runs, plots."""
-    cells = merge_cells(col.runs)
-    engines = sorted({r.engine for r in col.runs})
-    tasks = ordered_tasks(col.runs)
+    """The whole report: per protocol, tables per engine and side by side; totals, left-out runs, plots."""
     parts = ["# mtg-local results", "",
              f"Cells: test accuracy in %, mean ± std over seeds (n = seeds). "
-             f"Columns labelled “{PAPER_LABEL}” are quoted from the paper ({PAPER_SOURCE}), not run here.", ""]
-    for e in engines:
-        parts += [f"## {e}", "", engine_table(cells, e, tasks), ""]
-    if len(engines) > 1:
-        parts += ["## All models side by side", "", side_by_side_table(cells, engines, tasks), ""]
-    if not engines:
+             f"Columns labelled “{PAPER_LABEL}” are quoted from the paper ({PAPER_SOURCE}), not run here. "
+             "Only runs of one protocol (`protocol_hash`) share a table.", ""]
+    groups = protocol_groups(col.runs)
+    for gi, (h, runs) in enumerate(groups):
+        cells = merge_cells(runs)
+        engines = sorted({r.engine for r in runs})
+        tasks = ordered_tasks(runs)
+        if len(groups) > 1 or h:
+            parts += _protocol_heading(h, runs, gi == 0)
+        for e in engines:
+            parts += [f"## {e}", "", engine_table(cells, e, tasks), ""]
+        if len(engines) > 1:
+            parts += ["## All models side by side", "", side_by_side_table(cells, engines, tasks), ""]
+    if not col.runs:
         parts += ["No complete runs to tabulate.", ""]
     parts += ["## Tokens, wall clock and cost", ""]
     rows = [[t["engine"], str(t["runs"]), str(t["requests"]), f"{t['prompt_tokens']:,}", f"{t['completion_tokens']:,}",
@@ -206,7 +224,7 @@ def markdown_report(col: Collection, *, plots: list[str] = ()) -> str:
     parts += [_md_table(["Engine", "Runs", "Requests", "Prompt tokens", "Completion tokens", "Wall clock (sum)",
                          "Cost (estimate)"], rows), ""]
     if col.problems:
-        parts += [f"## Left out ({len(col.problems)})", "",
+        parts += [f"## Left out or apart ({len(col.problems)})", "",
                   _md_table(["Path", "Kind", "Detail"],
                             [[f"`{p.path}`", p.kind, p.detail.replace("|", "\\|").replace("\n", " ")] for p in col.problems]), ""]
     if plots:
@@ -218,15 +236,18 @@ def cells_csv(col: Collection) -> str:
     """One row per (engine, task, method): accuracy in %, seeds, paper value, totals."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["engine", "task", "method", "method_label", "mean_pct", "std_pct", "n_seeds", "n_questions",
-                "paper_gpt4omini_pct", "requests", "prompt_tokens", "completion_tokens", "wall_s", "cost_usd",
-                "run_dirs"])
-    cells = merge_cells(col.runs)
-    for (e, t, m), c in sorted(cells.items(), key=lambda kv: (kv[0][0], ordered_tasks(kv[1].runs)[0],
-                                                              _METHOD_ORDER.index(kv[0][2]) if kv[0][2] in _METHOD_ORDER else 99)):
+    w.writerow(["protocol_hash", "engine", "task", "dataset", "method", "method_label", "mean_pct", "std_pct", "n_seeds",
+                "n_questions", "paper_gpt4omini_pct", "requests", "prompt_tokens", "completion_tokens", "wall_s",
+                "cost_usd", "run_dirs"])
+    rows = []
+    for h, runs in protocol_groups(col.runs):
+        for (e, t, m), c in sorted(merge_cells(runs).items(), key=lambda kv: (
+                kv[0][0], ordered_tasks(kv[1].runs)[0], _METHOD_ORDER.index(kv[0][2]) if kv[0][2] in _METHOD_ORDER else 99)):
+            rows.append((h, e, t, m, c))
+    for h, e, t, m, c in rows:
         tot = totals(list(c.runs))[0]
         paper = paper_accuracy(m, t)
-        w.writerow([e, t, m, METHOD_LABELS.get(m, m), f"{100 * c.mean:.2f}", f"{100 * c.std:.2f}", c.n_seeds,
+        w.writerow([h, e, t, c.runs[0].dataset, m, METHOD_LABELS.get(m, m), f"{100 * c.mean:.2f}", f"{100 * c.std:.2f}", c.n_seeds,
                     max(r.n_questions for r in c.runs), "" if paper is None else f"{paper:.1f}", tot["requests"],
                     tot["prompt_tokens"], tot["completion_tokens"], f"{tot['wall_s']:.1f}",
                     "" if tot["cost_usd"] is None else f"{tot['cost_usd']:.4f}", ";".join(str(r.path) for r in c.runs)])

@@ -8,6 +8,10 @@ Layout (all JSON written atomically: temp file + ``os.replace``)::
     RUN_DIR/cache.sqlite      generation cache (engines.cache)
     RUN_DIR/results.json      final results (schema: RESULTS_SCHEMA_VERSION)
     RUN_DIR/trajectories.jsonl per-item records
+
+Every writer here passes what it writes through ``mtg_local.runs.secrets.redact``
+(API keys, tokens, credentials in URLs or error texts), so no file of a run dir
+holds a secret whatever the caller put in.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from mtg_local.runs.secrets import redact
 
 #: Bumped when results.json changes incompatibly; reports check it.
 RESULTS_SCHEMA_VERSION = 1
@@ -80,22 +86,22 @@ class RunDir:
         return self.path / "trajectories.jsonl"
 
     def write_config(self, config: dict[str, Any]) -> None:
-        atomic_write_json(self.config_path, config)
+        atomic_write_json(self.config_path, redact(config))
 
     def log_event(self, kind: str, **fields: Any) -> None:
         """Appends one event line (flushed + fsynced: the log survives SIGKILL)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"t": round(time.time(), 3), "event": kind, **fields})
+        line = json.dumps(redact({"t": round(time.time(), 3), "event": kind, **fields}))
         with open(self.events_path, "a") as f:
             f.write(line + "\n")
             f.flush()
             os.fsync(f.fileno())
 
     def write_results(self, results: dict[str, Any]) -> None:
-        atomic_write_json(self.results_path, {"schema_version": RESULTS_SCHEMA_VERSION, **results})
+        atomic_write_json(self.results_path, redact({"schema_version": RESULTS_SCHEMA_VERSION, **results}))
 
     def write_checkpoint(self, state: dict[str, Any]) -> None:
-        atomic_write_json(self.checkpoint_path, state)
+        atomic_write_json(self.checkpoint_path, redact(state))
 
     def read_checkpoint(self) -> dict[str, Any] | None:
         return read_json(self.checkpoint_path) if self.checkpoint_path.exists() else None
@@ -104,5 +110,5 @@ class RunDir:
         tmp = self.trajectories_path.with_suffix(".jsonl.tmp")
         with open(tmp, "w") as f:
             for r in records:
-                f.write(json.dumps(r) + "\n")
+                f.write(json.dumps(redact(r)) + "\n")
         os.replace(tmp, self.trajectories_path)

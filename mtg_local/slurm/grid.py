@@ -10,17 +10,18 @@ Grid YAML (every key but ``tasks``, ``methods`` and ``engines`` optional)::
       - vllm:Qwen/Qwen2.5-7B-Instruct
       - {spec: "vllm:meta-llama/Llama-3.3-70B-Instruct", label: llama70b, slurm: {gpus: 4}}
     engine_opts: [dtype=bfloat16, max_model_len=8192]   # every engine (KEY=VALUE)
-    seeds: [0, 1, 2, 3, 4, 5]
+    seeds: [0, 1, 2, 3, 4, 5]      # default: the protocol's (docs/protocol.md)
     args:                          # extra mtg arguments: for all, per sub-command, per method
-      all: [--limit, 100]
-      eval: [--steps, 3]
-      train: [--outer-steps, 5]
-      solution_opt: [--steps, 5]
+      all: [--limit, 100]          # protocol flags (--steps, --limit, ...) only here: one protocol per grid
+      train: [--joint-template, maml]
+      copro: [--breadth, 4]
     slurm: {template: slurm/mtg_array.sbatch, partition: gpu, time: "08:00:00", gpus: 1,
             cpus_per_task: 8, mem: 64G, max_parallel: 4, extra: [--account=abc],
             export: {HF_HOME: /scratch/hf}}
 
-Runs whose engines carry different ``slurm`` overrides (e.g. a 70B model on 4 GPUs) go to
+Protocol flags (``docs/protocol.md``: --steps, --seeds, --temperature, ...) may only appear
+under ``args.all`` (or ``seeds``): a per-method or per-command value would give the rows of
+one table different protocols. Runs whose engines carry different ``slurm`` overrides (e.g. a 70B model on 4 GPUs) go to
 separate array jobs, one per distinct resource request.
 """
 
@@ -175,7 +176,7 @@ class Grid:
     tasks: tuple[TaskEntry, ...]
     methods: tuple[str, ...]
     engines: tuple[EngineEntry, ...]
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] | None = None  # None: the protocol's default seeds
     engine_opts: tuple[str, ...] = ()
     args: tuple[tuple[str, tuple[str, ...]], ...] = ()
     slurm: tuple[tuple[str, Any], ...] = ()
@@ -189,15 +190,27 @@ class Grid:
         for m in self.methods:
             if m not in METHOD_COMMANDS:
                 raise GridError(f"unknown method {m!r} in grid; known: {', '.join(METHOD_COMMANDS)}")
-        if not self.seeds or any(s < 0 for s in self.seeds):
+        if self.seeds is not None and (not self.seeds or any(s < 0 for s in self.seeds)):
             raise GridError(f"grid seeds must be a non-empty list of integers >= 0, got {list(self.seeds)}")
         for kind, labels in (("task", [t.label for t in self.tasks]), ("engine", [e.label for e in self.engines])):
             if len(set(labels)) != len(labels):
                 raise GridError(f"two grid {kind}s share a label ({labels}); give them distinct 'label's")
         allowed = {"all", *set(METHOD_COMMANDS.values()), *METHOD_COMMANDS}
-        for key, _ in self.args:
+        from mtg_local.commands.protocol_args import protocol_flags
+
+        flags = protocol_flags()
+        for key, values in self.args:
             if key not in allowed:
                 raise GridError(f"grid 'args' key {key!r} must be 'all', a sub-command or a method")
+            bad = [v for v in values if v.split("=", 1)[0] in flags]
+            if key != "all" and bad:
+                raise GridError(f"grid 'args.{key}' sets protocol flag {bad[0]}: protocol settings must be equal "
+                                "across the grid; put them under 'args.all' (docs/protocol.md)")
+        for t in self.tasks:
+            bad = [v for v in t.args if v.split("=", 1)[0] in flags]
+            if bad:
+                raise GridError(f"grid task {t.name!r} sets protocol flag {bad[0]} in its args; put it under "
+                                "'args.all' (docs/protocol.md)")
 
     def args_for(self, key: str) -> tuple[str, ...]:
         return dict(self.args).get(key, ())
@@ -216,7 +229,8 @@ class Grid:
                     argv += [*task.args, "--method", method, "--engine", engine.spec]
                     for o in (*self.engine_opts, *engine.opts):
                         argv += ["--engine-opt", o]
-                    argv += ["--seeds", ",".join(str(s) for s in self.seeds)]
+                    if self.seeds is not None:
+                        argv += ["--seeds", ",".join(str(s) for s in self.seeds)]
                     argv += [*self.args_for("all"), *self.args_for(cmd), *self.args_for(method)]
                     argv += ["--out", str(run_dir)]
                     runs.append(RunSpec(task, method, engine, run_dir, tuple(argv)))
@@ -233,10 +247,12 @@ def parse_grid(raw: Any, *, source: str = "grid", runs_root: str | None = None) 
     for key in ("tasks", "methods", "engines"):
         if not isinstance(raw.get(key), list):
             raise GridError(f"{source}: {key!r} must be a list, got {raw.get(key)!r}")
-    seeds = raw.get("seeds", [0])
-    if isinstance(seeds, int):
+    seeds = raw.get("seeds")
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
-    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+    if seeds is not None and not (
+        isinstance(seeds, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
         raise GridError(f"{source}: 'seeds' must be a list of integers, got {seeds!r}")
     args = raw.get("args") or {}
     if isinstance(args, list):
@@ -253,7 +269,7 @@ def parse_grid(raw: Any, *, source: str = "grid", runs_root: str | None = None) 
         tasks=tuple(TaskEntry.parse(t) for t in raw["tasks"]),
         methods=tuple(str(m) for m in raw["methods"]),
         engines=tuple(EngineEntry.parse(e) for e in raw["engines"]),
-        seeds=tuple(seeds),
+        seeds=tuple(seeds) if seeds is not None else None,
         engine_opts=_str_list(raw.get("engine_opts"), "engine_opts"),
         args=tuple(sorted((str(k), _str_list(v, f"args.{k}")) for k, v in args.items())),
         slurm=tuple(sorted(slurm.items())),

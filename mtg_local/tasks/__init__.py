@@ -2,28 +2,32 @@
 
 Names and where their data comes from (details in ``docs/tasks.md``):
 
-=======================  ==================================================  ======================
-name                     default source                                      ``source="hub"``
-=======================  ==================================================  ======================
-``word_sorting``         built-in generated set (offline)                    BBH ``lukaemon/bbh``
-``bbh_word_sorting``     BBH ``lukaemon/bbh`` / ``word_sorting`` / ``test``  same
-``mmlu_machine_learning`` ``cais/mmlu`` / ``machine_learning``               same
-``gpqa_diamond``         ``Idavidrein/gpqa`` / ``gpqa_diamond`` (gated)      same
-=======================  ==================================================  ======================
+==========================  ==================================================
+name                        data
+==========================  ==================================================
+``word_sorting``            BBH ``lukaemon/bbh`` / ``word_sorting`` / ``test``
+                            (paper task; ``bbh_word_sorting`` is an alias)
+``mmlu_machine_learning``   ``cais/mmlu`` / ``machine_learning`` (paper task)
+``gpqa_diamond``            ``Idavidrein/gpqa`` / ``gpqa_diamond``, gated (paper task)
+``synthetic_word_sorting``  generated offline from a seed (not a paper task)
+==========================  ==================================================
 
-With ``data_file=PATH`` any of them reads a local file in the dataset's Hub
-schema through the same ``datasets`` loader (``word_sorting`` then means the
-BBH format).
+With ``data_file=PATH`` the Hub tasks read a local file in the dataset's Hub
+schema through the same ``datasets`` loader. ``scoring`` picks the answer
+rule: "reference" (TextGrad's, the default) or "lenient"
+(``mtg_local.tasks.answer_parsing``); the task records it in ``describe()``.
 """
 
 from __future__ import annotations
 
-from mtg_local.tasks.base import Example, Splits, Task
+from mtg_local.tasks.base import SCORINGS, Example, Splits, Task
 from mtg_local.tasks.errors import TaskDataError
 
-__all__ = ["Example", "Splits", "Task", "TaskDataError", "get_task", "task_names"]
+__all__ = ["SCORINGS", "Example", "Splits", "Task", "TaskDataError", "get_task", "task_names"]
 
-_NAMES = ("word_sorting", "bbh_word_sorting", "mmlu_machine_learning", "gpqa_diamond")
+_NAMES = ("word_sorting", "bbh_word_sorting", "mmlu_machine_learning", "gpqa_diamond", "synthetic_word_sorting")
+#: Accepted old names -> the task they resolve to (results carry the resolved name).
+_ALIASES = {"bbh_word_sorting": "word_sorting"}
 _SOURCES = ("builtin", "hub")
 
 
@@ -39,46 +43,65 @@ def get_task(
     seed: int = 0,
     source: str | None = None,
     strict: bool = False,
+    scoring: str = "reference",
 ) -> Task:
     """Builds a task by name; data is loaded on the first ``splits()``/``describe()``.
 
     Args:
-        name: one of ``task_names()``.
+        name: one of ``task_names()`` (``bbh_word_sorting`` resolves to ``word_sorting``).
         data_file: a local JSON/JSONL/CSV/Parquet file in the dataset's Hub
-            schema, read instead of the Hub.
-        seed: the *data* seed -- generation seed of the built-in word sorting,
+            schema, read instead of the Hub (not for ``synthetic_word_sorting``).
+        seed: the *data* seed -- generation seed of the synthetic word sorting,
             split shuffle of MMLU/GPQA and GPQA's option order (BBH splits are
             in file order and ignore it). Keep it fixed across runs whose
             results are compared; it is not the sampling seed.
-        source: ``"builtin"`` (only ``word_sorting``, its default) or ``"hub"``
-            (BBH for ``word_sorting``; the default of the others). Ignored
-            with ``data_file``.
+        source: ``"builtin"`` (only ``synthetic_word_sorting``, its only
+            source) or ``"hub"`` (the only source of the others). Ignored with
+            ``data_file``.
         strict: stop at the first bad row (``TaskDataError`` naming the row)
             instead of skipping it into ``Splits.skipped``.
+        scoring: "reference" (TextGrad's first ``Answer:`` rule) or "lenient".
 
     Raises:
         TaskDataError: unknown name/source, or (later) data that cannot be loaded.
     """
     if name not in _NAMES:
         raise TaskDataError(f"unknown task {name!r}; known: {', '.join(_NAMES)}")
+    name = _ALIASES.get(name, name)
     if source is not None and source not in _SOURCES:
         raise TaskDataError(f"source must be one of {', '.join(_SOURCES)}, got {source!r}")
-    if source == "builtin" and name != "word_sorting":
-        raise TaskDataError(f"task {name!r} has no built-in data; use source='hub' or data_file=")
+    if scoring not in SCORINGS:
+        raise TaskDataError(f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
+    synthetic = name == "synthetic_word_sorting"
+    if source == "builtin" and not synthetic:
+        raise TaskDataError(
+            f"task {name!r} has no built-in data; use source='hub' or data_file= "
+            "(the generated offline set is 'synthetic_word_sorting')"
+        )
+    if synthetic and (source == "hub" or data_file is not None):
+        raise TaskDataError(
+            "task 'synthetic_word_sorting' is generated offline and reads no data; "
+            "use 'word_sorting' for BBH from the Hub or a file"
+        )
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TaskDataError(f"seed must be an int, got {seed!r}")
     data_file = str(data_file) if data_file is not None else None
 
-    if name in ("word_sorting", "bbh_word_sorting"):
+    task: Task
+    if name in ("word_sorting", "synthetic_word_sorting"):
         from mtg_local.tasks.word_sorting import WordSortingTask
 
-        if name == "word_sorting" and data_file is None and source in (None, "builtin"):
-            return WordSortingTask.builtin(seed=seed)
-        return WordSortingTask.load(data_file=data_file, strict=strict)
-    if name == "mmlu_machine_learning":
+        if synthetic:
+            task = WordSortingTask.builtin(seed=seed)
+        else:
+            task = WordSortingTask.load(data_file=data_file, strict=strict)
+    elif name == "mmlu_machine_learning":
         from mtg_local.tasks.mmlu import MMLUMachineLearningTask
 
-        return MMLUMachineLearningTask.create(data_file=data_file, seed=seed, strict=strict)
-    from mtg_local.tasks.gpqa import GPQADiamondTask
+        task = MMLUMachineLearningTask.create(data_file=data_file, seed=seed, strict=strict)
+    else:
+        from mtg_local.tasks.gpqa import GPQADiamondTask
 
-    return GPQADiamondTask.create(data_file=data_file, seed=seed, strict=strict)
+        task = GPQADiamondTask.create(data_file=data_file, seed=seed, strict=strict)
+    task.scoring = scoring
+    return task

@@ -1,14 +1,27 @@
-"""Finding the final answer in free-form model output.
+r"""Finding the final answer in free-form model output, under two scoring rules.
 
-Two parsers, one per answer kind, written against what models actually emit
-(markdown, LaTeX, restated answers, lists):
+``scoring="reference"`` (the default of every task) is the rule the paper's
+numbers were scored with:
+
+* ``reference_choice_letter``: TextGrad's / simple-evals' multiple-choice rule,
+  the *first* match of ``(?i)Answer\s*:\s*([A-D])`` (``eval_string_based`` in
+  TextGrad's ``textgrad/tasks/mmlu.py`` and ``gpqa.py``), taken as written.
+* ``reference_sorted_words``: the same "first ``Answer:``" rule for word
+  sorting, the rest of that line compared as a word sequence. TextGrad scores
+  BBH word sorting with an LLM judge that is asked whether the final
+  prediction is "the same as the ground truth answer" (``load_task``'s "BBH"
+  branch in ``textgrad/tasks/__init__.py``); a deterministic string rule
+  stands in for the judge so that runs are reproducible and free.
+
+``scoring="lenient"`` keeps the parsers written against what small models
+actually emit (markdown, LaTeX, restated answers, lists):
 
 * ``extract_choice_letter``: a multiple-choice letter.
 * ``extract_sorted_words``: the word sequence of a word-sorting answer.
 
-Both take the *last* answer in the response, so a model that corrects itself
-is scored on its final word. Neither ever guesses: no recognisable answer
-gives ``None`` (scored wrong), never a default letter.
+Both lenient parsers take the *last* answer in the response, so a model that
+corrects itself is scored on its final word. No parser ever guesses: no
+recognisable answer gives ``None`` (scored wrong), never a default letter.
 """
 
 from __future__ import annotations
@@ -98,6 +111,40 @@ def extract_choice_letter(
         if m and m.group("letter") in letters:
             return m.group("letter")
     return None
+
+
+# ---------------------------------------------------------------- reference rules
+
+#: TextGrad's ANSWER_PATTERN_MULTICHOICE (textgrad/tasks/mmlu.py, gpqa.py; from simple-evals).
+REFERENCE_CHOICE_PATTERN = re.compile(r"(?i)Answer\s*:\s*([A-D])")
+#: The same "first Answer:" anchor for free-text answers: the rest of that line.
+REFERENCE_ANSWER_LINE = re.compile(r"(?i)Answer\s*:[ \t]*([^\n]*)")
+
+
+def reference_choice_letter(response: str) -> str | None:
+    """The letter of the first ``Answer: X`` in ``response`` exactly as TextGrad reads it, or None.
+
+    Like TextGrad's ``eval_string_based``: case-insensitive pattern, the
+    letter kept as written (a lower-case "answer: b" does not equal "B" and
+    scores 0 there too), the first match wins ("Answer: B ... is the answer
+    C?" gives B), and nothing else is read (no markdown stripping).
+    """
+    m = REFERENCE_CHOICE_PATTERN.search(response)
+    return m.group(1) if m else None
+
+
+def reference_sorted_words(response: str) -> str | None:
+    """The words on the line of the first ``Answer:`` in ``response``, normalised, or None.
+
+    The line's text goes through ``normalize_words`` (lower case, punctuation
+    dropped), the same canonical form as the ground truth, so "Answer: Apple,
+    banana." equals "apple banana". Nothing else is accepted: no list on the
+    following lines, no later answer.
+    """
+    m = REFERENCE_ANSWER_LINE.search(response)
+    if m is None:
+        return None
+    return normalize_words(m.group(1)) or None
 
 
 # ---------------------------------------------------------------- word sorting

@@ -60,6 +60,12 @@ class Splits:
         return Splits(self.train[:limit], self.val[:limit], self.test[:limit], self.skipped)
 
 
+#: Answer-extraction rules a task can score with (see ``mtg_local.tasks.answer_parsing``):
+#: "reference" = the rule the paper's numbers were scored with (TextGrad / simple-evals),
+#: "lenient" = this project's parsers for what small models emit.
+SCORINGS = ("reference", "lenient")
+
+
 class Task(abc.ABC):
     """A benchmark: its splits and how to prompt, parse and score it."""
 
@@ -69,6 +75,8 @@ class Task(abc.ABC):
     initial_loss_prompt: str = ""
     #: what the answer must look like; appended to every question
     format_instruction: str = ""
+    #: answer-extraction rule, one of ``SCORINGS`` (``get_task`` sets it; recorded in describe())
+    scoring: str = "reference"
 
     @abc.abstractmethod
     def splits(self) -> Splits:
@@ -82,7 +90,11 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def extract_answer(self, response: str, example: Example | None = None) -> str | None:
-        """The canonical answer found in a model response, or None."""
+        """The canonical answer found in a model response under ``self.scoring``, or None.
+
+        Everything that reads an answer (scoring, majority vote, the format
+        check of updates) goes through this one method, so one rule applies.
+        """
 
     def score(self, response: str, example: Example) -> float:
         """1.0 if the response's extracted answer equals the ground truth, else 0.0."""
@@ -90,4 +102,4 @@ class Task(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         """What to record about the task in a run's config/results."""
-        return {"name": self.name}
+        return {"name": self.name, "scoring": self.scoring}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 from typing import Any
 
-from mtg_local.tasks.answer_parsing import extract_choice_letter
+from mtg_local.tasks.answer_parsing import extract_choice_letter, reference_choice_letter
 from mtg_local.tasks.base import Example, Splits, Task
 from mtg_local.tasks.errors import TaskDataError
 from mtg_local.tasks.loading import DataSource, check_columns, load_rows, one_to_three_split, parse_rows
@@ -112,7 +112,9 @@ class MultipleChoiceTask(Task):
         return f"{MC_PREAMBLE} {self.format_instruction}\n\n{example.question}"
 
     def extract_answer(self, response: str, example: Example | None = None) -> str | None:
-        """The letter A-D the response ends on (rules: ``extract_choice_letter``), or None."""
+        """The answer letter: reference = first ``Answer: X`` (TextGrad); lenient = ``extract_choice_letter``."""
+        if self.scoring == "reference":
+            return reference_choice_letter(response)
         return extract_choice_letter(response, example.choices if example is not None else None, letters=LETTERS)
 
     def describe(self) -> dict[str, Any]:
@@ -120,6 +122,7 @@ class MultipleChoiceTask(Task):
         s = self.splits()
         return {
             "name": self.name,
+            "scoring": self.scoring,
             **self.source.describe(),
             "seed": self.seed,
             "strict": self.strict,

@@ -5,9 +5,11 @@ Two sources of questions:
 * ``WordSortingTask.builtin(seed=...)`` generates questions offline,
   deterministically from a seed, from a bundled word list
   (``mtg_local/data/words.txt``); the ground truth is exact (``sorted``). This
-  is the default of ``get_task("word_sorting")``.
-* ``WordSortingTask.load(...)`` reads the real BBH set through ``datasets``:
-  from the Hub (``lukaemon/bbh``, config ``word_sorting``, split ``test``, 250
+  is ``get_task("synthetic_word_sorting")`` (task name
+  ``synthetic_word_sorting``): 3-8 common words, easier than BBH and NOT a
+  paper task; it exists so everything runs offline.
+* ``WordSortingTask.load(...)`` is ``get_task("word_sorting")``: it reads the
+  real BBH set through ``datasets``: from the Hub (``lukaemon/bbh``, config ``word_sorting``, split ``test``, 250
   rows) or a local BBH / BIG-bench file (``{"examples": [{"input", "target"}]}``
   JSON, or JSON lines with those fields). Splits are taken in file order as in
   TextGrad: the first 50 rows train, the next 100 val, the next 100 test
@@ -24,7 +26,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from mtg_local.tasks.answer_parsing import extract_sorted_words, normalize_words
+from mtg_local.tasks.answer_parsing import extract_sorted_words, normalize_words, reference_sorted_words
 from mtg_local.tasks.base import Example, Splits, Task
 from mtg_local.tasks.errors import TaskDataError
 from mtg_local.tasks.loading import BadRow, DataSource, check_columns, load_rows, parse_rows, text_field
@@ -130,6 +132,8 @@ class WordSortingTask(Task):
     """
 
     name = "word_sorting"
+    #: name of the generated (offline) set; ``builtin()`` tasks carry it
+    SYNTHETIC_NAME = "synthetic_word_sorting"
     initial_loss_prompt = INITIAL_LOSS_PROMPT
     format_instruction = FORMAT_INSTRUCTION
 
@@ -162,7 +166,10 @@ class WordSortingTask(Task):
         splits = Splits(
             tuple(ex[:n_train]), tuple(ex[n_train : n_train + n_val]), tuple(ex[n_train + n_val :])
         )
-        return cls(splits, source=f"builtin(seed={seed})", seed=seed)
+        task = cls(splits, source=f"builtin(seed={seed})", seed=seed)
+        # An instance attribute: results, reports and caches must never mistake it for BBH.
+        task.name = cls.SYNTHETIC_NAME
+        return task
 
     @classmethod
     def load(
@@ -206,7 +213,13 @@ class WordSortingTask(Task):
         return Splits(examples("train"), examples("val"), examples("test"), tuple(skipped))
 
     def extract_answer(self, response: str, example: Example | None = None) -> str | None:
-        """The normalised words after the last ``Answer:`` (rules: ``extract_sorted_words``)."""
+        """The answer's normalised words.
+
+        reference: the line of the first ``Answer:`` (``reference_sorted_words``);
+        lenient: after the last ``Answer:``, lists allowed (``extract_sorted_words``).
+        """
+        if self.scoring == "reference":
+            return reference_sorted_words(response)
         words = None
         if example is not None:
             m = _LIST_RE.search(example.question)
@@ -217,7 +230,7 @@ class WordSortingTask(Task):
         """Provenance for results.json: source, split rule, sizes, skipped and unused rows."""
         s = self.splits()
         used = len(s.train) + len(s.val) + len(s.test)
-        d: dict[str, Any] = {"name": self.name, "source": self.source}
+        d: dict[str, Any] = {"name": self.name, "scoring": self.scoring, "source": self.source}
         if self.data is not None:
             d.update(self.data.describe())
             d.update(

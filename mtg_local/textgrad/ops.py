@@ -102,7 +102,7 @@ def forward(
     ]
     results = generate_in_prefix_order(engine, requests)
     return [
-        Variable(value=t + r.text, role_description=role_description, error=r.error)
+        Variable(value=t + r.text, role_description=role_description, error=r.error, finish_reason=r.finish_reason)
         for t, r in zip(templates, results)
     ]
 
@@ -119,11 +119,15 @@ def loss(
 ) -> list[Variable]:
     """Evaluates each answer with its loss prompt theta_L (no ground truth).
 
+    Built like TextGrad's test-time loss (``MultiChoiceTestTime``): the fixed
+    evaluator system prompt ``LOSS_SYSTEM_PROMPT``, and a user turn of theta_L
+    followed by the question and the answer (``LOSS_INPUT_TEMPLATE``).
+
     Args:
         engine: the evaluation engine.
         variables: the answers to judge.
         questions: the question each answer answers.
-        loss_prompts: one loss prompt per item (system prompt of the call).
+        loss_prompts: one loss prompt theta_L per item (head of the user turn).
         samplings: one config for all or one per item.
         ids: request ids (default "loss-<i>").
 
@@ -137,17 +141,21 @@ def loss(
     _check_len("loss_prompts", loss_prompts, n)
     sams = per_item(samplings, n)
     ids = list(ids) if ids is not None else [f"loss-{i}" for i in range(n)]
-    inputs = [P.LOSS_INPUT_TEMPLATE.format(question=q, answer=v.value) for q, v in zip(questions, variables)]
-    requests = [
-        GenRequest.chat(u, system=lp, sampling=sp, id=rid)
-        for u, lp, sp, rid in zip(inputs, loss_prompts, sams, ids)
+    inputs = [
+        P.LOSS_INPUT_TEMPLATE.format(loss_prompt=lp, question=q, answer=v.value)
+        for lp, q, v in zip(loss_prompts, questions, variables)
     ]
+    system = P.LOSS_SYSTEM_PROMPT
+    requests = [GenRequest.chat(u, system=system, sampling=sp, id=rid) for u, sp, rid in zip(inputs, sams, ids)]
     results = generate_in_prefix_order(engine, requests)
     out = []
     for v, q, lp, u, r in zip(variables, questions, loss_prompts, inputs, results):
-        ctx = LossContext(evaluated=v, loss_prompt=lp, loss_input=u, context=q)
+        ctx = LossContext(evaluated=v, loss_prompt=lp, loss_input=u, context=q, system_prompt=system)
         out.append(
-            Variable(r.text, P.EVALUATION_ROLE, requires_grad=False, error=r.error, loss_context=ctx)
+            Variable(
+                r.text, P.EVALUATION_ROLE, requires_grad=False, error=r.error, loss_context=ctx,
+                finish_reason=r.finish_reason,
+            )
         )
     return out
 
@@ -161,6 +169,12 @@ def backward(
     ids: Sequence[str] | None = None,
 ) -> list[str | None]:
     """Computes d(evaluation)/d(answer) for each loss output and adds it to the answer.
+
+    Like TextGrad's backward through an LLM call without a gradient on its
+    output (``_backward_through_llm_base``): the backward call sees the loss
+    call's conversation (system prompt, input, output), the objective and the
+    variable. The gradient keeps that conversation as its context, for the TGD
+    step (TextGrad's ``gradients_context``).
 
     Loss outputs that carry an error, or whose evaluated variable does not
     require a gradient, are skipped (no request).
@@ -192,11 +206,7 @@ def backward(
             continue
         var = ctx.evaluated
         user = P.BACKWARD_USER_TEMPLATE.format(
-            role=var.role_description,
-            loss_prompt=ctx.loss_prompt,
-            loss_input=ctx.loss_input,
-            evaluation=lv.value,
-            variable=var.value,
+            role=var.role_description, conversation=conversation(lv), variable=var.value
         )
         requests.append(GenRequest.chat(user, system=P.BACKWARD_SYSTEM_PROMPT, sampling=sams[i], id=ids[i]))
         todo.append(i)
@@ -204,7 +214,22 @@ def backward(
         if r.error is not None:
             errors[i] = f"backward engine error: {r.error}"
             continue
-        ctx = losses[i].loss_context
-        assert ctx is not None
-        ctx.evaluated.gradients.append(Gradient(text=r.text, context=ctx.context))
+        lv = losses[i]
+        assert lv.loss_context is not None
+        lv.loss_context.evaluated.gradients.append(
+            Gradient(
+                text=r.text, context=conversation(lv), response_role=lv.role_description,
+                finish_reason=r.finish_reason,
+            )
+        )
     return errors
+
+
+def conversation(loss_output: Variable) -> str:
+    """The loss call that produced ``loss_output``, as the backward and TGD steps show it."""
+    ctx = loss_output.loss_context
+    if ctx is None:
+        raise ValueError("not a loss output (no loss_context)")
+    return P.CONVERSATION_TEMPLATE.format(
+        system_prompt=ctx.system_prompt, input=ctx.loss_input, output=loss_output.value
+    )

@@ -17,7 +17,7 @@ from engines.base import Engine, GenRequest
 from mtg_local.prompts import textgrad_prompts as P
 from mtg_local.textgrad.ops import Samplings, generate_in_prefix_order, per_item
 from mtg_local.textgrad.update_parsing import parse_improved_variable
-from mtg_local.textgrad.variable import Variable
+from mtg_local.textgrad.variable import Gradient, Variable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,12 +29,14 @@ class StepOutcome:
         error: None, or why the previous value was kept.
         raw: the optimizer's full output (with any prefilled start tag).
         engine_error: the error is the engine's (not a parse failure).
+        finish_reason: the update call's finish reason (None: no call was made).
     """
 
     updated: bool
     error: str | None = None
     raw: str = ""
     engine_error: bool = False
+    finish_reason: str | None = None
 
 
 class TextualGradientDescent:
@@ -45,8 +47,9 @@ class TextualGradientDescent:
         engine: the optimizer engine.
         constraints: per parameter, a list of constraint strings (or one list
             for all); shown in ``<CONSTRAINTS>``.
-        contexts: per parameter, a context string (or None: the context of
-            its gradients is used).
+        contexts: per parameter, a context string shown before all its
+            feedback (or None: each gradient's own context, e.g. the
+            conversation it came from, precedes its feedback).
         prefill_tag: start the response with ``<IMPROVED_VARIABLE>`` where the
             engine can prefill the assistant turn (helps weak models keep the
             format; the parser accepts outputs with or without it).
@@ -121,34 +124,47 @@ class TextualGradientDescent:
             )
             todo.append(i)
         for i, r in zip(todo, generate_in_prefix_order(self.engine, requests)):
+            fr = r.finish_reason
             if r.error is not None:
-                outcomes[i] = StepOutcome(False, f"optimizer engine error: {r.error}", engine_error=True)
+                why = f"optimizer engine error: {r.error}"
+                outcomes[i] = StepOutcome(False, why, engine_error=True, finish_reason=fr)
                 continue
             raw = prefix + r.text
-            parsed = parse_improved_variable(raw, truncated=r.finish_reason == "length")
+            parsed = parse_improved_variable(raw, truncated=fr == "length")
             if parsed.value is None:
-                outcomes[i] = StepOutcome(False, parsed.error, raw)
+                outcomes[i] = StepOutcome(False, parsed.error, raw, finish_reason=fr)
                 continue
             rejected = self.validate(i, self.parameters[i].value, parsed.value) if self.validate else None
             if rejected is not None:
-                outcomes[i] = StepOutcome(False, rejected, raw)
+                outcomes[i] = StepOutcome(False, rejected, raw, finish_reason=fr)
                 continue
             self.parameters[i].value = parsed.value
-            outcomes[i] = StepOutcome(True, None, raw)
+            outcomes[i] = StepOutcome(True, None, raw, finish_reason=fr)
         return outcomes
 
     def _user_message(self, i: int) -> str:
+        """TextGrad's TGD prompt: role, variable, <CONTEXT> of context + feedback, constraints."""
         var = self.parameters[i]
         cons = self.constraints[i]
         block = P.CONSTRAINTS_TEMPLATE.format(constraints="\n".join(cons)) if cons else ""
         if self.contexts is not None:
-            context = self.contexts[i]
+            context = P.PLAIN_CONTEXT_TEMPLATE.format(
+                context=self.contexts[i], feedback=var.gradient_text(P.FEEDBACK_SEPARATOR)
+            )
         else:
-            context = "\n\n".join(dict.fromkeys(g.context for g in var.gradients if g.context))
+            context = P.FEEDBACK_SEPARATOR.join(_gradient_block(var, g) for g in var.gradients)
         return P.OPTIMIZER_USER_TEMPLATE.format(
-            role=var.role_description,
-            constraints_block=block,
-            context=context,
-            variable=var.value,
-            feedback=var.gradient_text(P.FEEDBACK_SEPARATOR),
+            role=var.role_description, variable=var.value, context=context, constraints_block=block
         )
+
+
+def _gradient_block(var: Variable, g: Gradient) -> str:
+    """One gradient in <CONTEXT>: its conversation and feedback (TextGrad's GRADIENT_TEMPLATE)."""
+    if g.response_role:
+        return P.GRADIENT_CONTEXT_TEMPLATE.format(
+            conversation=g.context, response_role=g.response_role, variable_role=var.role_description,
+            feedback=g.text,
+        )
+    if g.context:
+        return P.PLAIN_CONTEXT_TEMPLATE.format(context=g.context, feedback=g.text)
+    return f"<FEEDBACK>{g.text}</FEEDBACK>"

@@ -18,12 +18,19 @@ class Gradient:
 
     Attributes:
         text: the feedback.
-        context: what the variable is used for (e.g. the question it answers),
-            shown to the optimizer beside the feedback.
+        context: where the variable was used, shown to the optimizer beside
+            the feedback: the conversation of the call that judged it
+            (``CONVERSATION_TEMPLATE``) when ``response_role`` is set, else a
+            plain description.
+        response_role: role of that call's output (e.g. "evaluation of the
+            solution"); "" for a plain context.
+        finish_reason: the backward call's finish reason ("" if unknown).
     """
 
     text: str
     context: str = ""
+    response_role: str = ""
+    finish_reason: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,15 +39,18 @@ class LossContext:
 
     Attributes:
         evaluated: the variable the loss judged (gradients are added to it).
-        loss_prompt: the loss prompt theta_L (system prompt of the loss call).
-        loss_input: the user message the loss call read (question + answer).
-        context: context recorded with the gradient (the question).
+        loss_prompt: the loss prompt theta_L (the instruction heading the
+            loss call's user turn).
+        loss_input: the user turn the loss call read (theta_L, question, answer).
+        context: the question the evaluated answer answers.
+        system_prompt: the loss call's (fixed evaluator) system prompt.
     """
 
     evaluated: Variable
     loss_prompt: str
     loss_input: str
     context: str = ""
+    system_prompt: str = ""
 
 
 @dataclasses.dataclass(eq=False)
@@ -56,6 +66,8 @@ class Variable:
         error: None, or why the operation that produced ``value`` failed
             (an engine error result); ``value`` is then a fallback.
         loss_context: set on loss outputs only: what was evaluated.
+        finish_reason: finish reason of the call that produced ``value``
+            ("length" = cut off at max_tokens; "" if none/unknown).
     """
 
     value: str
@@ -64,6 +76,7 @@ class Variable:
     gradients: list[Gradient] = dataclasses.field(default_factory=list)
     error: str | None = None
     loss_context: LossContext | None = None
+    finish_reason: str = ""
 
     def zero_grad(self) -> None:
         """Drops the accumulated gradients (call before each loss/backward)."""

@@ -3,8 +3,8 @@
 # one `mtg` command so that preemption and time limits become a checkpoint + requeue + resume.
 #
 # Contract with the `mtg` CLI (see slurm/README.md):
-#   * `mtg train|eval|baseline` take `--out RUN_DIR`; on SIGUSR1/SIGTERM `mtg train` writes a
-#     checkpoint and exits 99 ("requeue me");
+#   * `mtg train|eval|baseline` take `--out RUN_DIR`; on SIGUSR1/SIGTERM they stop (train keeps
+#     its checkpoint), write results.json status "interrupted" and exit 99 ("requeue me");
 #   * `mtg train --resume RUN_DIR` continues a run dir; `mtg eval` rerun with the same run dir
 #     and cache recomputes cheaply (every finished generation is a cache hit);
 #   * a run dir is locked (RUN_DIR/.lock, flock) by the mtg process, never by this shell.
@@ -158,7 +158,17 @@ mtg_run_grid() {
 mtg_exec() {
   local run_dir=$1; shift
   local -a argv=("$@")
-  mtg_log "mtg ${argv[*]}"
+  # The logged line shows secret engine options (api_key=..., *_token=...) as [redacted].
+  local -a shown=() a k
+  for a in "${argv[@]}"; do
+    k=${a#--engine-opt=}; k=${k%%=*}; k=${k,,}
+    if [[ "$a" == *=* && "_${k}_" =~ _(key|apikey|token|secret|password|passwd|authorization|auth|credentials?)_ ]]; then
+      shown+=("${a%%=*}=[redacted]")
+    else
+      shown+=("$a")
+    fi
+  done
+  mtg_log "mtg ${shown[*]}"
   if [[ "${MTG_DRY_RUN:-0}" == 1 ]]; then mtg_log "MTG_DRY_RUN=1: not running"; return 0; fi
   trap '_mtg_forward USR1' USR1
   trap '_mtg_forward TERM' TERM

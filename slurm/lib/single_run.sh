@@ -5,10 +5,12 @@
 : "${MTG_ENGINE:=vllm:$MTG_MODEL}"
 : "${MTG_TASK:=word_sorting}"
 : "${MTG_METHOD:=zero_shot_cot}"
-: "${MTG_SEEDS:=0,1,2,3,4,5}"
+: "${MTG_SEEDS:=}"   # empty: the protocol's seeds (0-5, docs/protocol.md)
 : "${MTG_ARGS:=}"
 : "${MTG_RUN_DIR:=$MTG_RUNS/$MTG_TASK/$MTG_METHOD/${MTG_ENGINE//[\/:]/_}}"
 mtg_cmd=$(mtg_command_for "$MTG_METHOD") || mtg_die "unknown MTG_METHOD=$MTG_METHOD (zero_shot_cot|solution_opt|learned_loss|maml|reptile|joint|prompt_opt|copro|miprov2)"
 # shellcheck disable=SC2086  # MTG_ARGS is a word list on purpose
+seed_args=()
+[[ -n "$MTG_SEEDS" ]] && seed_args=(--seeds "${MTG_SEEDS// /,}")
 mtg_run "$mtg_cmd" --task "$MTG_TASK" --method "$MTG_METHOD" --engine "$MTG_ENGINE" \
-  --seeds "${MTG_SEEDS// /,}" $MTG_ARGS --out "$MTG_RUN_DIR"
+  ${seed_args[@]+"${seed_args[@]}"} $MTG_ARGS --out "$MTG_RUN_DIR"

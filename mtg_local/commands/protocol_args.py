@@ -1,0 +1,148 @@
+"""The protocol's command-line flags, shared by ``mtg eval``, ``mtg train`` and ``mtg baseline``.
+
+Every flag defaults to "unset": the run's protocol is ``DEFAULT_PROTOCOL`` (or the
+one read with ``--protocol FILE``) with only the flags given on the command line
+replaced. So one place (``mtg_local.protocol``) holds the defaults of every command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from engines.errors import UserError
+from mtg_local.inner_loop import FREEZE_CONDITIONS
+from mtg_local.protocol import ANSWER_SELECTIONS, DEFAULT_PROTOCOL, SCORINGS, VOTE_TIES, Protocol, check_context
+
+_D = DEFAULT_PROTOCOL
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """"0,1,2" or "0-5" (inclusive) or a mix -> (0, 1, 2, ...)."""
+    seeds: list[int] = []
+    try:
+        for part in (p.strip() for p in str(text).split(",")):
+            if not part:
+                continue
+            lo, sep, hi = part.partition("-")
+            seeds.extend(range(int(lo), int(hi) + 1) if sep else [int(part)])
+    except ValueError as e:
+        raise UserError(f"--seeds must look like 0,1,2 or 0-5, got {text!r}") from e
+    return tuple(seeds)
+
+
+def _bool(text: str) -> bool:
+    t = str(text).strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_protocol_args(parser: argparse.ArgumentParser, *, meta: bool = False) -> None:
+    """Adds the protocol flags (``meta``: also the outer-loop ones of ``mtg train``)."""
+    g = parser.add_argument_group(
+        "protocol (equal across one results table; defaults and sources: docs/protocol.md)"
+    )
+    g.add_argument("--protocol", default=None, metavar="FILE",
+                   help="start from this protocol (JSON: a protocol object, or a results.json holding one)")
+    g.add_argument("--seeds", default=None, help=f"sampling seeds, e.g. 0-5 or 0,1,2 (default: {_seeds(_D.seeds)})")
+    g.add_argument("--steps", type=int, default=None, metavar="T", help=f"inner-loop steps T (default: {_D.steps})")
+    g.add_argument("--answer-selection", default=None, choices=ANSWER_SELECTIONS,
+                   help=f"final answer: majority vote over the initial answer and the T iterates, or the last "
+                        f"iterate (default: {_D.answer_selection})")
+    g.add_argument("--majority-vote", action="store_const", const="majority_vote", dest="answer_selection",
+                   help="same as --answer-selection majority_vote")
+    g.add_argument("--vote-tie", default=None, choices=VOTE_TIES, help=f"default: {_D.vote_tie}")
+    g.add_argument("--vote-counts-none", default=None, type=_bool, metavar="BOOL",
+                   help=f"an answer with nothing extractable votes (default: {_D.vote_counts_none})")
+    g.add_argument("--temperature", type=float, default=None, help=f"forward; default: {_D.temperature}")
+    g.add_argument("--optimizer-temperature", type=float, default=None,
+                   help=f"inner loss/backward/update; default: {_D.optimizer_temperature}")
+    g.add_argument("--top-p", type=float, default=None, help=f"every call; default: {_D.top_p}")
+    g.add_argument("--max-tokens", type=int, default=None, help=f"forward; default: {_D.max_tokens}")
+    g.add_argument("--optimizer-max-tokens", type=int, default=None, help=f"default: {_D.optimizer_max_tokens}")
+    g.add_argument("--keep-format", default=None, action="store_true", dest="keep_answer_format",
+                   help="reject updates that lose the task's answer format "
+                        f"(default: {'on' if _D.keep_answer_format else 'off'})")
+    g.add_argument("--no-keep-format", action="store_false", dest="keep_answer_format",
+                   help="accept updates that lose the task's answer format")
+    g.add_argument("--no-prefill-tag", default=None, action="store_false", dest="prefill_update_tag",
+                   help="do not prefill <IMPROVED_VARIABLE> in updates "
+                        f"(default: {'prefill' if _D.prefill_update_tag else 'none'})")
+    g.add_argument("--freeze-when", default=None,
+                   help=f"never, or a comma list of {', '.join(FREEZE_CONDITIONS)} (default: {_D.freeze_when})")
+    g.add_argument("--task-seed", type=int, default=None, help=f"task data seed (default: {_D.task_seed})")
+    g.add_argument("--limit", type=int, default=None, metavar="N", help="first N questions of every split")
+    g.add_argument("--scoring", default=None, choices=SCORINGS, help=f"answer extraction (default: {_D.scoring})")
+    if meta:
+        g.add_argument("--meta-temperature", type=float, default=None,
+                       help=f"meta calls; default: {_D.meta_temperature}")
+        g.add_argument("--meta-max-tokens", type=int, default=None, help=f"meta calls; default: {_D.meta_max_tokens}")
+        g.add_argument("--outer-steps", type=int, default=None, metavar="K", help=f"default: {_D.outer_steps}")
+        g.add_argument("--minibatch", type=int, default=None,
+                       help=f"train questions per outer step (default: {_D.minibatch})")
+        g.add_argument("--max-meta-pairs", type=int, default=None,
+                       help=f"most wrong answers / gradients per meta call (default: {_D.max_meta_pairs})")
+        g.add_argument("--sample-seed", type=int, default=None,
+                       help=f"minibatch sampling seed (default: {_D.sample_seed})")
+
+
+def _seeds(seeds: tuple[int, ...]) -> str:
+    return ",".join(str(s) for s in seeds)
+
+
+#: Protocol fields and the argparse dests that set them (same names).
+_FIELDS = ("steps", "answer_selection", "vote_tie", "vote_counts_none", "temperature", "optimizer_temperature",
+           "top_p", "max_tokens", "optimizer_max_tokens", "keep_answer_format", "prefill_update_tag", "freeze_when",
+           "task_seed", "limit", "scoring", "meta_temperature", "meta_max_tokens", "outer_steps", "minibatch",
+           "max_meta_pairs", "sample_seed")
+
+
+def read_protocol_file(path: str) -> Protocol:
+    """A protocol from a JSON file: a protocol object, or a results.json / config.json holding one."""
+    p = Path(path).expanduser()
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"--protocol {p}: cannot read JSON: {e}") from e
+    if isinstance(data, dict) and isinstance(data.get("protocol"), dict):
+        data = data["protocol"]
+    if not isinstance(data, dict):
+        raise UserError(f"--protocol {p}: expected a JSON object, got {type(data).__name__}")
+    try:
+        return Protocol.from_dict(data)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"--protocol {p}: {e}") from e
+
+
+def protocol_from_args(args: argparse.Namespace, base: Protocol | None = None) -> Protocol:
+    """The run's protocol: ``base`` (or --protocol FILE, or the default) with the given flags replaced."""
+    if base is None:
+        base = read_protocol_file(args.protocol) if getattr(args, "protocol", None) else DEFAULT_PROTOCOL
+    changes: dict[str, Any] = {f: getattr(args, f) for f in _FIELDS if getattr(args, f, None) is not None}
+    if getattr(args, "seeds", None) is not None:
+        changes["seeds"] = parse_seeds(args.seeds)
+    try:
+        return base.replace(**changes)
+    except ValueError as e:
+        field = str(e).split(" ", 1)[0]
+        raise UserError(f"bad protocol setting --{field.replace('_', '-')}: {e}") from e
+
+
+def context_check(protocol: Protocol, engines: Any, *, meta: bool = False) -> None:
+    """``check_context`` on a ``RunEngines``' raw backends, as a one-line UserError."""
+    try:
+        check_context(protocol, {"forward": engines.forward, "optimizer": engines.optimizer}, meta=meta)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+
+
+def protocol_flags() -> frozenset[str]:
+    """Every protocol option string (``--steps``, ``--seeds``, ...), e.g. to keep them out of per-method grid args."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_protocol_args(parser, meta=True)
+    return frozenset(o for a in parser._actions for o in a.option_strings)

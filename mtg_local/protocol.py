@@ -1,0 +1,234 @@
+"""The evaluation protocol: every setting that must be equal across the rows of one table.
+
+A ``Protocol`` is frozen and validated; every command (``mtg eval``, ``mtg train``,
+``mtg baseline``, grid cells, SLURM templates) builds its inner loop from one
+(``Protocol.inner_config()``), and ``results.json`` records it as ``protocol``
+with ``protocol_hash`` -- a short hash of the canonical JSON, so equal settings
+give equal hashes whatever the method or engine. ``mtg report`` only puts runs
+with one hash in one table.
+
+What is *not* protocol: the artifacts a method learns or starts from (loss
+prompt, inference template, system prompt), the engine and model, and a
+method's own optimizer knobs (COPRO breadth, MIPROv2 trials, prompt_opt epochs).
+
+Defaults and the source of each: ``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+from mtg_local.inner_loop import InnerLoopConfig, parse_freeze_when
+from mtg_local.tasks.base import SCORINGS
+
+#: How the final answer of an inner loop is chosen.
+ANSWER_SELECTIONS = ("majority_vote", "last")
+#: Majority-vote tie rules: "first" = the tied answer seen first (TextGrad:
+#: ``statistics.multimode(labels)[0]``); "last" = the tied answer seen last.
+VOTE_TIES = ("first", "last")
+#: Length of ``protocol_hash`` (hex digits of SHA-256).
+HASH_LENGTH = 12
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """Settings shared by every method of one results table (validated on construction).
+
+    Attributes:
+        steps: inner-loop TGD steps T (solution_opt and every meta-learned method).
+        answer_selection: "majority_vote" over the initial answer and the T iterates, or "last".
+        vote_tie: tie rule of the majority vote ("first" | "last" seen).
+        vote_counts_none: an answer with nothing extractable votes as its own label (TextGrad's
+            ``None``); when it wins, the final answer is one without an answer (scored wrong).
+        temperature: forward (answer) sampling temperature.
+        optimizer_temperature: inner loss / backward / update calls.
+        meta_temperature: meta evaluation and meta TGD-step calls.
+        top_p: nucleus mass of every call.
+        max_tokens: forward answer cap; optimizer_max_tokens: inner loss / backward / update cap;
+            meta_max_tokens: meta call cap.
+        keep_answer_format: reject an update whose answer the task cannot extract when the
+            previous one had one.
+        prefill_update_tag: prefill ``<IMPROVED_VARIABLE>`` in update calls where the engine can.
+        freeze_when: inner-loop early freezing ("never", or conditions; ``inner_loop``).
+        seeds: sampling seeds; every (question, seed) pair is one item; accuracy is averaged
+            over seeds.
+        sample_seed: draws the meta-training minibatches.
+        task_seed: the task's data seed (generated data, MMLU/GPQA split shuffle, GPQA options).
+        limit: first N questions of every split (None: whole splits).
+        scoring: answer extraction rule of the task ("reference" | "lenient").
+        minibatch: train questions per outer step.
+        outer_steps: outer steps K of meta-training.
+        max_meta_pairs: most wrong answers / gradients shown to one meta call.
+    """
+
+    steps: int = 3
+    answer_selection: str = "majority_vote"
+    vote_tie: str = "first"
+    vote_counts_none: bool = True
+    temperature: float = 0.7
+    optimizer_temperature: float = 0.0
+    meta_temperature: float = 0.0
+    top_p: float = 0.99
+    max_tokens: int = 2000
+    optimizer_max_tokens: int = 2000
+    meta_max_tokens: int = 2000
+    keep_answer_format: bool = False
+    prefill_update_tag: bool = True
+    freeze_when: str = "never"
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
+    sample_seed: int = 0
+    task_seed: int = 0
+    limit: int | None = None
+    scoring: str = "reference"
+    minibatch: int = 3
+    outer_steps: int = 12
+    max_meta_pairs: int = 8
+
+    def __post_init__(self) -> None:
+        seeds = self.seeds
+        if isinstance(seeds, (list, tuple)):
+            object.__setattr__(self, "seeds", tuple(seeds))
+        if not self.seeds or not all(_is_int(s) and s >= 0 for s in self.seeds):
+            raise ValueError(f"seeds must be a non-empty list of integers >= 0, got {seeds!r}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
+        for name, low in (("steps", 0), ("outer_steps", 0), ("minibatch", 1), ("max_meta_pairs", 1),
+                          ("max_tokens", 1), ("optimizer_max_tokens", 1), ("meta_max_tokens", 1),
+                          ("sample_seed", 0), ("task_seed", 0)):
+            v = getattr(self, name)
+            if not _is_int(v) or v < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+        for name in ("temperature", "optimizer_temperature", "meta_temperature"):
+            v = getattr(self, name)
+            if not _is_num(v) or not 0 <= v <= 2:
+                raise ValueError(f"{name} must be a number in [0, 2], got {v!r}")
+        if not _is_num(self.top_p) or not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
+        for name, allowed in (("answer_selection", ANSWER_SELECTIONS), ("vote_tie", VOTE_TIES),
+                              ("scoring", SCORINGS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("vote_counts_none", "keep_answer_format", "prefill_update_tag"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.limit is not None and (not _is_int(self.limit) or self.limit < 1):
+            raise ValueError(f"limit must be an integer >= 1 or None, got {self.limit!r}")
+        parse_freeze_when(self.freeze_when)
+
+    # -- views -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every field (seeds as a list)."""
+        d = dataclasses.asdict(self)
+        d["seeds"] = list(self.seeds)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], **overrides: Any) -> Protocol:
+        """A protocol from ``to_dict`` output (missing keys: defaults), then ``overrides``.
+
+        Raises:
+            ValueError: an unknown key or a bad value (the message names it).
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown protocol settings {unknown}; known: {sorted(names)}")
+        return cls(**{**d, **overrides})
+
+    def replace(self, **changes: Any) -> Protocol:
+        """A copy with ``changes`` (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    def inner_config(self, *, system_prompt: str | None = None) -> InnerLoopConfig:
+        """The inner-loop settings every method runs under this protocol."""
+        return InnerLoopConfig(
+            steps=self.steps,
+            temperature=self.temperature,
+            optimizer_temperature=self.optimizer_temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+            optimizer_max_tokens=self.optimizer_max_tokens,
+            system_prompt=system_prompt,
+            freeze_when=self.freeze_when,
+            majority_vote=self.answer_selection == "majority_vote",
+            vote_tie=self.vote_tie,
+            vote_counts_none=self.vote_counts_none,
+            prefill_update_tag=self.prefill_update_tag,
+            keep_answer_format=self.keep_answer_format,
+        )
+
+    def task_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``get_task`` this protocol fixes (data seed, scoring rule)."""
+        return {"seed": self.task_seed, "scoring": self.scoring}
+
+    def token_caps(self) -> dict[str, int]:
+        """The token caps by name (what the context check compares)."""
+        return {"max_tokens": self.max_tokens, "optimizer_max_tokens": self.optimizer_max_tokens,
+                "meta_max_tokens": self.meta_max_tokens}
+
+
+#: The protocol every command uses unless flags override fields.
+DEFAULT_PROTOCOL = Protocol()
+
+
+def canonical_json(d: dict[str, Any]) -> str:
+    """Sorted-keys, compact JSON: the text ``protocol_hash`` hashes."""
+    return json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def protocol_hash(p: Protocol | dict[str, Any]) -> str:
+    """Short hex digest of the protocol's canonical JSON (equal settings -> equal hash)."""
+    d = p.to_dict() if isinstance(p, Protocol) else Protocol.from_dict(p).to_dict()
+    return hashlib.sha256(canonical_json(d).encode()).hexdigest()[:HASH_LENGTH]
+
+
+def protocol_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Fields whose values differ between two protocol dicts: ``{field: (a's, b's)}``."""
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def check_context(protocol: Protocol, engines: dict[str, Any], *, meta: bool = False) -> None:
+    """Checks the token caps against each engine's context length, where it exposes one.
+
+    Args:
+        protocol: the run's protocol.
+        engines: ``{"forward": engine, "optimizer": engine}``; engines without a
+            ``max_model_len`` attribute (OpenAI, fake) are not checked.
+        meta: also check ``meta_max_tokens`` (meta calls go to the optimizer engine).
+
+    Raises:
+        ValueError: a cap leaves no room for a prompt in the engine's context; the
+            message names both numbers and the flag to change.
+    """
+    caps = {"forward": [("max_tokens", protocol.max_tokens)],
+            "optimizer": [("optimizer_max_tokens", protocol.optimizer_max_tokens)]
+            + ([("meta_max_tokens", protocol.meta_max_tokens)] if meta else [])}
+    for role, engine in engines.items():
+        ctx = getattr(engine, "max_model_len", None)
+        if not _is_int(ctx):
+            continue
+        for name, cap in caps.get(role, []):
+            if cap >= ctx:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} {cap} does not fit the {role} engine's context "
+                    f"(max_model_len {ctx}): the prompt needs room too; lower --{name.replace('_', '-')} "
+                    f"below {ctx} or raise --engine-opt max_model_len= above {cap}"
+                )
+
+
+def load_task(name: str, protocol: Protocol, *, data_file: str | None = None) -> Any:
+    """``get_task(name, data_file=..., **protocol.task_kwargs())``."""
+    from mtg_local.tasks import get_task
+
+    return get_task(name, data_file=data_file, **protocol.task_kwargs())

