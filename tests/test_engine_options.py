@@ -97,6 +97,11 @@ def check(spec: str, opts: list[str]) -> object:
             raise EngineSpecError(f"unknown openai option(s) {sorted(unknown)}")
         parsed.pop("api_key", None)
         return OpenAIConfig(model=model, **parsed)
+    if backend == "vllm-async" or "data_parallel_size" in parsed:
+        # data parallelism exists only on the async engine (`mtg grid` / the --shared template)
+        from engines.vllm_async_engine import AsyncVLLMConfig
+
+        return config_from_options(AsyncVLLMConfig, "vllm-async", model or "bundled", parsed)
     return config_from_options(VLLMConfig, "vllm", model or "bundled", parsed)
 
 

@@ -108,10 +108,11 @@ def test_sbatch_template_commands_parse(where: str, task: str, method: str, tmp_
 
 
 def test_sbatch_templates_build_their_command_from_single_run() -> None:
-    """The single-run templates only source single_run.sh (checked above); the array one evals the manifest."""
+    """The single-run templates only source single_run.sh (checked above); the array one evals the manifest;
+    the --shared one runs `mtg grid` on the grid file."""
     for f in sorted((REPO / "slurm").glob("*.sbatch")):
         text = f.read_text()
-        assert "single_run.sh" in text or "MTG_MANIFEST" in text, f.name
+        assert "single_run.sh" in text or "MTG_MANIFEST" in text or "mtg_run_grid \"$MTG_GRID\"" in text, f.name
     assert "--seeds" in (REPO / "slurm/lib/single_run.sh").read_text()  # only when MTG_SEEDS is set
 
 
