@@ -15,8 +15,8 @@ engine at a time (the server is stopped before the in-process engine starts):
 The workload is ``mtg bench inner-loop``'s (N questions x S seeds, T steps,
 token caps, forward temperature; optimizer phases greedy). The server gets the
 in-process engine's own ``vllm.LLM`` settings (``mtg_local.bench.vllm_server``).
-Each engine gets the same warm-up batch before its first variant; the prefix
-cache is reset before every variant. Tokens come from vLLM's counters around
+Each engine gets the same warm-up batch before its first variant (and TextGrad
+one untimed item); the prefix cache is reset before every variant. Tokens come from vLLM's counters around
 each variant (the server's ``/metrics``, the in-process engine's
 ``get_metrics``): prompt tokens, prefix-cache hit tokens ("cached"),
 generated tokens, finished requests.
@@ -29,7 +29,6 @@ engine's start-up to us and none to TextGrad.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -45,7 +44,7 @@ from mtg_local.bench.inner_loop_bench import InnerLoopBenchConfig, _warmup_reque
 from mtg_local.bench.textgrad_peer import run_textgrad
 from mtg_local.bench.vllm_server import sum_counters
 from mtg_local.inner_loop import solution_optimization
-from mtg_local.tasks import Task, get_task, task_names
+from mtg_local.tasks import Task, get_task
 
 VARIANTS = ("textgrad", "ours-server", "ours-inproc")
 DEFAULT_WIDTHS = (1, 16, 32, None)  # None: one thread per item
@@ -173,7 +172,7 @@ def _run_ours(name: str, engine: Engine, task: Task, config: InnerLoopBenchConfi
 
 
 def _run_textgrad(width: int, server: Server, task: Task, config: InnerLoopBenchConfig,
-                  timeout_s: float) -> dict[str, Any]:  # fmt: skip
+                  timeout_s: float, *, quiet: bool = False) -> dict[str, Any]:  # fmt: skip
     items = [(task.format_question(it.example), it.seed) for it in build_items(task, config)]
     ok = server.reset_prefix_cache()
     before = server.counters()
@@ -182,6 +181,8 @@ def _run_textgrad(width: int, server: Server, task: Task, config: InnerLoopBench
         temperature=config.temperature, max_tokens=config.max_tokens, loss_prompt=task.initial_loss_prompt,
         constraint=task.format_instruction or None, timeout_s=timeout_s,
     )  # fmt: skip
+    if quiet:
+        return res
     after = _settled(server.counters, before, res["requests"])
     return _record(f"textgrad-w{width}", res["wall_s"], server.start_s, res, before, after, ok,
                    engine="textgrad ChatExternalClient", width=width, cache_lookups=res["cache_lookups"],
@@ -220,6 +221,10 @@ def run_peer_bench(
             try:
                 ours.generate(_warmup_requests())  # same warm-up as the in-process engine gets
                 if "textgrad" in config.variants:
+                    # One untimed item first: TextGrad's lazy imports and first connection are
+                    # paid once, not by whichever width runs first.
+                    _run_textgrad(1, server, task, dataclasses.replace(w, questions=1, seeds=1),
+                                  config.server_timeout_s, quiet=True)  # fmt: skip
                     for width in config.widths:
                         rec = _run_textgrad(width or n_items, server, task, w, config.server_timeout_s)
                         variants[rec["variant"]] = rec
@@ -294,61 +299,9 @@ def parse_widths(text: str) -> tuple[int | None, ...]:
     return tuple(out)
 
 
-def add_peer_bench(bench_sub: argparse._SubParsersAction) -> None:
-    """Adds ``peer`` to ``mtg bench``'s sub-commands."""
-    d = InnerLoopBenchConfig()
-    p = bench_sub.add_parser(
-        "peer",
-        help="ours (in-process and via a vLLM server) vs the real TextGrad on the same vLLM server",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--model", default="bundled", help="vLLM model for every variant (default: %(default)s)")
-    p.add_argument("--engine-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="vLLM engine option (VLLMConfig), applied to the server and the in-process engine alike")
-    p.add_argument("--questions", type=int, default=d.questions, metavar="N", help="default: %(default)s")
-    p.add_argument("--seeds", type=int, default=d.seeds, metavar="S", help="default: %(default)s")
-    p.add_argument("--steps", type=int, default=d.steps, metavar="T", help="default: %(default)s")
-    p.add_argument("--max-tokens", type=int, default=d.max_tokens, metavar="M", help="per request, all phases (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=d.temperature, help="forward phase (default: %(default)s)")
-    p.add_argument("--task", default=d.task, choices=task_names(), help="default: %(default)s")
-    p.add_argument("--split", default=d.split, choices=("train", "val", "test"), help="default: %(default)s")
-    p.add_argument("--widths", default="1,16,32,all", help="TextGrad thread-pool widths, 'all' = one per item (default: %(default)s)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="subset to run (default: %(default)s)")
-    p.add_argument("--server-start-timeout", type=float, default=900.0, metavar="SECONDS", help="default: %(default)s")
-    p.set_defaults(func=run_peer_cli)
-
-
-def run_peer_cli(args: argparse.Namespace) -> int:
-    """Builds the config, runs the benchmark on vLLM, prints the table (stderr) and one JSON line."""
-    from mtg_local.commands.common import parse_engine_opts
-
-    try:
-        config = PeerBenchConfig(
-            workload=InnerLoopBenchConfig(questions=args.questions, seeds=args.seeds, steps=args.steps,
-                                          max_tokens=args.max_tokens, temperature=args.temperature,
-                                          task=args.task, split=args.split),  # fmt: skip
-            widths=parse_widths(args.widths),
-            variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
-        )
-    except ValueError as e:
-        raise UserError(str(e)) from e
-    opts = parse_engine_opts(args.engine_opt)
-    get_task(args.task)  # a bad task fails before any engine starts
-    record = run_peer_bench(
-        config,
-        server_factory=lambda: _vllm_server(args.model, opts, args.server_start_timeout),
-        inproc_factory=lambda: _inproc(args.model, opts),
-    )
-    record["model"] = args.model
-    record["engine_opts"] = args.engine_opt
-    print(table(record), file=sys.stderr)
-    print(json.dumps(record))
-    return 0
-
-
 @contextlib.contextmanager
-def _vllm_server(model: str, opts: dict[str, Any], start_timeout_s: float) -> Iterator[Server]:
+def vllm_server(model: str, opts: dict[str, Any], start_timeout_s: float) -> Iterator[Server]:
+    """A ``VLLMServer`` for ``model`` with the in-process engine's settings (``opts``: VLLMConfig options)."""
     from engines.bundled import resolve_model
     from engines.registry import config_from_options
     from engines.vllm_engine import VLLMConfig
@@ -364,7 +317,8 @@ def _vllm_server(model: str, opts: dict[str, Any], start_timeout_s: float) -> It
         yield server
 
 
-def _inproc(model: str, opts: dict[str, Any]) -> tuple[Engine, float]:
+def inproc_engine(model: str, opts: dict[str, Any]) -> tuple[Engine, float]:
+    """The in-process ``vllm:<model>`` engine and how long it took to start."""
     t0 = time.perf_counter()
     engine = create_engine(f"vllm:{model}", **opts)
     return engine, time.perf_counter() - t0
