@@ -15,11 +15,11 @@ engine at a time (the server is stopped before the in-process engine starts):
 The workload is ``mtg bench inner-loop``'s (N questions x S seeds, T steps,
 token caps, forward temperature; optimizer phases greedy). The server gets the
 in-process engine's own ``vllm.LLM`` settings (``mtg_local.bench.vllm_server``).
-Each engine gets the same warm-up batch before its first variant (and TextGrad
-one untimed item); the prefix cache is reset before every variant. Tokens come from vLLM's counters around
-each variant (the server's ``/metrics``, the in-process engine's
-``get_metrics``): prompt tokens, prefix-cache hit tokens ("cached"),
-generated tokens, finished requests.
+Each engine gets the same warm-up batch before its first variant (TextGrad
+also one untimed item); the prefix cache is reset before every variant.
+Tokens come from vLLM's counters around each variant (the server's
+``/metrics``, the in-process engine's ``get_metrics``): prompt tokens,
+prefix-cache hit tokens ("cached"), generated tokens, finished requests.
 
 ``speedup_vs_textgrad_best`` = wall of the fastest TextGrad width / wall of
 ``ours-inproc``, both without engine start-up (the server is already running
@@ -40,7 +40,7 @@ from typing import Any, Protocol
 from engines import create_engine
 from engines.base import Engine
 from engines.errors import UserError
-from mtg_local.bench.inner_loop_bench import InnerLoopBenchConfig, _warmup_requests, build_items
+from mtg_local.bench.inner_loop_bench import InnerLoopBenchConfig, _warmup_requests, build_items, reset_prefix_cache
 from mtg_local.bench.textgrad_peer import run_textgrad
 from mtg_local.bench.vllm_server import sum_counters
 from mtg_local.inner_loop import solution_optimization
@@ -239,10 +239,9 @@ def run_peer_bench(
         engine, start_s = inproc_factory()
         try:
             engine.generate(_warmup_requests())
-            reset = getattr(engine, "reset_prefix_cache", None) or getattr(getattr(engine, "_llm", None),
-                                                                           "reset_prefix_cache", lambda: None)  # fmt: skip
             variants["ours-inproc"] = _run_ours("ours-inproc", engine, task, w, start_s,
-                                                lambda: engine_counters(engine), lambda: reset())  # fmt: skip
+                                                lambda: engine_counters(engine),
+                                                lambda: reset_prefix_cache(engine))  # fmt: skip
         finally:
             engine.close()
     return summarize(config, variants, n_items=n_items, server_spec=server_spec)
