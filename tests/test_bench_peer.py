@@ -77,8 +77,8 @@ def workload() -> InnerLoopBenchConfig:
 
 
 def test_all_variants_report_their_figures_and_ratios() -> None:
-    rec, srv, handle = run(PeerBenchConfig(workload=workload(), widths=(1, None)))
     items = N * S
+    rec, srv, handle = run(PeerBenchConfig(workload=workload(), widths=(1, None, items)))  # "all" == items: once
     assert rec["order"] == ["textgrad-w1", f"textgrad-w{items}", "ours-server", "ours-inproc"]
     assert rec["workload"]["items"] == items and rec["workload"]["requests_per_item"] == PER_ITEM
     assert handle.resets == 4  # before each server variant and TextGrad's warm-up item
@@ -105,8 +105,8 @@ def test_all_variants_report_their_figures_and_ratios() -> None:
 
 
 def test_textgrad_requests_carry_the_workload_sampling_and_its_cache_never_serves() -> None:
-    # The same width twice: TextGrad's prompt-keyed disk cache would serve the whole second run.
-    rec, srv, _ = run(PeerBenchConfig(workload=workload(), widths=(2, 2), variants=("textgrad",)), with_counters=False)
+    # Two widths, the same items: TextGrad's prompt-keyed disk cache would serve the whole second run.
+    rec, srv, _ = run(PeerBenchConfig(workload=workload(), widths=(1, 2), variants=("textgrad",)), with_counters=False)
     bodies = [c.body for c in srv.calls if c.body is not None]
     textgrad = [b for b in bodies if not b["messages"][-1]["content"].startswith("Request ")]  # not the warm-up
     assert len(textgrad) == (2 * N * S + 1) * PER_ITEM  # two runs and the untimed warm-up item

@@ -225,8 +225,9 @@ def run_peer_bench(
                     # paid once, not by whichever width runs first.
                     _run_textgrad(1, server, task, dataclasses.replace(w, questions=1, seeds=1),
                                   config.server_timeout_s, quiet=True)  # fmt: skip
-                    for width in config.widths:
-                        rec = _run_textgrad(width or n_items, server, task, w, config.server_timeout_s)
+                    # "all" may equal a listed width (e.g. 32 items): run each width once.
+                    for width in dict.fromkeys(wd or n_items for wd in config.widths):
+                        rec = _run_textgrad(width, server, task, w, config.server_timeout_s)
                         variants[rec["variant"]] = rec
                 if "ours-server" in config.variants:
                     rec = _run_ours("ours-server", ours, task, w, server.start_s, server.counters,
