@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from engines.dedup import collapse, fan_out
 from engines.errors import EngineError, RequestError
 
 _ROLES = ("system", "user", "assistant")
@@ -178,6 +179,9 @@ class GenResult:
         completion_tokens: generated tokens.
         error: None, or why this request alone failed.
         cached: True if served from the cache without a backend call.
+        deduplicated: True if this is a copy of the result of an identical
+            request earlier in the same batch (``engines.dedup``): no
+            backend work of its own.
     """
 
     id: str
@@ -187,6 +191,7 @@ class GenResult:
     completion_tokens: int = 0
     error: str | None = None
     cached: bool = False
+    deduplicated: bool = False
 
     @property
     def ok(self) -> bool:
@@ -205,6 +210,9 @@ class Usage:
     """Counters an engine keeps; read with ``engine.usage``, reset with ``reset_usage()``.
 
     ``calls`` counts backend calls (a fully cached batch makes none).
+    ``requests`` counts the requests callers sent; ``deduplicated`` those of
+    them answered by an identical request of the same batch (no backend
+    work), so prompt/completion tokens count only the work actually done.
     """
 
     calls: int = 0
@@ -215,6 +223,7 @@ class Usage:
     cache_hits: int = 0
     errors: int = 0
     retries: int = 0
+    deduplicated: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -247,6 +256,8 @@ class Engine(abc.ABC):
     Subclasses implement ``_generate`` (one backend call for the whole list)
     and ``identity``. ``generate`` validates input, keeps usage counters,
     and guarantees one result per request, in request order, ids matched.
+    Identical requests of one batch reach ``_generate`` once (see
+    ``engines.dedup``).
     """
 
     #: registry spec the engine was built from, e.g. "vllm:bundled"
@@ -279,16 +290,18 @@ class Engine(abc.ABC):
                 raise TypeError(f"requests[{i}] must be a GenRequest, got {type(r).__name__}")
         if not requests:
             return []
+        unique, index = collapse(requests)
         t0 = time.perf_counter()
-        results = self._generate(requests, **kwargs)
+        results = self._generate(unique, **kwargs)
         wall = time.perf_counter() - t0
-        if len(results) != len(requests):
+        if len(results) != len(unique):
             raise EngineError(
-                f"{type(self).__name__} returned {len(results)} results for {len(requests)} requests"
+                f"{type(self).__name__} returned {len(results)} results for {len(unique)} requests"
             )
-        for req, res in zip(requests, results):
+        for req, res in zip(unique, results):
             if res.id != req.id:
                 raise EngineError(f"result id {res.id!r} does not match request id {req.id!r}")
+        results = fan_out(requests, results, index)
         self._record(results, wall)
         return results
 
@@ -349,11 +362,15 @@ class Engine(abc.ABC):
                 if r.cached:
                     u.cache_hits += 1
                     continue
-                u.prompt_tokens += r.prompt_tokens
-                u.completion_tokens += r.completion_tokens
+                # A failed copy is a failed request of its caller; its tokens were not spent twice.
                 u.errors += r.error is not None
                 if r.error is not None and getattr(self, "_first_error", None) is None:
                     self._first_error = r.error
+                if r.deduplicated:
+                    u.deduplicated += 1
+                    continue
+                u.prompt_tokens += r.prompt_tokens
+                u.completion_tokens += r.completion_tokens
 
     def _add_retries(self, n: int) -> None:
         with self._usage_lock:

@@ -122,7 +122,11 @@ def test_joint_validates_three_candidates_in_one_inner_loop(tmp_path, calls_at_c
     meta_batches = [b for b in engine.batches if any(is_meta_eval(r) or meta_tgd_target(r) for r in b)]
     assert [len(b) for b in meta_batches] == [2, 2, 2, 2]
     val_first = engine.batches[INNER + 2]  # step 1 validation, forward phase
-    assert len(val_first) == 3 * N * len(SEEDS)
+    # Three candidates in one call: "template" and "both" carry the same new template, so
+    # their forward requests are identical and reach the backend once (engines.dedup):
+    # N*S requests per distinct template, two templates.
+    assert len(val_first) == 2 * N * len(SEEDS)
+    assert len({r.response_prefix for r in val_first}) == 2
     step = lambda s: [(h["label"], h["val_accuracy"], h["accepted"]) for h in res["history"] if h["step"] == s]
     assert step(1) == [("loss_prompt", 0.0, False), ("template", 0.0, False), ("both", 0.0, False)]
     # template and both tie at 1.0: the first (template) wins

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import Any
 
@@ -43,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_engine_bench(bench_sub)
     add_inner_loop_bench(bench_sub)
     add_grid_bench(bench_sub)
+    add_peer_bench(bench_sub)
 
 
 def add_engine_bench(bench_sub: argparse._SubParsersAction) -> None:
@@ -154,5 +156,70 @@ def run_engine_bench(args: argparse.Namespace) -> int:
         "engine_start_s": round(start_s, 1),
         **result,
     }
+    print(json.dumps(record))
+    return 0
+
+
+# -- mtg bench peer (issue 16) ----------------------------------------------------
+
+
+def add_peer_bench(bench_sub: argparse._SubParsersAction) -> None:
+    """Adds ``peer``: ours vs the real TextGrad on one vLLM server (``mtg_local.bench.peer_bench``)."""
+    from mtg_local.bench import peer_bench
+    from mtg_local.bench.inner_loop_bench import InnerLoopBenchConfig
+    from mtg_local.tasks import task_names
+
+    d = InnerLoopBenchConfig()
+    p = bench_sub.add_parser(
+        "peer",
+        help="ours (in-process and via a vLLM server) vs the real TextGrad on the same vLLM server",
+        description=peer_bench.__doc__.split("\n\n", 1)[1] if peer_bench.__doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", default="bundled", help="vLLM model of every variant (default: %(default)s)")
+    p.add_argument("--engine-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="vLLM option (VLLMConfig), applied to the server and the in-process engine alike")
+    p.add_argument("--questions", type=int, default=d.questions, metavar="N", help="default: %(default)s")
+    p.add_argument("--seeds", type=int, default=d.seeds, metavar="S", help="default: %(default)s")
+    p.add_argument("--steps", type=int, default=d.steps, metavar="T", help="default: %(default)s")
+    p.add_argument("--max-tokens", type=int, default=d.max_tokens, metavar="M",
+                   help="per request, all phases (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=d.temperature, help="forward phase (default: %(default)s)")
+    p.add_argument("--task", default=d.task, choices=task_names(), help="default: %(default)s")
+    p.add_argument("--split", default=d.split, choices=("train", "val", "test"), help="default: %(default)s")
+    p.add_argument("--widths", default="1,16,32,all",
+                   help="TextGrad thread-pool widths, 'all' = one thread per item (default: %(default)s)")
+    p.add_argument("--variants", default=",".join(peer_bench.VARIANTS), help="subset to run (default: %(default)s)")
+    p.add_argument("--server-start-timeout", type=float, default=900.0, metavar="SECONDS",
+                   help="default: %(default)s")
+    p.set_defaults(func=run_peer_bench_cli)
+
+
+def run_peer_bench_cli(args: argparse.Namespace) -> int:
+    """Runs ``mtg bench peer`` on vLLM; the table goes to stderr, one JSON line to stdout."""
+    from mtg_local.bench import peer_bench
+    from mtg_local.bench.inner_loop_bench import InnerLoopBenchConfig
+    from mtg_local.commands.common import parse_engine_opts
+
+    try:
+        config = peer_bench.PeerBenchConfig(
+            workload=InnerLoopBenchConfig(
+                questions=args.questions, seeds=args.seeds, steps=args.steps, max_tokens=args.max_tokens,
+                temperature=args.temperature, task=args.task, split=args.split,
+            ),
+            widths=peer_bench.parse_widths(args.widths),
+            variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
+        )
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    opts = parse_engine_opts(args.engine_opt)
+    record = peer_bench.run_peer_bench(
+        config,
+        server_factory=lambda: peer_bench.vllm_server(args.model, opts, args.server_start_timeout),
+        inproc_factory=lambda: peer_bench.inproc_engine(args.model, opts),
+    )
+    record["model"] = args.model
+    record["engine_opts"] = args.engine_opt
+    print(peer_bench.table(record), file=sys.stderr)
     print(json.dumps(record))
     return 0

@@ -1,0 +1,324 @@
+"""``mtg bench peer``: this project against TextGrad on a vLLM server, same model and workload.
+
+The peer users would actually pick is not "one request per call" but the real
+``textgrad`` package run from a thread pool against a vLLM OpenAI-compatible
+server, whose continuous batching batches the threads. Variants, one real
+engine at a time (the server is stopped before the in-process engine starts):
+
+* ``textgrad`` -- TextGrad's per-item solution optimization
+  (``mtg_local.bench.textgrad_peer``) at each thread-pool width of
+  ``--widths`` (``all`` = one thread per item), TextGrad's disk cache off;
+* ``ours-server`` -- our phase-batched inner loop on the same server through
+  the ``openai:`` engine (default ``max_concurrency``);
+* ``ours-inproc`` -- our inner loop on the in-process ``vllm:`` engine.
+
+The workload is ``mtg bench inner-loop``'s (N questions x S seeds, T steps,
+token caps, forward temperature; optimizer phases greedy). The server gets the
+in-process engine's own ``vllm.LLM`` settings (``mtg_local.bench.vllm_server``).
+Each engine gets the same warm-up batch before its first variant (TextGrad
+also one untimed item); the prefix cache is reset before every variant.
+Tokens come from vLLM's counters around each variant (the server's
+``/metrics``, the in-process engine's ``get_metrics``): prompt tokens,
+prefix-cache hit tokens ("cached"), generated tokens, finished requests.
+
+``speedup_vs_textgrad_best`` = wall of the fastest TextGrad width / wall of
+``ours-inproc``, both without engine start-up (the server is already running
+for TextGrad; our engine is already built). ``speedup_one_off`` charges our
+engine's start-up to us and none to TextGrad.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from engines import create_engine
+from engines.base import Engine
+from engines.errors import UserError
+from mtg_local.bench.inner_loop_bench import InnerLoopBenchConfig, _warmup_requests, build_items, reset_prefix_cache
+from mtg_local.bench.textgrad_peer import run_textgrad
+from mtg_local.bench.vllm_server import sum_counters
+from mtg_local.inner_loop import solution_optimization
+from mtg_local.tasks import Task, get_task
+
+VARIANTS = ("textgrad", "ours-server", "ours-inproc")
+DEFAULT_WIDTHS = (1, 16, 32, None)  # None: one thread per item
+
+
+class Server(Protocol):
+    """What the benchmark needs of a running OpenAI-compatible server."""
+
+    base_url: str
+    served_name: str
+    start_s: float | None
+
+    def counters(self) -> dict[str, float] | None: ...
+    def reset_prefix_cache(self) -> bool | None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerBenchConfig:
+    """What ``mtg bench peer`` runs (validated in ``__post_init__``).
+
+    Attributes:
+        workload: the inner-loop workload (shared with ``mtg bench inner-loop``).
+        widths: TextGrad thread-pool widths, each >= 1, or None for one
+            thread per item.
+        variants: a non-empty subset of ``VARIANTS``.
+        server_timeout_s: limit of one request to the server (queueing
+            included), for both TextGrad's client and our ``openai:`` engine.
+    """
+
+    workload: InnerLoopBenchConfig = InnerLoopBenchConfig()
+    widths: tuple[int | None, ...] = DEFAULT_WIDTHS
+    variants: tuple[str, ...] = VARIANTS
+    server_timeout_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if not self.widths or any(w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1)
+                                  for w in self.widths):  # fmt: skip
+            raise ValueError(f"widths must be integers >= 1 or 'all', got {self.widths!r}")
+        bad = [v for v in self.variants if v not in VARIANTS]
+        if not self.variants or bad:
+            raise ValueError(f"variants must be a non-empty subset of {', '.join(VARIANTS)}, got {self.variants!r}")
+        if not self.server_timeout_s > 0:
+            raise ValueError(f"server_timeout_s must be > 0, got {self.server_timeout_s!r}")
+
+
+def engine_counters(engine: Engine) -> dict[str, float] | None:
+    """vLLM's counters of an in-process engine now, or None where it has none."""
+    llm = getattr(engine, "_llm", None)
+    if llm is None or not hasattr(llm, "get_metrics"):
+        return None
+    try:
+        return sum_counters((m.name, m.value) for m in llm.get_metrics() if isinstance(getattr(m, "value", None), (int, float)))
+    except Exception:  # metrics are optional (disabled stats, other builds)
+        return None
+
+
+def _settled(read: Callable[[], dict[str, float] | None], before: dict[str, float] | None,
+             requests: int) -> dict[str, float] | None:  # fmt: skip
+    """Counters after a variant; waits (up to 10 s) until the server has counted its requests."""
+    after = read()
+    for _ in range(20):
+        if before is None or after is None or after["requests"] - before["requests"] >= requests:
+            break
+        time.sleep(0.5)
+        after = read()
+    return after
+
+
+def _record(name: str, wall: float, start_s: float | None, client: dict[str, Any],
+            before: dict[str, float] | None, after: dict[str, float] | None, reset: bool | None,
+            **extra: Any) -> dict[str, Any]:  # fmt: skip
+    """One variant's figures; logged to stderr at once, so a run cut short keeps them."""
+    if before is not None and after is not None:
+        d = {k: after[k] - before[k] for k in after}
+        tokens = {
+            "token_source": "vllm counters",
+            "requests": int(d["requests"]),
+            "prompt_tokens": int(d["prompt_tokens"]),
+            "cached_tokens": int(d["cached_tokens"]),
+            "completion_tokens": int(d["completion_tokens"]),
+            "preemptions": int(d["preemptions"]),
+        }
+    else:  # no counters (e.g. a test server): the client's usage, no cache figures
+        tokens = {
+            "token_source": "client usage",
+            "requests": client["requests"],
+            "prompt_tokens": client["prompt_tokens"],
+            "cached_tokens": None,
+            "completion_tokens": client["completion_tokens"],
+            "preemptions": None,
+        }
+    cached, prompt = tokens["cached_tokens"], tokens["prompt_tokens"]
+    out = {
+        "variant": name,
+        "wall_s": round(wall, 3),
+        "start_s": None if start_s is None else round(start_s, 1),
+        "wall_with_start_s": None if start_s is None else round(wall + start_s, 3),
+        **tokens,
+        "uncached_prompt_tokens": None if cached is None else prompt - cached,
+        "prefix_cache_hit_rate": round(cached / prompt, 4) if cached is not None and prompt else None,
+        "prefix_cache_reset": reset,
+        "client": {k: client[k] for k in ("requests", "prompt_tokens", "completion_tokens")},
+        **extra,
+    }
+    print(f"[bench peer] {json.dumps(out)}", file=sys.stderr, flush=True)
+    return out
+
+
+def _run_ours(name: str, engine: Engine, task: Task, config: InnerLoopBenchConfig, start_s: float | None,
+              counters: Callable[[], dict[str, float] | None], reset: Callable[[], bool | None]) -> dict[str, Any]:
+    items = build_items(task, config)
+    ok = reset()
+    before = counters()
+    engine.reset_usage()
+    t0 = time.perf_counter()
+    trajs = solution_optimization(task, items, forward_engine=engine, config=config.inner_config())
+    wall = time.perf_counter() - t0
+    u = engine.reset_usage()
+    backend = u.requests - u.deduplicated - u.cache_hits
+    client = {"requests": backend, "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens}
+    after = _settled(counters, before, backend)
+    return _record(name, wall, start_s, client, before, after, ok, engine=engine.spec,
+                   logical_requests=u.requests, deduplicated=u.deduplicated, errors=u.errors,
+                   items=len(trajs))  # fmt: skip
+
+
+def _run_textgrad(width: int, server: Server, task: Task, config: InnerLoopBenchConfig,
+                  timeout_s: float, *, quiet: bool = False) -> dict[str, Any]:  # fmt: skip
+    items = [(task.format_question(it.example), it.seed) for it in build_items(task, config)]
+    ok = server.reset_prefix_cache()
+    before = server.counters()
+    res = run_textgrad(
+        items, width=width, base_url=server.base_url, model=server.served_name, steps=config.steps,
+        temperature=config.temperature, max_tokens=config.max_tokens, loss_prompt=task.initial_loss_prompt,
+        constraint=task.format_instruction or None, timeout_s=timeout_s,
+    )  # fmt: skip
+    if quiet:
+        return res
+    after = _settled(server.counters, before, res["requests"])
+    return _record(f"textgrad-w{width}", res["wall_s"], server.start_s, res, before, after, ok,
+                   engine="textgrad ChatExternalClient", width=width, cache_lookups=res["cache_lookups"],
+                   item_errors=res["item_errors"], update_errors=res["update_errors"],
+                   first_error=res["first_error"], items=len(items))  # fmt: skip
+
+
+def _ratio(x: float | None, y: float | None) -> float | None:
+    return round(x / y, 3) if x and y else None
+
+
+def run_peer_bench(
+    config: PeerBenchConfig,
+    *,
+    server_factory: Callable[[], contextlib.AbstractContextManager[Server]],
+    inproc_factory: Callable[[], tuple[Engine, float]],
+    task: Task | None = None,
+) -> dict[str, Any]:
+    """Runs the chosen variants, one engine at a time, and returns the JSON record.
+
+    Args:
+        config: workload, widths, variants.
+        server_factory: starts the server (context manager; stopped on exit).
+        inproc_factory: builds the in-process engine; returns it and its start-up seconds.
+        task: default ``get_task(config.workload.task)``.
+    """
+    w = config.workload
+    task = task or get_task(w.task)
+    n_items = len(build_items(task, w))
+    variants: dict[str, dict[str, Any]] = {}
+    server_spec = None
+    if "textgrad" in config.variants or "ours-server" in config.variants:
+        with server_factory() as server:
+            ours = create_engine(f"openai:{server.served_name}", base_url=server.base_url, timeout_s=config.server_timeout_s)
+            server_spec = ours.spec
+            try:
+                ours.generate(_warmup_requests())  # same warm-up as the in-process engine gets
+                if "textgrad" in config.variants:
+                    # One untimed item first: TextGrad's lazy imports and first connection are
+                    # paid once, not by whichever width runs first.
+                    _run_textgrad(1, server, task, dataclasses.replace(w, questions=1, seeds=1),
+                                  config.server_timeout_s, quiet=True)  # fmt: skip
+                    # "all" may equal a listed width (e.g. 32 items): run each width once.
+                    for width in dict.fromkeys(wd or n_items for wd in config.widths):
+                        rec = _run_textgrad(width, server, task, w, config.server_timeout_s)
+                        variants[rec["variant"]] = rec
+                if "ours-server" in config.variants:
+                    rec = _run_ours("ours-server", ours, task, w, server.start_s, server.counters,
+                                    server.reset_prefix_cache)  # fmt: skip
+                    rec["max_concurrency"] = ours.config.max_concurrency  # type: ignore[attr-defined]
+                    variants["ours-server"] = rec
+            finally:
+                ours.close()
+    if "ours-inproc" in config.variants:
+        engine, start_s = inproc_factory()
+        try:
+            engine.generate(_warmup_requests())
+            variants["ours-inproc"] = _run_ours("ours-inproc", engine, task, w, start_s,
+                                                lambda: engine_counters(engine),
+                                                lambda: reset_prefix_cache(engine))  # fmt: skip
+        finally:
+            engine.close()
+    return summarize(config, variants, n_items=n_items, server_spec=server_spec)
+
+
+def summarize(config: PeerBenchConfig, variants: dict[str, dict[str, Any]], *, n_items: int,
+              server_spec: str | None) -> dict[str, Any]:  # fmt: skip
+    """The JSON record: per-variant figures and the ratios against the fastest TextGrad width."""
+    tg = [v for k, v in variants.items() if k.startswith("textgrad-")]
+    best = min(tg, key=lambda v: v["wall_s"]) if tg else None
+    inproc, server = variants.get("ours-inproc"), variants.get("ours-server")
+    best_wall = best["wall_s"] if best else None
+    return {
+        "bench": "peer",
+        "workload": {**dataclasses.asdict(config.workload), "items": n_items,
+                     "requests_per_item": 1 + 3 * config.workload.steps},  # fmt: skip
+        "server_engine": server_spec,
+        "textgrad_best": best["variant"] if best else None,
+        "speedup_vs_textgrad_best": _ratio(best_wall, inproc["wall_s"] if inproc else None),
+        "speedup_vs_textgrad_best_via_server": _ratio(best_wall, server["wall_s"] if server else None),
+        "speedup_one_off": _ratio(best_wall, inproc["wall_with_start_s"] if inproc else None),
+        "speedup_definition": "wall(fastest TextGrad width) / wall(ours), no engine start-up; "
+        "one_off: ours with its engine start, TextGrad on a running server",
+        "order": list(variants),
+        "variants": variants,
+    }
+
+
+def table(record: dict[str, Any]) -> str:
+    """The per-variant figures as a Markdown table (for the README / closing notes)."""
+    rows = ["| variant | wall s | with start-up s | requests | prompt tok | cached tok | generated tok |",
+            "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for v in record["variants"].values():
+        cells = [v["variant"], v["wall_s"], v["wall_with_start_s"], v["requests"], v["prompt_tokens"],
+                 v["cached_tokens"], v["completion_tokens"]]  # fmt: skip
+        rows.append("| " + " | ".join("-" if c is None else str(c) for c in cells) + " |")
+    return "\n".join(rows)
+
+
+# -- command line ---------------------------------------------------------------
+
+
+def parse_widths(text: str) -> tuple[int | None, ...]:
+    """``"1,16,32,all"`` -> ``(1, 16, 32, None)``."""
+    out: list[int | None] = []
+    for part in text.split(","):
+        part = part.strip()
+        if part == "all":
+            out.append(None)
+        elif part.isdigit() and int(part) >= 1:
+            out.append(int(part))
+        else:
+            raise UserError(f"--widths takes integers >= 1 or 'all', comma-separated; got {part!r} in {text!r}")
+    return tuple(out)
+
+
+@contextlib.contextmanager
+def vllm_server(model: str, opts: dict[str, Any], start_timeout_s: float) -> Iterator[Server]:
+    """A ``VLLMServer`` for ``model`` with the in-process engine's settings (``opts``: VLLMConfig options)."""
+    from engines.bundled import resolve_model
+    from engines.registry import config_from_options
+    from engines.vllm_engine import VLLMConfig
+    from mtg_local.bench.vllm_server import VLLMServer
+
+    config = config_from_options(VLLMConfig, "vllm", model, dict(opts))
+    from vllm.platforms import current_platform
+
+    kwargs = config.llm_kwargs(resolve_model(model), on_cpu=bool(current_platform.is_cpu()))
+    name = model if "/" not in model else model.rstrip("/").rsplit("/", 1)[-1]
+    with VLLMServer(kwargs, served_name=name, start_timeout_s=start_timeout_s) as server:
+        print(f"[bench peer] server up in {server.start_s:.1f}s: {' '.join(server.command())}", file=sys.stderr)
+        yield server
+
+
+def inproc_engine(model: str, opts: dict[str, Any]) -> tuple[Engine, float]:
+    """The in-process ``vllm:<model>`` engine and how long it took to start."""
+    t0 = time.perf_counter()
+    engine = create_engine(f"vllm:{model}", **opts)
+    return engine, time.perf_counter() - t0

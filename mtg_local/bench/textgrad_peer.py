@@ -1,0 +1,209 @@
+"""The peer of ``mtg bench peer``: the real ``textgrad`` package on an OpenAI-compatible server.
+
+Each (question, seed) item runs the per-item steps of TextGrad's own
+``evaluation/solution_optimization.py`` (zou-group/textgrad): a zero-shot
+answer from ``tg.BlackboxLLM`` under that script's system prompt, then T times
+``optimizer.zero_grad()``, the test-time loss ``MultiChoiceTestTime`` (the
+script's loss class; its evaluation instruction is the task's initial loss
+prompt, as in our inner loop), ``loss.backward()`` and a
+``TextualGradientDescent`` step with the task's answer format as its
+constraint. Items run from a ``ThreadPoolExecutor`` of a given width, as the
+script does (``--num_threads``); the server's continuous batching batches the
+threads.
+
+Engines: TextGrad's ``ChatExternalClient`` (its ``ChatOpenAI`` on a caller's
+``openai.OpenAI`` client), unchanged except:
+
+* its prompt-only disk cache never serves: ``_check_cache`` always misses (and
+  counts the lookups), ``_save_cache`` stores nothing, and the cache file
+  TextGrad opens at construction goes to a temporary folder, not the user's;
+* calls use the workload's sampling (TextGrad's engine takes ``temperature``,
+  ``max_tokens``, ``top_p`` per call; its ops pass none, so the defaults would
+  be temperature 0 and 2000 tokens): the answer engine samples at the forward
+  temperature with the item's seed (added to the request by a thin client
+  wrapper, since TextGrad's engine has no seed parameter), the loss /
+  backward / update engine is greedy, both capped at ``max_tokens``.
+
+TextGrad cannot prefill the answer's start, so the paper's inference template
+is not used here; prompts are TextGrad's own. A TGD step whose output lacks
+the ``<IMPROVED_VARIABLE>`` tags raises in TextGrad (weak models do this);
+the driver then keeps the previous answer and goes on, as our inner loop
+does, so both send 1 + 3T requests per item.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+from typing import Any
+
+from engines.adapters.common import offline_library_env
+
+#: the system prompt of get_zeroshot_answer in TextGrad's solution_optimization.py
+#: (from openai/simple-evals' chat sampler)
+ZERO_SHOT_SYSTEM_PROMPT = (
+    "You are ChatGPT, a large language model trained by OpenAI, based on the GPT-4 architecture."
+    "\nKnowledge cutoff: 2023-12\nCurrent date: 2024-04-01"
+)
+#: role description of the optimized answer in that script
+SOLUTION_ROLE = "creative and precise solution and the prediction for the multiple choice question"
+
+
+class CountingClient:
+    """The part of ``openai.OpenAI`` TextGrad's engine calls, counting requests and tokens.
+
+    ``chat.completions.create`` forwards to ``client``; with ``seeded`` it adds
+    the calling thread's item seed (``set_item_seed``).
+    """
+
+    def __init__(self, client: Any, *, seeded: bool) -> None:
+        self._client, self._seeded = client, seeded
+        self.api_key = client.api_key
+        self.chat = SimpleNamespace(completions=SimpleNamespace(create=self._create))
+        self._lock = threading.Lock()
+        self.requests = self.prompt_tokens = self.completion_tokens = 0
+
+    def _create(self, **kwargs: Any) -> Any:
+        seed = getattr(_item, "seed", None)
+        if self._seeded and seed is not None:
+            kwargs["seed"] = seed
+        resp = self._client.chat.completions.create(**kwargs)
+        usage = getattr(resp, "usage", None)
+        with self._lock:
+            self.requests += 1
+            self.prompt_tokens += int(getattr(usage, "prompt_tokens", 0) or 0)
+            self.completion_tokens += int(getattr(usage, "completion_tokens", 0) or 0)
+        return resp
+
+
+_item = threading.local()
+
+
+@contextlib.contextmanager
+def _construction_env(api_key: str) -> Iterator[None]:
+    """TextGrad's constructor reads these; set them for its duration only."""
+    saved = {k: os.environ.get(k) for k in ("XDG_CACHE_HOME", "OPENAI_API_KEY")}
+    with tempfile.TemporaryDirectory(prefix="mtg-textgrad-cache-") as tmp:
+        os.environ["XDG_CACHE_HOME"] = tmp  # platformdirs: the never-used cache file lands here
+        os.environ["OPENAI_API_KEY"] = api_key  # ChatExternalClient copies the client's key otherwise
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def make_engine(client: CountingClient, model: str, *, temperature: float, max_tokens: int) -> Any:
+    """TextGrad's ``ChatExternalClient`` with its cache off and the workload's sampling."""
+    offline_library_env()
+    from textgrad.engine.local_model_openai_api import ChatExternalClient
+
+    class UncachedExternalClient(ChatExternalClient):
+        """``ChatExternalClient`` whose disk cache never serves; per-call sampling fixed."""
+
+        cache_lookups = 0
+
+        def _check_cache(self, prompt: str) -> None:
+            self.cache_lookups += 1
+            return None
+
+        def _save_cache(self, prompt: str, response: str) -> None:
+            return None
+
+        def __call__(self, prompt: Any, **kwargs: Any) -> str:
+            sampling = {"temperature": temperature, "max_tokens": max_tokens, "top_p": 1.0}
+            return self.generate(prompt, **{**sampling, **kwargs})
+
+    with _construction_env(client.api_key or "EMPTY"):
+        return UncachedExternalClient(client=client, model_string=model)  # type: ignore[arg-type]
+
+
+def run_item(question: str, seed: int, *, steps: int, loss_prompt: str, constraint: str | None,
+             forward_engine: Any, optimizer_engine: Any) -> list[str]:
+    """One item, TextGrad's way; returns the errors it met (empty when none)."""
+    import textgrad as tg
+    from textgrad.loss import MultiChoiceTestTime
+
+    _item.seed = seed
+    errors: list[str] = []
+    system = tg.Variable(ZERO_SHOT_SYSTEM_PROMPT, requires_grad=False, role_description="system prompt to the language model")
+    model = tg.BlackboxLLM(forward_engine, system)
+    answer = model(tg.Variable(question, requires_grad=False, role_description="question to the language model"))
+    instance = tg.Variable(answer.value, requires_grad=True, role_description=SOLUTION_ROLE)
+    optimizer = tg.TextualGradientDescent(engine=optimizer_engine, parameters=[instance],
+                                          constraints=[constraint] if constraint else [])  # fmt: skip
+    objective = MultiChoiceTestTime(loss_prompt, engine=optimizer_engine)
+    for t in range(1, steps + 1):
+        optimizer.zero_grad()
+        loss = objective(question, instance)
+        loss.backward(engine=optimizer_engine)
+        try:
+            optimizer.step()
+        except IndexError as e:  # no <IMPROVED_VARIABLE> tags: keep the answer, go on
+            errors.append(f"step {t} update: {str(e)[:120]}")
+    return errors
+
+
+def run_textgrad(
+    items: Sequence[tuple[str, int]],
+    *,
+    width: int,
+    base_url: str,
+    model: str,
+    steps: int,
+    temperature: float,
+    max_tokens: int,
+    loss_prompt: str,
+    constraint: str | None,
+    timeout_s: float = 3600.0,
+) -> dict[str, Any]:
+    """Runs every (question, seed) item on a thread pool of ``width``.
+
+    Returns:
+        ``wall_s``, client-side ``requests``/``prompt_tokens``/``completion_tokens``,
+        ``cache_lookups`` (TextGrad's disk-cache lookups; each one missed, so
+        it equals ``requests`` when every call reached the server),
+        ``item_errors`` (items that raised), ``update_errors`` and the first error.
+    """
+    import openai
+
+    raw = openai.OpenAI(base_url=base_url, api_key="EMPTY", timeout=timeout_s, max_retries=0)
+    fwd_client, opt_client = CountingClient(raw, seeded=True), CountingClient(raw, seeded=False)
+    fwd = make_engine(fwd_client, model, temperature=temperature, max_tokens=max_tokens)
+    opt = make_engine(opt_client, model, temperature=0.0, max_tokens=max_tokens)
+
+    def one(item: tuple[str, int]) -> list[str]:
+        return run_item(item[0], item[1], steps=steps, loss_prompt=loss_prompt, constraint=constraint,
+                        forward_engine=fwd, optimizer_engine=opt)  # fmt: skip
+
+    failed: list[str] = []
+    update_errors = 0
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=width, thread_name_prefix="textgrad") as pool:
+        futures = [pool.submit(one, it) for it in items]
+        for f in futures:
+            try:
+                update_errors += len(f.result())
+            except Exception as e:  # one item's failure never stops the others
+                failed.append(f"{type(e).__name__}: {str(e)[:200]}")
+    wall = time.perf_counter() - t0
+    raw.close()
+    return {
+        "wall_s": wall,
+        "requests": fwd_client.requests + opt_client.requests,
+        "prompt_tokens": fwd_client.prompt_tokens + opt_client.prompt_tokens,
+        "completion_tokens": fwd_client.completion_tokens + opt_client.completion_tokens,
+        "cache_lookups": fwd.cache_lookups + opt.cache_lookups,
+        "item_errors": len(failed),
+        "update_errors": update_errors,
+        "first_error": failed[0] if failed else None,
+    }

@@ -1,0 +1,155 @@
+"""``mtg bench peer``'s orchestration on a fake OpenAI-compatible server and the fake engine.
+
+The real ``textgrad`` package runs against ``tests/fault_server.py`` with no
+faults (it plays the vLLM server); the in-process variant runs on the fake
+engine. What is checked: every variant's fields, that TextGrad sends 1 + 3T
+requests per item with the workload's sampling and nothing is served from its
+disk cache, our accounting (logical vs deduplicated vs backend requests), and
+the ratios. No timing assertions: the numbers mean nothing here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from engines.fake_engine import FakeEngine
+from mtg_local.bench.inner_loop_bench import InnerLoopBenchConfig
+from mtg_local.bench.peer_bench import PeerBenchConfig, parse_widths, run_peer_bench, table
+from mtg_local.bench.textgrad_peer import ZERO_SHOT_SYSTEM_PROMPT
+from mtg_local.bench.vllm_server import parse_metrics, server_args
+from mtg_local.cli import main
+from tests.fault_server import FaultServer
+
+N, S, T, M = 2, 2, 1, 24
+PER_ITEM = 1 + 3 * T
+
+
+class FakeVLLMServer:
+    """A ``Server`` for the benchmark on the fault server; counters from the calls it got."""
+
+    served_name = "fault-model"
+
+    def __init__(self, srv: FaultServer, *, with_counters: bool) -> None:
+        self.srv, self.with_counters = srv, with_counters
+        self.base_url, self.start_s = srv.base_url, 2.5
+        self.resets = 0
+
+    def counters(self) -> dict[str, float] | None:
+        if not self.with_counters:
+            return None
+        out = {"requests": 0.0, "prompt_tokens": 0.0, "cached_tokens": 0.0, "completion_tokens": 0.0,
+               "prefix_cache_queries": 0.0, "prefix_cache_hits": 0.0, "preemptions": 0.0}  # fmt: skip
+        for c in list(self.srv.calls):
+            if c.body is None:
+                continue
+            usage = self.srv._completion(c.body, chat=c.path.endswith("/chat/completions"))["usage"]
+            out["requests"] += 1
+            out["prompt_tokens"] += usage["prompt_tokens"]
+            out["completion_tokens"] += usage["completion_tokens"]
+        return out
+
+    def reset_prefix_cache(self) -> bool | None:
+        self.resets += 1
+        return True
+
+
+def run(config: PeerBenchConfig, *, with_counters: bool = True) -> tuple[dict[str, Any], FaultServer, FakeVLLMServer]:
+    srv = FaultServer(fault_rate=0.0, owned_by="vllm").start()
+    handle = FakeVLLMServer(srv, with_counters=with_counters)
+
+    @contextlib.contextmanager
+    def server_factory() -> Iterator[FakeVLLMServer]:
+        yield handle
+
+    try:
+        rec = run_peer_bench(config, server_factory=server_factory, inproc_factory=lambda: (FakeEngine(), 1.25))
+    finally:
+        srv.stop()
+    return rec, srv, handle
+
+
+def workload() -> InnerLoopBenchConfig:
+    return InnerLoopBenchConfig(questions=N, seeds=S, steps=T, max_tokens=M, temperature=0.7)
+
+
+def test_all_variants_report_their_figures_and_ratios() -> None:
+    items = N * S
+    rec, srv, handle = run(PeerBenchConfig(workload=workload(), widths=(1, None, items)))  # "all" == items: once
+    assert rec["order"] == ["textgrad-w1", f"textgrad-w{items}", "ours-server", "ours-inproc"]
+    assert rec["workload"]["items"] == items and rec["workload"]["requests_per_item"] == PER_ITEM
+    assert handle.resets == 4  # before each server variant and TextGrad's warm-up item
+    for name in ("textgrad-w1", f"textgrad-w{items}"):
+        v = rec["variants"][name]
+        assert v["item_errors"] == 0, v["first_error"]
+        assert v["requests"] == v["client"]["requests"] == items * PER_ITEM
+        assert v["cache_lookups"] == v["requests"]  # TextGrad looked in its cache for every call and missed
+        assert v["token_source"] == "vllm counters" and v["prompt_tokens"] > 0 and v["cached_tokens"] == 0
+        assert v["wall_with_start_s"] == pytest.approx(v["wall_s"] + 2.5, abs=1e-3)
+    ours = rec["variants"]["ours-server"]
+    assert ours["logical_requests"] == items * PER_ITEM
+    assert ours["requests"] == ours["logical_requests"] - ours["deduplicated"] == ours["client"]["requests"]
+    assert ours["max_concurrency"] >= 1 and ours["errors"] == 0
+    inproc = rec["variants"]["ours-inproc"]
+    assert inproc["token_source"] == "client usage" and inproc["cached_tokens"] is None  # the fake engine has no counters
+    assert inproc["wall_with_start_s"] == pytest.approx(inproc["wall_s"] + 1.25, abs=1e-3)
+    best = min(rec["variants"][k]["wall_s"] for k in rec["order"] if k.startswith("textgrad"))
+    assert rec["textgrad_best"] in ("textgrad-w1", f"textgrad-w{items}")
+    assert rec["speedup_vs_textgrad_best"] == round(best / inproc["wall_s"], 3)
+    assert rec["speedup_one_off"] == round(best / inproc["wall_with_start_s"], 3)
+    assert rec["speedup_vs_textgrad_best_via_server"] == round(best / ours["wall_s"], 3)
+    assert table(rec).count("\n") == 2 + len(rec["order"]) - 1
+
+
+def test_textgrad_requests_carry_the_workload_sampling_and_its_cache_never_serves() -> None:
+    # Two widths, the same items: TextGrad's prompt-keyed disk cache would serve the whole second run.
+    rec, srv, _ = run(PeerBenchConfig(workload=workload(), widths=(1, 2), variants=("textgrad",)), with_counters=False)
+    bodies = [c.body for c in srv.calls if c.body is not None]
+    textgrad = [b for b in bodies if not b["messages"][-1]["content"].startswith("Request ")]  # not the warm-up
+    assert len(textgrad) == (2 * N * S + 1) * PER_ITEM  # two runs and the untimed warm-up item
+    forward = [b for b in textgrad if b["messages"][0]["content"] == ZERO_SHOT_SYSTEM_PROMPT]
+    rest = [b for b in textgrad if b["messages"][0]["content"] != ZERO_SHOT_SYSTEM_PROMPT]
+    assert len(forward) == 2 * N * S + 1
+    assert sorted(b["seed"] for b in forward) == sorted([0] + list(range(S)) * N * 2)
+    assert all(b["temperature"] == 0.7 and b["max_tokens"] == M and b["top_p"] == 1.0 for b in forward)
+    assert all(b["temperature"] == 0 and b["max_tokens"] == M and "seed" not in b for b in rest)
+    assert rec["variants"]["textgrad-w2"]["token_source"] == "client usage"
+
+
+def test_bad_arguments_are_user_errors() -> None:
+    assert parse_widths("1, 16,all") == (1, 16, None)
+    with pytest.raises(ValueError, match="variants"):
+        PeerBenchConfig(variants=("textgrad", "dspy"))
+    assert main(["bench", "peer", "--widths", "0"]) == 2
+    assert main(["bench", "peer", "--variants", "nope"]) == 2
+    assert main(["bench", "peer", "--questions", "0"]) == 2
+
+
+def test_server_gets_the_in_process_engine_settings_as_flags() -> None:
+    kw = {"model": "/m", "dtype": "float32", "enable_chunked_prefill": False, "enforce_eager": True,
+          "max_num_seqs": None, "block_size": 32, "disable_log_stats": False}  # fmt: skip
+    args = server_args(kw, "bundled", 8123)
+    assert args[:6] == ["--host", "127.0.0.1", "--port", "8123", "--served-model-name", "bundled"]
+    assert "--no-enable-chunked-prefill" in args and "--enforce-eager" in args
+    assert args[args.index("--block-size") + 1] == "32" and args[args.index("--model") + 1] == "/m"
+    assert "--max-num-seqs" not in args and not any("log-stats" in a for a in args)
+
+
+def test_prometheus_counters_are_summed_over_labels() -> None:
+    text = "\n".join([
+        "# HELP vllm:prompt_tokens_total Number of prefill tokens processed.",
+        "# TYPE vllm:prompt_tokens_total counter",
+        'vllm:prompt_tokens_total{engine="0",model_name="m"} 120.0',
+        "# HELP vllm:request_success_total Count of successfully processed requests.",
+        "# TYPE vllm:request_success_total counter",
+        'vllm:request_success_total{engine="0",finished_reason="stop",model_name="m"} 3.0',
+        'vllm:request_success_total{engine="0",finished_reason="length",model_name="m"} 2.0',
+        "# HELP vllm:prompt_tokens_cached_total Number of cached prompt tokens.",
+        "# TYPE vllm:prompt_tokens_cached_total counter",
+        'vllm:prompt_tokens_cached_total{engine="0",model_name="m"} 64.0',
+    ]) + "\n"  # fmt: skip
+    c = parse_metrics(text)
+    assert (c["prompt_tokens"], c["requests"], c["cached_tokens"], c["completion_tokens"]) == (120, 5, 64, 0)
