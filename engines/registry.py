@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from engines.base import Engine
@@ -43,6 +44,23 @@ def config_from_options(config_cls: type[_C], backend: str, model: str | None, o
         raise EngineSpecError(f"unknown {backend} engine option ({e}); known options: {names}") from e
     except ValueError as e:
         raise EngineSpecError(f"bad {backend} engine option: {e}") from e
+
+
+def parse_engine_opts(items: Sequence[str]) -> dict[str, Any]:
+    """Parses ``--engine-opt KEY=VALUE`` items; values are YAML scalars (so 4096 is an int, true a bool).
+
+    Raises:
+        EngineSpecError: an item is not KEY=VALUE.
+    """
+    import yaml
+
+    opts: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise EngineSpecError(f"--engine-opt must look like KEY=VALUE, got {item!r}")
+        opts[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return opts
 
 
 def register(name: str, target: str) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from engines import Engine, create_engine
 from mtg_local.commands.baseline import BaselineConfig, run_baseline
-from mtg_local.commands.common import parse_engine_opts
+from engines.registry import parse_engine_opts
 from mtg_local.commands.eval import parse_seeds
 from mtg_local.protocol import DEFAULT_PROTOCOL
 

@@ -23,7 +23,7 @@ from engines.errors import EngineSpecError
 from engines.openai_engine import OpenAIConfig, OpenAIEngine
 from engines.registry import config_from_options
 from engines.vllm_engine import VLLMConfig
-from mtg_local.commands.common import parse_engine_opts
+from engines.registry import parse_engine_opts
 from tests.conftest import require
 
 REPO = Path(__file__).resolve().parents[1]

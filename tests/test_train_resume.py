@@ -210,8 +210,8 @@ def kill_mid_step(proc: subprocess.Popen, run_dir: Path, *, min_step: int = 0, t
 
 
 def generated(usage: dict) -> int:
-    """Requests a session sent to the backend (not served from the cache)."""
-    return usage["requests"] - usage["cache_hits"]
+    """Requests a session sent to the backend (not served from the cache nor copies of an identical request)."""
+    return usage["requests"] - usage["cache_hits"] - usage.get("deduplicated", 0)
 
 
 def test_sigkill_mid_step_resume_serves_the_rows_from_the_cache(tmp_path):

@@ -307,7 +307,7 @@ def add_inner_loop_bench(bench_sub: argparse._SubParsersAction) -> None:
 
 def run_inner_loop_cli(args: argparse.Namespace) -> int:
     """Builds the engine (no cache), runs the benchmark, prints one JSON line."""
-    from mtg_local.commands.common import build_engine
+    from engines.registry import create_engine, parse_engine_opts
 
     try:
         config = InnerLoopBenchConfig(
@@ -324,7 +324,7 @@ def run_inner_loop_cli(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UserError(str(e)) from e
     t0 = time.perf_counter()
-    engine = build_engine(args.engine, args.engine_opt, None, True)  # no cache: every request hits the backend
+    engine = create_engine(args.engine, **parse_engine_opts(args.engine_opt))  # no cache: every request hits the backend
     start_s = time.perf_counter() - t0
     try:
         record = run_inner_loop_bench(engine, config)

@@ -18,6 +18,7 @@ from typing import Any
 
 from engines import Engine, GenRequest, SamplingConfig
 from engines.errors import UserError
+from engines.registry import parse_engine_opts
 from mtg_local.bench.grid_bench import add_grid_bench
 from mtg_local.bench.inner_loop_bench import add_inner_loop_bench
 from mtg_local.commands.common import build_engine
@@ -199,7 +200,6 @@ def run_peer_bench_cli(args: argparse.Namespace) -> int:
     """Runs ``mtg bench peer`` on vLLM; the table goes to stderr, one JSON line to stdout."""
     from mtg_local.bench import peer_bench
     from mtg_local.bench.inner_loop_bench import InnerLoopBenchConfig
-    from mtg_local.commands.common import parse_engine_opts
 
     try:
         config = peer_bench.PeerBenchConfig(

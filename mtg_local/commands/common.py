@@ -9,11 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from engines import Engine, SamplingConfig, create_engine
 from engines.cache import CachedEngine
-from engines.errors import EngineSpecError, UserError
+from engines.errors import UserError
+from engines.registry import parse_engine_opts
 
 DEFAULT_ENGINE = "vllm:bundled"
 
@@ -50,17 +49,6 @@ def add_engine_args(parser: argparse.ArgumentParser, *, optimizer: bool = False)
         help="SQLite generation cache (default: in the run dir where there is one)",
     )
     g.add_argument("--no-cache", action="store_true", help="switch the generation cache off")
-
-
-def parse_engine_opts(items: list[str]) -> dict[str, Any]:
-    """Parses KEY=VALUE items; values are YAML scalars (so 4096 is an int, true a bool)."""
-    opts: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise EngineSpecError(f"--engine-opt must look like KEY=VALUE, got {item!r}")
-        opts[key.strip()] = yaml.safe_load(value) if value.strip() else ""
-    return opts
 
 
 def build_engine(spec: str, opts: list[str], cache: str | Path | None, no_cache: bool) -> Engine:

@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{cell_state(r):<24} mtg {r.manifest_line()}")
         return 0
 
-    from mtg_local.commands.common import parse_engine_opts
+    from engines.registry import parse_engine_opts
     from mtg_local.runs.interrupt import stop_on_signals
 
     stop = StopFlag()

@@ -34,7 +34,7 @@ TEMPLATE_FILE = "learned_template.txt"
 
 
 def _engine_opts(items: tuple[str, ...]) -> dict[str, Any]:
-    from mtg_local.commands.common import parse_engine_opts
+    from engines.registry import parse_engine_opts
 
     return parse_engine_opts(list(items))
 
