@@ -376,10 +376,16 @@ class VLLMEngine(Engine):
         if llm is None:
             return None
         try:
-            metrics = {m.name: getattr(m, "value", None) for m in llm.get_metrics()}
+            found = [(m.name, getattr(m, "value", None)) for m in llm.get_metrics()]
         except Exception:  # metrics are optional; absent in some builds/configs
             return None
-        q, h = metrics.get("vllm:prefix_cache_queries"), metrics.get("vllm:prefix_cache_hits")
+        # One sample per engine that ever ran in this process (another engine's, e.g. a
+        # closed async one, keeps its last value): the sum changes only by this engine's work.
+        totals: dict[str, float] = {}
+        for name, value in found:
+            if name in ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits") and value is not None:
+                totals[name] = totals.get(name, 0.0) + float(value)
+        q, h = totals.get("vllm:prefix_cache_queries"), totals.get("vllm:prefix_cache_hits")
         if q is None or h is None:
             return None
         return {"queries": float(q), "hits": float(h), "hit_rate": (float(h) / q) if q else 0.0}

@@ -309,7 +309,7 @@ def test_real_vllm_server_batch_of_32(vllm_server):
     )
     sampling = SamplingConfig(temperature=0.0, max_tokens=24)
     words = ["apple", "river", "mountain", "violin", "copper", "garden", "winter", "rocket"]
-    reqs = [GenRequest.chat(f"Repeat the word '{words[i % 8]}' {i % 4 + 1} times.", id=f"v{i}", sampling=sampling) for i in range(32)]
+    reqs = [GenRequest.chat(f"Repeat the word '{words[i % 8]}' {i // 8 + 1} times.", id=f"v{i}", sampling=sampling) for i in range(32)]
     results = engine.generate(reqs)
     assert [r.id for r in results] == [r.id for r in reqs]
     assert all(r.ok for r in results), [r.error for r in results if not r.ok][:3]

@@ -90,6 +90,7 @@ def job_states(job: str, env: dict) -> dict[str, str]:
 def wait_done(job: str, env: dict, timeout: float, release_requeued: bool = False) -> dict[str, str]:
     """Polls until no task of ``job`` is pending/running; optionally releases requeue holds."""
     end = time.monotonic() + timeout
+    pending_since: float | None = None
     while time.monotonic() < end:
         states = job_states(job, env)
         active = {k: s for k, s in states.items() if s in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING",
@@ -100,8 +101,12 @@ def wait_done(job: str, env: dict, timeout: float, release_requeued: bool = Fals
             if again == states:
                 return states
             continue
-        if release_requeued and any(s == "PENDING" for s in active.values()):
-            # a requeued job waits ~2 min (BeginTime) unless told to start now
+        pending = any(s == "PENDING" for s in active.values())
+        pending_since = (pending_since or time.monotonic()) if pending else None
+        # A requeued job waits ~2 min (BeginTime) unless told to start now; starting it at once
+        # races the end of its previous run ("Killing non-startable batch job: Job credential
+        # revoked"), so it is released only after a few seconds in the queue.
+        if release_requeued and pending_since is not None and time.monotonic() - pending_since > 5:
             sh(["scontrol", "update", f"jobid={job}", "StartTime=now"], env, check=False)
         time.sleep(0.5)
     raise AssertionError(f"job {job} not finished within {timeout}s: {job_states(job, env)}")
@@ -124,7 +129,7 @@ def test_array_grid_two_tasks_two_methods_then_report(cluster, tmp_path):
     grid = {
         "name": "tiny", "runs_root": str(tmp_path / "runs"), "tasks": tasks,
         "methods": ["zero_shot_cot", "solution_opt"], "engines": engines, "seeds": [0, 1],
-        "args": {"all": ["--limit", "2", "--no-progress", "--max-tokens", "32"], "solution_opt": ["--steps", "1"]},
+        "args": {"all": ["--limit", "2", "--no-progress", "--max-tokens", "32", "--steps", "1"]},  # one protocol
         "slurm": {"gpus": 0, "max_parallel": 2, "time": "00:10:00", "cpus_per_task": 1, "mem": "1G"},
     }
     gfile = tmp_path / "grid.json"  # JSON is YAML
@@ -222,7 +227,8 @@ def test_preempted_train_job_requeues_resumes_and_matches_uninterrupted(cluster,
 @pytest.mark.slurm
 @needs_slurm
 def test_gpu_templates_accepted_on_fake_gpu_node_and_run_cpu_override(cluster, tmp_path):
-    base = f"ALL,MTG_CHECKOUT={REPO},MTG_ENGINE=fake,MTG_TP=1,MTG_SEEDS=0,MTG_ARGS=--limit 1 --no-progress"
+    base = (f"ALL,MTG_CHECKOUT={REPO},MTG_ENGINE=fake,MTG_TP=1,MTG_TASK=synthetic_word_sorting,MTG_SEEDS=0,"
+            "MTG_ARGS=--limit 1 --no-progress")
     jobs = {}
     for name, extra in (("mtg_gpu", []), ("mtg_multigpu", [])):
         log = tmp_path / f"{name}.out"

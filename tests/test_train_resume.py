@@ -165,7 +165,8 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, good, outer_steps, k
                 and not e["tested"]}
     done = calls_at[state["completed_step"]]
     assert b["engine_usage"]["calls"] <= a["engine_usage"]["calls"] - done
-    assert b["engine_usage"]["cache_hits"] > 0
+    # The kill lands right after a checkpoint, so the cache may hold nothing past it; that rows
+    # written mid-step are served from the cache is test_sigkill_mid_step_resume_serves_the_rows_from_the_cache.
     print(f"\nkilled after step {state['completed_step']}: resumed run made {b['engine_usage']['calls']} backend "
           f"calls ({b['engine_usage']['cache_hits']} cached requests) vs {a['engine_usage']['calls']} uninterrupted")
 
