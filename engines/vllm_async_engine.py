@@ -46,7 +46,7 @@ from engines.errors import EngineError
 from engines.loop_thread import BackgroundLoop
 from engines.process_guard import ProcessGuard, descendant_pids
 from engines.registry import config_from_options
-from engines.vllm_engine import _SEED_NOTE_CPU, VLLMConfig, build_vllm_inputs, import_vllm
+from engines.vllm_engine import _SEED_NOTE_CPU, VLLMConfig, build_vllm_inputs, import_vllm, result_from_output
 
 #: most per-request events kept (oldest dropped first): ~100 bytes each.
 MAX_EVENTS = 200_000
@@ -223,14 +223,7 @@ class AsyncVLLMEngine(Engine):
                 if isinstance(out, BaseException):
                     results[i] = GenResult.failed(requests[i].id, f"{type(out).__name__}: {out}", len(ids[i]))
                     continue
-                comp = out.outputs[0]
-                results[i] = GenResult(
-                    id=requests[i].id,
-                    text=comp.text,
-                    finish_reason=str(comp.finish_reason or "stop"),
-                    prompt_tokens=len(out.prompt_token_ids or ids[i]),
-                    completion_tokens=len(comp.token_ids),
-                )
+                results[i] = result_from_output(requests[i].id, out, ids[i])
         return results  # type: ignore[return-value]
 
     def _count_backend_calls(self) -> int:

@@ -261,6 +261,18 @@ def build_vllm_inputs(
     return ids, submit, prompts, params, failed
 
 
+def result_from_output(request_id: str, out: Any, token_ids: list[int]) -> GenResult:
+    """The ``GenResult`` of one vLLM ``RequestOutput`` (first completion); ``token_ids`` = its prompt."""
+    comp = out.outputs[0]
+    return GenResult(
+        id=request_id,
+        text=comp.text,
+        finish_reason=str(comp.finish_reason or "stop"),
+        prompt_tokens=len(out.prompt_token_ids or token_ids),
+        completion_tokens=len(comp.token_ids),
+    )
+
+
 class VLLMEngine(Engine):
     """A long-lived in-process ``vllm.LLM`` with the batch contract.
 
@@ -351,14 +363,7 @@ class VLLMEngine(Engine):
                 raise EngineError(f"vLLM generate failed for a batch of {len(prompts)}: {e}") from e
             self._calls_last = 1
             for i, out in zip(submit, outputs):
-                comp = out.outputs[0]
-                results[i] = GenResult(
-                    id=requests[i].id,
-                    text=comp.text,
-                    finish_reason=str(comp.finish_reason or "stop"),
-                    prompt_tokens=len(out.prompt_token_ids or ids[i]),
-                    completion_tokens=len(comp.token_ids),
-                )
+                results[i] = result_from_output(requests[i].id, out, ids[i])
         return results  # type: ignore[return-value]
 
     def _count_backend_calls(self) -> int:

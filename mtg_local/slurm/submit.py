@@ -54,6 +54,19 @@ class SlurmSettings:
             if "," in value or "," in key or "=" in key:
                 raise UserError(f"slurm.export {key}={value!r}: sbatch --export cannot carry ',' in names or values")
 
+    def resource_flags(self) -> list[str]:
+        """The sbatch options for partition, time, GPUs, CPUs, memory and the extra ones, in that order."""
+        flags = [f"--partition={self.partition}"] if self.partition else []
+        if self.time:
+            flags.append(f"--time={self.time}")
+        if self.gpus is not None:
+            flags.append(f"--gres=gpu:{self.gpus}" if self.gpus > 0 else "--gres=none")
+        if self.cpus_per_task:
+            flags.append(f"--cpus-per-task={self.cpus_per_task}")
+        if self.mem:
+            flags.append(f"--mem={self.mem}")
+        return flags + list(self.extra)
+
     @classmethod
     def merged(cls, *layers: dict[str, Any]) -> SlurmSettings:
         data: dict[str, Any] = {}
@@ -110,17 +123,7 @@ def plan(grid: Grid) -> list[ArrayJob]:
         array = f"0-{n - 1}" + (f"%{settings.max_parallel}" if settings.max_parallel else "")
         cmd = ["sbatch", "--parsable", f"--array={array}", f"--job-name={settings.job_name or 'mtg-' + grid.name}"]
         cmd.append(f"--output={out_dir / 'logs'}/%A_%a.out")
-        if settings.partition:
-            cmd.append(f"--partition={settings.partition}")
-        if settings.time:
-            cmd.append(f"--time={settings.time}")
-        if settings.gpus is not None:
-            cmd.append(f"--gres=gpu:{settings.gpus}" if settings.gpus > 0 else "--gres=none")
-        if settings.cpus_per_task:
-            cmd.append(f"--cpus-per-task={settings.cpus_per_task}")
-        if settings.mem:
-            cmd.append(f"--mem={settings.mem}")
-        cmd.extend(settings.extra)
+        cmd.extend(settings.resource_flags())
         exports = {"MTG_MANIFEST": str(manifest), "MTG_CHECKOUT": str(root), "MTG_RUNS": str(grid.runs_root)}
         exports.update(dict(settings.export))
         cmd.append("--export=ALL," + ",".join(f"{k}={v}" for k, v in exports.items()))
@@ -177,17 +180,7 @@ def plan_shared(grid: Grid, grid_file: str | os.PathLike[str]) -> list[SharedJob
             raise UserError(f"sbatch template not found: {template} (slurm.template in the grid, or set MTG_CHECKOUT)")
         cmd = ["sbatch", "--parsable", f"--job-name={settings.job_name or 'mtg-' + grid.name}-{entry.label}"[:128]]
         cmd.append(f"--output={out_dir / 'logs'}/grid-{entry.label}-%j.out")
-        if settings.partition:
-            cmd.append(f"--partition={settings.partition}")
-        if settings.time:
-            cmd.append(f"--time={settings.time}")
-        if settings.gpus is not None:
-            cmd.append(f"--gres=gpu:{settings.gpus}" if settings.gpus > 0 else "--gres=none")
-        if settings.cpus_per_task:
-            cmd.append(f"--cpus-per-task={settings.cpus_per_task}")
-        if settings.mem:
-            cmd.append(f"--mem={settings.mem}")
-        cmd.extend(settings.extra)
+        cmd.extend(settings.resource_flags())
         exports = {"MTG_GRID": str(Path(grid_file).absolute()), "MTG_GRID_ENGINE": entry.label,
                    "MTG_CHECKOUT": str(root), "MTG_RUNS": str(grid.runs_root), "MTG_GRID_RUNS_ROOT": str(grid.runs_root),
                    "MTG_GRID_BACKEND": entry.spec.partition(":")[0]}
