@@ -182,6 +182,9 @@ class GenResult:
         deduplicated: True if this is a copy of the result of an identical
             request earlier in the same batch (``engines.dedup``): no
             backend work of its own.
+        cached_tokens: prompt tokens the backend found in its prefix cache
+            (vLLM's ``num_cached_tokens``, OpenAI's
+            ``usage.prompt_tokens_details.cached_tokens``); 0 if unknown.
     """
 
     id: str
@@ -192,6 +195,7 @@ class GenResult:
     error: str | None = None
     cached: bool = False
     deduplicated: bool = False
+    cached_tokens: int = 0
 
     @property
     def ok(self) -> bool:
@@ -213,6 +217,8 @@ class Usage:
     ``requests`` counts the requests callers sent; ``deduplicated`` those of
     them answered by an identical request of the same batch (no backend
     work), so prompt/completion tokens count only the work actually done.
+    ``cached_prompt_tokens`` is the part of ``prompt_tokens`` the backend
+    served from its prefix cache (0 where the backend does not report it).
     """
 
     calls: int = 0
@@ -224,6 +230,7 @@ class Usage:
     errors: int = 0
     retries: int = 0
     deduplicated: int = 0
+    cached_prompt_tokens: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -370,6 +377,7 @@ class Engine(abc.ABC):
                     u.deduplicated += 1
                     continue
                 u.prompt_tokens += r.prompt_tokens
+                u.cached_prompt_tokens += r.cached_tokens
                 u.completion_tokens += r.completion_tokens
 
     def _add_retries(self, n: int) -> None:

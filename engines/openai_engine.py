@@ -399,6 +399,9 @@ class OpenAIEngine(Engine):
             usage = getattr(resp, "usage", None)
             prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
             completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+            # OpenAI reports prompt-cache hits here; vLLM's server only with --enable-prompt-tokens-details.
+            details = getattr(usage, "prompt_tokens_details", None)
+            cached_tokens = int(getattr(details, "cached_tokens", 0) or 0)
         except (AttributeError, IndexError, TypeError, KeyError, ValueError) as e:
             raise MalformedResponse(f"response is not a {kind} completion ({type(e).__name__}: {e})") from None
         if text is None:
@@ -408,5 +411,6 @@ class OpenAIEngine(Engine):
         if kind == "chat" and req.response_prefix and not prefill:
             text = strip_repeated_prefix(text, req.response_prefix)
         return GenResult(
-            id=req.id, text=text, finish_reason=finish, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+            id=req.id, text=text, finish_reason=finish, prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens, cached_tokens=cached_tokens,
         )

@@ -46,7 +46,14 @@ from engines.errors import EngineError
 from engines.loop_thread import BackgroundLoop
 from engines.process_guard import ProcessGuard, descendant_pids
 from engines.registry import config_from_options
-from engines.vllm_engine import _SEED_NOTE_CPU, VLLMConfig, build_vllm_inputs, import_vllm, result_from_output
+from engines.vllm_engine import (
+    _SEED_NOTE_CPU,
+    PrefixCacheCounter,
+    VLLMConfig,
+    build_vllm_inputs,
+    import_vllm,
+    result_from_output,
+)
 
 #: most per-request events kept (oldest dropped first): ~100 bytes each.
 MAX_EVENTS = 200_000
@@ -175,6 +182,7 @@ class AsyncVLLMEngine(Engine):
         # As VLLMEngine: the engine core children die with this process (engines.process_guard).
         self._guard = ProcessGuard.watch(descendant_pids() - before)
         self._tokenizer = self._llm.get_tokenizer()
+        self._prefix = PrefixCacheCounter()
         self.max_model_len = int(self._llm.model_config.max_model_len)
         self.dtype = str(self._llm.model_config.dtype).removeprefix("torch.")
         self.capabilities = Capabilities(
@@ -224,7 +232,12 @@ class AsyncVLLMEngine(Engine):
                     results[i] = GenResult.failed(requests[i].id, f"{type(out).__name__}: {out}", len(ids[i]))
                     continue
                 results[i] = result_from_output(requests[i].id, out, ids[i])
+            self._prefix.add([results[i] for i in submit])  # type: ignore[misc]
         return results  # type: ignore[return-value]
+
+    def prefix_cache_stats(self) -> dict[str, float] | None:
+        """This engine's prefix-cache counters since it started (``PrefixCacheCounter``)."""
+        return self._prefix.stats()
 
     def _count_backend_calls(self) -> int:
         # _record runs in the thread that called generate(): its own count, not another caller's.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -270,7 +271,38 @@ def result_from_output(request_id: str, out: Any, token_ids: list[int]) -> GenRe
         finish_reason=str(comp.finish_reason or "stop"),
         prompt_tokens=len(out.prompt_token_ids or token_ids),
         completion_tokens=len(comp.token_ids),
+        cached_tokens=int(getattr(out, "num_cached_tokens", None) or 0),
     )
+
+
+class PrefixCacheCounter:
+    """Prefix-cache lookups of one engine object, from its own requests' outputs.
+
+    vLLM's Prometheus counters (``LLM.get_metrics()``) are process-wide and
+    re-registered by every engine built in the process, so a second engine
+    (e.g. an async one in the same test session or grid) hides the first
+    one's counts. Each ``RequestOutput`` carries ``num_cached_tokens``: summed
+    here per engine, they give the same hit rate for this engine alone.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.queries = 0
+        self.hits = 0
+
+    def add(self, results: Sequence[GenResult]) -> None:
+        """Counts the prompts of ``results`` the backend processed (not failed before submission)."""
+        with self._lock:
+            for r in results:
+                if r.error is None:
+                    self.queries += r.prompt_tokens
+                    self.hits += r.cached_tokens
+
+    def stats(self) -> dict[str, float]:
+        """``{"queries": prompt tokens looked up, "hits": tokens found, "hit_rate": hits/queries}``."""
+        with self._lock:
+            q, h = float(self.queries), float(self.hits)
+        return {"queries": q, "hits": h, "hit_rate": (h / q) if q else 0.0}
 
 
 class VLLMEngine(Engine):
@@ -316,6 +348,7 @@ class VLLMEngine(Engine):
         # outlive a killed main process; the guard kills them when it dies.
         self._guard = ProcessGuard.watch(descendant_pids() - before)
         self._tokenizer = self._llm.get_tokenizer()
+        self._prefix = PrefixCacheCounter()
         self.max_model_len = int(self._llm.llm_engine.model_config.max_model_len)
         self.dtype = str(self._llm.llm_engine.model_config.dtype).removeprefix("torch.")
         self.capabilities = Capabilities(
@@ -364,36 +397,15 @@ class VLLMEngine(Engine):
             self._calls_last = 1
             for i, out in zip(submit, outputs):
                 results[i] = result_from_output(requests[i].id, out, ids[i])
+            self._prefix.add([results[i] for i in submit])  # type: ignore[misc]
         return results  # type: ignore[return-value]
 
     def _count_backend_calls(self) -> int:
         return getattr(self, "_calls_last", 1)
 
     def prefix_cache_stats(self) -> dict[str, float] | None:
-        """vLLM's prefix-cache counters since the engine started, or None if unavailable.
-
-        Returns:
-            ``{"queries": tokens looked up, "hits": tokens found, "hit_rate": hits/queries}``.
-            The counters are process-wide Prometheus metrics: with two engines
-            in one process they add up; take differences around a call.
-        """
-        llm = getattr(self, "_llm", None)
-        if llm is None:
-            return None
-        try:
-            found = [(m.name, getattr(m, "value", None)) for m in llm.get_metrics()]
-        except Exception:  # metrics are optional; absent in some builds/configs
-            return None
-        # One sample per engine that ever ran in this process (another engine's, e.g. a
-        # closed async one, keeps its last value): the sum changes only by this engine's work.
-        totals: dict[str, float] = {}
-        for name, value in found:
-            if name in ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits") and value is not None:
-                totals[name] = totals.get(name, 0.0) + float(value)
-        q, h = totals.get("vllm:prefix_cache_queries"), totals.get("vllm:prefix_cache_hits")
-        if q is None or h is None:
-            return None
-        return {"queries": float(q), "hits": float(h), "hit_rate": (float(h) / q) if q else 0.0}
+        """This engine's prefix-cache counters since it started (see ``PrefixCacheCounter``)."""
+        return self._prefix.stats()
 
     def close(self) -> None:
         """Shuts the engine core down and frees its memory. Safe to call twice."""

@@ -41,7 +41,8 @@ from test_train_resume import cache_rows, compared, generated
 pytestmark = pytest.mark.vllm
 
 REPO = Path(__file__).parent.parent
-TRAIN = ["--engine", "vllm:bundled", "--task", "synthetic_word_sorting", "--method", "learned_loss", "--seeds", "0",
+# float32 (not the bf16 CPU default where the CPU has it): bf16 numerics vary with the batch.
+TRAIN = ["--engine", "vllm:bundled", "--engine-opt", "dtype=float32", "--task", "synthetic_word_sorting", "--method", "learned_loss", "--seeds", "0",
          "--limit", "2", "--outer-steps", "1", "--minibatch", "1", "--steps", "1", "--max-tokens", "32",
          "--optimizer-max-tokens", "32", "--meta-max-tokens", "32", "--temperature", "0",
          "--optimizer-temperature", "0", "--no-progress"]
@@ -213,7 +214,9 @@ def test_group_sigterm_then_sigint_are_interruptions_and_resume_equals_uninterru
         assert "EngineError" not in json.dumps(res.get("error")), res
         log = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
         assert log[-1]["event"] == "interrupted" and "failed" not in [e["event"] for e in log]
-        assert json.loads((run / "checkpoint.json").read_text())["completed_step"] == mid["step"]
+        # The signal lands a poll after a request of step mid+1 was seen; on 2 cores that step
+        # (tiny here) may finish first. Either way no step past the one in flight is recorded.
+        assert json.loads((run / "checkpoint.json").read_text())["completed_step"] in (mid["step"], mid["step"] + 1)
         rows_floor = cache_rows(run / "cache.sqlite")
         print(f"\nvLLM group {sig.name} mid-step {mid['step'] + 1}: exit {proc.returncode}; {res['message']}")
     finish(mtg_train("--resume", str(run), "--no-progress"))

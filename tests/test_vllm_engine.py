@@ -93,13 +93,27 @@ def test_prefix_cache_stats_reachable(vllm_engine) -> None:  # noqa: ANN001
     system = "You are a careful assistant. " * 40  # a long shared prefix (> one KV block)
     reqs = [GenRequest.chat(f"Item {i}: say ok.", system=system, sampling=SamplingConfig(max_tokens=2), id=str(i)) for i in range(4)]
     before = vllm_engine.prefix_cache_stats()
-    vllm_engine.generate(reqs)
-    vllm_engine.generate(reqs)
+    first = vllm_engine.generate(reqs)
+    second = vllm_engine.generate(reqs)
     after = vllm_engine.prefix_cache_stats()
     assert before is not None and after is not None
-    assert after["queries"] > before["queries"]
-    assert after["hits"] > before["hits"]  # the second pass reuses the shared system prompt
+    # Counted per engine from the outputs: exactly this test's prompts, whatever other engine
+    # (e.g. an async one of another test module) was built in the process.
+    assert after["queries"] - before["queries"] == sum(r.prompt_tokens for r in first + second)
+    assert after["hits"] - before["hits"] == sum(r.cached_tokens for r in first + second)
+    assert all(r.cached_tokens > 0 for r in second)  # the second pass reuses at least the shared system prompt
+    assert all(r.cached_tokens < r.prompt_tokens for r in second)
     assert 0.0 <= after["hit_rate"] <= 1.0
+
+
+def test_usage_counts_prefix_cache_hits(vllm_engine) -> None:  # noqa: ANN001
+    system = "You are a patient assistant. " * 40
+    reqs = [GenRequest.chat(f"Case {i}: say ok.", system=system, sampling=SamplingConfig(max_tokens=2), id=str(i)) for i in range(3)]
+    vllm_engine.reset_usage()
+    results = vllm_engine.generate(reqs) + vllm_engine.generate(reqs)
+    usage = vllm_engine.usage
+    assert usage.cached_prompt_tokens == sum(r.cached_tokens for r in results) > 0
+    assert usage.cached_prompt_tokens < usage.prompt_tokens
 
 
 def test_capabilities_document_seed_handling(vllm_engine) -> None:  # noqa: ANN001
