@@ -178,8 +178,8 @@ def test_eval_solution_opt_on_vllm_bundled(vllm_engine, tmp_path: Path, monkeypa
 
     monkeypatch.setattr(vllm_engine._llm, "generate", counting_generate)
     out = tmp_path / "run"
-    # The size is 16 questions; CI on 2 CPU cores runs 4 (see tests/conftest.py).
-    n = 16 if FULL else 4
+    # The size is 16 questions; CI on 2 CPU cores runs 2 (see tests/conftest.py).
+    n = 16 if FULL else 2
     argv = [
         "eval", "--task", "synthetic_word_sorting", "--method", "solution_opt", "--seeds", "0,1,2", "--steps", "2",
         "--limit", str(n), "--max-tokens", "96", "--optimizer-max-tokens", "96", "--out", str(out),
