@@ -88,7 +88,7 @@ def require_concurrent_spec(spec: str, role: str = "engine") -> None:
 
 
 def check_item_schedule(forward: Engine | str, optimizer: Engine | str | None = None) -> None:
-    """The commands' up-front check: each of ``forward``/``optimizer`` (an engine or a spec) serves concurrent calls."""
+    """The commands' up-front check: ``forward`` and ``optimizer`` (engines or specs) serve concurrent calls."""
     for what, role in ((forward, "forward engine"), (optimizer, "optimizer engine")):
         if isinstance(what, Engine):
             require_concurrent_engine(what, role)

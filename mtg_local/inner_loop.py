@@ -7,7 +7,8 @@ in docs/results_schema.md.
 
 Each phase (initial answer, loss, backward, update) for ALL items is ONE
 engine.generate call: 1 + 3*T calls for any number of items, including items
-of different groups / loss prompts / templates.
+of different groups / loss prompts / templates. ``InnerLoopConfig.schedule="item"``
+instead runs these phases per item, barrier-free (``mtg_local.barrier_free``).
 
 Per step t = 1..T, for every active item: zero_grad, evaluate the answer with
 the item's loss prompt (loss), turn the evaluation into feedback on the answer
@@ -299,7 +300,8 @@ def solution_optimization(
         bar.set_postfix_str(f"step {t} update")
         before = [p.value for p in params]
         outcomes = optimizer.step(
-            samplings=[opt_sampling(i, "update", t) for i in active], ids=[f"upd-{t}-{id_offset + i}" for i in active]
+            samplings=[opt_sampling(i, "update", t) for i in active],
+            ids=[f"upd-{t}-{id_offset + i}" for i in active],
         )
         bar.update()
         for k, i in enumerate(active):

@@ -86,7 +86,8 @@ def test_item_schedule_gives_the_phase_schedules_trajectories_and_usage():
     assert pu.calls == 1 + 3 * STEPS and iu.calls == 6 * (1 + 3 * STEPS)
     assert all(len(b) == 1 for b in item_engine.batches)
     # Same request ids as the phase schedule (item i keeps index i).
-    assert sorted(r.id for b in item_engine.batches for r in b) == sorted(r.id for b in phase_engine.batches for r in b)
+    ids = [sorted(r.id for b in e.batches for r in b) for e in (item_engine, phase_engine)]
+    assert ids[0] == ids[1]
 
 
 def test_item_schedule_counts_identical_requests_it_no_longer_deduplicates():

@@ -62,7 +62,8 @@ def add_schedule_arg(parser: Any) -> None:
         choices=SCHEDULES,
         help="inner-loop schedule: phase = one engine call per phase for all items (default); item = each "
         "(question, seed) runs its next phase as soon as its own request returns (barrier-free; needs an "
-        "engine that serves concurrent calls: vllm-async:, openai:). Same requests and results, not in the protocol",
+        "engine that serves concurrent calls: vllm-async:, openai:). Same requests and results; "
+        "not in the protocol",
     )
 
 
