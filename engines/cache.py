@@ -96,7 +96,9 @@ class CachedEngine(Engine):
     """Wraps ``inner`` with a persistent cache; same batch contract.
 
     Usage counters of the wrapper count backend calls actually made (0 for a
-    fully cached batch) and ``cache_hits``.
+    fully cached batch) and ``cache_hits``. Safe to call from several threads
+    at once (the barrier-free inner loop, grid cells) when ``inner`` is: each
+    thread has its own SQLite connection and its own backend-call count.
     """
 
     def __init__(self, inner: Engine, cache: GenerationCache | str | os.PathLike[str]) -> None:
@@ -106,7 +108,16 @@ class CachedEngine(Engine):
         self.spec = inner.spec
         self.capabilities = inner.capabilities
         self._identity = inner.identity()
-        self._last_calls = 0
+        # Per thread: _record reads the count in the thread that made the call.
+        self._per_thread = threading.local()
+        # Retries happen inside the inner engine; they are mirrored here (see _mirror_retries).
+        self._retries_lock = threading.Lock()
+        self._retries_seen = inner.usage.retries
+
+    @property
+    def serves_concurrent_calls(self) -> bool:
+        """As the inner engine (see ``engines.shared.serves_concurrent_calls``)."""
+        return bool(getattr(self.inner, "serves_concurrent_calls", False))
 
     def identity(self) -> dict[str, Any]:
         return self._identity
@@ -123,22 +134,28 @@ class CachedEngine(Engine):
             else:
                 text, finish, pt, ct = row
                 results[i] = GenResult(req.id, text, finish, pt, ct, cached=True)
-        self._last_calls = 0
+        self._per_thread.calls = 0
         if misses:
             # Identical requests within one batch are generated once each: they
             # are distinct samples only if their seeds differ, which the key has.
-            retries_before = self.inner.usage.retries
             fresh = self.inner.generate([requests[i] for i in misses], **kwargs)
-            self._last_calls = 1
-            # Retries happen inside the inner engine: mirror them here.
-            self._add_retries(self.inner.usage.retries - retries_before)
+            self._per_thread.calls = 1
+            self._mirror_retries()
             for i, res in zip(misses, fresh):
                 results[i] = res
             self.cache.put_many([(keys[i], res) for i, res in zip(misses, fresh) if res.ok])
         return results  # type: ignore[return-value]
 
+    def _mirror_retries(self) -> None:
+        """Adds the inner engine's retries not mirrored yet (once each, whichever thread sees them)."""
+        with self._retries_lock:
+            now = self.inner.usage.retries
+            # now < seen: the inner engine's counters were reset; count from zero.
+            new, self._retries_seen = (now - self._retries_seen if now >= self._retries_seen else now), now
+        self._add_retries(new)
+
     def _count_backend_calls(self) -> int:
-        return self._last_calls
+        return getattr(self._per_thread, "calls", 0)
 
     def close(self) -> None:
         self.cache.close()

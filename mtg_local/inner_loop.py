@@ -7,7 +7,8 @@ in docs/results_schema.md.
 
 Each phase (initial answer, loss, backward, update) for ALL items is ONE
 engine.generate call: 1 + 3*T calls for any number of items, including items
-of different groups / loss prompts / templates.
+of different groups / loss prompts / templates. ``InnerLoopConfig.schedule="item"``
+instead runs these phases per item, barrier-free (``mtg_local.barrier_free``).
 
 Per step t = 1..T, for every active item: zero_grad, evaluate the answer with
 the item's loss prompt (loss), turn the evaluation into feedback on the answer
@@ -45,6 +46,12 @@ FREEZE_CONDITIONS = ("error", "unchanged")
 
 #: The inner loop's phases, as recorded in ``Trajectory.finish_reasons``.
 PHASES = ("forward", "loss", "backward", "update")
+
+#: How the phases of several items are scheduled (``InnerLoopConfig.schedule``):
+#: "phase": one engine call per phase for all items (waits for the slowest);
+#: "item": each item runs its own phases in a thread, on an engine that serves
+#: concurrent calls (``mtg_local.barrier_free``). Same requests, same outputs.
+SCHEDULES = ("phase", "item")
 
 
 def parse_freeze_when(value: str) -> frozenset[str]:
@@ -87,6 +94,9 @@ class InnerLoopConfig:
     prefill_update_tag: bool = True
     #: reject an update whose answer the task cannot extract when the previous one had one
     keep_answer_format: bool = True
+    #: "phase" or "item" (``SCHEDULES``): how requests are sent, not what they are -- so it is
+    #: not a protocol setting and does not change the protocol hash
+    schedule: str = "phase"
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
@@ -106,6 +116,8 @@ class InnerLoopConfig:
         if self.system_prompt is not None and not isinstance(self.system_prompt, str):
             raise ValueError(f"system_prompt must be a string or None, got {type(self.system_prompt).__name__}")
         parse_freeze_when(self.freeze_when)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -183,11 +195,15 @@ def solution_optimization(
     optimizer_engine: Engine | None = None,
     config: InnerLoopConfig,
     progress: bool = False,
+    id_offset: int = 0,
 ) -> list[Trajectory]:
     """Batched TextGrad solution optimization; trajectories in item order.
 
     Exactly 1 + 3*T engine.generate calls for any number of items (fewer only
-    when every item of a phase is frozen or has failed earlier in that step).
+    when every item of a phase is frozen or has failed earlier in that step)
+    under ``config.schedule == "phase"``. Under "item" every item runs these
+    phases on its own, barrier-free (``mtg_local.barrier_free``): 1 + 3*T
+    calls of one request per item.
 
     Args:
         task: formats questions (with the answer format), extracts and scores.
@@ -195,11 +211,24 @@ def solution_optimization(
         forward_engine: answers the questions (initial answers).
         optimizer_engine: loss, backward and update phases (default: forward_engine).
         config: steps, sampling, freezing, majority vote.
-        progress: show a phase-level tqdm bar.
+        progress: show a phase-level tqdm bar (an item-level one under "item").
+        id_offset: request ids number items from here ("fwd-{id_offset + i}"); the
+            item schedule runs item i alone with ``id_offset=i``.
 
     Returns:
         One ``Trajectory`` per item, ``result[i]`` for ``items[i]``.
+
+    Raises:
+        ValueError: schedule "item" on an engine that does not serve concurrent calls.
     """
+    if config.schedule == "item":
+        # Imported here: barrier_free runs this function for one item at a time.
+        from mtg_local.barrier_free import solution_optimization_by_item
+
+        return solution_optimization_by_item(
+            task, items, forward_engine=forward_engine, optimizer_engine=optimizer_engine, config=config,
+            progress=progress,
+        )
     items = list(items)
     opt_engine = optimizer_engine or forward_engine
     freeze = parse_freeze_when(config.freeze_when)
@@ -228,7 +257,7 @@ def solution_optimization(
             for it in items
         ],
         system_prompts=[config.system_prompt] * n,
-        ids=[f"fwd-{i}" for i in range(n)],
+        ids=[f"fwd-{id_offset + i}" for i in range(n)],
     )
     bar.update()
     trajs = [Trajectory(it, [a.value], [], [], [], [], "", None, 0.0) for it, a in zip(items, answers)]
@@ -257,7 +286,7 @@ def solution_optimization(
             questions=[questions[i] for i in active],
             loss_prompts=[items[i].loss_prompt for i in active],
             samplings=[opt_sampling(i, "loss", t) for i in active],
-            ids=[f"loss-{t}-{i}" for i in active],
+            ids=[f"loss-{t}-{id_offset + i}" for i in active],
         )
         bar.update()
         bar.set_postfix_str(f"step {t} backward")
@@ -265,13 +294,14 @@ def solution_optimization(
             opt_engine,
             losses,
             samplings=[opt_sampling(i, "backward", t) for i in active],
-            ids=[f"bwd-{t}-{i}" for i in active],
+            ids=[f"bwd-{t}-{id_offset + i}" for i in active],
         )
         bar.update()
         bar.set_postfix_str(f"step {t} update")
         before = [p.value for p in params]
         outcomes = optimizer.step(
-            samplings=[opt_sampling(i, "update", t) for i in active], ids=[f"upd-{t}-{i}" for i in active]
+            samplings=[opt_sampling(i, "update", t) for i in active],
+            ids=[f"upd-{t}-{id_offset + i}" for i in active],
         )
         bar.update()
         for k, i in enumerate(active):

@@ -150,8 +150,12 @@ class Protocol:
         """A copy with ``changes`` (validated)."""
         return dataclasses.replace(self, **changes)
 
-    def inner_config(self, *, system_prompt: str | None = None) -> InnerLoopConfig:
-        """The inner-loop settings every method runs under this protocol."""
+    def inner_config(self, *, system_prompt: str | None = None, schedule: str = "phase") -> InnerLoopConfig:
+        """The inner-loop settings every method runs under this protocol.
+
+        ``schedule`` ("phase" or "item") says how requests are sent, not what
+        they are, so it is a run setting outside the protocol (and its hash).
+        """
         return InnerLoopConfig(
             steps=self.steps,
             temperature=self.temperature,
@@ -166,6 +170,7 @@ class Protocol:
             vote_counts_none=self.vote_counts_none,
             prefill_update_tag=self.prefill_update_tag,
             keep_answer_format=self.keep_answer_format,
+            schedule=schedule,
         )
 
     def task_kwargs(self) -> dict[str, Any]:

@@ -36,5 +36,6 @@ def zero_shot_cot(
     Returns:
         One single-answer ``Trajectory`` per item.
     """
-    single = dataclasses.replace(config, steps=0, majority_vote=False)
+    # One phase has no barrier to remove: always one call (schedule "item" would only lose batch dedup).
+    single = dataclasses.replace(config, steps=0, majority_vote=False, schedule="phase")
     return solution_optimization(task, items, forward_engine=engine, config=single, progress=progress)

@@ -10,11 +10,17 @@ Variants, all in one process on one engine, no generation cache:
   rendered before the clock starts).
 * **b (TextGrad pattern)**: a's recorded requests replayed one backend call
   per request, sequentially, in recorded order (``PerRequestEngine``).
+* **i (barrier-free, with --schedule item)**: the same loop on the same items
+  under ``schedule="item"`` (``mtg_local.barrier_free``): each item sends its
+  next phase as soon as its own request returns. Needs an engine that serves
+  concurrent calls (``vllm-async:``). With per-request seeds it sends a's
+  requests (identical ones of a phase excepted: a generates them once).
+  ``speedup_item_vs_phase`` = tok/s(i) / tok/s(a).
 
 b and c replay a's requests rather than re-running the loop, because at
 temperature > 0 a new run would send different later-phase prompts; with the
 same requests (seeds included) the three do the same work. Order: a (it
-produces the workload), then c, then b; vLLM's prefix cache is reset before
+produces the workload), then i, then c, then b; vLLM's prefix cache is reset before
 each variant so each starts cold and reuses only what it computed itself.
 
 ``speedup_vs_per_call`` = tok/s(a) / tok/s(b) and ``efficiency_vs_raw`` =
@@ -37,8 +43,9 @@ from engines.base import Engine, GenRequest, SamplingConfig
 from engines.errors import UserError
 from mtg_local.bench.memory import PeakRSS
 from mtg_local.bench.replay import ReplayStats, replay_per_request, replay_raw
+from mtg_local.barrier_free import require_concurrent_engine, require_concurrent_spec
 from mtg_local.bench.wrappers import RecordingEngine
-from mtg_local.inner_loop import DEFAULT_TEMPLATE, InnerItem, InnerLoopConfig, solution_optimization
+from mtg_local.inner_loop import DEFAULT_TEMPLATE, SCHEDULES, InnerItem, InnerLoopConfig, solution_optimization
 from mtg_local.runs.secrets import public_engine_opts
 from mtg_local.tasks import Task, get_task, task_names
 
@@ -59,6 +66,7 @@ class InnerLoopBenchConfig:
         per_call_sample: if set, b sends only the first K requests of each
             phase (rates comparable, walls not); None = all.
         profile_path: write a cProfile of variant a here (slows a a little).
+        schedule: "phase" (a, c, b) or "item" (also variant i, barrier-free).
     """
 
     questions: int = 32
@@ -70,8 +78,11 @@ class InnerLoopBenchConfig:
     split: str = "test"
     per_call_sample: int | None = None
     profile_path: str | None = None
+    schedule: str = "phase"
 
     def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         for name in ("questions", "seeds", "steps", "max_tokens"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -208,6 +219,18 @@ def _run_ours(
     return ReplayStats.from_usage(wall, engine.reset_usage(), "solution_optimization (phase-batched)"), recorder
 
 
+def _run_item_schedule(
+    engine: Engine, task: Task, items: list[InnerItem], config: InnerLoopBenchConfig
+) -> ReplayStats:
+    """Variant i: the same loop under the barrier-free item schedule; engine usage gives the backend work."""
+    inner = dataclasses.replace(config.inner_config(), schedule="item")
+    engine.reset_usage()
+    t0 = time.perf_counter()
+    solution_optimization(task, items, forward_engine=engine, config=inner)
+    wall = time.perf_counter() - t0
+    return ReplayStats.from_usage(wall, engine.reset_usage(), "solution_optimization (barrier-free, per item)")
+
+
 def run_inner_loop_bench(engine: Engine, config: InnerLoopBenchConfig, *, task: Task | None = None) -> dict[str, Any]:
     """Runs variants a, c, b on ``engine`` and returns the JSON record (see module docstring).
 
@@ -223,6 +246,8 @@ def run_inner_loop_bench(engine: Engine, config: InnerLoopBenchConfig, *, task: 
     """
     if type(engine).__name__ == "CachedEngine":
         raise UserError("the inner-loop benchmark needs an uncached engine (the replays would be cache hits)")
+    if config.schedule == "item":
+        require_concurrent_engine(engine)
     task = task or get_task(config.task)
     items = build_items(task, config)
     results: dict[str, dict[str, Any]] = {}
@@ -237,6 +262,12 @@ def run_inner_loop_bench(engine: Engine, config: InnerLoopBenchConfig, *, task: 
         results["a"] = _summary("a", a, _cache_stats(before, vllm_counters(engine)))
         phases = recorder.batches
 
+        if config.schedule == "item":
+            reset_prefix_cache(engine)
+            before = vllm_counters(engine)
+            i = _run_item_schedule(engine, task, items, config)
+            results["i"] = _summary("i", i, _cache_stats(before, vllm_counters(engine)))
+
         prefix_reset = reset_prefix_cache(engine)
         before = vllm_counters(engine)
         c = replay_raw(engine, phases)
@@ -248,11 +279,20 @@ def run_inner_loop_bench(engine: Engine, config: InnerLoopBenchConfig, *, task: 
         results["b"] = _summary("b", b, _cache_stats(before, vllm_counters(engine)))
 
     ra, rb, rc = (results[k] for k in "abc")
+    ri = results.get("i")
+    item = {} if ri is None else {
+        "i": ri,
+        "speedup_item_vs_phase": _ratio(ri["tok_s"], ra["tok_s"]),
+        "speedup_item_definition": "tok/s(i) / tok/s(a); i sends a phase's identical requests each time",
+        "wall_ratio_a_over_i": _ratio(ra["wall_s"], ri["wall_s"]),
+        "sanity_item": {"requests_i_eq_a": ri["requests"] == ra["requests"],
+                        "completion_tokens_i_over_a": _ratio(ri["completion_tokens"], ra["completion_tokens"])},
+    }
     return {
         "bench": "inner-loop",
         "engine": engine.spec,
         "workload": {**dataclasses.asdict(config), "items": len(items), "phases": len(phases)},
-        "order": ["a", "c", "b"],
+        "order": ["a", "i", "c", "b"] if ri is not None else ["a", "c", "b"],
         "prefix_cache_reset_between_variants": prefix_reset,
         "a": ra,
         "b": rb,
@@ -273,6 +313,7 @@ def run_inner_loop_bench(engine: Engine, config: InnerLoopBenchConfig, *, task: 
             else None,
         },
         "peak_rss_gib": rss.peak_gib,
+        **item,
     }
 
 
@@ -302,6 +343,9 @@ def add_inner_loop_bench(bench_sub: argparse._SubParsersAction) -> None:
         help="variant b sends only the first K requests of each phase (default: all)",
     )
     p.add_argument("--profile", default=None, metavar="PATH", help="write a cProfile (pstats) of variant a")
+    p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES,
+                   help="item: also run variant i, the barrier-free item schedule (needs e.g. vllm-async:bundled; "
+                   "default: %(default)s)")
     p.set_defaults(func=run_inner_loop_cli)
 
 
@@ -320,9 +364,12 @@ def run_inner_loop_cli(args: argparse.Namespace) -> int:
             split=args.split,
             per_call_sample=args.per_call_sample,
             profile_path=args.profile,
+            schedule=args.schedule,
         )
     except ValueError as e:
         raise UserError(str(e)) from e
+    if config.schedule == "item":  # before the model is loaded
+        require_concurrent_spec(args.engine)
     t0 = time.perf_counter()
     engine = create_engine(args.engine, **parse_engine_opts(args.engine_opt))  # no cache: every request hits the backend
     start_s = time.perf_counter() - t0

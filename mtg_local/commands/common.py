@@ -13,12 +13,13 @@ from engines import Engine, SamplingConfig, create_engine
 from engines.cache import CachedEngine
 from engines.errors import UserError
 from engines.registry import parse_engine_opts
+from mtg_local.inner_loop import SCHEDULES
 
 DEFAULT_ENGINE = "vllm:bundled"
 
 
-def add_engine_args(parser: argparse.ArgumentParser, *, optimizer: bool = False) -> None:
-    """Adds --engine, --engine-opt, --cache/--no-cache (and --optimizer-engine)."""
+def add_engine_args(parser: argparse.ArgumentParser, *, optimizer: bool = False, schedule: bool = False) -> None:
+    """Adds --engine, --engine-opt, --cache/--no-cache (and --optimizer-engine, --schedule)."""
     g = parser.add_argument_group("engine")
     g.add_argument(
         "--engine",
@@ -49,6 +50,21 @@ def add_engine_args(parser: argparse.ArgumentParser, *, optimizer: bool = False)
         help="SQLite generation cache (default: in the run dir where there is one)",
     )
     g.add_argument("--no-cache", action="store_true", help="switch the generation cache off")
+    if schedule:
+        add_schedule_arg(g)
+
+
+def add_schedule_arg(parser: Any) -> None:
+    """Adds --schedule {phase,item} (default None: "phase", or a resumed run's own)."""
+    parser.add_argument(
+        "--schedule",
+        default=None,
+        choices=SCHEDULES,
+        help="inner-loop schedule: phase = one engine call per phase for all items (default); item = each "
+        "(question, seed) runs its next phase as soon as its own request returns (barrier-free; needs an "
+        "engine that serves concurrent calls: vllm-async:, openai:). Same requests and results; "
+        "not in the protocol",
+    )
 
 
 def build_engine(spec: str, opts: list[str], cache: str | Path | None, no_cache: bool) -> Engine:

@@ -24,12 +24,13 @@ from typing import Any
 
 from engines import Engine
 from engines.errors import UserError
+from mtg_local.barrier_free import check_item_schedule
 from mtg_local.commands.common import DEFAULT_ENGINE, add_engine_args, open_run_engines
 from mtg_local.commands.protocol_args import add_protocol_args, context_check, protocol_from_args
 from mtg_local.commands.protocol_args import parse_seeds  # noqa: F401 - re-exported for other commands
 from mtg_local.evaluation import METHODS, UsageMeter, evaluate, now_iso, results_record, write_trajectories
 from mtg_local.evaluation import truncation_summary
-from mtg_local.inner_loop import DEFAULT_TEMPLATE, InnerLoopConfig
+from mtg_local.inner_loop import DEFAULT_TEMPLATE, SCHEDULES, InnerLoopConfig
 from mtg_local.protocol import DEFAULT_PROTOCOL, Protocol, load_task
 from mtg_local.runs.interrupt import ALL_STOP_SIGNALS, Interrupted, StopFlag, interruption, record_interruption
 from mtg_local.runs.interrupt import stop_on_signals
@@ -65,8 +66,11 @@ class EvalConfig:
     system_prompt: str | None = None  # forward system prompt (an artifact, e.g. from prompt_opt)
     protocol: Protocol = DEFAULT_PROTOCOL
     progress: bool = True
+    schedule: str = "phase"  # inner-loop schedule (not in the protocol: same requests either way)
 
     def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if not self.out:
             raise UserError("--out RUN_DIR is required")
         if self.method not in METHODS:
@@ -83,7 +87,7 @@ class EvalConfig:
     @property
     def inner(self) -> InnerLoopConfig:
         """The inner loop this run uses: the protocol's, with the forward system prompt."""
-        return self.protocol.inner_config(system_prompt=self.system_prompt)
+        return self.protocol.inner_config(system_prompt=self.system_prompt, schedule=self.schedule)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> EvalConfig:
@@ -104,6 +108,7 @@ class EvalConfig:
             system_prompt=read_text_arg(args.system_prompt, "--system-prompt"),
             protocol=protocol_from_args(args),
             progress=not args.no_progress,
+            schedule=getattr(args, "schedule", None) or "phase",
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,7 +144,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--system-prompt", default=None, metavar="TEXT|@FILE", help="forward system prompt (default: none)")
     add_protocol_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_engine_args(p, optimizer=True)
+    add_engine_args(p, optimizer=True, schedule=True)
     p.set_defaults(func=run)
 
 
@@ -168,6 +173,8 @@ def run_eval(
             --optimizer-engine if it names another spec, else the forward engine.
     """
     cfg = args_or_config if isinstance(args_or_config, EvalConfig) else EvalConfig.from_args(args_or_config)
+    if cfg.schedule == "item" and cfg.method == "solution_opt":  # before a model is loaded
+        check_item_schedule(engine or cfg.engine, optimizer_engine or cfg.optimizer_engine)
     task = load_task(cfg.task, cfg.protocol, data_file=cfg.data_file)
     examples = list(task.splits().limited(cfg.protocol.limit).get(cfg.split))
     if not examples:
@@ -185,7 +192,7 @@ def run_eval(
         meter = UsageMeter(engines.forward_run, engines.optimizer_run)
         common = dict(
             task=task, method=cfg.method, seeds=cfg.seeds, split=cfg.split, n_questions=len(examples),
-            config=config, started_at=started, protocol=cfg.protocol, **engines.specs,
+            config=config, started_at=started, protocol=cfg.protocol, **engines.specs, schedule=cfg.schedule,
         )
         stop = StopFlag()
         try:

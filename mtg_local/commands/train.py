@@ -5,8 +5,8 @@ A run lives in ``--out RUN_DIR``: config.json, events.jsonl, checkpoint.json
 results.json, trajectories.jsonl and the learned artifacts as text files.
 ``mtg train --resume RUN_DIR`` continues a killed or preempted run from its
 config.json and checkpoint; replayed requests are served by the run's cache.
-On resume only --engine-opt, --cache/--no-cache and --no-progress are read
-from the command line; everything else (the protocol included) comes from
+On resume only --engine-opt, --cache/--no-cache, --schedule and --no-progress
+are read from the command line; everything else (the protocol included) comes from
 RUN_DIR/config.json.
 
 Exit status: 0 done; 2 user error; 99 stopped by SIGUSR1/SIGTERM ("requeue
@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--template", default=None, metavar="TEXT|@FILE", help="starting inference template (default: the paper's)")
     add_protocol_args(p, meta=True)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_engine_args(p, optimizer=True)
+    add_engine_args(p, optimizer=True, schedule=True)
     p.set_defaults(func=run)
 
 
@@ -82,6 +82,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[MetaConfig, bool]:
             overrides["no_cache"] = True
         if args.cache:
             overrides["cache"] = args.cache
+        if getattr(args, "schedule", None):
+            overrides["schedule"] = args.schedule
         return MetaConfig.from_dict(stored, **overrides), True
     if not args.out:
         raise UserError("--out RUN_DIR is required (or --resume RUN_DIR)")
@@ -102,6 +104,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[MetaConfig, bool]:
         cache=args.cache,
         no_cache=args.no_cache,
         progress=not args.no_progress,
+        schedule=getattr(args, "schedule", None) or "phase",
     )
     return config, False
 

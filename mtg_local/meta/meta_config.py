@@ -11,7 +11,7 @@ import dataclasses
 from typing import Any
 
 from engines.errors import UserError
-from mtg_local.inner_loop import InnerLoopConfig
+from mtg_local.inner_loop import SCHEDULES, InnerLoopConfig
 from mtg_local.protocol import DEFAULT_PROTOCOL, Protocol
 from mtg_local.runs.secrets import public_engine_opts
 
@@ -49,6 +49,8 @@ class MetaConfig:
         cache: generation cache path (None: RUN_DIR/cache.sqlite).
         no_cache: do not wrap engines in a generation cache.
         progress: show tqdm bars.
+        schedule: inner-loop schedule, "phase" or "item" (``mtg_local.barrier_free``);
+            not in the protocol (same requests either way), so a resume may change it.
     """
 
     out: str
@@ -65,6 +67,7 @@ class MetaConfig:
     cache: str | None = None
     no_cache: bool = False
     progress: bool = True
+    schedule: str = "phase"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "engine_opts", tuple(self.engine_opts))
@@ -81,6 +84,8 @@ class MetaConfig:
             raise UserError(f"joint_template must be reptile or maml, got {self.joint_template!r}")
         if not self.out:
             raise UserError("out (the run directory) must be set")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
 
     def __getattr__(self, name: str) -> Any:
         # Only called for names that are not fields: the protocol's settings.
@@ -90,7 +95,7 @@ class MetaConfig:
 
     def inner_config(self) -> InnerLoopConfig:
         """The inner-loop settings this run uses for train, validation and test."""
-        return self.protocol.inner_config()
+        return self.protocol.inner_config(schedule=self.schedule)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict without secret engine options."""

@@ -17,6 +17,7 @@ from engines.base import Engine
 from engines.cache import CachedEngine, GenerationCache
 from engines.errors import UserError
 from engines.registry import create_engine
+from mtg_local.barrier_free import check_item_schedule
 from mtg_local.evaluation import UsageMeter, now_iso, results_record
 from mtg_local.evaluation import truncation_summary
 from mtg_local.inner_loop import DEFAULT_TEMPLATE
@@ -28,7 +29,7 @@ from mtg_local.protocol import check_context, load_task, protocol_diff, protocol
 from mtg_local.runs.run_dir import RESULTS_SCHEMA_VERSION, RunDir, read_json
 
 #: config.json keys that may differ between a run and its resumption.
-_RESUME_FREE = ("out", "progress", "engine_opts", "cache", "no_cache")
+_RESUME_FREE = ("out", "progress", "engine_opts", "cache", "no_cache", "schedule")
 LOSS_PROMPT_FILE = "learned_loss_prompt.txt"
 TEMPLATE_FILE = "learned_template.txt"
 
@@ -92,6 +93,8 @@ def run_train(
             the checkpoint of the last completed stage is on disk and
             results.json says "interrupted".
     """
+    if config.schedule == "item":  # before a model is loaded or the run dir is written
+        check_item_schedule(engine or config.engine, optimizer_engine or config.optimizer_engine)
     t0 = time.perf_counter()
     started = now_iso()
     rd = RunDir(config.out).create()
@@ -209,6 +212,7 @@ def run_train(
         best_val_accuracy=state.best_val,
         best_step=state.best_step,
         resumed=checkpoint is not None,
+        schedule=config.schedule,
     )
     rd.write_results(results)
     rd.log_event("done", test_accuracy=results["test_accuracy"], engine_usage=results["engine_usage"])
