@@ -38,7 +38,13 @@ from engines.errors import UserError
 from mtg_local.bench.memory import PeakRSS
 from mtg_local.bench.replay import ReplayStats, replay_per_request, replay_raw
 from mtg_local.bench.wrappers import RecordingEngine
-from mtg_local.inner_loop import DEFAULT_TEMPLATE, InnerItem, InnerLoopConfig, solution_optimization
+from mtg_local.inner_loop import (
+    DEFAULT_TEMPLATE,
+    PROMPT_LAYOUTS,
+    InnerItem,
+    InnerLoopConfig,
+    solution_optimization,
+)
 from mtg_local.runs.secrets import public_engine_opts
 from mtg_local.tasks import Task, get_task, task_names
 
@@ -59,6 +65,8 @@ class InnerLoopBenchConfig:
         per_call_sample: if set, b sends only the first K requests of each
             phase (rates comparable, walls not); None = all.
         profile_path: write a cProfile of variant a here (slows a a little).
+        prompt_layout: the inner loop's prompt layout ("textgrad" | "chained"), to
+            compare how much of each phase the prefix cache serves.
     """
 
     questions: int = 32
@@ -70,6 +78,7 @@ class InnerLoopBenchConfig:
     split: str = "test"
     per_call_sample: int | None = None
     profile_path: str | None = None
+    prompt_layout: str = "textgrad"
 
     def __post_init__(self) -> None:
         for name in ("questions", "seeds", "steps", "max_tokens"):
@@ -86,6 +95,8 @@ class InnerLoopBenchConfig:
         k = self.per_call_sample
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise ValueError(f"per_call_sample must be None or an integer >= 1, got {k!r}")
+        if self.prompt_layout not in PROMPT_LAYOUTS:
+            raise ValueError(f"prompt_layout must be one of {', '.join(PROMPT_LAYOUTS)}, got {self.prompt_layout!r}")
 
     def inner_config(self) -> InnerLoopConfig:
         """The inner loop's settings: every item runs every phase (no freezing)."""
@@ -95,6 +106,7 @@ class InnerLoopBenchConfig:
             max_tokens=self.max_tokens,
             optimizer_max_tokens=self.max_tokens,
             freeze_when="never",
+            prompt_layout=self.prompt_layout,
         )
 
 
@@ -302,6 +314,8 @@ def add_inner_loop_bench(bench_sub: argparse._SubParsersAction) -> None:
         help="variant b sends only the first K requests of each phase (default: all)",
     )
     p.add_argument("--profile", default=None, metavar="PATH", help="write a cProfile (pstats) of variant a")
+    p.add_argument("--prompt-layout", default=d.prompt_layout, choices=PROMPT_LAYOUTS,
+                   help="inner-loop prompt layout (docs/protocol.md; default: %(default)s)")
     p.set_defaults(func=run_inner_loop_cli)
 
 
@@ -320,6 +334,7 @@ def run_inner_loop_cli(args: argparse.Namespace) -> int:
             split=args.split,
             per_call_sample=args.per_call_sample,
             profile_path=args.profile,
+            prompt_layout=args.prompt_layout,
         )
     except ValueError as e:
         raise UserError(str(e)) from e
