@@ -16,6 +16,11 @@ the item's loss prompt (loss), turn the evaluation into feedback on the answer
 format (TGD step). A failed update keeps the previous answer and the item goes
 on; frozen items (``freeze_when``) drop out of later phases.
 
+``prompt_layout`` picks how those three prompts are built: "textgrad" (fresh
+TextGrad-shaped conversations, ``mtg_local.textgrad.ops`` / ``optimizer``) or
+"chained" (each extends the previous one, ``mtg_local.textgrad.chained``); the
+trajectories record the same things either way.
+
 Seeds: ``item.seed`` is the forward request's ``SamplingConfig.seed``; the
 loss/backward/update requests of step t get ``derive_seed(item.seed, phase, t)``
 (a stable hash), so every request of a run is reproducible and distinct.
@@ -33,7 +38,7 @@ from tqdm.auto import tqdm
 from engines.base import Engine, SamplingConfig
 from mtg_local import metrics
 from mtg_local.tasks.base import Example, Task
-from mtg_local.textgrad import TextualGradientDescent, backward, forward, loss
+from mtg_local.textgrad import TextualGradientDescent, backward, chained, forward, loss
 
 #: The paper's initial inference template y_T (section 2.2).
 DEFAULT_TEMPLATE = "Let's break this down step by step. First, "
@@ -52,6 +57,12 @@ PHASES = ("forward", "loss", "backward", "update")
 #: "item": each item runs its own phases in a thread, on an engine that serves
 #: concurrent calls (``mtg_local.barrier_free``). Same requests, same outputs.
 SCHEDULES = ("phase", "item")
+
+#: How the loss/backward/update prompts are laid out. "textgrad": each phase is a
+#: fresh TextGrad-shaped conversation quoting what it needs (``textgrad_prompts``);
+#: "chained": each phase extends the previous phase's conversation, so the prefix
+#: cache computes an item's question/answer/evaluation once (``chained_prompts``).
+PROMPT_LAYOUTS = ("textgrad", "chained")
 
 
 def parse_freeze_when(value: str) -> frozenset[str]:
@@ -97,6 +108,8 @@ class InnerLoopConfig:
     #: "phase" or "item" (``SCHEDULES``): how requests are sent, not what they are -- so it is
     #: not a protocol setting and does not change the protocol hash
     schedule: str = "phase"
+    #: loss/backward/update prompt layout (one of ``PROMPT_LAYOUTS``)
+    prompt_layout: str = "textgrad"
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
@@ -115,6 +128,8 @@ class InnerLoopConfig:
             raise ValueError(f"vote_tie must be 'first' or 'last', got {self.vote_tie!r}")
         if self.system_prompt is not None and not isinstance(self.system_prompt, str):
             raise ValueError(f"system_prompt must be a string or None, got {type(self.system_prompt).__name__}")
+        if self.prompt_layout not in PROMPT_LAYOUTS:
+            raise ValueError(f"prompt_layout must be one of {', '.join(PROMPT_LAYOUTS)}, got {self.prompt_layout!r}")
         parse_freeze_when(self.freeze_when)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
@@ -235,6 +250,8 @@ def solution_optimization(
     n = len(items)
     questions = [task.format_question(it.example) for it in items]
     constraints = [task.format_instruction] if task.format_instruction else []
+    chain = config.prompt_layout == "chained"
+    prefixes = [chained.forward_messages(q, config.system_prompt) for q in questions] if chain else []
     bar = tqdm(total=1 + 3 * config.steps, desc="solution_opt", unit="phase", disable=not progress)
 
     def opt_sampling(i: int, phase: str, t: int) -> SamplingConfig:
@@ -271,7 +288,7 @@ def solution_optimization(
     for t in range(1, config.steps + 1):
         active = [i for i in range(n) if trajs[i].frozen_at is None]
         params = [answers[i] for i in active]
-        optimizer = TextualGradientDescent(
+        optimizer = (chained.ChainedGradientDescent if chain else TextualGradientDescent)(
             params,
             engine=opt_engine,
             constraints=constraints,
@@ -280,17 +297,22 @@ def solution_optimization(
         )
         optimizer.zero_grad()
         bar.set_postfix_str(f"step {t} loss")
-        losses = loss(
-            opt_engine,
-            params,
-            questions=[questions[i] for i in active],
-            loss_prompts=[items[i].loss_prompt for i in active],
-            samplings=[opt_sampling(i, "loss", t) for i in active],
-            ids=[f"loss-{t}-{id_offset + i}" for i in active],
-        )
+        loss_prompts = [items[i].loss_prompt for i in active]
+        loss_samplings = [opt_sampling(i, "loss", t) for i in active]
+        loss_ids = [f"loss-{t}-{id_offset + i}" for i in active]
+        if chain:
+            losses = chained.loss(
+                opt_engine, params, prefixes=[prefixes[i] for i in active], loss_prompts=loss_prompts,
+                samplings=loss_samplings, ids=loss_ids,
+            )
+        else:
+            losses = loss(
+                opt_engine, params, questions=[questions[i] for i in active], loss_prompts=loss_prompts,
+                samplings=loss_samplings, ids=loss_ids,
+            )
         bar.update()
         bar.set_postfix_str(f"step {t} backward")
-        grad_errors = backward(
+        grad_errors = (chained.backward if chain else backward)(
             opt_engine,
             losses,
             samplings=[opt_sampling(i, "backward", t) for i in active],

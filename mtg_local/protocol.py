@@ -21,7 +21,7 @@ import hashlib
 import json
 from typing import Any
 
-from mtg_local.inner_loop import InnerLoopConfig, parse_freeze_when
+from mtg_local.inner_loop import PROMPT_LAYOUTS, InnerLoopConfig, parse_freeze_when
 from mtg_local.tasks.base import SCORINGS
 
 #: How the final answer of an inner loop is chosen.
@@ -31,6 +31,11 @@ ANSWER_SELECTIONS = ("majority_vote", "last")
 VOTE_TIES = ("first", "last")
 #: Length of ``protocol_hash`` (hex digits of SHA-256).
 HASH_LENGTH = 12
+#: Settings added after runs were first recorded, with the value every earlier run used.
+#: ``to_dict`` leaves such a setting out while it has that value, so the canonical JSON,
+#: ``protocol_hash`` and the recorded ``protocol`` of a run that does not use it are what
+#: they were before it existed: older results stay in the same report table and resume.
+LATER_DEFAULTS: dict[str, Any] = {"prompt_layout": "textgrad"}
 
 
 def _is_int(x: Any) -> bool:
@@ -70,6 +75,9 @@ class Protocol:
         minibatch: train questions per outer step.
         outer_steps: outer steps K of meta-training.
         max_meta_pairs: most wrong answers / gradients shown to one meta call.
+        prompt_layout: inner loss / backward / update prompt layout ("textgrad": TextGrad's
+            fresh conversations; "chained": each phase extends the previous one for prefix
+            reuse). It changes what the model sees, so it is part of the hash.
     """
 
     steps: int = 3
@@ -94,6 +102,7 @@ class Protocol:
     minibatch: int = 3
     outer_steps: int = 12
     max_meta_pairs: int = 8
+    prompt_layout: str = "textgrad"
 
     def __post_init__(self) -> None:
         seeds = self.seeds
@@ -116,7 +125,7 @@ class Protocol:
         if not _is_num(self.top_p) or not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
         for name, allowed in (("answer_selection", ANSWER_SELECTIONS), ("vote_tie", VOTE_TIES),
-                              ("scoring", SCORINGS)):
+                              ("scoring", SCORINGS), ("prompt_layout", PROMPT_LAYOUTS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ("vote_counts_none", "keep_answer_format", "prefill_update_tag"):
@@ -128,9 +137,12 @@ class Protocol:
 
     # -- views -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of every field (seeds as a list)."""
+        """JSON-ready dict of every field (seeds as a list), less ``LATER_DEFAULTS`` at their value."""
         d = dataclasses.asdict(self)
         d["seeds"] = list(self.seeds)
+        for name, value in LATER_DEFAULTS.items():
+            if d[name] == value:
+                del d[name]
         return d
 
     @classmethod
@@ -171,6 +183,7 @@ class Protocol:
             prefill_update_tag=self.prefill_update_tag,
             keep_answer_format=self.keep_answer_format,
             schedule=schedule,
+            prompt_layout=self.prompt_layout,
         )
 
     def task_kwargs(self) -> dict[str, Any]:

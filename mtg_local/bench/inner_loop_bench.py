@@ -45,7 +45,14 @@ from mtg_local.bench.memory import PeakRSS
 from mtg_local.bench.replay import ReplayStats, replay_per_request, replay_raw
 from mtg_local.barrier_free import require_concurrent_engine, require_concurrent_spec
 from mtg_local.bench.wrappers import RecordingEngine
-from mtg_local.inner_loop import DEFAULT_TEMPLATE, SCHEDULES, InnerItem, InnerLoopConfig, solution_optimization
+from mtg_local.inner_loop import (
+    DEFAULT_TEMPLATE,
+    PROMPT_LAYOUTS,
+    SCHEDULES,
+    InnerItem,
+    InnerLoopConfig,
+    solution_optimization,
+)
 from mtg_local.runs.secrets import public_engine_opts
 from mtg_local.tasks import Task, get_task, task_names
 
@@ -67,6 +74,8 @@ class InnerLoopBenchConfig:
             phase (rates comparable, walls not); None = all.
         profile_path: write a cProfile of variant a here (slows a a little).
         schedule: "phase" (a, c, b) or "item" (also variant i, barrier-free).
+        prompt_layout: the inner loop's prompt layout ("textgrad" | "chained"), to
+            compare how much of each phase the prefix cache serves.
     """
 
     questions: int = 32
@@ -79,6 +88,7 @@ class InnerLoopBenchConfig:
     per_call_sample: int | None = None
     profile_path: str | None = None
     schedule: str = "phase"
+    prompt_layout: str = "textgrad"
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -97,6 +107,8 @@ class InnerLoopBenchConfig:
         k = self.per_call_sample
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise ValueError(f"per_call_sample must be None or an integer >= 1, got {k!r}")
+        if self.prompt_layout not in PROMPT_LAYOUTS:
+            raise ValueError(f"prompt_layout must be one of {', '.join(PROMPT_LAYOUTS)}, got {self.prompt_layout!r}")
 
     def inner_config(self) -> InnerLoopConfig:
         """The inner loop's settings: every item runs every phase (no freezing)."""
@@ -106,6 +118,7 @@ class InnerLoopBenchConfig:
             max_tokens=self.max_tokens,
             optimizer_max_tokens=self.max_tokens,
             freeze_when="never",
+            prompt_layout=self.prompt_layout,
         )
 
 
@@ -346,6 +359,8 @@ def add_inner_loop_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES,
                    help="item: also run variant i, the barrier-free item schedule (needs e.g. vllm-async:bundled; "
                    "default: %(default)s)")
+    p.add_argument("--prompt-layout", default=d.prompt_layout, choices=PROMPT_LAYOUTS,
+                   help="inner-loop prompt layout (docs/protocol.md; default: %(default)s)")
     p.set_defaults(func=run_inner_loop_cli)
 
 
@@ -365,6 +380,7 @@ def run_inner_loop_cli(args: argparse.Namespace) -> int:
             per_call_sample=args.per_call_sample,
             profile_path=args.profile,
             schedule=args.schedule,
+            prompt_layout=args.prompt_layout,
         )
     except ValueError as e:
         raise UserError(str(e)) from e

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.errors import UserError
-from mtg_local.inner_loop import FREEZE_CONDITIONS
+from mtg_local.inner_loop import FREEZE_CONDITIONS, PROMPT_LAYOUTS
 from mtg_local.protocol import ANSWER_SELECTIONS, DEFAULT_PROTOCOL, SCORINGS, VOTE_TIES, Protocol, check_context
 
 _D = DEFAULT_PROTOCOL
@@ -75,6 +75,10 @@ def add_protocol_args(parser: argparse.ArgumentParser, *, meta: bool = False) ->
                         f"(default: {'prefill' if _D.prefill_update_tag else 'none'})")
     g.add_argument("--freeze-when", default=None,
                    help=f"never, or a comma list of {', '.join(FREEZE_CONDITIONS)} (default: {_D.freeze_when})")
+    g.add_argument("--prompt-layout", default=None, choices=PROMPT_LAYOUTS,
+                   help="inner loss/backward/update prompts: textgrad (fresh TextGrad-shaped conversations) or "
+                        "chained (each phase extends the previous conversation: prefix-cache reuse) "
+                        f"(default: {_D.prompt_layout})")
     g.add_argument("--task-seed", type=int, default=None, help=f"task data seed (default: {_D.task_seed})")
     g.add_argument("--limit", type=int, default=None, metavar="N", help="first N questions of every split")
     g.add_argument("--scoring", default=None, choices=SCORINGS, help=f"answer extraction (default: {_D.scoring})")
@@ -99,7 +103,7 @@ def _seeds(seeds: tuple[int, ...]) -> str:
 _FIELDS = ("steps", "answer_selection", "vote_tie", "vote_counts_none", "temperature", "optimizer_temperature",
            "top_p", "max_tokens", "optimizer_max_tokens", "keep_answer_format", "prefill_update_tag", "freeze_when",
            "task_seed", "limit", "scoring", "meta_temperature", "meta_max_tokens", "outer_steps", "minibatch",
-           "max_meta_pairs", "sample_seed")
+           "max_meta_pairs", "sample_seed", "prompt_layout")
 
 
 def read_protocol_file(path: str) -> Protocol:

@@ -4,7 +4,8 @@ PyTorch-shaped names (``Variable``, ``backward``, ``zero_grad``, ``step``) as in
 TextGrad, but every operation works on a *list* of variables and makes one
 engine call for the whole list; engines are always arguments (forward,
 backward and optimizer engines may differ). Prompt texts live in
-``mtg_local.prompts.textgrad_prompts``.
+``mtg_local.prompts.textgrad_prompts``. ``mtg_local.textgrad.chained`` holds the
+same loss/backward/update phases in the chained (prefix-reuse) prompt layout.
 """
 
 from mtg_local.textgrad.ops import backward, forward, generate_in_prefix_order, loss

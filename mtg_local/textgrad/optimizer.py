@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
-from engines.base import Engine, GenRequest
+from engines.base import Engine, GenRequest, SamplingConfig
 from mtg_local.prompts import textgrad_prompts as P
 from mtg_local.textgrad.ops import Samplings, generate_in_prefix_order, per_item
 from mtg_local.textgrad.update_parsing import parse_improved_variable
@@ -113,15 +113,7 @@ class TextualGradientDescent:
         for i, var in enumerate(self.parameters):
             if not var.requires_grad or not var.gradients:
                 continue
-            requests.append(
-                GenRequest.chat(
-                    self._user_message(i),
-                    system=P.OPTIMIZER_SYSTEM_PROMPT,
-                    sampling=sams[i],
-                    id=ids[i],
-                    response_prefix=prefix,
-                )
-            )
+            requests.append(self._request(i, sampling=sams[i], id=ids[i], response_prefix=prefix))
             todo.append(i)
         for i, r in zip(todo, generate_in_prefix_order(self.engine, requests)):
             fr = r.finish_reason
@@ -141,6 +133,16 @@ class TextualGradientDescent:
             self.parameters[i].value = parsed.value
             outcomes[i] = StepOutcome(True, None, raw, finish_reason=fr)
         return outcomes
+
+    def _request(self, i: int, *, sampling: SamplingConfig, id: str, response_prefix: str) -> GenRequest:
+        """The update request of parameter ``i`` (a layout's subclass builds its own)."""
+        return GenRequest.chat(
+            self._user_message(i),
+            system=P.OPTIMIZER_SYSTEM_PROMPT,
+            sampling=sampling,
+            id=id,
+            response_prefix=response_prefix,
+        )
 
     def _user_message(self, i: int) -> str:
         """TextGrad's TGD prompt: role, variable, <CONTEXT> of context + feedback, constraints."""

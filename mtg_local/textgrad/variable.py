@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from engines.base import Message
+
 
 @dataclasses.dataclass(frozen=True)
 class Gradient:
@@ -25,12 +27,15 @@ class Gradient:
         response_role: role of that call's output (e.g. "evaluation of the
             solution"); "" for a plain context.
         finish_reason: the backward call's finish reason ("" if unknown).
+        messages: chained layout only: the backward call's conversation, which
+            the update call extends (empty in the TextGrad layout).
     """
 
     text: str
     context: str = ""
     response_role: str = ""
     finish_reason: str = ""
+    messages: tuple[Message, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +49,8 @@ class LossContext:
         loss_input: the user turn the loss call read (theta_L, question, answer).
         context: the question the evaluated answer answers.
         system_prompt: the loss call's (fixed evaluator) system prompt.
+        messages: chained layout only: the loss call's conversation, which the
+            backward call extends (empty in the TextGrad layout).
     """
 
     evaluated: Variable
@@ -51,6 +58,7 @@ class LossContext:
     loss_input: str
     context: str = ""
     system_prompt: str = ""
+    messages: tuple[Message, ...] = ()
 
 
 @dataclasses.dataclass(eq=False)
