@@ -235,6 +235,12 @@ class AsyncVLLMEngine(Engine):
             self._prefix.add([results[i] for i in submit])  # type: ignore[misc]
         return results  # type: ignore[return-value]
 
+    def reset_prefix_cache(self) -> bool:
+        """Empties vLLM's prefix cache (benchmarks start each variant cold); True if it was reset."""
+        if self._llm is None:
+            raise EngineError("the vllm-async engine is closed")
+        return bool(self._loop.run(self._llm.reset_prefix_cache()))
+
     def prefix_cache_stats(self) -> dict[str, float] | None:
         """This engine's prefix-cache counters since it started (``PrefixCacheCounter``)."""
         return self._prefix.stats()

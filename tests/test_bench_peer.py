@@ -66,7 +66,7 @@ def run(config: PeerBenchConfig, *, with_counters: bool = True) -> tuple[dict[st
         yield handle
 
     try:
-        rec = run_peer_bench(config, server_factory=server_factory, inproc_factory=lambda: (FakeEngine(), 1.25))
+        rec = run_peer_bench(config, server_factory=server_factory, inproc_factory=lambda backend: (FakeEngine(), 1.25))
     finally:
         srv.stop()
     return rec, srv, handle
@@ -78,7 +78,8 @@ def workload() -> InnerLoopBenchConfig:
 
 def test_all_variants_report_their_figures_and_ratios() -> None:
     items = N * S
-    rec, srv, handle = run(PeerBenchConfig(workload=workload(), widths=(1, None, items)))  # "all" == items: once
+    rec, srv, handle = run(PeerBenchConfig(workload=workload(), widths=(1, None, items),
+                                           variants=("textgrad", "ours-server", "ours-inproc")))  # "all" == items: once
     assert rec["order"] == ["textgrad-w1", f"textgrad-w{items}", "ours-server", "ours-inproc"]
     assert rec["workload"]["items"] == items and rec["workload"]["requests_per_item"] == PER_ITEM
     assert handle.resets == 4  # before each server variant and TextGrad's warm-up item
@@ -101,7 +102,50 @@ def test_all_variants_report_their_figures_and_ratios() -> None:
     assert rec["speedup_vs_textgrad_best"] == round(best / inproc["wall_s"], 3)
     assert rec["speedup_one_off"] == round(best / inproc["wall_with_start_s"], 3)
     assert rec["speedup_vs_textgrad_best_via_server"] == round(best / ours["wall_s"], 3)
+    ratios = rec["speedups_vs_textgrad_best"]
+    assert ratios == {"ours-server": rec["speedup_vs_textgrad_best_via_server"], "ours-inproc": rec["speedup_vs_textgrad_best"]}
+    assert rec["fastest_ours"] == max(ratios, key=lambda k: ratios[k])
     assert table(rec).count("\n") == 2 + len(rec["order"]) - 1
+
+
+def test_layout_schedule_and_concurrency_variants_keep_accounting_and_compare_outputs() -> None:
+    items = N * S
+    built: list[str] = []
+
+    def factory(backend: str) -> tuple[FakeEngine, float]:
+        built.append(backend)
+        return FakeEngine(), 0.5
+
+    srv = FaultServer(fault_rate=0.0, owned_by="vllm").start()
+    handle = FakeVLLMServer(srv, with_counters=True)
+
+    @contextlib.contextmanager
+    def server_factory() -> Iterator[FakeVLLMServer]:
+        yield handle
+
+    config = PeerBenchConfig(workload=workload(), variants=("ours-server", "ours-inproc", "ours-inproc-chained",
+                                                            "ours-async-item"), server_concurrency=(None, 3))
+    try:
+        rec = run_peer_bench(config, server_factory=server_factory, inproc_factory=factory)
+    finally:
+        srv.stop()
+    assert rec["order"] == ["ours-server", "ours-server-c3", "ours-inproc", "ours-inproc-chained", "ours-async-item"]
+    assert built == ["vllm", "vllm-async"]  # one engine per backend, the layouts share one
+    assert rec["variants"]["ours-server-c3"]["max_concurrency"] == 3
+    for name in rec["order"]:
+        v = rec["variants"][name]
+        assert v["logical_requests"] == items * PER_ITEM and v["errors"] == 0, name
+        assert v["requests"] == v["logical_requests"] - v["deduplicated"], name
+    chained, item = rec["variants"]["ours-inproc-chained"], rec["variants"]["ours-async-item"]
+    assert chained["prompt_layout"] == "chained" and chained["schedule"] == "phase"
+    assert item["prompt_layout"] == "textgrad" and item["schedule"] == "item"
+    # The item schedule sends the same requests: the fake engine's answers are equal item by item.
+    assert item["vs_ours_inproc"] == {"items": items, "answers_differ": 0, "final_answers_differ": 0, "scores_differ": 0}
+    assert chained["vs_ours_inproc"]["items"] == items
+    # The chained layout reads less: the same items, fewer prompt tokens.
+    assert chained["prompt_tokens"] < rec["variants"]["ours-inproc"]["prompt_tokens"]
+    # No TextGrad variant ran: no ratio to report.
+    assert rec["speedups_vs_textgrad_best"] == {k: None for k in rec["order"]} and rec["fastest_ours"] is None
 
 
 def test_textgrad_requests_carry_the_workload_sampling_and_its_cache_never_serves() -> None:
@@ -123,6 +167,8 @@ def test_bad_arguments_are_user_errors() -> None:
     assert parse_widths("1, 16,all") == (1, 16, None)
     with pytest.raises(ValueError, match="variants"):
         PeerBenchConfig(variants=("textgrad", "dspy"))
+    with pytest.raises(ValueError, match="server_concurrency"):
+        PeerBenchConfig(server_concurrency=(0,))
     assert main(["bench", "peer", "--widths", "0"]) == 2
     assert main(["bench", "peer", "--variants", "nope"]) == 2
     assert main(["bench", "peer", "--questions", "0"]) == 2

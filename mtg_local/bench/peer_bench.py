@@ -9,17 +9,33 @@ engine at a time (the server is stopped before the in-process engine starts):
   (``mtg_local.bench.textgrad_peer``) at each thread-pool width of
   ``--widths`` (``all`` = one thread per item), TextGrad's disk cache off;
 * ``ours-server`` -- our phase-batched inner loop on the same server through
-  the ``openai:`` engine (default ``max_concurrency``);
-* ``ours-inproc`` -- our inner loop on the in-process ``vllm:`` engine.
+  the ``openai:`` engine, once per ``--server-concurrency`` value
+  (``ours-server`` at the engine's default ``max_concurrency``,
+  ``ours-server-c<N>`` at N requests in flight);
+* ``ours-inproc`` -- our inner loop on the in-process ``vllm:`` engine, with
+  the workload's prompt layout (default: TextGrad-shaped prompts);
+* ``ours-inproc-chained`` -- the same engine, the KV-reuse layout
+  (``prompt_layout="chained"``: each phase's prompt extends the previous
+  one's, so vLLM's prefix cache computes an item's context once);
+* ``ours-async-item`` -- the in-process ``vllm-async:`` engine with the
+  barrier-free schedule (``schedule="item"``: each item starts its next phase
+  as soon as its own request returns).
+
+The two last variants change how the work is done, not how much of it the
+workload asks for (same items, phases, caps and sampling); the chained layout
+does change what the model reads, so each of them reports how many items'
+answers differ from ``ours-inproc`` and its accuracy beside ours-inproc's.
 
 The workload is ``mtg bench inner-loop``'s (N questions x S seeds, T steps,
 token caps, forward temperature; optimizer phases greedy). The server gets the
 in-process engine's own ``vllm.LLM`` settings (``mtg_local.bench.vllm_server``).
 Each engine gets the same warm-up batch before its first variant (TextGrad
 also one untimed item); the prefix cache is reset before every variant.
-Tokens come from vLLM's counters around each variant (the server's
-``/metrics``, the in-process engine's ``get_metrics``): prompt tokens,
-prefix-cache hit tokens ("cached"), generated tokens, finished requests.
+Tokens come from vLLM: the server's ``/metrics`` counters around each
+server variant; for in-process variants the engine's own usage, whose cached
+prompt tokens are vLLM's ``num_cached_tokens`` of each request (exact per
+variant): prompt tokens, prefix-cache hit tokens ("cached"), generated
+tokens, requests.
 
 ``speedup_vs_textgrad_best`` = wall of the fastest TextGrad width / wall of
 ``ours-inproc``, both without engine start-up (the server is already running
@@ -43,10 +59,16 @@ from engines.errors import UserError
 from mtg_local.bench.inner_loop_bench import InnerLoopBenchConfig, _warmup_requests, build_items, reset_prefix_cache
 from mtg_local.bench.textgrad_peer import run_textgrad
 from mtg_local.bench.vllm_server import sum_counters
-from mtg_local.inner_loop import solution_optimization
+from mtg_local.inner_loop import Trajectory, solution_optimization
 from mtg_local.tasks import Task, get_task
 
-VARIANTS = ("textgrad", "ours-server", "ours-inproc")
+VARIANTS = ("textgrad", "ours-server", "ours-inproc", "ours-inproc-chained", "ours-async-item")
+#: In-process variants: (engine backend, workload changes).
+INPROC = {
+    "ours-inproc": ("vllm", {}),
+    "ours-inproc-chained": ("vllm", {"prompt_layout": "chained"}),
+    "ours-async-item": ("vllm-async", {"schedule": "item"}),
+}
 DEFAULT_WIDTHS = (1, 16, 32, None)  # None: one thread per item
 
 
@@ -70,6 +92,8 @@ class PeerBenchConfig:
         widths: TextGrad thread-pool widths, each >= 1, or None for one
             thread per item.
         variants: a non-empty subset of ``VARIANTS``.
+        server_concurrency: ``max_concurrency`` values of the ``openai:`` engine
+            for ``ours-server`` (None: the engine's default).
         server_timeout_s: limit of one request to the server (queueing
             included), for both TextGrad's client and our ``openai:`` engine.
     """
@@ -77,6 +101,7 @@ class PeerBenchConfig:
     workload: InnerLoopBenchConfig = InnerLoopBenchConfig()
     widths: tuple[int | None, ...] = DEFAULT_WIDTHS
     variants: tuple[str, ...] = VARIANTS
+    server_concurrency: tuple[int | None, ...] = (None,)
     server_timeout_s: float = 3600.0
 
     def __post_init__(self) -> None:
@@ -86,6 +111,10 @@ class PeerBenchConfig:
         bad = [v for v in self.variants if v not in VARIANTS]
         if not self.variants or bad:
             raise ValueError(f"variants must be a non-empty subset of {', '.join(VARIANTS)}, got {self.variants!r}")
+        if not self.server_concurrency or any(
+            c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 1) for c in self.server_concurrency
+        ):
+            raise ValueError(f"server_concurrency must be integers >= 1 (or None), got {self.server_concurrency!r}")
         if not self.server_timeout_s > 0:
             raise ValueError(f"server_timeout_s must be > 0, got {self.server_timeout_s!r}")
 
@@ -127,12 +156,12 @@ def _record(name: str, wall: float, start_s: float | None, client: dict[str, Any
             "completion_tokens": int(d["completion_tokens"]),
             "preemptions": int(d["preemptions"]),
         }
-    else:  # no counters (e.g. a test server): the client's usage, no cache figures
+    else:  # no counters (in-process engines, a test server): the client's usage
         tokens = {
             "token_source": "client usage",
             "requests": client["requests"],
             "prompt_tokens": client["prompt_tokens"],
-            "cached_tokens": None,
+            "cached_tokens": client.get("cached_tokens"),
             "completion_tokens": client["completion_tokens"],
             "preemptions": None,
         }
@@ -154,21 +183,37 @@ def _record(name: str, wall: float, start_s: float | None, client: dict[str, Any
 
 
 def _run_ours(name: str, engine: Engine, task: Task, config: InnerLoopBenchConfig, start_s: float | None,
-              counters: Callable[[], dict[str, float] | None], reset: Callable[[], bool | None]) -> dict[str, Any]:
+              counters: Callable[[], dict[str, float] | None], reset: Callable[[], bool | None],
+              ) -> tuple[dict[str, Any], list[Trajectory]]:  # fmt: skip
     items = build_items(task, config)
     ok = reset()
     before = counters()
     engine.reset_usage()
     t0 = time.perf_counter()
-    trajs = solution_optimization(task, items, forward_engine=engine, config=config.inner_config())
+    inner = dataclasses.replace(config.inner_config(), schedule=config.schedule)
+    trajs = solution_optimization(task, items, forward_engine=engine, config=inner)
     wall = time.perf_counter() - t0
     u = engine.reset_usage()
     backend = u.requests - u.deduplicated - u.cache_hits
-    client = {"requests": backend, "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens}
+    client = {"requests": backend, "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+              "cached_tokens": u.cached_prompt_tokens if u.cached_prompt_tokens else None}  # fmt: skip
     after = _settled(counters, before, backend)
-    return _record(name, wall, start_s, client, before, after, ok, engine=engine.spec,
-                   logical_requests=u.requests, deduplicated=u.deduplicated, errors=u.errors,
-                   items=len(trajs))  # fmt: skip
+    rec = _record(name, wall, start_s, client, before, after, ok, engine=engine.spec,
+                  prompt_layout=inner.prompt_layout, schedule=inner.schedule, logical_requests=u.requests,
+                  deduplicated=u.deduplicated, errors=u.errors, items=len(trajs),
+                  accuracy=round(sum(t.score for t in trajs) / len(trajs), 4) if trajs else None)  # fmt: skip
+    return rec, trajs
+
+
+def outputs_differ(base: list[Trajectory], other: list[Trajectory]) -> dict[str, int]:
+    """How many items' texts differ between two runs of the same items (same order)."""
+    pairs = list(zip(base, other, strict=True))
+    return {
+        "items": len(pairs),
+        "answers_differ": sum(a.answers != b.answers for a, b in pairs),
+        "final_answers_differ": sum(a.final_answer != b.final_answer for a, b in pairs),
+        "scores_differ": sum(a.score != b.score for a, b in pairs),
+    }
 
 
 def _run_textgrad(width: int, server: Server, task: Task, config: InnerLoopBenchConfig,
@@ -198,7 +243,7 @@ def run_peer_bench(
     config: PeerBenchConfig,
     *,
     server_factory: Callable[[], contextlib.AbstractContextManager[Server]],
-    inproc_factory: Callable[[], tuple[Engine, float]],
+    inproc_factory: Callable[[str], tuple[Engine, float]],
     task: Task | None = None,
 ) -> dict[str, Any]:
     """Runs the chosen variants, one engine at a time, and returns the JSON record.
@@ -206,7 +251,8 @@ def run_peer_bench(
     Args:
         config: workload, widths, variants.
         server_factory: starts the server (context manager; stopped on exit).
-        inproc_factory: builds the in-process engine; returns it and its start-up seconds.
+        inproc_factory: builds the in-process engine of a backend ("vllm" or
+            "vllm-async"); returns it and its start-up seconds.
         task: default ``get_task(config.workload.task)``.
     """
     w = config.workload
@@ -230,19 +276,35 @@ def run_peer_bench(
                         rec = _run_textgrad(width, server, task, w, config.server_timeout_s)
                         variants[rec["variant"]] = rec
                 if "ours-server" in config.variants:
-                    rec = _run_ours("ours-server", ours, task, w, server.start_s, server.counters,
-                                    server.reset_prefix_cache)  # fmt: skip
-                    rec["max_concurrency"] = ours.config.max_concurrency  # type: ignore[attr-defined]
-                    variants["ours-server"] = rec
+                    for c in dict.fromkeys(config.server_concurrency):
+                        name = "ours-server" if c is None else f"ours-server-c{c}"
+                        eng = ours if c is None else create_engine(
+                            f"openai:{server.served_name}", base_url=server.base_url,
+                            timeout_s=config.server_timeout_s, max_concurrency=c)  # fmt: skip
+                        try:
+                            rec, _ = _run_ours(name, eng, task, w, server.start_s, server.counters,
+                                               server.reset_prefix_cache)  # fmt: skip
+                        finally:
+                            if eng is not ours:
+                                eng.close()
+                        rec["max_concurrency"] = eng.config.max_concurrency  # type: ignore[attr-defined]
+                        variants[name] = rec
             finally:
                 ours.close()
-    if "ours-inproc" in config.variants:
-        engine, start_s = inproc_factory()
+    base: list[Trajectory] | None = None
+    for backend in dict.fromkeys(INPROC[v][0] for v in INPROC if v in config.variants):
+        engine, start_s = inproc_factory(backend)
         try:
             engine.generate(_warmup_requests())
-            variants["ours-inproc"] = _run_ours("ours-inproc", engine, task, w, start_s,
-                                                lambda: engine_counters(engine),
-                                                lambda: reset_prefix_cache(engine))  # fmt: skip
+            for name in (v for v in INPROC if v in config.variants and INPROC[v][0] == backend):
+                workload = dataclasses.replace(w, **INPROC[name][1])
+                rec, trajs = _run_ours(name, engine, task, workload, start_s, lambda: None,
+                                       lambda e=engine: reset_prefix_cache(e))  # fmt: skip
+                if name == "ours-inproc":
+                    base = trajs
+                elif base is not None:
+                    rec["vs_ours_inproc"] = outputs_differ(base, trajs)
+                variants[name] = rec
         finally:
             engine.close()
     return summarize(config, variants, n_items=n_items, server_spec=server_spec)
@@ -255,6 +317,7 @@ def summarize(config: PeerBenchConfig, variants: dict[str, dict[str, Any]], *, n
     best = min(tg, key=lambda v: v["wall_s"]) if tg else None
     inproc, server = variants.get("ours-inproc"), variants.get("ours-server")
     best_wall = best["wall_s"] if best else None
+    ours = {k: _ratio(best_wall, v["wall_s"]) for k, v in variants.items() if k.startswith("ours-")}
     return {
         "bench": "peer",
         "workload": {**dataclasses.asdict(config.workload), "items": n_items,
@@ -264,6 +327,8 @@ def summarize(config: PeerBenchConfig, variants: dict[str, dict[str, Any]], *, n
         "speedup_vs_textgrad_best": _ratio(best_wall, inproc["wall_s"] if inproc else None),
         "speedup_vs_textgrad_best_via_server": _ratio(best_wall, server["wall_s"] if server else None),
         "speedup_one_off": _ratio(best_wall, inproc["wall_with_start_s"] if inproc else None),
+        "speedups_vs_textgrad_best": ours,
+        "fastest_ours": max((k for k in ours if ours[k]), key=lambda k: ours[k], default=None),
         "speedup_definition": "wall(fastest TextGrad width) / wall(ours), no engine start-up; "
         "one_off: ours with its engine start, TextGrad on a running server",
         "order": list(variants),
@@ -273,11 +338,11 @@ def summarize(config: PeerBenchConfig, variants: dict[str, dict[str, Any]], *, n
 
 def table(record: dict[str, Any]) -> str:
     """The per-variant figures as a Markdown table (for the README / closing notes)."""
-    rows = ["| variant | wall s | with start-up s | requests | prompt tok | cached tok | generated tok |",
-            "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    rows = ["| variant | wall s | with start-up s | requests | prompt tok | cached tok | uncached tok "
+            "| generated tok |", "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for v in record["variants"].values():
         cells = [v["variant"], v["wall_s"], v["wall_with_start_s"], v["requests"], v["prompt_tokens"],
-                 v["cached_tokens"], v["completion_tokens"]]  # fmt: skip
+                 v["cached_tokens"], v["uncached_prompt_tokens"], v["completion_tokens"]]  # fmt: skip
         rows.append("| " + " | ".join("-" if c is None else str(c) for c in cells) + " |")
     return "\n".join(rows)
 
@@ -299,6 +364,20 @@ def parse_widths(text: str) -> tuple[int | None, ...]:
     return tuple(out)
 
 
+def parse_concurrency(text: str) -> tuple[int | None, ...]:
+    """``"default,16,64"`` -> ``(None, 16, 64)``."""
+    out: list[int | None] = []
+    for part in text.split(","):
+        part = part.strip()
+        if part == "default":
+            out.append(None)
+        elif part.isdigit() and int(part) >= 1:
+            out.append(int(part))
+        else:
+            raise UserError(f"--server-concurrency takes integers >= 1 or 'default', comma-separated; got {part!r}")
+    return tuple(out)
+
+
 @contextlib.contextmanager
 def vllm_server(model: str, opts: dict[str, Any], start_timeout_s: float) -> Iterator[Server]:
     """A ``VLLMServer`` for ``model`` with the in-process engine's settings (``opts``: VLLMConfig options)."""
@@ -317,8 +396,8 @@ def vllm_server(model: str, opts: dict[str, Any], start_timeout_s: float) -> Ite
         yield server
 
 
-def inproc_engine(model: str, opts: dict[str, Any]) -> tuple[Engine, float]:
-    """The in-process ``vllm:<model>`` engine and how long it took to start."""
+def inproc_engine(model: str, opts: dict[str, Any], *, backend: str = "vllm") -> tuple[Engine, float]:
+    """The in-process ``<backend>:<model>`` engine (vllm or vllm-async) and how long it took to start."""
     t0 = time.perf_counter()
-    engine = create_engine(f"vllm:{model}", **opts)
+    engine = create_engine(f"{backend}:{model}", **opts)
     return engine, time.perf_counter() - t0

@@ -191,6 +191,9 @@ def add_peer_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--widths", default="1,16,32,all",
                    help="TextGrad thread-pool widths, 'all' = one thread per item (default: %(default)s)")
     p.add_argument("--variants", default=",".join(peer_bench.VARIANTS), help="subset to run (default: %(default)s)")
+    p.add_argument("--server-concurrency", default="default",
+                   help="max_concurrency values of the openai: engine for ours-server, comma-separated; "
+                   "'default' = the engine's default (default: %(default)s)")
     p.add_argument("--server-start-timeout", type=float, default=900.0, metavar="SECONDS",
                    help="default: %(default)s")
     p.set_defaults(func=run_peer_bench_cli)
@@ -209,6 +212,7 @@ def run_peer_bench_cli(args: argparse.Namespace) -> int:
             ),
             widths=peer_bench.parse_widths(args.widths),
             variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
+            server_concurrency=peer_bench.parse_concurrency(args.server_concurrency),
         )
     except ValueError as e:
         raise UserError(str(e)) from e
@@ -216,7 +220,7 @@ def run_peer_bench_cli(args: argparse.Namespace) -> int:
     record = peer_bench.run_peer_bench(
         config,
         server_factory=lambda: peer_bench.vllm_server(args.model, opts, args.server_start_timeout),
-        inproc_factory=lambda: peer_bench.inproc_engine(args.model, opts),
+        inproc_factory=lambda backend: peer_bench.inproc_engine(args.model, opts, backend=backend),
     )
     record["model"] = args.model
     record["engine_opts"] = args.engine_opt
