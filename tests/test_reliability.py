@@ -98,6 +98,23 @@ def test_secret_filter_units():
     assert "sk-zzzzzzzz" not in text and "hf_abcdefgh" not in text and "abc.def" not in text
     assert out["engine_opts"] == ["api_key=[redacted]", "max_model_len=8"]
     assert out["usage"] == {"max_tokens": 5, "prompt_tokens": 3} and out["api_key_env"] is None
+    # The name of the variable that holds a secret is not one: it stays in written configs.
+    assert not is_secret_key("api_key_env") and not is_secret_key("HF_TOKEN_ENV")
+    assert public_engine_opts(["api_key_env=MY_KEY", "api_key=sk-1"]) == ["api_key_env=MY_KEY"]
+
+
+def test_grid_refuses_secret_engine_options(tmp_path):
+    from mtg_local.slurm import GridError, parse_grid
+
+    base = {"name": "g", "tasks": ["synthetic_word_sorting"], "methods": ["zero_shot_cot"]}
+    for raw in ({**base, "engines": ["openai:gpt-4o-mini"], "engine_opts": ["api_key=sk-grid-canary-1"]},
+                {**base, "engines": [{"spec": "openai:m", "opts": ["hf_token=hf-canary-22"]}]}):
+        with pytest.raises(GridError, match="looks like a secret") as err:
+            parse_grid(raw, runs_root=str(tmp_path))
+        assert "canary" not in str(err.value)  # the error names the key, never the value
+    ok = parse_grid({**base, "engines": ["openai:gpt-4o-mini"], "engine_opts": ["api_key_env=MY_KEY_VAR"]},
+                    runs_root=str(tmp_path))
+    assert all("--engine-opt" in r.argv and "api_key_env=MY_KEY_VAR" in r.argv for r in ok.expand())
 
 
 def test_secret_env_values_are_redacted_anywhere(monkeypatch):

@@ -44,9 +44,15 @@ _KV = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*=(.*)$", re.DOTALL)
 
 
 def is_secret_key(key: str) -> bool:
-    """True when ``key`` (a dict key or option name) names a secret, e.g. ``api_key``, ``HF_TOKEN``."""
-    words = {w.lower() for w in _WORD_SPLIT.split(str(key)) if w}
-    return bool(words & SECRET_WORDS)
+    """True when ``key`` (a dict key or option name) names a secret, e.g. ``api_key``, ``HF_TOKEN``.
+
+    A key ending in ``env`` (``api_key_env``) holds the *name* of an environment
+    variable, which is how secrets should be passed: not a secret itself.
+    """
+    parts = [w.lower() for w in _WORD_SPLIT.split(str(key)) if w]
+    if parts and parts[-1] == "env":
+        return False
+    return bool(set(parts) & SECRET_WORDS)
 
 
 def public_engine_opts(opts: Iterable[str]) -> list[str]:

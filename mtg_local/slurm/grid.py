@@ -9,7 +9,8 @@ Grid YAML (every key but ``tasks``, ``methods`` and ``engines`` optional)::
     engines:
       - vllm:Qwen/Qwen2.5-7B-Instruct
       - {spec: "vllm:meta-llama/Llama-3.3-70B-Instruct", label: llama70b, slurm: {gpus: 4}}
-    engine_opts: [dtype=bfloat16, max_model_len=8192]   # every engine (KEY=VALUE)
+    engine_opts: [dtype=bfloat16, max_model_len=8192]   # every engine (KEY=VALUE); no secrets:
+                                   # name their variable instead (api_key_env=MY_KEY_VAR)
     seeds: [0, 1, 2, 3, 4, 5]      # default: the protocol's (docs/protocol.md)
     args:                          # extra mtg arguments: for all, per sub-command, per method
       all: [--limit, 100]          # protocol flags (--steps, --limit, ...) only here: one protocol per grid
@@ -37,6 +38,7 @@ from typing import Any
 import yaml
 
 from engines.errors import UserError
+from mtg_local.runs.secrets import is_secret_key
 
 METHOD_COMMANDS: dict[str, str] = {
     "zero_shot_cot": "eval",
@@ -134,7 +136,7 @@ class EngineEntry:
         return cls(
             spec=str(raw["spec"]),
             label=label_of(str(raw.get("label") or raw["spec"])),
-            opts=_str_list(raw.get("opts"), f"engines[{raw['spec']}].opts"),
+            opts=_engine_opts(raw.get("opts"), f"engines[{raw['spec']}].opts"),
             slurm=tuple(sorted(slurm.items())),
         )
 
@@ -237,6 +239,25 @@ class Grid:
         return runs
 
 
+def _engine_opts(raw: Any, where: str) -> tuple[str, ...]:
+    """``KEY=VALUE`` engine options of a grid, refusing secrets.
+
+    Every option is copied into each cell's command line, the array manifest,
+    ``--dry-run`` output and SLURM logs, so a key there would be written out
+    many times: secrets go in the environment, named by e.g. ``api_key_env``.
+    """
+    opts = _str_list(raw, where)
+    for o in opts:
+        key = o.partition("=")[0].strip()
+        if is_secret_key(key):
+            raise GridError(
+                f"{where}: {key!r} looks like a secret; a grid's options are written into every cell's "
+                f"command line, the manifest and the logs. Put it in an environment variable and name "
+                f"that variable instead (e.g. api_key_env=MY_KEY_VAR)"
+            )
+    return opts
+
+
 def parse_grid(raw: Any, *, source: str = "grid", runs_root: str | None = None) -> Grid:
     """Validates a loaded grid mapping; relative ``runs_root`` resolves against the cwd."""
     if not isinstance(raw, dict):
@@ -270,7 +291,7 @@ def parse_grid(raw: Any, *, source: str = "grid", runs_root: str | None = None) 
         methods=tuple(str(m) for m in raw["methods"]),
         engines=tuple(EngineEntry.parse(e) for e in raw["engines"]),
         seeds=tuple(seeds) if seeds is not None else None,
-        engine_opts=_str_list(raw.get("engine_opts"), "engine_opts"),
+        engine_opts=_engine_opts(raw.get("engine_opts"), "engine_opts"),
         args=tuple(sorted((str(k), _str_list(v, f"args.{k}")) for k, v in args.items())),
         slurm=tuple(sorted(slurm.items())),
     )
