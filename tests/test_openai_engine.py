@@ -296,9 +296,10 @@ def test_redactor_and_safe_url():
 # -- (c) a real vLLM OpenAI-compatible server ------------------------------------
 @pytest.fixture(scope="module")
 def vllm_server():
-    from tests.vllm_server import VLLMServer
+    from mtg_local.bench.vllm_server import VLLMServer
 
-    with VLLMServer.for_bundled() as server:
+    # Small context and KV cache: an in-process engine may share the machine's memory.
+    with VLLMServer.for_model("bundled", served_name="smollm2", max_model_len=2048, kv_cache_gib=1) as server:
         yield server
 
 

@@ -381,17 +381,10 @@ def parse_concurrency(text: str) -> tuple[int | None, ...]:
 @contextlib.contextmanager
 def vllm_server(model: str, opts: dict[str, Any], start_timeout_s: float) -> Iterator[Server]:
     """A ``VLLMServer`` for ``model`` with the in-process engine's settings (``opts``: VLLMConfig options)."""
-    from engines.bundled import resolve_model
-    from engines.registry import config_from_options
-    from engines.vllm_engine import VLLMConfig
     from mtg_local.bench.vllm_server import VLLMServer
 
-    config = config_from_options(VLLMConfig, "vllm", model, dict(opts))
-    from vllm.platforms import current_platform
-
-    kwargs = config.llm_kwargs(resolve_model(model), on_cpu=bool(current_platform.is_cpu()))
     name = model if "/" not in model else model.rstrip("/").rsplit("/", 1)[-1]
-    with VLLMServer(kwargs, served_name=name, start_timeout_s=start_timeout_s) as server:
+    with VLLMServer.for_model(model, served_name=name, start_timeout_s=start_timeout_s, **opts) as server:
         print(f"[bench peer] server up in {server.start_s:.1f}s: {' '.join(server.command())}", file=sys.stderr)
         yield server
 

@@ -104,6 +104,19 @@ class VLLMServer:
         self.log_path = Path(tempfile.mkstemp(prefix="mtg-vllm-server-", suffix=".log")[1])
         self.start_s: float | None = None
 
+    @classmethod
+    def for_model(cls, model: str = "bundled", *, served_name: str, start_timeout_s: float = 900.0,
+                  **options: Any) -> VLLMServer:  # fmt: skip
+        """A server for ``model`` with the settings ``vllm:<model>`` would get from ``options`` (VLLMConfig)."""
+        from engines.bundled import resolve_model
+        from engines.registry import config_from_options
+        from engines.vllm_engine import VLLMConfig, import_vllm
+
+        config = config_from_options(VLLMConfig, "vllm", model, dict(options))
+        _, on_cpu = import_vllm()
+        return cls(config.llm_kwargs(resolve_model(model), on_cpu=on_cpu), served_name=served_name,
+                   start_timeout_s=start_timeout_s)  # fmt: skip
+
     @property
     def root(self) -> str:
         return f"http://127.0.0.1:{self.port}"
