@@ -131,3 +131,27 @@ def test_loss_requests_share_their_prefix_up_to_the_answer() -> None:
     users = [r.messages[1].content for r in engine.batches[1]]
     head = f"{task.initial_loss_prompt}\nQuestion: {task.format_question(ex)}\nAnswer by the language model: "
     assert all(u.startswith(head) for u in users)
+
+
+def test_backward_and_update_show_the_answer_short_like_textgrad() -> None:
+    """TextGrad shows ``variable.get_short_value()`` (first/last 10 words) in the backward and TGD spans."""
+    textgrad_variable = pytest.importorskip("textgrad.variable")
+    long_answer = " ".join(f"step{i}" for i in range(40)) + "\nAnswer: A"
+
+    def respond(req: GenRequest) -> str:
+        return _respond(req) if req.messages[0].role == "system" and req.messages[0].content in (
+            P.LOSS_SYSTEM_PROMPT, P.BACKWARD_SYSTEM_PROMPT, P.OPTIMIZER_SYSTEM_PROMPT) else long_answer
+
+    task = get_task("synthetic_word_sorting")
+    engine = FakeEngine(respond)
+    items = [InnerItem(task.splits().test[0], 0, task.initial_loss_prompt, DEFAULT_TEMPLATE)]
+    (traj,) = solution_optimization(task, items, forward_engine=engine, config=InnerLoopConfig(steps=1))
+    _, (loss_req,), (bwd_req,), (upd_req,) = engine.batches
+    full = traj.answers[0]
+    short = textgrad_variable.Variable(full, role_description="answer", requires_grad=True).get_short_value()
+    assert short != full and " (...) " in short and short.startswith(DEFAULT_TEMPLATE.split(" ")[0])
+    for req in (bwd_req, upd_req):
+        user = req.messages[1].content
+        assert f"<VARIABLE>{short}</VARIABLE>" in user and f"<VARIABLE>{full}</VARIABLE>" not in user
+        # the full answer is still there once: inside the quoted loss call
+        assert user.count(full) == 1 and f"<LM_INPUT>{loss_req.messages[1].content}</LM_INPUT>" in user

@@ -19,7 +19,8 @@ engine at a time (the server is stopped before the in-process engine starts):
   one's, so vLLM's prefix cache computes an item's context once);
 * ``ours-async-item`` -- the in-process ``vllm-async:`` engine with the
   barrier-free schedule (``schedule="item"``: each item starts its next phase
-  as soon as its own request returns).
+  as soon as its own request returns);
+* ``ours-async-item-chained`` -- the same engine, both.
 
 The two last variants change how the work is done, not how much of it the
 workload asks for (same items, phases, caps and sampling); the chained layout
@@ -62,12 +63,14 @@ from mtg_local.bench.vllm_server import sum_counters
 from mtg_local.inner_loop import Trajectory, solution_optimization
 from mtg_local.tasks import Task, get_task
 
-VARIANTS = ("textgrad", "ours-server", "ours-inproc", "ours-inproc-chained", "ours-async-item")
+VARIANTS = ("textgrad", "ours-server", "ours-inproc", "ours-inproc-chained", "ours-async-item",
+            "ours-async-item-chained")
 #: In-process variants: (engine backend, workload changes).
 INPROC = {
     "ours-inproc": ("vllm", {}),
     "ours-inproc-chained": ("vllm", {"prompt_layout": "chained"}),
     "ours-async-item": ("vllm-async", {"schedule": "item"}),
+    "ours-async-item-chained": ("vllm-async", {"schedule": "item", "prompt_layout": "chained"}),
 }
 DEFAULT_WIDTHS = (1, 16, 32, None)  # None: one thread per item
 

@@ -14,9 +14,10 @@ shown. The structure follows TextGrad (version in the venv):
 * backward -- ``textgrad/autograd/llm_ops.py`` ``_backward_through_llm_base``
   with ``textgrad/autograd/llm_backward_prompts.py``: the evaluator's
   conversation (system prompt, input, output), the objective, then the
-  variable span;
-* TGD step -- ``textgrad/optimizer/optimizer_prompts.py``: role, variable,
-  context (per gradient, the conversation it came from and its feedback,
+  variable span -- TextGrad's ``variable_short`` (``Variable.short_value``:
+  first and last 10 words), the full value being in the conversation;
+* TGD step -- ``textgrad/optimizer/optimizer_prompts.py``: role, variable
+  (short, as in the backward call), context (per gradient, the conversation it came from and its feedback,
   ``GRADIENT_TEMPLATE``), the improve instruction, constraints, the output
   format.
 

@@ -206,7 +206,7 @@ def backward(
             continue
         var = ctx.evaluated
         user = P.BACKWARD_USER_TEMPLATE.format(
-            role=var.role_description, conversation=conversation(lv), variable=var.value
+            role=var.role_description, conversation=conversation(lv), variable=var.short_value()
         )
         requests.append(GenRequest.chat(user, system=P.BACKWARD_SYSTEM_PROMPT, sampling=sams[i], id=ids[i]))
         todo.append(i)

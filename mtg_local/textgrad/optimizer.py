@@ -156,7 +156,7 @@ class TextualGradientDescent:
         else:
             context = P.FEEDBACK_SEPARATOR.join(_gradient_block(var, g) for g in var.gradients)
         return P.OPTIMIZER_USER_TEMPLATE.format(
-            role=var.role_description, variable=var.value, context=context, constraints_block=block
+            role=var.role_description, variable=var.short_value(), context=context, constraints_block=block
         )
 
 

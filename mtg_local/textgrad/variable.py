@@ -61,6 +61,10 @@ class LossContext:
     messages: tuple[Message, ...] = ()
 
 
+#: Words kept at each end by ``Variable.short_value`` (TextGrad's ``n_words_offset`` default).
+SHORT_VALUE_WORDS = 10
+
+
 @dataclasses.dataclass(eq=False)
 class Variable:
     """Text with a role description and accumulated textual gradients.
@@ -89,6 +93,19 @@ class Variable:
     def zero_grad(self) -> None:
         """Drops the accumulated gradients (call before each loss/backward)."""
         self.gradients.clear()
+
+    def short_value(self, n_words_offset: int = SHORT_VALUE_WORDS) -> str:
+        """The value as the backward and TGD prompts show it: TextGrad's ``get_short_value``.
+
+        Values of more than ``2 * n_words_offset`` space-separated words become
+        their first and last ``n_words_offset`` words around ``" (...) "``;
+        shorter values are shown whole. The full value stays in the loss
+        call's conversation, which both prompts quote.
+        """
+        words = self.value.split(" ")
+        if len(words) <= 2 * n_words_offset:
+            return self.value
+        return " ".join(words[:n_words_offset]) + " (...) " + " ".join(words[-n_words_offset:])
 
     def gradient_text(self, separator: str = "\n\n") -> str:
         """The accumulated gradients' texts joined by ``separator``."""
