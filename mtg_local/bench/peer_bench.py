@@ -353,32 +353,28 @@ def table(record: dict[str, Any]) -> str:
 # -- command line ---------------------------------------------------------------
 
 
-def parse_widths(text: str) -> tuple[int | None, ...]:
-    """``"1,16,32,all"`` -> ``(1, 16, 32, None)``."""
+def _int_list(text: str, *, flag: str, word: str) -> tuple[int | None, ...]:
+    """Comma-separated integers >= 1, ``word`` standing for None; a ``UserError`` naming ``flag`` otherwise."""
     out: list[int | None] = []
     for part in text.split(","):
         part = part.strip()
-        if part == "all":
+        if part == word:
             out.append(None)
         elif part.isdigit() and int(part) >= 1:
             out.append(int(part))
         else:
-            raise UserError(f"--widths takes integers >= 1 or 'all', comma-separated; got {part!r} in {text!r}")
+            raise UserError(f"{flag} takes integers >= 1 or {word!r}, comma-separated; got {part!r} in {text!r}")
     return tuple(out)
+
+
+def parse_widths(text: str) -> tuple[int | None, ...]:
+    """``"1,16,32,all"`` -> ``(1, 16, 32, None)``."""
+    return _int_list(text, flag="--widths", word="all")
 
 
 def parse_concurrency(text: str) -> tuple[int | None, ...]:
     """``"default,16,64"`` -> ``(None, 16, 64)``."""
-    out: list[int | None] = []
-    for part in text.split(","):
-        part = part.strip()
-        if part == "default":
-            out.append(None)
-        elif part.isdigit() and int(part) >= 1:
-            out.append(int(part))
-        else:
-            raise UserError(f"--server-concurrency takes integers >= 1 or 'default', comma-separated; got {part!r}")
-    return tuple(out)
+    return _int_list(text, flag="--server-concurrency", word="default")
 
 
 @contextlib.contextmanager

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from engines.base import Engine, GenRequest, Message, SamplingConfig
+from engines.base import Engine, GenRequest, GenResult, Message, SamplingConfig
 from mtg_local.prompts import chained_prompts as C
 from mtg_local.prompts import textgrad_prompts as P
-from mtg_local.textgrad.ops import Samplings, _check_len, generate_in_prefix_order, per_item
+from mtg_local.textgrad.ops import Samplings, _check_len, backward_with, generate_in_prefix_order, per_item
 from mtg_local.textgrad.optimizer import TextualGradientDescent
 from mtg_local.textgrad.variable import Gradient, LossContext, Variable
 
@@ -105,35 +105,19 @@ def backward(
     Returns:
         Per loss output: None if a gradient was added to its variable, else why not.
     """
-    n = len(losses)
-    sams = per_item(samplings, n)
-    ids = list(ids) if ids is not None else [f"bwd-{i}" for i in range(n)]
-    errors: list[str | None] = [None] * n
-    todo: list[int] = []
-    convs: list[tuple[Message, ...]] = []
-    for i, lv in enumerate(losses):
-        ctx = lv.loss_context
-        if ctx is None or not ctx.messages:
+
+    def build(i: int, lv: Variable, sampling: SamplingConfig, rid: str) -> GenRequest:
+        if lv.loss_context is None or not lv.loss_context.messages:
             raise ValueError(f"losses[{i}] is not an output of the chained loss (no loss_context.messages)")
-        if lv.error is not None:
-            errors[i] = f"no gradient: the loss failed ({lv.error})"
-            continue
-        if not ctx.evaluated.requires_grad:
-            errors[i] = "no gradient: the evaluated variable does not require one"
-            continue
-        convs.append((*ctx.messages, Message("assistant", lv.value), Message("user", C.BACKWARD_INSTRUCTION)))
-        todo.append(i)
-    requests = [GenRequest(messages=m, sampling=sams[i], id=ids[i]) for i, m in zip(todo, convs)]
-    for i, m, r in zip(todo, convs, generate_in_prefix_order(engine, requests)):
-        if r.error is not None:
-            errors[i] = f"backward engine error: {r.error}"
-            continue
-        lv = losses[i]
-        assert lv.loss_context is not None
-        lv.loss_context.evaluated.gradients.append(
-            Gradient(text=r.text, response_role=lv.role_description, finish_reason=r.finish_reason, messages=m)
-        )
-    return errors
+        messages = (*lv.loss_context.messages, Message("assistant", lv.value), Message("user", C.BACKWARD_INSTRUCTION))
+        return GenRequest(messages=messages, sampling=sampling, id=rid)
+
+    def gradient(lv: Variable, request: GenRequest, result: GenResult) -> Gradient:
+        assert request.messages is not None
+        return Gradient(text=result.text, response_role=lv.role_description, finish_reason=result.finish_reason,
+                        messages=request.messages)  # fmt: skip
+
+    return backward_with(engine, losses, samplings=samplings, ids=ids, build=build, gradient=gradient)
 
 
 class ChainedGradientDescent(TextualGradientDescent):

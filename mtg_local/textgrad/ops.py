@@ -11,7 +11,7 @@ stops the others: it is recorded on that item's output.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from engines.base import Engine, GenRequest, GenResult, SamplingConfig
 from mtg_local.prompts import textgrad_prompts as P
@@ -188,6 +188,47 @@ def backward(
     Returns:
         Per loss output: None if a gradient was added to its variable, else why not.
     """
+
+    def build(i: int, lv: Variable, sampling: SamplingConfig, rid: str) -> GenRequest:
+        assert lv.loss_context is not None  # checked by backward_with
+        var = lv.loss_context.evaluated
+        user = P.BACKWARD_USER_TEMPLATE.format(
+            role=var.role_description, conversation=conversation(lv), variable=var.short_value()
+        )
+        return GenRequest.chat(user, system=P.BACKWARD_SYSTEM_PROMPT, sampling=sampling, id=rid)
+
+    def gradient(lv: Variable, request: GenRequest, result: GenResult) -> Gradient:
+        return Gradient(text=result.text, context=conversation(lv), response_role=lv.role_description,
+                        finish_reason=result.finish_reason)  # fmt: skip
+
+    return backward_with(engine, losses, samplings=samplings, ids=ids, build=build, gradient=gradient)
+
+
+def backward_with(
+    engine: Engine,
+    losses: Sequence[Variable],
+    /,
+    *,
+    samplings: Samplings,
+    ids: Sequence[str] | None,
+    build: Callable[[int, Variable, SamplingConfig, str], GenRequest],
+    gradient: Callable[[Variable, GenRequest, GenResult], Gradient],
+) -> list[str | None]:
+    """The backward phase of any prompt layout: one call, skips, errors and gradients alike.
+
+    Args:
+        engine: the backward engine.
+        losses: loss outputs.
+        samplings: one config for all or one per loss output.
+        ids: request ids (default "bwd-<i>").
+        build: ``build(i, loss_output, sampling, id)``, the backward request of a loss output
+            that gets one (may raise ``ValueError`` for an output of the wrong kind).
+        gradient: ``gradient(loss_output, request, result)``, what a successful result adds
+            to the evaluated variable.
+
+    Returns:
+        Per loss output: None if a gradient was added to its variable, else why not.
+    """
     n = len(losses)
     sams = per_item(samplings, n)
     ids = list(ids) if ids is not None else [f"bwd-{i}" for i in range(n)]
@@ -195,33 +236,23 @@ def backward(
     todo: list[int] = []
     requests: list[GenRequest] = []
     for i, lv in enumerate(losses):
-        ctx = lv.loss_context
-        if ctx is None:
+        if lv.loss_context is None:
             raise ValueError(f"losses[{i}] is not a loss output (no loss_context)")
         if lv.error is not None:
             errors[i] = f"no gradient: the loss failed ({lv.error})"
             continue
-        if not ctx.evaluated.requires_grad:
+        if not lv.loss_context.evaluated.requires_grad:
             errors[i] = "no gradient: the evaluated variable does not require one"
             continue
-        var = ctx.evaluated
-        user = P.BACKWARD_USER_TEMPLATE.format(
-            role=var.role_description, conversation=conversation(lv), variable=var.short_value()
-        )
-        requests.append(GenRequest.chat(user, system=P.BACKWARD_SYSTEM_PROMPT, sampling=sams[i], id=ids[i]))
+        requests.append(build(i, lv, sams[i], ids[i]))
         todo.append(i)
-    for i, r in zip(todo, generate_in_prefix_order(engine, requests)):
+    for i, req, r in zip(todo, requests, generate_in_prefix_order(engine, requests)):
         if r.error is not None:
             errors[i] = f"backward engine error: {r.error}"
             continue
         lv = losses[i]
         assert lv.loss_context is not None
-        lv.loss_context.evaluated.gradients.append(
-            Gradient(
-                text=r.text, context=conversation(lv), response_role=lv.role_description,
-                finish_reason=r.finish_reason,
-            )
-        )
+        lv.loss_context.evaluated.gradients.append(gradient(lv, req, r))
     return errors
 
 
