@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from engines.errors import UserError
+from mtg_local.runs.interrupt import ALL_STOP_SIGNALS, Interrupted, StopFlag, signal_name, stop_on_signals
 
 # Modules that add sub-commands, in the order they appear in ``mtg --help``.
 COMMAND_MODULES = [
@@ -42,7 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        rc = args.func(args)
+        # Until a command installs its own handlers (around its run, after the engine has
+        # started), a stop signal ends the command at once as an interruption: exit 99 (SIGINT:
+        # 130) so a SLURM job requeues, not the default death by signal (143, 138).
+        with stop_on_signals(StopFlag(), abort_on=ALL_STOP_SIGNALS):
+            rc = args.func(args)
+    except Interrupted as e:
+        print(f"mtg {args.command}: stopped by {signal_name(e.signum)} (exit {e.exit_code}); what had finished "
+              f"is kept: run the same command again", file=sys.stderr)
+        return e.exit_code
     except UserError as e:
         print(f"mtg {args.command}: error: {e}", file=sys.stderr)
         return 2

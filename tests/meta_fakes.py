@@ -95,7 +95,9 @@ class ScriptedMetaEngine(FakeEngine):
 
     @classmethod
     def from_spec(cls, model: str | None, **options: Any) -> ScriptedMetaEngine:
+        """``start=S`` sleeps S seconds while "starting" (like a model load); ``delay=S`` per call."""
         fields = dict(p.partition("=")[::2] for p in (model or "").split(";") if p)
+        time.sleep(float(fields.get("start", 0)))
         return cls(parse_good(fields.get("good", "")), delay=float(fields.get("delay", 0)), **options)
 
     def identity(self) -> dict[str, Any]:

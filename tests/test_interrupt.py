@@ -213,3 +213,30 @@ def test_report_lists_an_interrupted_run_as_resumable_not_failed(tmp_path):
     problem = parse_results(body, tmp_path / "results.json")
     assert problem.kind == "interrupted" and "--resume runs/x" in problem.detail
     assert parse_results({**body, "status": "failed", "error": "boom"}, tmp_path / "r.json").kind == "failed"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT], ids=lambda s: s.name)
+def test_signal_while_the_engine_starts_is_an_interruption_and_a_rerun_completes(tmp_path, reference, sig):
+    # Before the run's own handlers exist (a model load takes minutes on a cluster), a stop signal
+    # must still end as an interruption SLURM requeues (99; SIGINT 130), not a death by signal.
+    run = tmp_path / "run"
+    argv = [a if not a.startswith("scripted:") else "scripted:good=2;start=30" for a in TRAIN]
+    proc = mtg(tmp_path, "train", *argv, "--out", str(run))
+    deadline = time.time() + 60
+    while not (run / "events.jsonl").exists():  # config written; the engine is "starting" for 30 s
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.01)
+    time.sleep(0.2)
+    os.killpg(proc.pid, sig)
+    _, err = proc.communicate(timeout=20)  # at once, not after the 30 s start
+    assert proc.returncode == (130 if sig == signal.SIGINT else 99), err
+    assert f"stopped by {sig.name}" in err and "Traceback" not in err
+    assert not (run / "checkpoint.json").exists()
+    # The hint it prints works although no stage had finished: the run starts over.
+    assert f"mtg train --resume {run}" in err
+    rerun = mtg(tmp_path, "train", "--resume", str(run), "--no-progress")
+    _, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, err
+    res = json.loads((run / "results.json").read_text())
+    assert res["status"] == "complete"
+    assert {k: res[k] for k in COMPARED} == {k: reference[k] for k in COMPARED}

@@ -67,8 +67,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[MetaConfig, bool]:
         if args.out and args.out != args.resume:
             raise UserError("give either --out (new run) or --resume RUN_DIR, not both")
         rd = RunDir(args.resume)
-        if not rd.config_path.exists() or not rd.checkpoint_path.exists():
-            raise UserError(f"{rd.path} has no config.json and checkpoint.json to resume from")
+        # No checkpoint yet (stopped before the first stage finished, e.g. while the engine
+        # started): the resumed run starts at the beginning with the stored settings.
+        if not rd.config_path.exists():
+            raise UserError(f"{rd.path} has no config.json to resume from")
         stored = read_json(rd.config_path).get("train")
         if not isinstance(stored, dict):
             raise UserError(f"{rd.config_path} is not the config of an mtg train run")
