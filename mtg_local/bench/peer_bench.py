@@ -59,7 +59,6 @@ from engines.base import Engine
 from engines.errors import UserError
 from mtg_local.bench.inner_loop_bench import InnerLoopBenchConfig, _warmup_requests, build_items, reset_prefix_cache
 from mtg_local.bench.textgrad_peer import run_textgrad
-from mtg_local.bench.vllm_server import sum_counters
 from mtg_local.inner_loop import Trajectory, solution_optimization
 from mtg_local.tasks import Task, get_task
 
@@ -120,17 +119,6 @@ class PeerBenchConfig:
             raise ValueError(f"server_concurrency must be integers >= 1 (or None), got {self.server_concurrency!r}")
         if not self.server_timeout_s > 0:
             raise ValueError(f"server_timeout_s must be > 0, got {self.server_timeout_s!r}")
-
-
-def engine_counters(engine: Engine) -> dict[str, float] | None:
-    """vLLM's counters of an in-process engine now, or None where it has none."""
-    llm = getattr(engine, "_llm", None)
-    if llm is None or not hasattr(llm, "get_metrics"):
-        return None
-    try:
-        return sum_counters((m.name, m.value) for m in llm.get_metrics() if isinstance(getattr(m, "value", None), (int, float)))
-    except Exception:  # metrics are optional (disabled stats, other builds)
-        return None
 
 
 def _settled(read: Callable[[], dict[str, float] | None], before: dict[str, float] | None,

@@ -18,8 +18,14 @@ from collections.abc import Sequence
 
 from engines.base import Engine, GenRequest, GenResult, Message, SamplingConfig
 from mtg_local.prompts import chained_prompts as C
-from mtg_local.prompts import textgrad_prompts as P
-from mtg_local.textgrad.ops import Samplings, _check_len, backward_with, generate_in_prefix_order, per_item
+from mtg_local.textgrad.ops import (
+    Samplings,
+    _check_len,
+    backward_with,
+    generate_in_prefix_order,
+    loss_output,
+    per_item,
+)
 from mtg_local.textgrad.optimizer import TextualGradientDescent
 from mtg_local.textgrad.variable import Gradient, LossContext, Variable
 
@@ -74,12 +80,7 @@ def loss(
         ctx = LossContext(
             evaluated=v, loss_prompt=lp, loss_input=m[-1].content, context=question, system_prompt=system, messages=m
         )
-        out.append(
-            Variable(
-                r.text, P.EVALUATION_ROLE, requires_grad=False, error=r.error, loss_context=ctx,
-                finish_reason=r.finish_reason,
-            )
-        )
+        out.append(loss_output(ctx, r))
     return out
 
 

@@ -148,16 +148,18 @@ def loss(
     system = P.LOSS_SYSTEM_PROMPT
     requests = [GenRequest.chat(u, system=system, sampling=sp, id=rid) for u, sp, rid in zip(inputs, sams, ids)]
     results = generate_in_prefix_order(engine, requests)
-    out = []
-    for v, q, lp, u, r in zip(variables, questions, loss_prompts, inputs, results):
-        ctx = LossContext(evaluated=v, loss_prompt=lp, loss_input=u, context=q, system_prompt=system)
-        out.append(
-            Variable(
-                r.text, P.EVALUATION_ROLE, requires_grad=False, error=r.error, loss_context=ctx,
-                finish_reason=r.finish_reason,
-            )
-        )
-    return out
+    return [
+        loss_output(LossContext(evaluated=v, loss_prompt=lp, loss_input=u, context=q, system_prompt=system), r)
+        for v, q, lp, u, r in zip(variables, questions, loss_prompts, inputs, results)
+    ]
+
+
+def loss_output(context: LossContext, result: GenResult) -> Variable:
+    """The evaluation variable of one loss call (any prompt layout): no gradient, points back at the answer."""
+    return Variable(
+        result.text, P.EVALUATION_ROLE, requires_grad=False, error=result.error, loss_context=context,
+        finish_reason=result.finish_reason,
+    )
 
 
 def backward(
