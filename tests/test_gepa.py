@@ -285,33 +285,44 @@ def test_report_puts_gepa_beside_copro_and_miprov2_with_no_paper_number(tmp_path
 
 
 # -- the bundled model --------------------------------------------------------------
-@pytest.mark.vllm
-def test_gepa_smallest_budget_on_the_bundled_model(vllm_engine, tmp_path, capsys):  # noqa: ANN001
-    """``mtg baseline --method gepa`` at its smallest budget (the seed's validation + one reflection)."""
-    flags = ["--task", "synthetic_word_sorting", "--limit", "3", "--seeds", "0,1", "--max-tokens", "96",
+@pytest.mark.vllm  # ~1 min on the quiet 2-core machine (the engine start is the session's)
+def test_gepa_smallest_budget_on_the_bundled_model(vllm_engine, tmp_path):  # noqa: ANN001
+    """``mtg baseline --method gepa`` at its smallest budget: the seed's validation, then one reflection.
+
+    2 questions per split, 2 test seeds, no JSON-adapter retries (an unparsable completion is scored on
+    its raw text and reaches the reflection as a format failure): about 10 task requests, 1 reflection.
+    """
+    flags = ["--task", "synthetic_word_sorting", "--limit", "2", "--seeds", "0,1", "--max-tokens", "96",
              "--optimizer-max-tokens", "128"]
-    gepa_args = cli.build_parser().parse_args(["baseline", "--method", "gepa", *flags, "--max-metric-calls", "4",
-                                               "--num-threads", "8", "--out", str(tmp_path / "gepa")])
+    gepa_args = cli.build_parser().parse_args([
+        "baseline", "--method", "gepa", *flags, "--max-metric-calls", "3", "--reflection-minibatch-size", "2",
+        "--no-json-fallback", "--num-threads", "4", "--out", str(tmp_path / "gepa")])
     res = run_baseline(config_from_args(gepa_args), engine=vllm_engine)
     assert res["status"] == "complete", res.get("error")
     assert 0.0 <= res["test_accuracy"]["mean"] <= 1.0 and res["learned"]["system_prompt"]
     roles = res["usage_by_role"]
-    assert roles["reflection"]["requests"] <= 2 and roles["task"]["requests"] >= 6
-    assert res["optimizer_details"]["metric_calls"] >= 4
+    assert roles["reflection"]["requests"] in (1, 2)  # one reflection (GEPA retries a failed one once)
+    assert roles["task"]["requests"] >= 6 and roles["test"]["requests"] == 4
+    assert sum(u["requests"] - u["cache_hits"] for u in roles.values()) == res["engine_usage"]["requests"] - \
+        res["engine_usage"]["cache_hits"]  # every request the engine served is in exactly one role
+    assert res["history"][0]["source"] == "seed" and res["optimizer_details"]["metric_calls"] >= 3
     assert (tmp_path / "gepa" / INSTRUCTION_FILE).read_text().strip() == res["learned"]["system_prompt"].strip()
     print(f"GEPA on the bundled model: wall {res['wall_s']} s, usage by role {json.dumps(roles)}, "
-          f"history {json.dumps(res['history'])[:1500]}")
+          f"coalescer {json.dumps(res['coalescer'])}, history {json.dumps(res['history'])[:800]}")
 
-    # A zero-shot run of the same protocol flags: one hash, one report table with a GEPA row.
-    eval_args = cli.build_parser().parse_args(["eval", "--method", "zero_shot_cot", *flags, "--no-progress",
-                                               "--out", str(tmp_path / "zs")])
-    from mtg_local.commands.eval import run_eval
-
-    zs = run_eval(eval_args, engine=vllm_engine)
+    # Its protocol is the one every other method records for the same flags (COPRO, MIPROv2, an eval) ...
+    for other in (["--method", "copro"], ["--method", "miprov2"]):
+        args = cli.build_parser().parse_args(["baseline", *other, *flags, "--out", "x"])
+        assert protocol_hash(config_from_args(args).protocol) == res["protocol_hash"]
+    # ... so a zero-shot run with those flags (a scripted engine: the hash does not depend on it) shares its
+    # report table's protocol, where GEPA has its own row.
+    assert cli.main(["eval", "--method", "zero_shot_cot", *flags, "--engine", "fake", "--no-progress",
+                     "--out", str(tmp_path / "zs")]) == 0
+    zs = json.loads((tmp_path / "zs" / "results.json").read_text())
     assert zs["protocol_hash"] == res["protocol_hash"]
     assert cli.main(["report", str(tmp_path / "gepa"), str(tmp_path / "zs"), "--out", str(tmp_path / "rep"),
                      "--no-plots"]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| GEPA (DSPy) |"))
     assert f"{100 * res['test_accuracy']['mean']:.1f} ± " in row
-    assert res["protocol_hash"] in md and "Left out" not in md
+    assert "another protocol" not in md and "Left out" not in md

@@ -104,7 +104,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("optimization (method settings, not protocol)")
     g.add_argument("--optimization-seed", type=int, default=0, help="seed of the optimization run (default: 0)")
     g.add_argument("--prompt-temperature", type=float, default=None,
-                   help="DSPy's prompt model (default: the protocol's --optimizer-temperature if given, else 0.7)")
+                   help="DSPy's prompt / GEPA's reflection model (default: the protocol's --optimizer-temperature "
+                        "if given, else 0.7; GEPA 1.0)")
     g = p.add_argument_group("prompt_opt (TextGrad)")
     g.add_argument("--batch-size", type=int, default=3, help="default: %(default)s")
     g.add_argument("--epochs", type=int, default=3, help="default: %(default)s")
