@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,13 @@ def test_feedback_text_names_the_gold_answer_and_what_was_extracted():
     assert score == 0.0 and "'zebra apple'" in fb and repr(ex.answer) in fb
     score, fb = feedback_text(TASK, "I cannot sort these.", ex)
     assert score == 0.0 and "no answer could be read" in fb and repr(ex.answer) in fb
+
+
+def test_role_costs_are_priced_for_api_engines_only():
+    from mtg_local.commands.baseline import spec_cost
+
+    assert spec_cost("openai:gpt-4o-mini", {"prompt_tokens": 1_000_000, "completion_tokens": 1_000_000}) == 0.75
+    assert spec_cost("vllm:bundled", {"prompt_tokens": 10, "completion_tokens": 10}) is None
 
 
 def test_config_validation_and_cli_errors(capsys):
@@ -262,9 +270,16 @@ args:
     res = json.loads((tmp_path / "runs/g/synthetic_word_sorting/gepa/fake/results.json").read_text())
     assert res["method"] == "gepa" and res["status"] == "complete"
     assert res["config"]["method_config"]["max_metric_calls"] == 4
-    sh = subprocess.run(["bash", "-c", f"source {REPO / 'slurm/lib/mtg_job.sh'} && mtg_command_for gepa"],
-                        capture_output=True, text=True)
-    assert sh.stdout.strip() == "baseline", sh.stderr
+    # The single-run SLURM template's script, run by bash (no SLURM daemons needed for the method mapping).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(MTG_CHECKOUT=str(REPO), MTG_VENV=str(Path(sys.executable).parents[1]), PYTHONPATH=str(REPO),
+               MTG_ENGINE="fake", MTG_TP="1", MTG_TASK="synthetic_word_sorting", MTG_METHOD="gepa", MTG_SEEDS="0",
+               MTG_ARGS="--limit 2 --max-metric-calls 3 --num-threads 2", MTG_RUN_DIR=str(tmp_path / "sbatch"))
+    job = subprocess.run(["bash", str(REPO / "slurm/mtg_gpu.sbatch")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert job.returncode == 0, job.stderr[-2000:]
+    assert "mtg baseline --task synthetic_word_sorting --method gepa" in job.stdout + job.stderr
+    assert json.loads((tmp_path / "sbatch" / "results.json").read_text())["method"] == "gepa"
 
 
 def test_report_puts_gepa_beside_copro_and_miprov2_with_no_paper_number(tmp_path):

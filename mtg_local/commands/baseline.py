@@ -302,13 +302,10 @@ def run_baseline(
 
 
 def spec_cost(spec: str, usage: dict[str, Any]) -> float | None:
-    """Estimated USD of ``usage``'s tokens on an ``openai:`` engine spec; None for local or unpriced models."""
-    from engines.pricing import estimate_cost
+    """Estimated USD of ``usage``'s tokens on engine ``spec``; None for local or unpriced models."""
+    from engines.pricing import estimate_spec_cost
 
-    backend, _, model = spec.partition(":")
-    if backend != "openai":
-        return None
-    return estimate_cost(model, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+    return estimate_spec_cost(spec, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
 
 
 def run_cost(specs: dict[str, str], meter: UsageMeter) -> float | None:
