@@ -4,7 +4,9 @@
   the trained variable), on our batched TextGrad operations;
 * ``copro`` / ``miprov2``: DSPy's COPRO and MIPROv2 run by the real DSPy
   library on our engines (``engines.adapters.dspy_lm``), with the shared
-  program, metric and batched test evaluation in ``dspy_program``.
+  program, metric and batched test evaluation in ``dspy_program``;
+* ``gepa``: DSPy's GEPA (reflective prompt evolution, later than the paper)
+  the same way, with a feedback metric from the task's scoring.
 
 The DSPy modules import dspy; import them only when a DSPy method is asked for.
 """

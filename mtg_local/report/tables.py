@@ -21,10 +21,10 @@ from mtg_local.metrics import summarize
 from mtg_local.report.collect import Collection, RunRecord, protocol_groups
 from mtg_local.report.paper_reference import PAPER_LABEL, PAPER_SOURCE, PAPER_TASKS, canonical_task, paper_accuracy
 
-#: (group heading, methods) in the paper's row order; "joint" is this project's addition.
+#: (group heading, methods) in the paper's row order; "joint" and "gepa" are this project's additions.
 ROW_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Zero-shot", ("zero_shot_cot",)),
-    ("Prompt optimizers", ("copro", "miprov2", "prompt_opt")),
+    ("Prompt optimizers", ("copro", "miprov2", "gepa", "prompt_opt")),
     ("Inference time optimizers", ("solution_opt",)),
     ("Meta-learned inference time optimizers", ("learned_loss", "maml", "reptile", "joint")),
 )
@@ -32,6 +32,7 @@ METHOD_LABELS = {
     "zero_shot_cot": "Zero-Shot CoT",
     "copro": "COPRO",
     "miprov2": "MIPROv2",
+    "gepa": "GEPA (DSPy)",
     "prompt_opt": "Prompt Optimization (TextGrad)",
     "solution_opt": "Solution Optimization (TextGrad)",
     "learned_loss": "metaTextGrad (Learned Loss)",
@@ -40,6 +41,8 @@ METHOD_LABELS = {
     "joint": "metaTextGrad (Joint)",
 }
 _METHOD_ORDER = [m for _, ms in ROW_GROUPS for m in ms]
+#: Rows the paper does not have: printed only when a run of them is present (paper column "—").
+_NOT_IN_PAPER = ("joint", "gepa")
 _TASK_ORDER = list(PAPER_TASKS)
 
 
@@ -100,10 +103,10 @@ def ordered_methods(methods: Iterable[str]) -> list[str]:
 
 
 def _row_methods(present: set[str]) -> list[tuple[str, list[str]]]:
-    """Groups to print: every paper method, joint/others only when present."""
+    """Groups to print: every paper method, joint/gepa/others only when present."""
     groups = []
     for heading, methods in ROW_GROUPS:
-        ms = [m for m in methods if m in present or m != "joint"]
+        ms = [m for m in methods if m in present or m not in _NOT_IN_PAPER]
         groups.append((heading, ms))
     extra = sorted(present - set(_METHOD_ORDER))
     if extra:
