@@ -83,7 +83,8 @@ def accuracy_plot(runs: list[RunRecord], engine: str, out: Path) -> Path:
     ax.set_xticks(range(len(tasks)), labels, fontsize=8)
     ax.set_xlim(-0.5, len(tasks) - 0.5)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 110)  # room for the value printed above a 100 % bar
+    ax.set_yticks(range(0, 101, 20))
     ax.set_title(f"Test accuracy per task and method (± std over seeds) — {engine}", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     lines = max((lb.count("\n") + 1 for lb in labels), default=1)
@@ -113,8 +114,7 @@ def transfer_heatmap(table: TransferTable, out: Path) -> Path:
                 grid[i, j] = 100 * cell.mean
                 text[i][j] = f"{100 * cell.mean:.1f}\n± {100 * cell.std:.1f}"
     fig, ax = plt.subplots(figsize=(2.6 + 1.7 * len(table.columns), 1.4 + 0.6 * len(row_names)))
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("0.9")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.9")  # grey: nothing ran there
     im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=100, aspect="auto")
     for i in range(len(row_names)):
         for j in range(len(table.columns)):
