@@ -207,7 +207,29 @@ def test_from_run_on_the_bundled_model(vllm_engine, tmp_path: Path):  # noqa: AN
     assert applied["status"] == by_hand["status"] == "complete"
     assert applied["engine_usage"]["calls"] == 4  # 1 + 3T phases, T = 1
     assert by_hand["engine_usage"]["calls"] == 0
-    assert by_hand["engine_usage"]["cache_hits"] == by_hand["engine_usage"]["requests"] == applied["engine_usage"]["requests"]
+    usage = by_hand["engine_usage"]
+    assert usage["cache_hits"] == usage["requests"] == applied["engine_usage"]["requests"]
     assert by_hand["test_accuracy"] == applied["test_accuracy"]
     assert applied["source"]["task"] == "synthetic_word_sorting" and applied["source"]["engine"] == "vllm:bundled"
     assert applied["source"]["prompts_hash"] == prompts_hash({"loss_prompt": learned}) and "source" not in by_hand
+
+
+def test_example_report_script_on_the_fake_engine(tmp_path: Path):
+    """scripts/make_example_report.py end to end on the fake engine: every command parses and runs,
+    the report has the transfer table with the multi-task row, a rerun skips what is complete."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_example_report", FIXTURES.parent.parent / "scripts"
+                                                  / "make_example_report.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    argv = ["--runs", str(tmp_path / "runs"), "--engine", "fake", "--out", str(tmp_path / "report")]
+    assert script.main(argv) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "Word Sorting + MMLU Machine Learning · fake · metaTextGrad (Learned Loss)" in md
+    assert (tmp_path / "report" / "plots" / "transfer_solution_opt.png").exists()
+    col = collect([tmp_path / "runs"])
+    assert len(col.runs) == 9 and not col.problems and len({r.protocol_hash for r in col.runs}) == 1
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("results.json")}
+    assert script.main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # complete runs are not run again

@@ -160,8 +160,9 @@ def history_plot(runs: list[RunRecord], engine: str, out: Path) -> Path | None:
                 best = max(vals) if best is None else max(best, *vals)
             if best is not None:
                 line.append((step, best))
+        tasks = " + ".join(task_label(t) for t in r.task.split(","))  # several for a multi-task run
         ax.plot([s for s, _ in line], [v for _, v in line], color=color,
-                label=f"{' + '.join(task_label(t) for t in r.task.split(','))} · {METHOD_LABELS.get(r.method, r.method)}")
+                label=f"{tasks} · {METHOD_LABELS.get(r.method, r.method)}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("outer step")
     ax.set_ylabel("validation accuracy (%)")

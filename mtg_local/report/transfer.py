@@ -94,7 +94,8 @@ def transfer_tables(runs: list[RunRecord], protocol_hash: str = "") -> list[Tran
             if sum(v == labels[rid] for v in labels.values()) > 1:
                 labels[rid] = f"{source_label(sources[rid])} (run {rid[:6]})"
         cells = {k: _merge(v, (k[1][1], k[1][0], method)) for k, v in items.items()}
-        reference = {c: reference_cells[(c[1], c[0], method)] for c in columns if (c[1], c[0], method) in reference_cells}
+        reference = {c: reference_cells[(c[1], c[0], method)] for c in columns
+                     if (c[1], c[0], method) in reference_cells}
         tables.append(TransferTable(protocol_hash, method, [sources[r] for r in row_ids], labels, columns, cells,
                                     reference))
     return tables
@@ -108,7 +109,8 @@ def transfer_markdown(t: TransferTable) -> str:
     """The markdown of one transfer table, with its heading and how to read it."""
     method = METHOD_LABELS.get(t.method, t.method)
     header = ["Learned on (task · model · method) \\ applied to"] + [column_label(c) for c in t.columns]
-    rows = [["*Initial prompt (reference)*"] + [t.reference[c].text() if c in t.reference else "—" for c in t.columns]]
+    rows = [["*Initial prompt (reference)*"]
+            + [t.reference[c].text() if c in t.reference else "—" for c in t.columns]]
     for src in t.rows:
         rows.append([t.row_labels[src.run_id]] + [
             t.cells[(src.run_id, c)].text() if (src.run_id, c) in t.cells else "—" for c in t.columns])
@@ -139,5 +141,6 @@ def transfer_csv(col: Collection) -> str:
                     w.writerow([h, t.method, src.run_id, "+".join(x for x, _ in src.tasks), src.engine, src.method,
                                 src.prompts_hash, c[0], c[1], f"{100 * cell.mean:.2f}", f"{100 * cell.std:.2f}",
                                 cell.n_seeds, "" if ref is None else f"{100 * ref.mean:.2f}",
-                                "" if ref is None else f"{100 * ref.std:.2f}", ";".join(str(r.path) for r in cell.runs)])
+                                "" if ref is None else f"{100 * ref.std:.2f}",
+                                ";".join(str(r.path) for r in cell.runs)])
     return buf.getvalue()
