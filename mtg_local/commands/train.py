@@ -159,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
         "run_dir": config.out,
         "method": config.method,
         "test_accuracy": {"mean": acc["mean"], "std": acc["std"]},
+        **({"test_accuracy_per_task": {t: r["test_accuracy"]["mean"] for t, r in results["per_task"].items()}}
+           if results.get("per_task") else {}),
         "initial_val_accuracy": results["initial_val_accuracy"],
         "best_val_accuracy": results["best_val_accuracy"],
         "best_step": results["best_step"],
