@@ -198,7 +198,7 @@ def test_unparsable_dspy_output_is_scored_on_raw_text():
 @pytest.mark.vllm
 def test_prompt_opt_tiny_real_run(vllm_engine, tmp_path):  # noqa: ANN001
     mc = PromptOptConfig(batch_size=2, epochs=1, max_steps=1)
-    protocol = Protocol(seeds=(0, 1), limit=2, max_tokens=96, optimizer_max_tokens=128)  # CI-sized calls
+    protocol = Protocol(seeds=(0, 1), limit=2, max_tokens=64, optimizer_max_tokens=64)  # CI-sized calls
     cfg = BaselineConfig(out=str(tmp_path / "po"), method="prompt_opt", method_config=mc, protocol=protocol,
                          no_cache=True)
     calls, requests = vllm_engine.usage.calls, vllm_engine.usage.requests
