@@ -40,8 +40,8 @@ def _configs(args: argparse.Namespace) -> dict[str, object]:
         "miprov2": MiproConfig(auto=None, num_candidates=2, num_trials=args.num_trials, max_bootstrapped_demos=1,
                                max_labeled_demos=1, data_aware_proposer=False, **common),
         "gepa": GepaConfig(auto=None, max_metric_calls=args.max_metric_calls or args.limit + 1, **common),
-        "prompt_opt": PromptOptConfig(batch_size=3, epochs=1, max_steps=args.max_steps, max_tokens=args.max_tokens,
-                                      optimizer_max_tokens=args.max_tokens),
+        # its sampling and token caps are the protocol's (main() sets --max-tokens there)
+        "prompt_opt": PromptOptConfig(batch_size=3, epochs=1, max_steps=args.max_steps),
     }
 
 

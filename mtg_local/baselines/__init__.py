@@ -1,7 +1,9 @@
 """Baselines of the paper's Table 2 beside zero-shot CoT and solution optimization.
 
 * ``prompt_optimization``: TextGrad prompt optimization (the system prompt is
-  the trained variable), on our batched TextGrad operations;
+  the trained variable) as TextGrad's evaluation script runs it, one engine
+  call per phase, its requests built by the installed ``textgrad``
+  (``prompt_opt_requests``);
 * ``copro`` / ``miprov2``: DSPy's COPRO and MIPROv2 run by the real DSPy
   library on our engines (``engines.adapters.dspy_lm``), with the shared
   program, metric and batched test evaluation in ``dspy_program``;

@@ -1,6 +1,7 @@
 """``mtg baseline``: TextGrad prompt optimization, COPRO, MIPROv2 or GEPA, then the test over seeds.
 
-``--method prompt_opt`` trains the forward system prompt with batched TextGrad
+``--method prompt_opt`` trains the forward system prompt as TextGrad's
+``evaluation/prompt_optimization.py`` does, phase-batched
 (``mtg_local.baselines.prompt_optimization``); ``copro``, ``miprov2`` and
 ``gepa`` run the real DSPy optimizers on our engines (``pip install -e '.[dspy]'``;
 GEPA's reflection model is ``--reflection-engine``, default the run's engine).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import sys
 import time
 from typing import Any
@@ -107,12 +109,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="DSPy's prompt / GEPA's reflection model (default: the protocol's --optimizer-temperature "
                         "if given, else 0.7; GEPA 1.0)")
     g = p.add_argument_group("prompt_opt (TextGrad)")
-    g.add_argument("--batch-size", type=int, default=3, help="default: %(default)s")
-    g.add_argument("--epochs", type=int, default=3, help="default: %(default)s")
+    g.add_argument("--batch-size", type=int, default=3, help="default: %(default)s (TextGrad's)")
+    g.add_argument("--epochs", type=int, default=3, help="default: %(default)s (TextGrad's)")
+    g.add_argument("--steps-per-epoch", type=int, default=4,
+                   help="minibatches per epoch (TextGrad breaks after the 4th); 0: whole epochs (default: %(default)s)")
     g.add_argument("--max-steps", type=int, default=None, help="stop after N minibatches")
     g.add_argument("--val-seeds", default="0", help="validation seeds (default: %(default)s)")
-    g.add_argument("--initial-system-prompt", default=None, metavar="TEXT|@FILE")
-    g.add_argument("--template", default=None, metavar="TEXT|@FILE", help=f"default: {DEFAULT_TEMPLATE!r}")
+    g.add_argument("--initial-system-prompt", default=None, metavar="TEXT|@FILE",
+                   help="default: TextGrad's BBH task description without its answer-format sentence")
+    g.add_argument("--template", default=None, metavar="TEXT|@FILE",
+                   help=f"answer prefix; '' for none, as TextGrad (default: {DEFAULT_TEMPLATE!r})")
     g = p.add_argument_group("DSPy (copro, miprov2, gepa)")
     g.add_argument("--num-threads", type=int, default=16, help="DSPy threads, coalesced into batches (default: %(default)s)")
     g.add_argument("--max-errors", type=int, default=None, help="DSPy error budget (default: unlimited)")
@@ -149,22 +155,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 def method_config_from_args(args: argparse.Namespace, protocol: Protocol = DEFAULT_PROTOCOL) -> Any:
     """The method's config dataclass from parsed arguments (imports dspy only for DSPy methods).
 
-    The task model's sampling (and prompt_opt's optimizer sampling) is the protocol's.
+    The task model's sampling is the protocol's (prompt_opt reads all of its sampling from
+    the protocol when it runs, so its config holds method settings only).
     """
     try:
         if args.method == "prompt_opt":
             from mtg_local.baselines.prompt_optimization import PromptOptConfig
 
-            extra = {}
-            if args.initial_system_prompt:
-                extra["initial_system_prompt"] = read_text_arg(args.initial_system_prompt, "--initial-system-prompt")
+            if importlib.util.find_spec("textgrad") is None:
+                raise UserError("--method prompt_opt needs textgrad; install it with: pip install textgrad")
+            template = read_text_arg(args.template, "--template")
             return PromptOptConfig(
-                batch_size=args.batch_size, epochs=args.epochs, max_steps=args.max_steps,
-                template=read_text_arg(args.template, "--template") or DEFAULT_TEMPLATE,
-                temperature=protocol.temperature, max_tokens=protocol.max_tokens,
-                optimizer_temperature=protocol.optimizer_temperature,
-                optimizer_max_tokens=protocol.optimizer_max_tokens, val_seeds=parse_seeds(args.val_seeds),
-                seed=args.optimization_seed, prefill_update_tag=protocol.prefill_update_tag, **extra,
+                batch_size=args.batch_size, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch or None,
+                max_steps=args.max_steps, template=DEFAULT_TEMPLATE if template is None else template,
+                initial_system_prompt=read_text_arg(args.initial_system_prompt, "--initial-system-prompt"),
+                val_seeds=parse_seeds(args.val_seeds), seed=args.optimization_seed,
             )
         prompt_t = args.prompt_temperature if args.prompt_temperature is not None else args.optimizer_temperature
         if prompt_t is None:
@@ -324,7 +329,7 @@ def _prompt_opt(cfg, task, splits, run_dir: RunDir, fwd: Engine, opt: Engine) ->
 
     mc = cfg.method_config
     res = optimize_system_prompt(
-        task, splits.train, splits.val, forward_engine=fwd, optimizer_engine=opt, config=mc,
+        task, splits.train, splits.val, forward_engine=fwd, optimizer_engine=opt, config=mc, protocol=cfg.protocol,
         on_step=lambda h: run_dir.log_event("prompt_opt_step", **{k: h.get(k) for k in ("step", "val_accuracy", "accepted")}),
     )
     outcome = evaluate(task, splits.test, method="zero_shot_cot", seeds=cfg.seeds, forward_engine=fwd,
