@@ -21,6 +21,10 @@ Running batch: a custom vLLM stat logger records
 their mean and max -- steps of an idle engine are not sampled, so the mean
 is over busy steps.
 
+Cancelling: ``cancel(tag)`` aborts every request of that caller still in
+flight (vLLM drops them from its batch); the caller's ``generate`` then
+raises. ``mtg grid`` does this for every cell when it is told to stop.
+
 Why a separate backend instead of an option of ``vllm:``: ``vllm.LLM`` and
 ``AsyncLLM`` are different vLLM classes with different lifecycles; the spec
 chooses the class, as every registry prefix does. ``identity()`` equals the
@@ -165,6 +169,7 @@ class AsyncVLLMEngine(Engine):
         self._events_lock = threading.Lock()
         self._ids = itertools.count()
         self._per_thread = threading.local()  # backend calls of this thread's last generate()
+        self._batches: dict[str, set[asyncio.Task[Any]]] = {}  # caller tag -> its batches in flight (loop only)
         self._loop = BackgroundLoop(name="mtg-vllm-async")
         factory = _stat_logger_factory(self._sampler)
 
@@ -251,8 +256,33 @@ class AsyncVLLMEngine(Engine):
 
     async def _run_batch(self, tag: str, prompts: list[Any], params: list[Any]) -> list[Any]:
         """Submits every request at once and gathers them; per-request exceptions are returned."""
-        return list(await asyncio.gather(*(self._one(tag, p, sp) for p, sp in zip(prompts, params)),
-                                         return_exceptions=True))
+        me = asyncio.current_task()
+        assert me is not None
+        self._batches.setdefault(tag, set()).add(me)
+        try:
+            return list(await asyncio.gather(*(self._one(tag, p, sp) for p, sp in zip(prompts, params)),
+                                             return_exceptions=True))
+        finally:
+            self._batches[tag].discard(me)
+
+    def cancel(self, tag: str) -> int:
+        """Aborts every request of caller ``tag`` in flight; returns how many of its batches were cancelled.
+
+        Their ``generate()`` calls raise ``EngineError``. Safe from any thread but the loop's.
+        """
+        if self._llm is None:
+            return 0
+
+        async def _cancel() -> int:
+            batches = list(self._batches.get(tag, ()))
+            for t in batches:
+                t.cancel()  # gather cancels each request; vLLM's generate() aborts it in the engine
+            return len(batches)
+
+        try:
+            return self._loop.run(_cancel(), timeout=30)
+        except Exception:  # noqa: BLE001 - loop closed or engine gone: nothing left to cancel
+            return 0
 
     async def _one(self, tag: str, prompt: Any, params: Any) -> Any:
         from vllm.v1.engine.exceptions import EngineDeadError
@@ -267,6 +297,9 @@ class AsyncVLLMEngine(Engine):
                 final = out
         except EngineDeadError:
             ev.error, ev.finished = "engine dead", time.time()
+            raise
+        except asyncio.CancelledError:
+            ev.error, ev.finished = "cancelled", time.time()
             raise
         except Exception as e:  # this request alone (validation, abort): an error result
             ev.error, ev.finished = f"{type(e).__name__}: {e}", time.time()

@@ -163,6 +163,7 @@ def run_eval(
     *,
     engine: Engine | None = None,
     optimizer_engine: Engine | None = None,
+    stop: StopFlag | None = None,
 ) -> dict[str, Any]:
     """Runs one evaluation and writes the run dir; returns the results.json body.
 
@@ -171,6 +172,9 @@ def run_eval(
         engine: a ready forward engine (not closed here); default: built from the spec.
         optimizer_engine: a ready optimizer engine; default: built from
             --optimizer-engine if it names another spec, else the forward engine.
+        stop: the stop flag to honour (``mtg grid`` passes its own, set by its
+            signal handlers: signal handlers exist only in the main thread);
+            default: a new one set by SIGUSR1/SIGTERM/SIGINT.
     """
     cfg = args_or_config if isinstance(args_or_config, EvalConfig) else EvalConfig.from_args(args_or_config)
     if cfg.schedule == "item" and cfg.method == "solution_opt":  # before a model is loaded
@@ -194,7 +198,7 @@ def run_eval(
             task=task, method=cfg.method, seeds=cfg.seeds, split=cfg.split, n_questions=len(examples),
             config=config, started_at=started, protocol=cfg.protocol, **engines.specs, schedule=cfg.schedule,
         )
-        stop = StopFlag()
+        stop = stop if stop is not None else StopFlag()
         try:
             with stop_on_signals(stop, abort_on=ALL_STOP_SIGNALS):  # no boundary to wait for
                 outcome = evaluate(

@@ -5,9 +5,13 @@ Each cell is the same run as its array-mode job (same ``mtg eval``/``train``/
 ``baseline`` arguments, run dir, lock, checkpoint, events, results.json,
 trajectories), run in a thread of this process on a view of one shared,
 long-lived engine (``mtg_local.grid``). Complete cells are skipped; a train
-cell with a checkpoint resumes. SIGUSR1/SIGTERM: train cells checkpoint,
-eval/baseline cells stop before their next engine call, exit 99 ("requeue
-me"; rerun the same command to continue).
+cell with a checkpoint resumes. SIGUSR1/SIGTERM/SIGINT (to this process or
+its whole process group, e.g. scancel): every running cell's requests in
+flight are abandoned at once, each unfinished cell records status
+"interrupted" (train cells keep their last checkpoint), complete cells stay
+complete, exit 99 ("requeue me"; 130 for SIGINT). Rerun the same command to
+continue: what the cells generated before is served from their caches. A
+signal while the shared engine starts ends the command at once (99/130).
 
 Exit status: 0 every cell complete (or skipped); 2 user error; 3 some cells
 failed (listed on stderr); 99 stopped on SIGUSR1/SIGTERM; 130 on SIGINT.
@@ -94,7 +98,7 @@ def build_cell(run: RunSpec, extra_opts: list[str]) -> GridCell:
         config = EvalConfig.from_args(args)
 
         def execute(engine: Engine, stop: StopFlag) -> dict[str, Any]:
-            return run_eval(config, engine=engine)
+            return run_eval(config, engine=engine, stop=stop)
 
     elif cmd == "train":
         from mtg_local.commands.train import config_from_args
@@ -113,7 +117,7 @@ def build_cell(run: RunSpec, extra_opts: list[str]) -> GridCell:
         bconfig = baseline_config(args)
 
         def execute(engine: Engine, stop: StopFlag) -> dict[str, Any]:
-            return run_baseline(bconfig, engine=engine)
+            return run_baseline(bconfig, engine=engine, stop=stop)
 
     else:  # METHOD_COMMANDS maps every method to one of the three
         raise UserError(f"grid cell {name}: unknown sub-command {cmd!r}")
@@ -145,18 +149,23 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     from engines.registry import parse_engine_opts
-    from mtg_local.runs.interrupt import stop_on_signals
+    from mtg_local.runs.interrupt import ALL_STOP_SIGNALS, stop_on_signals
 
     stop = StopFlag()
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    # Main thread: the handlers are the grid's; no signal aborts it at once (abort_on=()), so the
-    # cells can reach a checkpoint / phase boundary; the cells only poll the flag.
-    with stop_on_signals(stop, abort_on=()):
-        log(f"[grid] starting {shared_spec(entry.spec)} for {len(cells)} cells of {grid.name}")
-        engine = open_shared_engine(entry.spec, parse_engine_opts(opts_list))
-        try:
+    log(f"[grid] starting {shared_spec(entry.spec)} for {len(cells)} cells of {grid.name}")
+    # A signal during the engine's start (minutes for a large model) ends the command at once
+    # (Interrupted -> exit 99/130 in mtg_local.cli; the engine's watchdog reaps its processes).
+    engine: Engine | None = None
+    try:
+        with stop_on_signals(stop, abort_on=ALL_STOP_SIGNALS):
+            engine = open_shared_engine(entry.spec, parse_engine_opts(opts_list))
+        # Then the handlers only set the flag: the cells see it (their views abandon the calls in
+        # flight) and end "interrupted" by their own paths, while this thread collects them.
+        with stop_on_signals(stop, abort_on=()):
             report = run_cells(cells, engine, max_concurrent=args.max_concurrent, stop=stop, log=log)
-        finally:
+    finally:
+        if engine is not None:
             engine.close()
     summary = {"grid": grid.name, "engine_spec": entry.spec, "shared_engine": shared_spec(entry.spec),
                "max_concurrent": args.max_concurrent, **report.to_dict()}

@@ -12,12 +12,19 @@ makes the run's usual one ``generate()`` per phase, and the shared engine
 the phases of all running cells together.
 
 Cells whose results.json says "complete" are skipped. A cell that fails is
-recorded and the others go on. Stopping (``stop`` set, e.g. by SIGUSR1 /
-SIGTERM in the command): no new cell starts; train cells checkpoint at their
-next stage boundary (the same ``StopFlag`` ``run_train`` polls); eval and
-baseline cells, which have no checkpoint, stop before their next engine call
-(``CellStopped``) -- what they generated is in their cache, so a rerun
-replays it for free.
+recorded and the others go on.
+
+Stopping: one ``StopFlag`` (set by the command's SIGUSR1 / SIGTERM / SIGINT
+handler) reaches every cell. No new cell starts, and every running cell's
+engine call in flight is abandoned at once (its view polls the flag; the
+shared engine cancels that cell's requests where it can): SLURM kills a job
+``KillWait`` (~30 s) after SIGTERM, which a long phase would outlast. Each
+cell then ends "interrupted" by its run function's own path -- the same
+flag is handed to ``execute``, so an engine error caused by the signal
+(vLLM's engine core, in the same process group, dies of it first) is
+recognised as the interruption it is (``runs.interrupt.interruption``).
+Train cells keep the checkpoint of their last completed stage; every cell's
+finished generations are in its cache, so a rerun replays them for free.
 """
 
 from __future__ import annotations
@@ -33,16 +40,17 @@ from typing import Any
 from engines.base import Engine
 from engines.shared import EngineView
 from mtg_local.meta.outer_loop import Preempted
-from mtg_local.runs.interrupt import Interrupted, StopFlag
+from mtg_local.runs.interrupt import Interrupted, StopFlag, signal_name
 from mtg_local.runs.lock import RunDirLock
 from mtg_local.runs.run_dir import RunDir, read_json
 
 
 class CellStopped(Preempted):
-    """A stop was requested; an eval/baseline cell refused its next engine call.
+    """A stop was requested; the cell's engine call was refused or abandoned.
 
     A ``Preempted`` (an ``Interrupted``): the run records status "interrupted";
-    it has no checkpoint, but its cache replays what it generated on rerun.
+    a train cell keeps its last checkpoint, and every cell's cache replays what
+    it generated on rerun.
     """
 
 
@@ -55,10 +63,10 @@ class GridCell:
         run_dir: the run's directory.
         kind: "eval", "train" or "baseline".
         execute: ``execute(engine, stop) -> results`` runs the cell on ``engine``
-            (its view of the shared engine); ``stop`` is the grid's stop flag.
+            (its view of the shared engine); ``stop`` is the grid's stop flag,
+            which the run function must use as its own.
         spec: the engine spec the cell records (its grid entry's, e.g. ``vllm:bundled``).
-        checkpoints: True if the run polls ``stop`` and checkpoints (train);
-            others are stopped at their next engine call.
+        checkpoints: True if the run checkpoints (train): a rerun resumes it.
     """
 
     name: str
@@ -71,7 +79,7 @@ class GridCell:
 
 @dataclasses.dataclass
 class CellOutcome:
-    """What happened to one cell: status "complete", "skipped", "failed", "stopped" or "not_started"."""
+    """What happened to one cell: "complete", "skipped", "failed", "interrupted" or "not_started"."""
 
     name: str
     run_dir: str
@@ -157,6 +165,7 @@ def run_cells(
             ``engines.shared.shareable``). Not closed here.
         max_concurrent: most cells running at once (>= 1; 1 = one after another).
         stop: set to stop (see the module docstring); polled, never cleared.
+            Each cell's ``execute`` receives it.
         log: receives one progress line per cell event and engine totals.
 
     Returns:
@@ -187,7 +196,7 @@ def run_cells(
 
     def before_call() -> None:
         if stop:
-            raise CellStopped(f"stop requested (signal {stop.signal}); rerun the grid to continue", stop.signal)
+            raise CellStopped(f"stopped by {signal_name(stop.signal)}; rerun the grid to continue", stop.signal)
 
     def one(i: int) -> CellOutcome:
         cell = cells[i]
@@ -197,14 +206,14 @@ def run_cells(
         with lock:
             running[0] += 1
         progress(cell, f"start  {cell.name}")
-        view = EngineView(engine, tag=cell.name, spec=cell.spec or None,
-                          before_call=None if cell.checkpoints else before_call)
+        view = EngineView(engine, tag=cell.name, spec=cell.spec or None, before_call=before_call, watch=True)
         try:
             with RunDirLock(cell.run_dir):
                 RunDir(cell.run_dir).create().log_event("grid_cell", shared_engine=engine.spec, command=cell.kind)
                 results = cell.execute(view, stop)
-        except Interrupted as e:  # Preempted (train checkpointed), CellStopped (eval/baseline)
-            out = CellOutcome(cell.name, str(cell.run_dir), "stopped", wall_s=time.perf_counter() - c0, error=str(e))
+        except Interrupted as e:  # CellStopped, or the run's own interruption (engine died of the signal)
+            out = CellOutcome(cell.name, str(cell.run_dir), "interrupted", wall_s=time.perf_counter() - c0,
+                              error=str(e))
         except Exception as e:  # noqa: BLE001 - one cell's failure is its own; the grid goes on
             out = CellOutcome(cell.name, str(cell.run_dir), "failed", wall_s=time.perf_counter() - c0,
                               error=f"{type(e).__name__}: {e}")
@@ -228,7 +237,7 @@ def run_cells(
         try:
             while remaining:
                 # A timeout keeps the main thread responsive to signal handlers.
-                done, remaining = concurrent.futures.wait(remaining, timeout=0.5)
+                done, remaining = concurrent.futures.wait(remaining, timeout=0.2)
                 for f in done:
                     outcomes[futures[f]] = f.result()
         except KeyboardInterrupt:
