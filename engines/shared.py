@@ -162,6 +162,9 @@ class CoalescedEngine(Engine):
             raise AttributeError(name)
         return getattr(self.__dict__["inner"], name)
 
+    def probe(self) -> None:
+        self.inner.probe()
+
     def close(self) -> None:
         self.coalescer.close()
         self.inner.close()

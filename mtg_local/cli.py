@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from engines.errors import UserError
+from engines.errors import EngineUnreachableError, UserError
 from mtg_local.runs.interrupt import ALL_STOP_SIGNALS, Interrupted, StopFlag, signal_name, stop_on_signals
 
 # Modules that add sub-commands, in the order they appear in ``mtg --help``.
@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"mtg {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except EngineUnreachableError as e:  # the engine's probe before the first phase: nothing was run
+        print(f"mtg {args.command}: error: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"mtg {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -228,6 +228,7 @@ def run_baseline(
         stop = stop if stop is not None else StopFlag()
         try:
             with stop_on_signals(stop, abort_on=ALL_STOP_SIGNALS):  # no boundary to wait for
+                engines.probe()  # an engine that is not there: failed in seconds, not after every retry
                 if cfg.method == "prompt_opt":
                     body = _prompt_opt(cfg, task, splits, run_dir, engines.forward_run, engines.optimizer_run)
                 else:

@@ -201,6 +201,7 @@ def run_eval(
         stop = stop if stop is not None else StopFlag()
         try:
             with stop_on_signals(stop, abort_on=ALL_STOP_SIGNALS):  # no boundary to wait for
+                engines.probe()  # an engine that is not there: failed in seconds, not after every retry
                 outcome = evaluate(
                     task, examples, method=cfg.method, seeds=cfg.seeds, forward_engine=engines.forward_run,
                     optimizer_engine=engines.optimizer_run, config=cfg.inner, loss_prompt=cfg.loss_prompt, template=cfg.template, progress=cfg.progress,

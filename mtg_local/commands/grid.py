@@ -14,7 +14,9 @@ continue: what the cells generated before is served from their caches. A
 signal while the shared engine starts ends the command at once (99/130).
 
 Exit status: 0 every cell complete (or skipped); 2 user error; 3 some cells
-failed (listed on stderr); 99 stopped on SIGUSR1/SIGTERM; 130 on SIGINT.
+failed (listed on stderr), or the engine is not there (its probe failed: a
+refused connection, a model the server does not serve; no cell was started);
+99 stopped on SIGUSR1/SIGTERM; 130 on SIGINT.
 """
 
 from __future__ import annotations
@@ -160,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with stop_on_signals(stop, abort_on=ALL_STOP_SIGNALS):
             engine = open_shared_engine(entry.spec, parse_engine_opts(opts_list))
+            engine.probe()  # an engine that is not there: exit 3 in seconds, before any cell
         # Then the handlers only set the flag: the cells see it (their views abandon the calls in
         # flight) and end "interrupted" by their own paths, while this thread collects them.
         with stop_on_signals(stop, abort_on=()):

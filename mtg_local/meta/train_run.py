@@ -149,6 +149,8 @@ def run_train(
     try:
         with stop_on_signals(stop):
             try:
+                for e_own in own:  # an engine that is not there: failed in seconds (Engine.probe)
+                    e_own.probe()
                 state = loop.run()
             except BaseException as e:
                 intr = interruption(e, stop)
