@@ -8,6 +8,9 @@
   its answers are in the run's cache);
 * ``MTG_TEST_STATUS=DIR``: a held call touches ``DIR/held-<method>`` (the test waits for them).
 
+The spec takes ``scripted:``'s fields plus ``fail=MARKER``: every request whose text contains
+MARKER fails (an error result), e.g. ``holding:good=2;fail=FAILME``.
+
 With a hold set, the engine starts a child process standing in for vLLM's engine core (same
 process group: a group signal kills it, as it kills EngineCore). A held call ends when that
 child dies (``EngineError``, as vLLM's ``EngineDeadError`` mid-call) or when the caller's
@@ -26,7 +29,7 @@ from typing import Any
 
 from engines.base import GenRequest
 from engines.errors import EngineError
-from meta_fakes import ScriptedMetaEngine
+from meta_fakes import ScriptedMetaEngine, request_text
 
 
 class HoldingEngine(ScriptedMetaEngine):
@@ -44,6 +47,15 @@ class HoldingEngine(ScriptedMetaEngine):
         self.cancelled: set[str] = set()
         self._calls: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_spec(cls, model: str | None, **options: Any) -> HoldingEngine:
+        fields = dict(p.partition("=")[::2] for p in (model or "").split(";") if p)
+        marker = fields.pop("fail", "")
+        engine = super().from_spec(";".join(f"{k}={v}" for k, v in fields.items()), **options)
+        if marker:
+            engine.fail_if = lambda req: f"scripted failure ({marker})" if marker in request_text(req) else None
+        return engine
 
     def identity(self) -> dict[str, Any]:
         return {"backend": "scripted-meta"}  # the same cache entries as scripted:
@@ -76,8 +88,20 @@ class HoldingEngine(ScriptedMetaEngine):
             self.core.wait()
 
 
+class CountingEngine(ScriptedMetaEngine):
+    """``scripted:`` that counts how many were built in this process (``CountingEngine.built``)."""
+
+    built: list[str] = []
+
+    def __init__(self, good: set[tuple[int, str]] | None = None, **kw: Any) -> None:
+        super().__init__(good, **kw)
+        CountingEngine.built.append(self.spec)
+
+
 def register_holding() -> None:
-    """Makes ``holding:...`` specs (``scripted:``'s syntax) create a ``HoldingEngine`` (this process)."""
+    """Makes ``holding:...`` specs (``scripted:``'s syntax) create a ``HoldingEngine``, ``counting:...``
+    a ``CountingEngine`` (this process)."""
     from engines.registry import register
 
     register("holding", "grid_fakes:HoldingEngine")
+    register("counting", "grid_fakes:CountingEngine")

@@ -40,6 +40,7 @@ from typing import Any
 from engines.base import Engine
 from engines.shared import EngineView
 from mtg_local.meta.outer_loop import Preempted
+from mtg_local.runs.health import DEGRADED_SHARE, assess
 from mtg_local.runs.interrupt import Interrupted, StopFlag, signal_name
 from mtg_local.runs.lock import RunDirLock
 from mtg_local.runs.run_dir import RunDir, read_json
@@ -64,17 +65,21 @@ class GridCell:
         kind: "eval", "train" or "baseline".
         execute: ``execute(engine, stop) -> results`` runs the cell on ``engine``
             (its view of the shared engine); ``stop`` is the grid's stop flag,
-            which the run function must use as its own.
+            which the run function must use as its own. A cell with an
+            ``optimizer_spec`` is called ``execute(engine, stop, optimizer_engine=view)``.
         spec: the engine spec the cell records (its grid entry's, e.g. ``vllm:bundled``).
         checkpoints: True if the run checkpoints (train): a rerun resumes it.
+        optimizer_spec: another engine for the cell's optimizer phases
+            (``--optimizer-engine``); the grid shares one engine per such spec.
     """
 
     name: str
     run_dir: Path
     kind: str
-    execute: Callable[[Engine, StopFlag], dict[str, Any]]
+    execute: Callable[..., dict[str, Any]]
     spec: str = ""
     checkpoints: bool = False
+    optimizer_spec: str | None = None
 
 
 @dataclasses.dataclass
@@ -144,6 +149,16 @@ def engine_figures(engine: Engine, wall_s: float) -> dict[str, Any]:
     return out
 
 
+def _why(results: dict[str, Any]) -> str:
+    """Why a finished run is not complete, in ``runs.health``'s words (what failed, the first error)."""
+    health = assess(results.get("engine_usage") or {})
+    if health.ok:
+        return f"run {results.get('status')}: {results.get('error') or 'no error recorded'}"
+    what = "every request failed" if health.status == "failed" else f"more than {DEGRADED_SHARE:.0%} of the requests failed"
+    first = (health.first_error or "unknown error").replace("\n", " ")[:300]
+    return f"run {health.status}: {what} ({health.errors} of {health.requests}); first error: {first}"
+
+
 def _accuracy(results: dict[str, Any] | None) -> float | None:
     acc = (results or {}).get("test_accuracy") or (results or {}).get("accuracy")
     return acc.get("mean") if isinstance(acc, dict) else None
@@ -156,6 +171,7 @@ def run_cells(
     max_concurrent: int = 4,
     stop: StopFlag | None = None,
     log: Callable[[str], None] = print,
+    optimizer_engines: dict[str, Engine] | None = None,
 ) -> GridReport:
     """Runs ``cells`` on the shared ``engine``, at most ``max_concurrent`` at once.
 
@@ -163,6 +179,8 @@ def run_cells(
         cells: the grid's cells (any order; started in this order).
         engine: the shared engine; it must serve concurrent calls (see
             ``engines.shared.shareable``). Not closed here.
+        optimizer_engines: ``optimizer_spec`` -> the shared engine of the
+            cells with that optimizer spec (one per spec, not one per cell). Not closed here.
         max_concurrent: most cells running at once (>= 1; 1 = one after another).
         stop: set to stop (see the module docstring); polled, never cleared.
             Each cell's ``execute`` receives it.
@@ -207,10 +225,15 @@ def run_cells(
             running[0] += 1
         progress(cell, f"start  {cell.name}")
         view = EngineView(engine, tag=cell.name, spec=cell.spec or None, before_call=before_call, watch=True)
+        extra: dict[str, Any] = {}
+        if cell.optimizer_spec:
+            shared_opt = (optimizer_engines or {})[cell.optimizer_spec]
+            extra["optimizer_engine"] = EngineView(shared_opt, tag=cell.name, spec=cell.optimizer_spec,
+                                                   before_call=before_call, watch=True)
         try:
             with RunDirLock(cell.run_dir):
                 RunDir(cell.run_dir).create().log_event("grid_cell", shared_engine=engine.spec, command=cell.kind)
-                results = cell.execute(view, stop)
+                results = cell.execute(view, stop, **extra)
         except Interrupted as e:  # CellStopped, or the run's own interruption (engine died of the signal)
             out = CellOutcome(cell.name, str(cell.run_dir), "interrupted", wall_s=time.perf_counter() - c0,
                               error=str(e))
@@ -221,7 +244,7 @@ def run_cells(
             status = results.get("status", "complete")
             out = CellOutcome(cell.name, str(cell.run_dir), "complete" if status == "complete" else "failed",
                               accuracy=_accuracy(results), wall_s=time.perf_counter() - c0,
-                              error=None if status == "complete" else f"run status {status!r}",
+                              error=None if status == "complete" else _why(results),
                               usage=results.get("engine_usage"))
         with lock:
             running[0] -= 1
