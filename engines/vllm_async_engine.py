@@ -48,7 +48,7 @@ from engines.base import Capabilities, Engine, GenRequest, GenResult
 from engines.bundled import model_identity, resolve_model
 from engines.errors import EngineError
 from engines.loop_thread import BackgroundLoop
-from engines.process_guard import ProcessGuard, descendant_pids
+from engines.process_guard import ProcessGuard
 from engines.registry import config_from_options
 from engines.vllm_engine import (
     _SEED_NOTE_CPU,
@@ -178,14 +178,20 @@ class AsyncVLLMEngine(Engine):
             args = AsyncEngineArgs(**self.llm_kwargs)
             return AsyncLLM.from_engine_args(args, stat_loggers=[factory])
 
-        before = descendant_pids()
+        # As VLLMEngine: the engine core children die with this process, from before the load on.
+        guard = ProcessGuard.start()
         try:
             self._llm = self._loop.run(_start())
-        except (ValueError, RuntimeError) as e:
-            self._loop.close()
-            raise EngineError(f"vLLM (async) failed to start with {self.llm_kwargs}: {e}") from e
-        # As VLLMEngine: the engine core children die with this process (engines.process_guard).
-        self._guard = ProcessGuard.watch(descendant_pids() - before)
+        except BaseException as e:  # a failed or interrupted start: kill what it left
+            guard.close()
+            # After a failed start the loop is idle and closes at once; after a signal in this thread
+            # the start still occupies it: do not wait for that (the process is about to exit).
+            self._loop.close(timeout=2.0)
+            if isinstance(e, (ValueError, RuntimeError)):
+                raise EngineError(f"vLLM (async) failed to start with {self.llm_kwargs}: {e}") from e
+            raise
+        guard.settle()
+        self._guard = guard
         self._tokenizer = self._llm.get_tokenizer()
         self._prefix = PrefixCacheCounter()
         self.max_model_len = int(self._llm.model_config.max_model_len)

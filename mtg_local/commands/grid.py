@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     from engines.registry import parse_engine_opts
-    from mtg_local.runs.interrupt import ALL_STOP_SIGNALS, stop_on_signals
+    from mtg_local.runs.interrupt import ALL_STOP_SIGNALS, interruption, stop_on_signals
 
     stop = StopFlag()
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
@@ -172,13 +172,19 @@ def run(args: argparse.Namespace) -> int:
     engine: Engine | None = None
     optimizers: dict[str, Engine] = {}
     try:
-        with stop_on_signals(stop, abort_on=ALL_STOP_SIGNALS):
-            engine = open_shared_engine(entry.spec, parse_engine_opts(opts_list))
-            engine.probe()  # an engine that is not there: exit 3 in seconds, before any cell
-            for spec in optimizer_specs:  # the cells' engine options, as each cell alone would use
-                log(f"[grid] starting optimizer engine {shared_spec(spec)} for {optimizer_specs[spec]} cells")
-                optimizers[spec] = open_shared_engine(spec, parse_engine_opts(opts_list))
-                optimizers[spec].probe()
+        try:
+            with stop_on_signals(stop, abort_on=ALL_STOP_SIGNALS):
+                engine = open_shared_engine(entry.spec, parse_engine_opts(opts_list))
+                engine.probe()  # an engine that is not there: exit 3 in seconds, before any cell
+                for spec in optimizer_specs:  # the cells' engine options, as each cell alone would use
+                    log(f"[grid] starting optimizer engine {shared_spec(spec)} for {optimizer_specs[spec]} cells")
+                    optimizers[spec] = open_shared_engine(spec, parse_engine_opts(opts_list))
+                    optimizers[spec].probe()
+        except Exception as e:  # e.g. vLLM's start-up wrapped the Interrupted our handler raised in it
+            intr = interruption(e, stop, grace_s=0) if stop else None
+            if intr is None:
+                raise
+            raise intr from e
         # Then the handlers only set the flag: the cells see it (their views abandon the calls in
         # flight) and end "interrupted" by their own paths, while this thread collects them.
         with stop_on_signals(stop, abort_on=()):
