@@ -49,6 +49,16 @@ def require(module: str):  # noqa: ANN201
         skip_or_fail(f"{module} is not importable ({e})")
 
 
+def require_spec(module: str) -> None:
+    """Skips the caller if ``module`` cannot be found (fails under CI=true), without importing it.
+
+    For tests that run the module in a subprocess (``mtg`` on vLLM), where importing it
+    here would only cost time.
+    """
+    if importlib.util.find_spec(module) is None:
+        skip_or_fail(f"{module} is not installed")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     skip_full = pytest.mark.skip(reason="full-size real-model run: set MTG_TEST_FULL=1 (too slow for 2-core CI)")
     for item in items:
@@ -81,8 +91,7 @@ def _shared(engine):  # noqa: ANN001, ANN202
 @pytest.fixture(scope="session")
 def vllm_engine(bundled_model_path: Path):  # noqa: ANN201
     """vLLM engine on the bundled model with the CPU (or GPU) defaults, shared by all tests."""
-    if importlib.util.find_spec("vllm") is None:
-        skip_or_fail("vllm is not installed")
+    require_spec("vllm")
     from engines import create_engine
 
     engine = create_engine("vllm:bundled")

@@ -33,9 +33,10 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
+from proc_tree import Tree, engine_started
+from tests.conftest import require_spec
 from test_train_resume import cache_rows, compared, generated
 
 pytestmark = pytest.mark.vllm
@@ -51,10 +52,7 @@ TIMEOUT = 600
 
 @pytest.fixture(scope="module", autouse=True)
 def _needs_vllm(bundled_model_path):
-    import importlib.util
-
-    if importlib.util.find_spec("vllm") is None:
-        pytest.skip("vllm is not installed")
+    require_spec("vllm")  # a missing vllm fails under CI=true
 
 
 def mtg_train(*argv: str) -> subprocess.Popen:
@@ -88,45 +86,6 @@ def reference(tmp_path_factory) -> dict:
     return json.loads((out / "results.json").read_text())
 
 
-class Tree:
-    """Every process ever seen below ``proc`` (pid + start time), recorded while it runs."""
-
-    def __init__(self, proc: subprocess.Popen) -> None:
-        self.root = psutil.Process(proc.pid)
-        self.seen: dict[int, float] = {}
-
-    def record(self) -> None:
-        try:
-            for c in self.root.children(recursive=True):
-                self.seen.setdefault(c.pid, c.create_time())
-        except psutil.NoSuchProcess:
-            pass
-
-    def alive(self) -> list[int]:
-        out = []
-        for pid, t in self.seen.items():
-            try:
-                p = psutil.Process(pid)
-                if abs(p.create_time() - t) < 0.01 and p.status() != psutil.STATUS_ZOMBIE:
-                    out.append(pid)
-            except psutil.NoSuchProcess:
-                pass
-        return out
-
-    def wait_gone(self, timeout: float) -> list[int]:
-        deadline = time.time() + timeout
-        while self.alive() and time.time() < deadline:
-            time.sleep(0.1)
-        return self.alive()
-
-    def cleanup(self) -> None:  # never leave an engine behind, even when an assert failed
-        for pid in self.alive():
-            try:
-                psutil.Process(pid).kill()
-            except psutil.NoSuchProcess:
-                pass
-
-
 def wait_mid_step(proc: subprocess.Popen, run_dir: Path, tree: Tree, rows_floor: int = 0) -> dict:
     """Waits until the cache holds rows written after the last checkpoint (and above ``rows_floor``).
 
@@ -148,11 +107,6 @@ def wait_mid_step(proc: subprocess.Popen, run_dir: Path, tree: Tree, rows_floor:
             elif rows > seen[1]:
                 return {"step": step, "rows_at_checkpoint": seen[1]}
         time.sleep(0.02)
-
-
-def engine_started(tree: Tree) -> bool:
-    return any("EngineCore" in " ".join(psutil.Process(p).cmdline() or [psutil.Process(p).name()])
-               for p in tree.alive())
 
 
 def test_sigkill_mid_step_leaves_no_engine_and_resume_replays_the_cache(tmp_path, reference):

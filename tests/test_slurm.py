@@ -25,6 +25,7 @@ import pytest
 
 from mtg_local.runs.lock import RunDirLock, RunDirLockedError, is_locked
 from mtg_local.slurm import GridError, load_grid, parse_grid, plan
+from tests.conftest import require_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "slurm_local.sh"
@@ -160,10 +161,7 @@ def test_array_grid_two_tasks_two_methods_then_report(cluster, tmp_path):
 @pytest.mark.vllm
 def test_array_task_on_bundled_vllm(cluster, tmp_path):
     """One array task on the real vLLM engine with the bundled model (CPU; ~40 s start-up)."""
-    import importlib.util
-
-    if importlib.util.find_spec("engines.vllm_engine") is None or importlib.util.find_spec("vllm") is None:
-        pytest.skip("the vLLM engine (engines/vllm_engine.py) or the vllm package is not installed")
+    require_spec("vllm")  # a missing vllm fails under CI=true
     grid = {
         "name": "bundled", "runs_root": str(tmp_path / "runs"), "tasks": ["synthetic_word_sorting"],
         "methods": ["zero_shot_cot"], "engines": ["vllm:bundled"], "seeds": [0],

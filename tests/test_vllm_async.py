@@ -6,7 +6,6 @@ Real engine: run under the machine's engine lock, e.g.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import threading
 from pathlib import Path
@@ -18,6 +17,7 @@ from engines.shared import EngineView
 from mtg_local.commands.eval import EvalConfig, run_eval
 from mtg_local.protocol import DEFAULT_PROTOCOL
 from mtg_local.tasks import task_names
+from tests.conftest import require_spec
 
 pytestmark = pytest.mark.vllm
 TASK = "synthetic_word_sorting" if "synthetic_word_sorting" in task_names() else "word_sorting"
@@ -25,8 +25,7 @@ TASK = "synthetic_word_sorting" if "synthetic_word_sorting" in task_names() else
 
 @pytest.fixture(scope="module")
 def async_engine(bundled_model_path: Path):
-    if importlib.util.find_spec("vllm") is None:
-        pytest.skip("vllm is not installed")
+    require_spec("vllm")  # a missing vllm fails under CI=true
     from engines import create_engine
 
     # float32: bf16 kernels (the CPU default where the CPU has native bf16) round differently with

@@ -132,6 +132,20 @@ def build_cell(run: RunSpec, extra_opts: list[str]) -> GridCell:
                     checkpoints=cmd == "train", optimizer_spec=optimizer)
 
 
+def _write_request_events(engine: Engine, path: Any) -> str | None:
+    """The shared engine's own per-request timestamps (``vllm-async:``: submitted, first token,
+    finished, caller = cell), one JSON line each: they show which cells' requests were in flight
+    together. None for engines that keep none."""
+    events = getattr(engine, "events", None)
+    if not callable(events):
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(e) + "\n" for e in events()))
+    tmp.replace(path)
+    return str(path)
+
+
 def cell_state(run: RunSpec) -> str:
     if is_complete(run.run_dir):
         return "complete (skip)"
@@ -190,11 +204,12 @@ def run(args: argparse.Namespace) -> int:
         with stop_on_signals(stop, abort_on=()):
             report = run_cells(cells, engine, max_concurrent=args.max_concurrent, stop=stop, log=log,
                                optimizer_engines=optimizers)
+        requests_log = _write_request_events(engine, grid.runs_root / grid.name / f"grid-{entry.label}-requests.jsonl")
     finally:
         for e in [*optimizers.values(), *([engine] if engine is not None else [])]:
             e.close()
     summary = {"grid": grid.name, "engine_spec": entry.spec, "shared_engine": shared_spec(entry.spec),
-               "max_concurrent": args.max_concurrent, **report.to_dict()}
+               "max_concurrent": args.max_concurrent, **report.to_dict(), "request_events": requests_log}
     out = grid.runs_root / grid.name / f"grid-{entry.label}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, summary)

@@ -138,6 +138,7 @@ def engine_figures(engine: Engine, wall_s: float) -> dict[str, Any]:
     u = engine.usage
     out: dict[str, Any] = {
         "spec": engine.spec,
+        "dtype": getattr(engine, "dtype", None),
         "requests": u.requests,
         "completion_tokens": u.completion_tokens,
         "prompt_tokens": u.prompt_tokens,
