@@ -84,3 +84,30 @@ def test_cell_whose_every_request_fails_is_failed_and_the_others_complete(tmp_pa
     last = err.strip().splitlines()[-1]
     assert last.startswith("mtg grid: 1 of 3 cells failed; first: ") and "zero_shot_cot" in last
     assert "every request failed (6 of 6)" in last and "scripted failure (FAILME)" in last
+
+
+def test_engine_starts_are_counted_from_the_runs_own_events(tmp_path):
+    # What mtg bench grid reports as engine_starts (it was a constant: len(cells) / 1).
+    from mtg_local.runs.engine_events import engine_starts
+    from mtg_local.slurm import load_grid
+
+    register_holding()
+    methods = ["zero_shot_cot", "solution_opt", "learned_loss"]
+    opt = ["--optimizer-engine", "counting:good=2"]
+    g = grid_file(tmp_path, engine="holding:good=2", methods=methods, args={"eval": opt, "train": opt})
+    assert cli.main(["grid", str(g)]) == 0
+    grid_cells = [r.run_dir for r in load_grid(g).expand()]
+    counted = engine_starts(grid_cells)
+    assert counted["starts"] == 2 and counted["by_spec"] == {"holding:good=2": 1, "counting:good=2": 1}
+    # the same cells run alone: each run starts its own forward and optimizer engines
+    alone = []
+    for run in load_grid(g, runs_root=str(tmp_path / "alone")).expand():
+        assert cli.main([*run.argv, "--no-progress"]) == 0
+        alone.append(run.run_dir)
+    assert engine_starts(alone)["starts"] == 6
+    assert engine_starts([*grid_cells, *alone])["starts"] == 8
+    # a resumed run starts its engines again
+    train = next(d for d in alone if d.parent.name == "learned_loss")
+    (train / "results.json").unlink()
+    assert cli.main(["train", "--resume", str(train), "--no-progress"]) == 0
+    assert engine_starts([train])["starts"] == 4

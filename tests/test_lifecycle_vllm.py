@@ -3,8 +3,10 @@
 vLLM runs its engine core (and a worker) in child processes of ``mtg train``:
 
 * ``kill -9`` of the main process must not leave them running (they were
-  re-parented to init and kept 2.7 GB and a core busy); the resumed run then
-  starts a fresh engine and serves what the killed one finished from the cache.
+  re-parented to init and kept 2.7 GB and a core busy) -- neither mid-step nor
+  during the model load (the watchdog starts before the engine); the resumed
+  run then starts a fresh engine and serves what the killed one finished from
+  the cache.
 * SIGTERM / SIGINT to the whole process group reach the engine core too, which
   may die first; the run must still end "interrupted" (exit 99 / 130), not
   "failed", and resume to the same results as an uninterrupted run.
@@ -35,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from proc_tree import Tree, engine_started
+from proc_tree import Tree, engine_started, names
 from tests.conftest import require_spec
 from test_train_resume import cache_rows, compared, generated
 
@@ -107,6 +109,39 @@ def wait_mid_step(proc: subprocess.Popen, run_dir: Path, tree: Tree, rows_floor:
             elif rows > seen[1]:
                 return {"step": step, "rows_at_checkpoint": seen[1]}
         time.sleep(0.02)
+
+
+#: vLLM's log line when the engine has finished starting (model loaded, KV cache made, warm-up done).
+STARTED = "init engine (profile, create kv cache, warmup model) took"
+
+
+def test_sigkill_during_model_load_leaves_no_engine(tmp_path):
+    """The engine core is up and loading the model when the main process is killed (no finished load)."""
+    run = tmp_path / "run"
+    proc = mtg_train(*TRAIN, "--out", str(run))
+    tree = Tree(proc)
+    t0 = time.time()
+    try:
+        deadline = time.time() + TIMEOUT
+        while not engine_started(tree):
+            tree.record()
+            assert proc.poll() is None and time.time() < deadline, stderr_of(proc)[-3000:]
+            time.sleep(0.05)
+        time.sleep(1.0)  # the engine core is loading the model
+        tree.record()
+        assert STARTED not in stderr_of(proc), "the load finished before the kill: not a kill during the load"
+        running = names(tree)
+        proc.kill()
+        proc.wait()
+        t_kill = time.time()
+        left = tree.wait_gone(15)
+        gone_s = time.time() - t_kill
+        assert not left, f"alive 15 s after kill -9 during the load: {names(tree)}"
+    finally:
+        tree.cleanup()
+    print(f"\nvLLM kill -9 during the model load ({t_kill - t0:.1f} s after start): {len(running)} processes "
+          f"({', '.join(sorted(set(n.split()[0] for n in running.values())))}) gone {gone_s:.1f} s after the kill; "
+          f"left: {len(left)}")
 
 
 def test_sigkill_mid_step_leaves_no_engine_and_resume_replays_the_cache(tmp_path, reference):

@@ -17,22 +17,15 @@ from engines.shared import EngineView
 from mtg_local.commands.eval import EvalConfig, run_eval
 from mtg_local.protocol import DEFAULT_PROTOCOL
 from mtg_local.tasks import task_names
-from tests.conftest import require_spec
 
 pytestmark = pytest.mark.vllm
 TASK = "synthetic_word_sorting" if "synthetic_word_sorting" in task_names() else "word_sorting"
 
 
 @pytest.fixture(scope="module")
-def async_engine(bundled_model_path: Path):
-    require_spec("vllm")  # a missing vllm fails under CI=true
-    from engines import create_engine
-
-    # float32: bf16 kernels (the CPU default where the CPU has native bf16) round differently with
-    # the batch's size and mates, and this test compares runs alone with runs sharing the batch.
-    engine = create_engine("vllm-async:bundled", dtype="float32")
-    yield engine
-    engine.close()
+def async_engine(async_engine_f32):
+    # The session's float32 async engine (tests/conftest.py), shared with tests/test_grid_vllm.py.
+    return async_engine_f32
 
 
 def configs(root: Path) -> dict[str, EvalConfig]:

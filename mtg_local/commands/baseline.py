@@ -35,6 +35,7 @@ from mtg_local.protocol import DEFAULT_PROTOCOL, Protocol, load_task
 from mtg_local.runs.interrupt import ALL_STOP_SIGNALS, Interrupted, StopFlag, interruption, record_interruption
 from mtg_local.runs.interrupt import signal_name, stop_on_signals
 from mtg_local.runs.health import exit_code
+from mtg_local.runs.engine_events import log_engines
 from mtg_local.runs.lock import RunDirLock
 from mtg_local.runs.run_dir import RunDir
 from mtg_local.runs.secrets import public_engine_opts
@@ -222,6 +223,7 @@ def run_baseline(
         run_dir.write_config(config)
         run_dir.log_event("baseline_start", method=cfg.method, n_train=len(splits.train), n_val=len(splits.val),
                           n_test=len(splits.test), seeds=list(cfg.seeds))
+        log_engines(run_dir, forward=engines.forward, optimizer=engines.optimizer)
         meter = UsageMeter(engines.forward_run, engines.optimizer_run)
         common = dict(task=task, method=cfg.method, seeds=cfg.seeds, split="test", n_questions=len(splits.test),
                       config=config, started_at=started, protocol=cfg.protocol, **engines.specs)

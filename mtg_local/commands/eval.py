@@ -35,6 +35,7 @@ from mtg_local.protocol import DEFAULT_PROTOCOL, Protocol, load_task
 from mtg_local.runs.interrupt import ALL_STOP_SIGNALS, Interrupted, StopFlag, interruption, record_interruption
 from mtg_local.runs.interrupt import stop_on_signals
 from mtg_local.runs.health import exit_code
+from mtg_local.runs.engine_events import log_engines
 from mtg_local.runs.lock import RunDirLock
 from mtg_local.runs.run_dir import RunDir
 from mtg_local.runs.secrets import public_engine_opts
@@ -193,6 +194,7 @@ def run_eval(
         config = {**cfg.to_dict(), **engines.specs, "loss_prompt": cfg.loss_prompt or task.initial_loss_prompt}
         run_dir.write_config(config)
         run_dir.log_event("eval_start", method=cfg.method, n_questions=len(examples), seeds=list(cfg.seeds))
+        log_engines(run_dir, forward=engines.forward, optimizer=engines.optimizer)
         meter = UsageMeter(engines.forward_run, engines.optimizer_run)
         common = dict(
             task=task, method=cfg.method, seeds=cfg.seeds, split=cfg.split, n_questions=len(examples),
