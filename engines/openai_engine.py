@@ -61,7 +61,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from engines.base import Capabilities, Engine, GenRequest, GenResult
 from engines.errors import EngineError, EngineSpecError, UserError
-from engines.loop_thread import BackgroundLoop
+from engines.loop_thread import BackgroundLoop, CallerTasks
 from engines.openai_support import (
     MalformedResponse,
     Redactor,
@@ -200,7 +200,7 @@ class OpenAIEngine(Engine):
         self._prefill_detected: bool | None = None
         self._probed = False
         self._probe_lock = threading.Lock()
-        self._batches: dict[str, set[asyncio.Task[Any]]] = {}  # caller tag -> its batches in flight (loop only)
+        self._callers = CallerTasks()  # each caller's batches in flight, for cancel(tag)
         self._lock = threading.Lock()
         # One loop for the engine's lifetime: every caller's requests wait on one semaphore.
         self._loop: BackgroundLoop | None = None
@@ -243,19 +243,7 @@ class OpenAIEngine(Engine):
         """Drops every request of caller ``tag`` in flight or waiting for a slot; returns its batches cancelled."""
         with self._lock:
             loop = self._loop
-        if loop is None:
-            return 0
-
-        async def _cancel() -> int:
-            batches = list(self._batches.get(tag, ()))
-            for t in batches:
-                t.cancel()
-            return len(batches)
-
-        try:
-            return loop.run(_cancel(), timeout=30)
-        except Exception:  # noqa: BLE001 - loop closed: nothing in flight
-            return 0
+        return self._callers.cancel(loop, tag)
 
     def _background_loop(self) -> BackgroundLoop:
         with self._lock:
@@ -344,9 +332,6 @@ class OpenAIEngine(Engine):
         client = openai.AsyncOpenAI(
             api_key=self._secret, base_url=self._base_url, max_retries=0, timeout=self.config.timeout_s
         )
-        me = asyncio.current_task()
-        assert me is not None
-        self._batches.setdefault(tag, set()).add(me)
         try:
             needs_prefix = any(r.response_prefix and r.messages is not None for r in requests)
             prefill = await self._resolve_prefill(client) if needs_prefix else False
@@ -358,9 +343,9 @@ class OpenAIEngine(Engine):
                 async with slots:
                     return await self._one(client, req, prefill)
 
-            return list(await asyncio.gather(*(run_one(r) for r in requests)))
+            with self._callers.track(tag):
+                return list(await asyncio.gather(*(run_one(r) for r in requests)))
         finally:
-            self._batches[tag].discard(me)
             await client.close()
 
     async def _resolve_prefill(self, client: openai.AsyncOpenAI) -> bool:

@@ -47,7 +47,7 @@ from typing import Any
 from engines.base import Capabilities, Engine, GenRequest, GenResult
 from engines.bundled import model_identity, resolve_model
 from engines.errors import EngineError
-from engines.loop_thread import BackgroundLoop
+from engines.loop_thread import BackgroundLoop, CallerTasks
 from engines.process_guard import ProcessGuard
 from engines.registry import config_from_options
 from engines.vllm_engine import (
@@ -169,7 +169,7 @@ class AsyncVLLMEngine(Engine):
         self._events_lock = threading.Lock()
         self._ids = itertools.count()
         self._per_thread = threading.local()  # backend calls of this thread's last generate()
-        self._batches: dict[str, set[asyncio.Task[Any]]] = {}  # caller tag -> its batches in flight (loop only)
+        self._callers = CallerTasks()  # each caller's batches in flight, for cancel(tag)
         self._loop = BackgroundLoop(name="mtg-vllm-async")
         factory = _stat_logger_factory(self._sampler)
 
@@ -262,33 +262,16 @@ class AsyncVLLMEngine(Engine):
 
     async def _run_batch(self, tag: str, prompts: list[Any], params: list[Any]) -> list[Any]:
         """Submits every request at once and gathers them; per-request exceptions are returned."""
-        me = asyncio.current_task()
-        assert me is not None
-        self._batches.setdefault(tag, set()).add(me)
-        try:
+        with self._callers.track(tag):
             return list(await asyncio.gather(*(self._one(tag, p, sp) for p, sp in zip(prompts, params)),
                                              return_exceptions=True))
-        finally:
-            self._batches[tag].discard(me)
 
     def cancel(self, tag: str) -> int:
-        """Aborts every request of caller ``tag`` in flight; returns how many of its batches were cancelled.
+        """Aborts every request of caller ``tag`` in flight (vLLM drops them); returns its batches cancelled.
 
         Their ``generate()`` calls raise ``EngineError``. Safe from any thread but the loop's.
         """
-        if self._llm is None:
-            return 0
-
-        async def _cancel() -> int:
-            batches = list(self._batches.get(tag, ()))
-            for t in batches:
-                t.cancel()  # gather cancels each request; vLLM's generate() aborts it in the engine
-            return len(batches)
-
-        try:
-            return self._loop.run(_cancel(), timeout=30)
-        except Exception:  # noqa: BLE001 - loop closed or engine gone: nothing left to cancel
-            return 0
+        return self._callers.cancel(self._loop if self._llm is not None else None, tag)
 
     async def _one(self, tag: str, prompt: Any, params: Any) -> Any:
         from vllm.v1.engine.exceptions import EngineDeadError
