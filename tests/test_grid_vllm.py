@@ -12,7 +12,7 @@ C. ``kill -9`` mid-phase of the rerun: no engine process is left;
 D. the rerun completes every cell, serving what B and C generated from the cells' caches; each
    cell's results equal the same cell run alone (on the session's float32 async engine).
 
-CI-sized: synthetic word sorting, 2 questions per split, one seed, T = 1, 24-token caps,
+CI-sized: synthetic word sorting, 2 questions per split, one seed, T = 1, 16-token caps,
 greedy. Run under the machine's engine lock.
 """
 
@@ -50,7 +50,7 @@ TIMEOUT = 600
 def grid_file(tmp_path: Path) -> Path:
     raw = {"name": "rg", "runs_root": str(tmp_path / "runs"), "tasks": [TASK], "methods": list(METHODS),
            "engines": ["vllm:bundled"], "engine_opts": ["dtype=float32"], "seeds": [0],
-           "args": {"all": ["--limit", "2", "--steps", "1", "--max-tokens", "24", "--optimizer-max-tokens", "24",
+           "args": {"all": ["--limit", "2", "--steps", "1", "--max-tokens", "16", "--optimizer-max-tokens", "16",
                             "--temperature", "0", "--no-progress"],
                     "prompt_opt": ["--max-steps", "1", "--batch-size", "2", "--epochs", "1"]}}
     path = tmp_path / "rg.yaml"
