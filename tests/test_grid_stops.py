@@ -19,6 +19,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -97,7 +98,7 @@ def test_signal_with_eval_baseline_and_train_requests_in_flight(tmp_path, refere
                    and (cell(tmp_path, "g", "zero_shot_cot") / "results.json").exists()):
             assert proc.poll() is None and time.time() < deadline, proc.communicate()
             time.sleep(0.02)
-        core = [c.pid for c in __import__("psutil").Process(proc.pid).children() if c.name() == "sleep"]
+        core = [c.pid for c in psutil.Process(proc.pid).children() if c.name() == "sleep"]
         assert len(core) == 1
         sent = time.time()
         if how == "core-first":
