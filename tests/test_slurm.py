@@ -228,17 +228,19 @@ def test_preempted_train_job_requeues_resumes_and_matches_uninterrupted(cluster,
 @pytest.mark.slurm
 @needs_slurm
 def test_shared_grid_job_usr1_requeues_and_the_rerun_completes_every_cell(cluster, tmp_path):
-    # The engine inside is `fake` (slowed to 0.3 s per call so the signal lands mid-run): what is
+    # The engine inside is `fake` (slowed to 0.5 s per call so the signal lands mid-run): what is
     # real here is SLURM -- the template, its trap, the requeue; the real engine's grid is
     # tests/test_grid_vllm.py.
     grid = {
         "name": "shared", "runs_root": str(tmp_path / "runs"), "tasks": ["synthetic_word_sorting"],
         "methods": ["zero_shot_cot", "solution_opt", "learned_loss"], "engines": ["fake"],
-        "engine_opts": ["delay_s=0.3"], "seeds": [0, 1],
-        "args": {"all": ["--limit", "2", "--steps", "1", "--max-tokens", "32", "--outer-steps", "2",
-                         "--minibatch", "1", "--no-progress"]},
+        "engine_opts": ["delay_s=0.5"], "seeds": [0, 1],
+        # one protocol for every cell, train-only fields included: a --protocol file
+        "args": {"all": ["--protocol", str(tmp_path / "protocol.json"), "--no-progress"]},
         "slurm": {"gpus": 1, "time": "00:10:00", "cpus_per_task": 1, "mem": "1G"},
     }
+    (tmp_path / "protocol.json").write_text(json.dumps({"limit": 2, "steps": 1, "max_tokens": 32, "outer_steps": 2,
+                                                         "minibatch": 1}))
     gfile = tmp_path / "grid.json"
     gfile.write_text(json.dumps(grid))
     out = sh([MTG, "slurm", "submit", str(gfile), "--shared"], cluster).stdout
@@ -248,7 +250,9 @@ def test_shared_grid_job_usr1_requeues_and_the_rerun_completes_every_cell(cluste
     ckpt = root / "learned_loss" / "fake" / "checkpoint.json"
     end = time.monotonic() + 120
     while not (ckpt.exists() and (root / "zero_shot_cot" / "fake" / "results.json").exists()):
-        assert time.monotonic() < end, f"no progress: {job_states(job, cluster)} {_log(log)}"
+        states = job_states(job, cluster)
+        assert time.monotonic() < end and states.get(job) in (None, "PENDING", "RUNNING", "CONFIGURING"), \
+            f"no progress: {states} {_log(log)}"
         time.sleep(0.1)
     sh(["scancel", "--signal=USR1", "--batch", job], cluster)
     states = wait_done(job, cluster, timeout=240, release_requeued=True)
