@@ -146,11 +146,13 @@ def test_grid_on_vllm_async_kill_stop_kill_resume_equals_cells_alone(tmp_path, a
         for m in ("solution_opt", "prompt_opt"):
             r = results(cell(tmp_path, m))
             assert r["signal"] == "SIGTERM" and r["error"] is None, r
+        cells_s = max((cell(tmp_path, m) / "results.json").stat().st_mtime for m in ("solution_opt", "prompt_opt")) - sent
         rows_b = {m: cache_rows(cell(tmp_path, m) / "cache.sqlite") for m in METHODS}
         events_b = [json.loads(x) for x in events_file.read_text().splitlines()]
         pairs = overlapping_pairs(events_b)
         assert pairs > 0, "no two cells had requests in flight together: the cells ran one at a time"
-        figures["B"] = (f"group SIGTERM {sent - g.t0:.1f} s after start: exit 99 in {exit_s:.1f} s; cells {status}; "
+        figures["B"] = (f"group SIGTERM {sent - g.t0:.1f} s after start: cells recorded interrupted within "
+                        f"{cells_s:.1f} s, exit 99 in {exit_s:.1f} s; cells {status}; "
                         f"engine processes left {len(left)}; rows cached {rows_b}; {pairs} request pairs of "
                         f"different cells in flight together ({len({e['tag'] for e in events_b})} cells)")
 
