@@ -135,7 +135,7 @@ def test_loss_requests_share_their_prefix_up_to_the_answer() -> None:
 
 def test_backward_and_update_show_the_answer_short_like_textgrad() -> None:
     """TextGrad shows ``variable.get_short_value()`` (first/last 10 words) in the backward and TGD spans."""
-    textgrad_variable = pytest.importorskip("textgrad.variable")
+    textgrad_variable = __import__("tests.conftest", fromlist=["require"]).require("textgrad.variable")  # CI: fails
     long_answer = " ".join(f"step{i}" for i in range(40)) + "\nAnswer: A"
 
     def respond(req: GenRequest) -> str:

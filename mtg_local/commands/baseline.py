@@ -37,8 +37,9 @@ from mtg_local.evaluation import truncation_summary
 from mtg_local.inner_loop import DEFAULT_TEMPLATE
 from mtg_local.protocol import DEFAULT_PROTOCOL, Protocol, load_task
 from mtg_local.runs.interrupt import ALL_STOP_SIGNALS, Interrupted, StopFlag, interruption, record_interruption
-from mtg_local.runs.interrupt import stop_on_signals
+from mtg_local.runs.interrupt import signal_name, stop_on_signals
 from mtg_local.runs.health import exit_code
+from mtg_local.runs.engine_events import log_engines
 from mtg_local.runs.lock import RunDirLock
 from mtg_local.runs.run_dir import RunDir
 from mtg_local.runs.secrets import public_engine_opts
@@ -251,7 +252,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_baseline(
-    cfg: BaselineConfig, *, engine: Engine | None = None, optimizer_engine: Engine | None = None
+    cfg: BaselineConfig, *, engine: Engine | None = None, optimizer_engine: Engine | None = None,
+    stop: StopFlag | None = None,
 ) -> dict[str, Any]:
     """Optimizes, tests over seeds and writes the run dir; returns the results.json body.
 
@@ -259,6 +261,8 @@ def run_baseline(
         cfg: the run's settings.
         engine: a ready task/forward engine (not closed here); default: built from the spec.
         optimizer_engine: a ready optimizer/prompt engine; default: from the spec, else ``engine``.
+        stop: the stop flag to honour (``mtg grid`` passes its own); default: a
+            new one set by SIGUSR1/SIGTERM/SIGINT.
     """
     task = load_task(cfg.task, cfg.protocol, data_file=cfg.data_file)
     splits = task.splits().limited(cfg.limit)
@@ -274,17 +278,21 @@ def run_baseline(
         run_dir.write_config(config)
         run_dir.log_event("baseline_start", method=cfg.method, n_train=len(splits.train), n_val=len(splits.val),
                           n_test=len(splits.test), seeds=list(cfg.seeds))
+        log_engines(run_dir, forward=engines.forward, optimizer=engines.optimizer)
         meter = UsageMeter(engines.forward_run, engines.optimizer_run)
         common = dict(task=task, method=cfg.method, seeds=cfg.seeds, split="test", n_questions=len(splits.test),
                       config=config, started_at=started, protocol=cfg.protocol, **engines.specs)
-        stop = StopFlag()
+        stop = stop if stop is not None else StopFlag()
         try:
             with stop_on_signals(stop, abort_on=ALL_STOP_SIGNALS):  # no boundary to wait for
+                engines.probe()  # an engine that is not there: failed in seconds, not after every retry
                 if cfg.method == "prompt_opt":
                     body = _prompt_opt(cfg, task, splits, run_dir, engines.forward_run, engines.optimizer_run)
                 else:
                     body = _dspy_method(cfg, task, splits, run_dir, engines.forward_run, engines.optimizer_run,
                                         engines.specs, stop)
+                if stop:  # DSPy counts refused engine calls as errors and may finish anyway
+                    raise Interrupted(f"stopped by {signal_name(stop.signal)}", stop.signal)
             results = results_record(engine_usage=meter.report(), wall_s=time.perf_counter() - t0,
                                      cost_usd=run_cost(engines.specs, meter), **common, **body)
             run_dir.write_results(results)

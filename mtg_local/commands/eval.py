@@ -37,6 +37,7 @@ from mtg_local.protocol import DEFAULT_PROTOCOL, Protocol, load_task
 from mtg_local.runs.interrupt import ALL_STOP_SIGNALS, Interrupted, StopFlag, interruption, record_interruption
 from mtg_local.runs.interrupt import stop_on_signals
 from mtg_local.runs.health import exit_code
+from mtg_local.runs.engine_events import log_engines
 from mtg_local.runs.lock import RunDirLock
 from mtg_local.runs.run_dir import RunDir
 from mtg_local.runs.secrets import public_engine_opts
@@ -203,6 +204,7 @@ def run_eval(
     *,
     engine: Engine | None = None,
     optimizer_engine: Engine | None = None,
+    stop: StopFlag | None = None,
 ) -> dict[str, Any]:
     """Runs one evaluation and writes the run dir; returns the results.json body.
 
@@ -211,6 +213,9 @@ def run_eval(
         engine: a ready forward engine (not closed here); default: built from the spec.
         optimizer_engine: a ready optimizer engine; default: built from
             --optimizer-engine if it names another spec, else the forward engine.
+        stop: the stop flag to honour (``mtg grid`` passes its own, set by its
+            signal handlers: signal handlers exist only in the main thread);
+            default: a new one set by SIGUSR1/SIGTERM/SIGINT.
     """
     cfg = args_or_config if isinstance(args_or_config, EvalConfig) else EvalConfig.from_args(args_or_config)
     cfg, source = apply_from_run(cfg)  # before a model is loaded: a bad source costs no engine start
@@ -231,15 +236,17 @@ def run_eval(
         run_dir.write_config(config)
         run_dir.log_event("eval_start", method=cfg.method, n_questions=len(examples), seeds=list(cfg.seeds),
                           **({"source_run_id": source["run_id"]} if source else {}))
+        log_engines(run_dir, forward=engines.forward, optimizer=engines.optimizer)
         meter = UsageMeter(engines.forward_run, engines.optimizer_run)
         common = dict(
             task=task, method=cfg.method, seeds=cfg.seeds, split=cfg.split, n_questions=len(examples),
             config=config, started_at=started, protocol=cfg.protocol, **engines.specs, schedule=cfg.schedule,
             **({"source": source} if source else {}),
         )
-        stop = StopFlag()
+        stop = stop if stop is not None else StopFlag()
         try:
             with stop_on_signals(stop, abort_on=ALL_STOP_SIGNALS):  # no boundary to wait for
+                engines.probe()  # an engine that is not there: failed in seconds, not after every retry
                 outcome = evaluate(
                     task, examples, method=cfg.method, seeds=cfg.seeds, forward_engine=engines.forward_run,
                     optimizer_engine=engines.optimizer_run, config=cfg.inner, loss_prompt=cfg.loss_prompt, template=cfg.template, progress=cfg.progress,

@@ -26,6 +26,7 @@ from mtg_local.inner_loop import DEFAULT_TEMPLATE
 from mtg_local.meta.meta_config import MetaConfig
 from mtg_local.meta.meta_update import Artifacts
 from mtg_local.meta.outer_loop import OuterLoop, StopFlag, TrainState
+from mtg_local.runs.engine_events import log_engines
 from mtg_local.runs.interrupt import Interrupted, interruption, record_interruption, stop_on_signals
 from mtg_local.protocol import check_context, load_task, protocol_diff, protocol_hash
 from mtg_local.runs.run_dir import RESULTS_SCHEMA_VERSION, RunDir, read_json
@@ -156,6 +157,7 @@ def run_train(
         for e_own in own:
             e_own.close()
         raise UserError(str(e)) from e
+    log_engines(rd, forward=engine, optimizer=optimizer_engine)
     cache = None if config.no_cache else GenerationCache(config.cache or rd.cache_path)
     fwd = CachedEngine(engine, cache) if cache is not None else engine
     opt = fwd if optimizer_engine is engine else (CachedEngine(optimizer_engine, cache) if cache is not None else optimizer_engine)
@@ -166,6 +168,8 @@ def run_train(
     try:
         with stop_on_signals(stop):
             try:
+                for e_own in own:  # an engine that is not there: failed in seconds (Engine.probe)
+                    e_own.probe()
                 state = loop.run()
             except BaseException as e:
                 intr = interruption(e, stop)
