@@ -120,7 +120,8 @@ class _OneAtATime(FakeEngine):
     def _generate(self, requests, **kw):
         assert self._inside.acquire(blocking=False), "called concurrently"
         try:
-            time.sleep(0.05)
+            # a slow first call: the other callers arrive meanwhile, even on a loaded machine
+            time.sleep(0.5 if not self.batches else 0.05)
             return super()._generate(requests, **kw)
         finally:
             self._inside.release()
@@ -132,7 +133,10 @@ def test_coalesced_engine_merges_concurrent_calls_into_fewer_backend_calls():
     assert isinstance(shared, CoalescedEngine) and shareable(FakeEngine()).__class__ is FakeEngine
     outs: dict[int, list[str]] = {}
 
+    start = threading.Barrier(6)
+
     def work(i: int) -> None:
+        start.wait()
         outs[i] = [r.text for r in shared.generate([GenRequest.chat(f"t{i} {j}", id=str(j)) for j in range(3)])]
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
