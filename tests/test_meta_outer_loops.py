@@ -180,6 +180,21 @@ def test_joint_validates_three_candidates_in_one_inner_loop(tmp_path, calls_at_c
     assert all(h["val_truncated"] == zero for h in res["history"] if h["step"] > 0)
 
 
+def test_joint_maml_sends_both_tgd_steps_in_one_call(tmp_path):
+    """The loss prompt's TGD step (after its backward call) and the MAML template step (straight from
+    the inner loop's gradients, eq. 7) are different requests in the same one TGD call."""
+    engine = ScriptedMetaEngine()
+    res = run_train(config(tmp_path, "joint", joint_template="maml", outer_steps=1), engine=engine)
+    meta = [b for b in engine.batches if any(is_meta_eval(r) or is_meta_backward(r) or meta_tgd_target(r) for r in b)]
+    assert [len(b) for b in meta] == [1, 1, 2]  # theta_meta evaluation, its backward, both TGD steps
+    tgds = {meta_tgd_target(r): r for r in meta[2]}
+    assert tgds["template"].messages[0].content == P.TGD_SYSTEM_PROMPT
+    assert "Here is the feedback we got for this response:" in tgds["template"].messages[-1].content
+    assert tgds["loss_prompt"].messages[0].content != P.TGD_SYSTEM_PROMPT  # the inner loop's TGD request
+    assert META_GRADIENT in tgds["loss_prompt"].messages[-1].content
+    assert {h["label"] for h in res["history"] if h["step"] == 1} == {"loss_prompt", "template", "both"}
+
+
 def test_skipped_step_when_no_wrong_answers(tmp_path, calls_at_checkpoints):
     marks, engines = calls_at_checkpoints
     engine = ScriptedMetaEngine()

@@ -108,7 +108,11 @@ class Candidate:
 
 @dataclasses.dataclass(frozen=True)
 class MetaContext:
-    """What updates need besides trajectories: the task, the engine, sampling, limits."""
+    """What updates need besides trajectories: the task, the engine, sampling, limits.
+
+    ``meta_step`` is the protocol's: "backward" (a backward call through the meta
+    evaluation, then the TGD step) or "direct" (the TGD step from the evaluation).
+    """
 
     task: Task
     engine: Engine
@@ -135,7 +139,11 @@ class MetaUpdate(abc.ABC):
     def context(
         self, ctx: MetaContext, current: Artifacts, trajs: Sequence[Trajectory], feedback: str | None
     ) -> str | None:
-        """The TGD step's <CONTEXT> from the meta feedback (or the trajectories); None to skip."""
+        """The TGD step's <CONTEXT> from the meta feedback (or the trajectories); None to skip.
+
+        Used when the step makes no backward call: under ``meta_step="direct"``, or for an
+        update without a meta evaluation (MAML-style).
+        """
 
     def skip_reason(self) -> str:
         """Why ``meta_evaluation``/``context`` returned None (recorded in the history)."""
