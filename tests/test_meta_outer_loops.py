@@ -52,6 +52,11 @@ def calls_at_checkpoints(monkeypatch):
     return marks, engines
 
 
+def is_meta(req) -> bool:
+    """A meta call: evaluation, backward through it, or meta TGD step."""
+    return is_meta_eval(req) or is_meta_backward(req) or meta_tgd_target(req) is not None
+
+
 def deltas(marks: list[int]) -> list[int]:
     return [b - a for a, b in zip([0] + marks, marks)]
 
@@ -114,7 +119,7 @@ def test_backward_meta_step_is_the_inner_loops_backward_and_tgd(tmp_path, method
     batched TextGrad ops send for that call (so their texts are the meta step's texts)."""
     engine = ScriptedMetaEngine()
     res = run_train(config(tmp_path, method, outer_steps=1), engine=engine)
-    batches = [b for b in engine.batches if any(is_meta_eval(r) or is_meta_backward(r) or meta_tgd_target(r) for r in b)]
+    batches = [b for b in engine.batches if any(is_meta(r) for r in b)]
     assert len(batches) == 3  # one call per stage
     (ev,), (bwd,), (tgd,) = batches
     assert is_meta_eval(ev) and is_meta_backward(bwd) and meta_tgd_target(tgd) == target
@@ -158,8 +163,7 @@ def test_joint_validates_three_candidates_in_one_inner_loop(tmp_path, calls_at_c
     res = run_train(config(tmp_path, "joint"), engine=engine)
     assert deltas(marks) == [INNER, 3 + INNER, INNER + 3 + INNER, INNER]
     # meta evaluations of both updates share one call, backward calls another, TGD steps a third
-    meta_batches = [b for b in engine.batches
-                    if any(is_meta_eval(r) or is_meta_backward(r) or meta_tgd_target(r) for r in b)]
+    meta_batches = [b for b in engine.batches if any(is_meta(r) for r in b)]
     assert [len(b) for b in meta_batches] == [2, 2, 2] * 2
     val_first = engine.batches[INNER + 3]  # step 1 validation, forward phase
     # Three candidates in one call: "template" and "both" carry the same new template, so
@@ -185,7 +189,7 @@ def test_joint_maml_sends_both_tgd_steps_in_one_call(tmp_path):
     the inner loop's gradients, eq. 7) are different requests in the same one TGD call."""
     engine = ScriptedMetaEngine()
     res = run_train(config(tmp_path, "joint", joint_template="maml", outer_steps=1), engine=engine)
-    meta = [b for b in engine.batches if any(is_meta_eval(r) or is_meta_backward(r) or meta_tgd_target(r) for r in b)]
+    meta = [b for b in engine.batches if any(is_meta(r) for r in b)]
     assert [len(b) for b in meta] == [1, 1, 2]  # theta_meta evaluation, its backward, both TGD steps
     tgds = {meta_tgd_target(r): r for r in meta[2]}
     assert tgds["template"].messages[0].content == P.TGD_SYSTEM_PROMPT

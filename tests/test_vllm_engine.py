@@ -78,9 +78,10 @@ def test_a_cap_the_context_cannot_hold_ends_as_context_length(vllm_engine) -> No
     """vLLM lowers max_tokens to the room a prompt leaves; an answer cut there is "context_length"."""
     ctx = vllm_engine.max_model_len
     tok = vllm_engine.tokenizer
+    count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     base = "Count on: " + " ".join(str(i % 10) for i in range(100))
-    per_item = len(tok(base + " 0 1", add_special_tokens=False)["input_ids"]) - len(tok(base, add_special_tokens=False)["input_ids"])
-    n = 100 + 2 * ((ctx - 12 - len(tok(base, add_special_tokens=False)["input_ids"])) // per_item)
+    per_pair = count(base + " 0 1") - count(base)  # tokens of two more items
+    n = 100 + 2 * ((ctx - 12 - count(base)) // per_pair)
     prompt = "Count on: " + " ".join(str(i % 10) for i in range(n))  # a raw prompt the model continues
     vllm_engine.reset_usage()
     cut, capped = vllm_engine.generate([
