@@ -250,7 +250,7 @@ def solution_optimization(
     freeze = parse_freeze_when(config.freeze_when)
     n = len(items)
     questions = [task.format_question(it.example) for it in items]
-    constraints = [task.format_instruction] if task.format_instruction else []
+    constraints = [task.update_constraints(it.example) for it in items]  # per item: a batch may mix tasks
     chain = config.prompt_layout == "chained"
     prefixes = [chained.forward_messages(q, config.system_prompt) for q in questions] if chain else []
     bar = tqdm(total=1 + 3 * config.steps, desc="solution_opt", unit="phase", disable=not progress)
@@ -292,7 +292,7 @@ def solution_optimization(
         optimizer = (chained.ChainedGradientDescent if chain else TextualGradientDescent)(
             params,
             engine=opt_engine,
-            constraints=constraints,
+            constraints=[constraints[i] for i in active],
             prefill_tag=config.prefill_update_tag,
             validate=_format_keeper(task, [items[i].example for i in active]) if config.keep_answer_format else None,
         )

@@ -123,6 +123,14 @@ def test_secret_env_values_are_redacted_anywhere(monkeypatch):
     assert "tok-0123456789-canary" not in json.dumps(out) and out["n"] == 1
 
 
+def test_the_working_directory_is_not_a_secret(monkeypatch, tmp_path):
+    """PWD's name looks secret ("pwd"), its value is the cwd: paths under it stay readable (data
+    files, run dirs), else a resumed run would read "[redacted]/data.jsonl"."""
+    monkeypatch.setenv("PWD", str(tmp_path))
+    monkeypatch.setenv("OLDPWD", str(tmp_path))
+    assert redact({"data_file": f"{tmp_path}/data.jsonl"}) == {"data_file": f"{tmp_path}/data.jsonl"}
+
+
 def _all_bytes(root: Path) -> dict[str, bytes]:
     return {str(p): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 

@@ -50,6 +50,7 @@ METHOD_COMMANDS: dict[str, str] = {
     "prompt_opt": "baseline",
     "copro": "baseline",
     "miprov2": "baseline",
+    "gepa": "baseline",
 }
 _GRID_KEYS = {"name", "runs_root", "tasks", "methods", "engines", "engine_opts", "seeds", "args", "slurm"}
 

@@ -96,6 +96,13 @@ class Task(abc.ABC):
         check of updates) goes through this one method, so one rule applies.
         """
 
+    def update_constraints(self, example: Example) -> list[str]:
+        """Constraints of a TGD update of an answer to ``example``: the task's answer format.
+
+        Per example, so one batch may mix tasks (``mtg_local.tasks.multi_task``).
+        """
+        return [self.format_instruction] if self.format_instruction else []
+
     def score(self, response: str, example: Example) -> float:
         """1.0 if the response's extracted answer equals the ground truth, else 0.0."""
         return float(self.extract_answer(response, example) == example.answer)
