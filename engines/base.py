@@ -23,6 +23,58 @@ from engines.errors import EngineError, RequestError
 
 _ROLES = ("system", "user", "assistant")
 
+#: finish_reason of a completion cut off by the context: its prompt left less room than its
+#: ``max_tokens``, the backend lowered the cap to the room left (vLLM does, in process and as a
+#: server) and the completion ran into it. Cut off like "length", but a larger ``max_tokens``
+#: cannot help: the prompt must be shorter or the context (``max_model_len``) longer.
+FINISH_CONTEXT = "context_length"
+#: finish reasons of a completion that stopped before its end: at ``max_tokens``, or at the context.
+CUT_OFF_REASONS = ("length", FINISH_CONTEXT)
+
+
+def is_cut_off(finish_reason: str | None) -> bool:
+    """Whether a completion with ``finish_reason`` was cut off (at max_tokens or by the context)."""
+    return finish_reason in CUT_OFF_REASONS
+
+
+def context_finish_reason(finish_reason: str, completion_tokens: int, max_tokens: int) -> str:
+    """The finish reason to report for a completion whose cap a backend may have lowered.
+
+    A backend that stops at the context reports "length" like one that stops at
+    ``max_tokens``; the two differ in the count: a completion that stopped at "length"
+    with fewer tokens than the request's ``max_tokens`` ran into the context. Every
+    engine that can know the count builds its results' finish reason here.
+
+    Args:
+        finish_reason: the backend's reason.
+        completion_tokens: tokens generated (0: unknown, the reason is kept).
+        max_tokens: the request's cap.
+
+    Returns:
+        ``FINISH_CONTEXT`` for such a completion, else ``finish_reason``.
+    """
+    if finish_reason == "length" and 0 < completion_tokens < max_tokens:
+        return FINISH_CONTEXT
+    return finish_reason
+
+
+def context_room(request: GenRequest, prompt_tokens: int, max_model_len: int) -> tuple[int, GenResult | None]:
+    """The ``max_tokens`` a request can get in a context of ``max_model_len``, or its error result.
+
+    Returns:
+        ``(min(max_tokens, room left), None)``, or ``(0, error result)`` when the prompt
+        leaves no token for the answer (the request is then not submitted).
+    """
+    room = max_model_len - prompt_tokens
+    if room < 1:
+        return 0, GenResult.failed(
+            request.id,
+            f"prompt has {prompt_tokens} tokens; the context (max_model_len) is {max_model_len} "
+            "and must leave at least 1 token for the answer",
+            prompt_tokens=prompt_tokens,
+        )
+    return min(request.sampling.max_tokens, room), None
+
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
@@ -174,7 +226,8 @@ class GenResult:
     Attributes:
         id: the request's id.
         text: generated continuation (after any response prefix); "" on error.
-        finish_reason: "stop", "length", "error", or the backend's reason.
+        finish_reason: "stop", "length" (cut off at ``max_tokens``), "context_length"
+            (cut off by the context: ``FINISH_CONTEXT``), "error", or the backend's reason.
         prompt_tokens: tokens in the rendered prompt (0 if unknown).
         completion_tokens: generated tokens.
         error: None, or why this request alone failed.
@@ -219,6 +272,8 @@ class Usage:
     work), so prompt/completion tokens count only the work actually done.
     ``cached_prompt_tokens`` is the part of ``prompt_tokens`` the backend
     served from its prefix cache (0 where the backend does not report it).
+    ``context_truncated`` counts the results cut off by the context
+    (finish_reason ``FINISH_CONTEXT``), not served from the cache.
     """
 
     calls: int = 0
@@ -231,6 +286,7 @@ class Usage:
     retries: int = 0
     deduplicated: int = 0
     cached_prompt_tokens: int = 0
+    context_truncated: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -379,6 +435,7 @@ class Engine(abc.ABC):
                     continue
                 # A failed copy is a failed request of its caller; its tokens were not spent twice.
                 u.errors += r.error is not None
+                u.context_truncated += r.finish_reason == FINISH_CONTEXT
                 if r.error is not None and getattr(self, "_first_error", None) is None:
                     self._first_error = r.error
                 if r.deduplicated:

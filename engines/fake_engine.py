@@ -8,7 +8,10 @@ Registered as ``fake`` like any other backend. It never loads a model:
   backend that sorts by length would) and still returns them in input order;
 * ``fail_if`` marks chosen requests as failed, to test per-item error paths;
 * ``delay_s`` (``--engine-opt delay_s=0.5``) sleeps that long per call, standing in
-  for a slow backend (a SLURM job's signals then land mid-run); outputs are unchanged.
+  for a slow backend (a SLURM job's signals then land mid-run); outputs are unchanged;
+* ``max_model_len`` gives it a context, handled as the real engines do: a prompt
+  with no room left fails, ``max_tokens`` is lowered to the room left, and an
+  answer cut there ends with "context_length".
 
 Token counts are whitespace word counts. Not a substitute for integration
 tests on the real vLLM engine.
@@ -21,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from engines.base import Capabilities, Engine, GenRequest, GenResult
+from engines.base import Capabilities, Engine, GenRequest, GenResult, context_finish_reason, context_room
 from engines.errors import EngineSpecError
 
 Responder = Callable[[GenRequest], str]
@@ -49,11 +52,14 @@ class FakeEngine(Engine):
         fail_if: Callable[[GenRequest], str | None] | None = None,
         name: str = "echo",
         delay_s: float = 0.0,
+        max_model_len: int | None = None,
     ) -> None:
         super().__init__()
         if isinstance(delay_s, bool) or not isinstance(delay_s, (int, float)) or delay_s < 0:
             raise EngineSpecError(f"delay_s must be a number of seconds >= 0, got {delay_s!r}")
         self.delay_s = float(delay_s)
+        if max_model_len is not None:  # else a subclass's class attribute, or no context at all
+            self.max_model_len = max_model_len
         self.responder = responder or echo
         self.shuffle = shuffle
         self.fail_if = fail_if
@@ -91,15 +97,22 @@ class FakeEngine(Engine):
             if why:
                 out[i] = GenResult.failed(req.id, why, prompt_tokens)
                 continue
+            cap = req.sampling.max_tokens
+            context = getattr(self, "max_model_len", None)
+            if context is not None:
+                cap, no_room = context_room(req, prompt_tokens, context)
+                if no_room is not None:
+                    out[i] = no_room
+                    continue
             words = self.responder(req).split(" ")
             finish = "stop"
-            if len(words) > req.sampling.max_tokens:
-                words, finish = words[: req.sampling.max_tokens], "length"
+            if len(words) > cap:
+                words, finish = words[:cap], "length"
             text = " ".join(words)
             out[i] = GenResult(
                 id=req.id,
                 text=text,
-                finish_reason=finish,
+                finish_reason=context_finish_reason(finish, len(words), req.sampling.max_tokens),
                 prompt_tokens=prompt_tokens,
                 completion_tokens=len(text.split()),
             )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from engines.base import Capabilities, Engine, GenRequest, GenResult
+from engines.base import Capabilities, Engine, GenRequest, GenResult, context_finish_reason, context_room
 from engines.bundled import model_identity, resolve_model
 from engines.registry import config_from_options
 from engines.rendering import cut_at_stop, render_token_ids, resolve_dtype
@@ -122,13 +122,9 @@ class HFEngine(Engine):
         results: list[GenResult | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
         for i, (req, tok) in enumerate(zip(requests, ids)):
-            if len(tok) >= self.max_model_len:
-                results[i] = GenResult.failed(
-                    req.id,
-                    f"prompt has {len(tok)} tokens; the context (max_model_len) is {self.max_model_len} "
-                    "and must leave at least 1 token for the answer",
-                    prompt_tokens=len(tok),
-                )
+            _, no_room = context_room(req, len(tok), self.max_model_len)
+            if no_room is not None:
+                results[i] = no_room
                 continue
             s = req.sampling
             key = ("greedy",) if s.temperature == 0 else ("sample", s.temperature, s.top_p, s.seed)
@@ -186,7 +182,8 @@ class HFEngine(Engine):
             results[i] = GenResult(
                 id=req.id,
                 text=text,
-                finish_reason=finish,
+                # Cut at a limit lowered to the room left in the context: "context_length".
+                finish_reason=context_finish_reason(finish, len(new), req.sampling.max_tokens),
                 prompt_tokens=len(ids[i]),
                 completion_tokens=len(new),
             )

@@ -59,7 +59,7 @@ from urllib.parse import urlsplit
 import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_before_delay
 
-from engines.base import Capabilities, Engine, GenRequest, GenResult
+from engines.base import Capabilities, Engine, GenRequest, GenResult, context_finish_reason
 from engines.errors import EngineError, EngineSpecError, UserError
 from engines.loop_thread import BackgroundLoop, CallerTasks
 from engines.openai_support import (
@@ -458,6 +458,9 @@ class OpenAIEngine(Engine):
             raise MalformedResponse(f"completion text is {type(text).__name__}, not a string")
         if kind == "chat" and req.response_prefix and not prefill:
             text = strip_repeated_prefix(text, req.response_prefix)
+        # A vLLM server lowers max_tokens to the room left in its context and then says "length";
+        # the token count tells the two apart (the OpenAI API refuses such a request instead).
+        finish = context_finish_reason(finish, completion_tokens, req.sampling.max_tokens)
         return GenResult(
             id=req.id, text=text, finish_reason=finish, prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens, cached_tokens=cached_tokens,

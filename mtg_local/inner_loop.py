@@ -35,7 +35,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from engines.base import Engine, SamplingConfig
+from engines.base import Engine, SamplingConfig, is_cut_off
 from mtg_local import metrics
 from mtg_local.tasks.base import Example, Task
 from mtg_local.textgrad import TextualGradientDescent, backward, chained, forward, loss
@@ -169,13 +169,14 @@ class Trajectory:
     score: float  # task.score(final_answer, example): 0.0 or 1.0
     frozen_at: int | None = None  # step after which the item was frozen, or None
     #: phase ("forward", "loss", "backward", "update") -> finish reason of each call made for
-    #: this item, in step order ("stop", "length" = cut off at max_tokens, "error", ...)
+    #: this item, in step order ("stop", "length" = cut off at max_tokens, "context_length" =
+    #: cut off by the context, "error", ...)
     finish_reasons: dict[str, list[str]] = dataclasses.field(default_factory=lambda: {p: [] for p in PHASES})
 
     @property
     def truncated(self) -> int:
-        """How many of this item's calls stopped at max_tokens (finish_reason "length")."""
-        return sum(r == "length" for rs in self.finish_reasons.values() for r in rs)
+        """How many of this item's calls were cut off ("length" or "context_length")."""
+        return sum(is_cut_off(r) for rs in self.finish_reasons.values() for r in rs)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready record (one line of trajectories.jsonl)."""

@@ -29,13 +29,19 @@ ANSWER_SELECTIONS = ("majority_vote", "last")
 #: Majority-vote tie rules: "first" = the tied answer seen first (TextGrad:
 #: ``statistics.multimode(labels)[0]``); "last" = the tied answer seen last.
 VOTE_TIES = ("first", "last")
+#: How a meta step turns the meta evaluation into a new loss prompt / template: "backward" =
+#: the paper's (eqs. 6 and 9, TextGrad backpropagation): a backward call on the variable
+#: through the meta-evaluation call, then a TGD step on that gradient; "direct" = a TGD step
+#: whose feedback is the meta evaluation itself (one call fewer per outer step).
+META_STEPS = ("backward", "direct")
 #: Length of ``protocol_hash`` (hex digits of SHA-256).
 HASH_LENGTH = 12
 #: Settings added after runs were first recorded, with the value every earlier run used.
 #: ``to_dict`` leaves such a setting out while it has that value, so the canonical JSON,
 #: ``protocol_hash`` and the recorded ``protocol`` of a run that does not use it are what
 #: they were before it existed: older results stay in the same report table and resume.
-LATER_DEFAULTS: dict[str, Any] = {"prompt_layout": "textgrad"}
+#: ``from_dict`` reads a missing one as that value (it is what an omitted one means).
+LATER_DEFAULTS: dict[str, Any] = {"prompt_layout": "textgrad", "meta_step": "direct"}
 
 
 def _is_int(x: Any) -> bool:
@@ -78,6 +84,9 @@ class Protocol:
         prompt_layout: inner loss / backward / update prompt layout ("textgrad": TextGrad's
             fresh conversations; "chained": each phase extends the previous one for prefix
             reuse). It changes what the model sees, so it is part of the hash.
+        meta_step: how a meta evaluation (theta_meta / theta_R) becomes a new loss prompt or
+            template: "backward" (the paper's: backward call, then TGD step) or "direct"
+            (a TGD step straight from the evaluation); see ``META_STEPS``.
     """
 
     steps: int = 3
@@ -103,6 +112,7 @@ class Protocol:
     outer_steps: int = 12
     max_meta_pairs: int = 8
     prompt_layout: str = "textgrad"
+    meta_step: str = "backward"
 
     def __post_init__(self) -> None:
         seeds = self.seeds
@@ -125,7 +135,8 @@ class Protocol:
         if not _is_num(self.top_p) or not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
         for name, allowed in (("answer_selection", ANSWER_SELECTIONS), ("vote_tie", VOTE_TIES),
-                              ("scoring", SCORINGS), ("prompt_layout", PROMPT_LAYOUTS)):
+                              ("scoring", SCORINGS), ("prompt_layout", PROMPT_LAYOUTS),
+                              ("meta_step", META_STEPS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ("vote_counts_none", "keep_answer_format", "prefill_update_tag"):
@@ -147,7 +158,10 @@ class Protocol:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], **overrides: Any) -> Protocol:
-        """A protocol from ``to_dict`` output (missing keys: defaults), then ``overrides``.
+        """A protocol from ``to_dict`` output, then ``overrides``.
+
+        A missing key takes its default, except a ``LATER_DEFAULTS`` setting: ``to_dict``
+        leaves it out exactly when it has its earlier value, so a missing one means that.
 
         Raises:
             ValueError: an unknown key or a bad value (the message names it).
@@ -156,7 +170,7 @@ class Protocol:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown protocol settings {unknown}; known: {sorted(names)}")
-        return cls(**{**d, **overrides})
+        return cls(**{**LATER_DEFAULTS, **d, **overrides})
 
     def replace(self, **changes: Any) -> Protocol:
         """A copy with ``changes`` (validated)."""

@@ -96,6 +96,7 @@ class FaultServer:
         owned_by: str = "fault-server",
         answer: Callable[[dict[str, Any]], str] | None = None,
         port: int = 0,
+        max_model_len: int | None = None,
     ) -> None:
         if not 0 <= fault_rate < 1:
             raise ValueError(f"fault_rate must be in [0, 1), got {fault_rate!r}")
@@ -105,6 +106,8 @@ class FaultServer:
         self.retry_after_s, self.slow_s, self.owned_by = int(retry_after_s), slow_s, owned_by
         self.answer = answer or default_answer
         self.port = port
+        #: a context, handled as vLLM's server does: max_tokens lowered to the room left (in words)
+        self.max_model_len = max_model_len
         self.calls: list[Call] = []
         self._attempts: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -173,14 +176,18 @@ class FaultServer:
         text = self.answer(body)
         finish = "stop"
         words = text.split(" ")
+        if chat:
+            prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
+        else:
+            prompt_tokens = len(str(body["prompt"]).split())
         limit = body.get("max_tokens")
+        if self.max_model_len is not None and isinstance(limit, int):
+            limit = min(limit, self.max_model_len - prompt_tokens)  # vLLM's get_max_tokens
         if isinstance(limit, int) and len(words) > limit:
             text, finish = " ".join(words[:limit]), "length"
         if chat:
-            prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
         else:
-            prompt_tokens = len(str(body["prompt"]).split())
             choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
         completion_tokens = len(text.split())
         return {

@@ -4,7 +4,8 @@ Any request whose text (messages + response prefix) contains ``GOOD`` is
 answered correctly (the sorted words, with ``GOOD`` repeated so it flows
 through the loss -> backward -> update phases); other requests get the words
 in reverse order (always wrong). Meta calls are recognised by their prompts:
-a meta evaluation (theta_meta / theta_R) returns fixed feedback, and a meta
+a meta evaluation (theta_meta / theta_R) returns fixed feedback, a backward call
+through it (protocol ``meta_step="backward"``) a fixed gradient, and a meta
 TGD step of outer step ``s`` (the request's seed) returns the variable with
 `` [v{s}]`` appended, plus `` GOOD`` when (s, target) is scripted good. So a
 candidate with the marker reaches validation accuracy 1.0 and one without
@@ -25,27 +26,58 @@ from typing import Any
 from engines.base import GenRequest
 from engines.fake_engine import FakeEngine
 from mtg_local.prompts import meta_prompts as P
+from mtg_local.prompts import textgrad_prompts as TP
 
 _LIST = re.compile(r"List: ([a-z' \-]+)")
+_VARIABLE = re.compile(r"<VARIABLE>\s*(.*?)\s*</VARIABLE>", re.DOTALL)
+#: where theta_meta / theta_R quote the full variable (the TGD step may show it shortened)
+_FULL = {"loss_prompt": re.compile(re.escape(P.META_LOSS_PROMPT.split("{loss_prompt}")[0].split("\n\n")[-1])
+                                   + r"(.*?)\n\n", re.DOTALL),
+         "template": re.compile(re.escape(P.REPTILE_LOSS_PROMPT.split("{template}")[0].split("\n\n")[-1])
+                                + r"(.*?)\n\n", re.DOTALL)}
 META_FEEDBACK = "meta feedback: check the order letter by letter."
+META_GRADIENT = "meta gradient: ask the evaluator to compare letter by letter."
 
 
 def request_text(req: GenRequest) -> str:
     return "\n".join(m.content for m in req.messages or ()) + (req.prompt or "") + req.response_prefix
 
 
-def is_meta_eval(req: GenRequest) -> bool:
+def _system(req: GenRequest) -> str | None:
+    return req.messages[0].content if req.messages and req.messages[0].role == "system" else None
+
+
+def _quotes_meta_prompt(req: GenRequest) -> bool:
     text = request_text(req)
     return P.META_LOSS_PROMPT[:60] in text or P.REPTILE_LOSS_PROMPT[:60] in text
 
 
+def is_meta_eval(req: GenRequest) -> bool:
+    """The theta_meta / theta_R call itself (no system prompt; the backward and TGD calls quote it)."""
+    return _system(req) is None and _quotes_meta_prompt(req)
+
+
+def is_meta_backward(req: GenRequest) -> bool:
+    """A backward call through a meta evaluation (meta_step="backward")."""
+    return _system(req) == TP.BACKWARD_SYSTEM_PROMPT and _quotes_meta_prompt(req)
+
+
 def meta_tgd_target(req: GenRequest) -> str | None:
+    if is_meta_backward(req):  # it quotes the roles too
+        return None
     text = request_text(req)
-    if f"<ROLE>{P.LOSS_PROMPT_ROLE}</ROLE>" in text:
-        return "loss_prompt"
-    if f"<ROLE>{P.TEMPLATE_ROLE}</ROLE>" in text:
-        return "template"
+    for target, role in (("loss_prompt", P.LOSS_PROMPT_ROLE), ("template", P.TEMPLATE_ROLE)):
+        if re.search(r"<ROLE>\s*" + re.escape(role) + r"\s*</ROLE>", text):
+            return target
     return None
+
+
+def tgd_variable(req: GenRequest, target: str) -> str:
+    """The variable a meta TGD request improves, in full (from the quoted meta prompt if shortened)."""
+    text = request_text(req)
+    shown = _VARIABLE.search(text).group(1)
+    full = _FULL[target].search(text)
+    return full.group(1).strip() if "(...)" in shown and full else shown.strip()
 
 
 def parse_good(text: str) -> set[tuple[int, str]]:
@@ -64,6 +96,8 @@ def scripted_responder(good: set[tuple[int, str]], on_meta_tgd: Callable[[int], 
     def respond(req: GenRequest) -> str:
         if is_meta_eval(req):
             return META_FEEDBACK
+        if is_meta_backward(req):
+            return META_GRADIENT
         target = meta_tgd_target(req)
         close = P.IMPROVED_END_TAG
         open_tag = "" if req.response_prefix.endswith(P.IMPROVED_START_TAG) else P.IMPROVED_START_TAG
@@ -71,7 +105,7 @@ def scripted_responder(good: set[tuple[int, str]], on_meta_tgd: Callable[[int], 
             step = req.sampling.seed
             if on_meta_tgd is not None:
                 on_meta_tgd(step)
-            variable = request_text(req).split("<VARIABLE> ", 1)[1].split(" </VARIABLE>", 1)[0].strip()
+            variable = tgd_variable(req, target)
             new = f"{variable} [v{step}]" + (" GOOD" if (step, target) in good else "")
             return f"{open_tag}{new}{close}"
         text = request_text(req)

@@ -16,7 +16,7 @@ from engines import GenRequest, Message
 from engines.fake_engine import FakeEngine
 from meta_fakes import ScriptedMetaEngine, meta_config
 from mtg_local.bench.inner_loop_bench import InnerLoopBenchConfig, run_inner_loop_bench
-from mtg_local.commands.protocol_args import add_protocol_args, protocol_from_args
+from mtg_local.protocol_flags import add_protocol_args, protocol_from_args
 from mtg_local.inner_loop import DEFAULT_TEMPLATE, InnerItem, InnerLoopConfig, solution_optimization
 from mtg_local.meta import run_train
 from mtg_local.prompts import chained_prompts as C
@@ -165,9 +165,10 @@ def test_protocol_field_hash_and_validation() -> None:
     assert protocol_hash(chained) != protocol_hash(DEFAULT_PROTOCOL)
     assert chained.inner_config().prompt_layout == "chained"
     assert DEFAULT_PROTOCOL.inner_config().prompt_layout == "textgrad"
-    # Hashes of the commit before the field existed (6ca3349): runs that do not use it keep theirs.
-    assert protocol_hash(DEFAULT_PROTOCOL) == "29e6eb4adcc3"
-    assert protocol_hash(Protocol(steps=1, seeds=(0,))) == "48d9b18c39d4"
+    # Hashes of the commit before the field existed (6ca3349): runs that do not use it keep theirs
+    # (meta_step="direct" is what every run used then; the default is now "backward").
+    assert protocol_hash(DEFAULT_PROTOCOL.replace(meta_step="direct")) == "29e6eb4adcc3"
+    assert protocol_hash(Protocol(steps=1, seeds=(0,), meta_step="direct")) == "48d9b18c39d4"
     assert "prompt_layout" not in DEFAULT_PROTOCOL.to_dict()
     assert chained.to_dict()["prompt_layout"] == "chained"
     assert Protocol.from_dict(chained.to_dict()) == chained

@@ -82,7 +82,7 @@ def test_grid_example_cells_resolve(tmp_path: Path) -> None:
         assert METHOD_COMMANDS[r.method] == r.command
         check_argv(list(r.argv), f"grid cell {r.task.label}/{r.method}/{r.engine.label}")
     # one protocol across the grid: the protocol flags of every cell are the same
-    from mtg_local.commands.protocol_args import protocol_from_args
+    from mtg_local.protocol_flags import protocol_from_args
 
     protocols = {protocol_from_args(build_parser().parse_args(list(r.argv))) for r in runs}
     assert len(protocols) == 1

@@ -20,7 +20,8 @@ import pytest
 from engines.base import GenRequest
 from engines.errors import UserError
 from engines.fake_engine import FakeEngine
-from meta_fakes import META_FEEDBACK, ScriptedMetaEngine, is_meta_eval, meta_config, meta_tgd_target, request_text
+from meta_fakes import META_FEEDBACK, META_GRADIENT, ScriptedMetaEngine, is_meta_backward, is_meta_eval, meta_config
+from meta_fakes import meta_tgd_target, request_text, tgd_variable
 from mtg_local import cli
 from mtg_local.commands.eval import EvalConfig, run_eval
 from mtg_local.commands.train import config_from_args
@@ -98,8 +99,10 @@ def level_responder(answers: dict[str, str]):
         text = request_text(req)
         if is_meta_eval(req):
             return META_FEEDBACK
-        if meta_tgd_target(req) is not None:
-            variable = text.split("<VARIABLE> ", 1)[1].split(" </VARIABLE>", 1)[0].strip()
+        if is_meta_backward(req):
+            return META_GRADIENT
+        if (target := meta_tgd_target(req)) is not None:
+            variable = tgd_variable(req, target)
             return f"{variable} [v{req.sampling.seed}] M{req.sampling.seed}{P.IMPROVED_END_TAG}"
         marks = re.findall(r"\bM(\d)\b", req.response_prefix)
         marker = int(marks[-1]) if marks else 0

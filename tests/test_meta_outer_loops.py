@@ -7,8 +7,13 @@ import json
 import pytest
 
 from engines.errors import UserError
-from meta_fakes import META_FEEDBACK, ScriptedMetaEngine, is_meta_eval, meta_config, meta_tgd_target
+from engines.fake_engine import FakeEngine
+from meta_fakes import META_FEEDBACK, META_GRADIENT, ScriptedMetaEngine, is_meta_backward, is_meta_eval, meta_config
+from meta_fakes import meta_tgd_target
 from mtg_local.inner_loop import DEFAULT_TEMPLATE
+from mtg_local.textgrad import ops
+from mtg_local.textgrad.optimizer import TextualGradientDescent
+from mtg_local.textgrad.variable import LossContext, Variable
 
 from mtg_local.meta import MetaConfig, run_train
 from mtg_local.meta.outer_loop import OuterLoop, sample_minibatch
@@ -17,7 +22,10 @@ from mtg_local.tasks.word_sorting import INITIAL_LOSS_PROMPT
 
 N, SEEDS, M, T = 3, (0, 1), 2, 1  # questions per split, seeds, minibatch, inner steps
 INNER = 1 + 3 * T  # engine calls of one inner loop
-META_CALLS = {"learned_loss": 2, "maml": 1, "reptile": 2, "joint": 2}
+#: meta calls per outer step: meta_step="backward" (the default): evaluation, backward, TGD step;
+#: "direct": evaluation, TGD step. MAML has no evaluation: one TGD step either way.
+META_CALLS = {"backward": {"learned_loss": 3, "maml": 1, "reptile": 3, "joint": 3},
+              "direct": {"learned_loss": 2, "maml": 1, "reptile": 2, "joint": 2}}
 
 
 def config(tmp_path, method, **kw) -> MetaConfig:
@@ -44,20 +52,26 @@ def calls_at_checkpoints(monkeypatch):
     return marks, engines
 
 
+def is_meta(req) -> bool:
+    """A meta call: evaluation, backward through it, or meta TGD step."""
+    return is_meta_eval(req) or is_meta_backward(req) or meta_tgd_target(req) is not None
+
+
 def deltas(marks: list[int]) -> list[int]:
     return [b - a for a, b in zip([0] + marks, marks)]
 
 
+@pytest.mark.parametrize("meta_step", ["backward", "direct"])
 @pytest.mark.parametrize("method,target", [("learned_loss", "loss_prompt"), ("maml", "template"),
                                            ("reptile", "template")])
-def test_revert_then_accept_with_exact_calls(tmp_path, calls_at_checkpoints, method, target):
+def test_revert_then_accept_with_exact_calls(tmp_path, calls_at_checkpoints, method, target, meta_step):
     marks, engines = calls_at_checkpoints
     engine = ScriptedMetaEngine({(2, target)})
     engines.append(engine)
-    res = run_train(config(tmp_path, method), engine=engine)
+    res = run_train(config(tmp_path, method, meta_step=meta_step), engine=engine)
 
     # step 0 (initial val + step-1 minibatch, one inner loop); step 1 (meta + val); step 2 (mb + meta + val); test
-    meta = META_CALLS[method]
+    meta = META_CALLS[meta_step][method]
     assert deltas(marks) == [INNER, meta + INNER, INNER + meta + INNER, INNER]
     assert len(engine.batches) == res["engine_usage"]["calls"] == 5 * INNER + 2 * meta
     # the first inner-loop call batches the initial validation and step 1's minibatch
@@ -86,7 +100,7 @@ def test_revert_then_accept_with_exact_calls(tmp_path, calls_at_checkpoints, met
 
 def test_meta_requests_carry_the_paper_prompts(tmp_path):
     engine = ScriptedMetaEngine({(2, "loss_prompt")})
-    run_train(config(tmp_path, "learned_loss", outer_steps=1), engine=engine)
+    run_train(config(tmp_path, "learned_loss", outer_steps=1, meta_step="direct"), engine=engine)
     evals = [r for b in engine.batches for r in b if is_meta_eval(r)]
     tgds = [r for b in engine.batches for r in b if meta_tgd_target(r)]
     assert len(evals) == 1 and len(tgds) == 1
@@ -96,6 +110,36 @@ def test_meta_requests_carry_the_paper_prompts(tmp_path):
     assert f"must be improved: {INITIAL_LOSS_PROMPT}\n\n" in text
     assert META_FEEDBACK in tgds[0].messages[-1].content
     assert tgds[0].response_prefix == P.IMPROVED_START_TAG and tgds[0].messages[0].content == P.TGD_SYSTEM_PROMPT
+
+
+@pytest.mark.parametrize("method,target", [("learned_loss", "loss_prompt"), ("reptile", "template")])
+def test_backward_meta_step_is_the_inner_loops_backward_and_tgd(tmp_path, method, target):
+    """meta_step="backward" (eqs. 6, 9): a backward call on theta_L / y_T through the meta-evaluation
+    call, then a TGD step quoting that conversation and the feedback -- request for request what the
+    batched TextGrad ops send for that call (so their texts are the meta step's texts)."""
+    engine = ScriptedMetaEngine()
+    res = run_train(config(tmp_path, method, outer_steps=1), engine=engine)
+    batches = [b for b in engine.batches if any(is_meta(r) for r in b)]
+    assert len(batches) == 3  # one call per stage
+    (ev,), (bwd,), (tgd,) = batches
+    assert is_meta_eval(ev) and is_meta_backward(bwd) and meta_tgd_target(tgd) == target
+    # The same requests, built by the inner loop's ops from the meta-evaluation call.
+    start = INITIAL_LOSS_PROMPT if target == "loss_prompt" else DEFAULT_TEMPLATE.strip()
+    role = P.LOSS_PROMPT_ROLE if target == "loss_prompt" else P.TEMPLATE_ROLE
+    variable = Variable(start, role)
+    call = LossContext(evaluated=variable, loss_prompt=ev.messages[-1].content, loss_input=ev.messages[-1].content,
+                       system_prompt="")
+    evaluation = Variable(META_FEEDBACK, P.META_EVALUATION_ROLE, requires_grad=False, loss_context=call)
+    ref = FakeEngine(lambda r: META_GRADIENT)
+    assert ops.backward(ref, [evaluation], samplings=bwd.sampling, ids=[bwd.id]) == [None]
+    TextualGradientDescent([variable], engine=ref).step(samplings=tgd.sampling, ids=[tgd.id])
+    assert ref.batches == [[bwd], [tgd]]
+    assert META_FEEDBACK in bwd.messages[-1].content and ev.messages[-1].content in bwd.messages[-1].content
+    assert META_GRADIENT in tgd.messages[-1].content and META_FEEDBACK in tgd.messages[-1].content
+    info = res["history"][1]["info"]  # the candidate's record
+    assert info["meta_feedback"] == META_FEEDBACK and info["meta_gradient"] == META_GRADIENT
+    assert info["finish_reasons"] == {"meta_evaluation": "stop", "meta_backward": "stop", "meta_tgd": "stop"}
+    assert res["history"][1]["candidate"][target].strip() == f"{start} [v1]"
 
 
 def test_maml_uses_last_gradients_and_reptile_theta_r(tmp_path):
@@ -117,11 +161,11 @@ def test_joint_validates_three_candidates_in_one_inner_loop(tmp_path, calls_at_c
     engine = ScriptedMetaEngine({(2, "template")})
     engines.append(engine)
     res = run_train(config(tmp_path, "joint"), engine=engine)
-    assert deltas(marks) == [INNER, 2 + INNER, INNER + 2 + INNER, INNER]
-    # meta evaluations of both updates share one call, TGD steps another
-    meta_batches = [b for b in engine.batches if any(is_meta_eval(r) or meta_tgd_target(r) for r in b)]
-    assert [len(b) for b in meta_batches] == [2, 2, 2, 2]
-    val_first = engine.batches[INNER + 2]  # step 1 validation, forward phase
+    assert deltas(marks) == [INNER, 3 + INNER, INNER + 3 + INNER, INNER]
+    # meta evaluations of both updates share one call, backward calls another, TGD steps a third
+    meta_batches = [b for b in engine.batches if any(is_meta(r) for r in b)]
+    assert [len(b) for b in meta_batches] == [2, 2, 2] * 2
+    val_first = engine.batches[INNER + 3]  # step 1 validation, forward phase
     # Three candidates in one call: "template" and "both" carry the same new template, so
     # their forward requests are identical and reach the backend once (engines.dedup):
     # N*S requests per distinct template, two templates.
@@ -134,10 +178,25 @@ def test_joint_validates_three_candidates_in_one_inner_loop(tmp_path, calls_at_c
     assert res["learned"]["template"].strip().endswith("[v2] GOOD")
     assert res["learned"]["loss_prompt"] == INITIAL_LOSS_PROMPT
     # truncation is recorded for the test phase, every minibatch and every candidate's validation
-    zero = {"forward": 0, "loss": 0, "backward": 0, "update": 0, "total": 0}
+    zero = {"forward": 0, "loss": 0, "backward": 0, "update": 0, "total": 0, "context": 0}
     assert res["truncated"] == zero
     assert all(h["truncated"] == zero for h in res["history"] if h["step"] > 0)
     assert all(h["val_truncated"] == zero for h in res["history"] if h["step"] > 0)
+
+
+def test_joint_maml_sends_both_tgd_steps_in_one_call(tmp_path):
+    """The loss prompt's TGD step (after its backward call) and the MAML template step (straight from
+    the inner loop's gradients, eq. 7) are different requests in the same one TGD call."""
+    engine = ScriptedMetaEngine()
+    res = run_train(config(tmp_path, "joint", joint_template="maml", outer_steps=1), engine=engine)
+    meta = [b for b in engine.batches if any(is_meta(r) for r in b)]
+    assert [len(b) for b in meta] == [1, 1, 2]  # theta_meta evaluation, its backward, both TGD steps
+    tgds = {meta_tgd_target(r): r for r in meta[2]}
+    assert tgds["template"].messages[0].content == P.TGD_SYSTEM_PROMPT
+    assert "Here is the feedback we got for this response:" in tgds["template"].messages[-1].content
+    assert tgds["loss_prompt"].messages[0].content != P.TGD_SYSTEM_PROMPT  # the inner loop's TGD request
+    assert META_GRADIENT in tgds["loss_prompt"].messages[-1].content
+    assert {h["label"] for h in res["history"] if h["step"] == 1} == {"loss_prompt", "template", "both"}
 
 
 def test_skipped_step_when_no_wrong_answers(tmp_path, calls_at_checkpoints):

@@ -16,7 +16,8 @@ import re
 import pytest
 
 from engines.base import GenRequest
-from meta_fakes import META_FEEDBACK, ScriptedMetaEngine, is_meta_eval, meta_config, meta_tgd_target, request_text
+from meta_fakes import META_FEEDBACK, META_GRADIENT, ScriptedMetaEngine, is_meta_backward, is_meta_eval, meta_config
+from meta_fakes import meta_tgd_target, request_text, tgd_variable
 from mtg_local.inner_loop import DEFAULT_TEMPLATE
 from mtg_local.meta import run_train
 from mtg_local.meta.meta_update import parse_improved
@@ -39,9 +40,11 @@ def level_responder(req: GenRequest) -> str:
     text = request_text(req)
     if is_meta_eval(req):
         return META_FEEDBACK
-    if meta_tgd_target(req) is not None:
+    if is_meta_backward(req):
+        return META_GRADIENT
+    if (target := meta_tgd_target(req)) is not None:
         step = req.sampling.seed
-        variable = text.split("<VARIABLE> ", 1)[1].split(" </VARIABLE>", 1)[0].strip()
+        variable = tgd_variable(req, target)
         return f"{variable} [v{step}] LVL{LEVELS[step]}{P.IMPROVED_END_TAG}"
     levels = re.findall(r"LVL(\d)", req.response_prefix)
     level = int(levels[-1]) if levels else 1
@@ -72,8 +75,7 @@ def test_revert_rule_with_fractional_accuracies_ties_and_reject_after_accept(tmp
     assert [h["best_val_before"] for h in hist[1:]] == [acc[1], acc[2], acc[2], acc[2]]
     # Steps 2, 3 and 4 all started from step 1's accepted template, never from a rejected one.
     start = DEFAULT_TEMPLATE.strip()
-    tgd_vars = [request_text(r).split("<VARIABLE> ", 1)[1].split(" </VARIABLE>", 1)[0].strip()
-                for b in engine.batches for r in b if meta_tgd_target(r)]
+    tgd_vars = [tgd_variable(r, t) for b in engine.batches for r in b if (t := meta_tgd_target(r))]
     assert tgd_vars == [start, f"{start} [v1] LVL2", f"{start} [v1] LVL2", f"{start} [v1] LVL2"]
     assert res["learned"]["template"].strip() == f"{start} [v1] LVL2 [v4] LVL3"
     assert res["best_step"] == 4 and res["best_val_accuracy"] == acc[3] and res["initial_val_accuracy"] == acc[1]
@@ -122,9 +124,8 @@ def misbehaving(tgd_output):
     inner = engine.responder
 
     def respond(req: GenRequest) -> str:
-        if meta_tgd_target(req) is not None:
-            variable = request_text(req).split("<VARIABLE> ", 1)[1].split(" </VARIABLE>", 1)[0].strip()
-            return tgd_output(variable)
+        if (target := meta_tgd_target(req)) is not None:
+            return tgd_output(tgd_variable(req, target))
         return inner(req)
 
     engine.responder = respond
@@ -140,6 +141,7 @@ def _run(tmp_path, engine, **kw):
 
 
 INNER = 1 + 3 * 1  # calls of one inner loop with T = 1
+META = 3  # meta calls of a learned-loss step: evaluation, backward, TGD step (meta_step="backward")
 
 
 @pytest.mark.parametrize(
@@ -157,8 +159,8 @@ def test_misbehaving_optimizer_step_is_skipped_without_validation(tmp_path, call
     step1 = res["history"][1]
     assert step1["label"] is None and step1["accepted"] is False and step1["val_accuracy"] is None
     assert reason in step1["info"]["loss_prompt"]["skipped"]
-    # step 1 spent only its two meta calls (evaluation + TGD step): no validation inner loop
-    assert [b - a for a, b in zip([0] + marks, marks)] == [INNER, 2, INNER]
+    # step 1 spent only its meta calls (evaluation, backward, TGD step): no validation inner loop
+    assert [b - a for a, b in zip([0] + marks, marks)] == [INNER, META, INNER]
     assert res["learned"]["loss_prompt"] == res["history"][0]["candidate"]["loss_prompt"]
 
 
@@ -184,4 +186,4 @@ def test_cut_off_proposal_is_skipped_without_validation(tmp_path, calls_at_check
     step1 = res["history"][1]
     assert step1["label"] is None and step1["val_accuracy"] is None
     assert re.search(r"cut off|max_tokens|length", step1["info"]["loss_prompt"]["skipped"])
-    assert [b - a for a, b in zip([0] + marks, marks)] == [INNER, 2, INNER]
+    assert [b - a for a, b in zip([0] + marks, marks)] == [INNER, META, INNER]

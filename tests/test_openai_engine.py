@@ -282,6 +282,23 @@ def test_api_key_never_leaks(tmp_path, caplog, capsys):
     assert key[13:] not in caplog.text  # not even the random part alone
 
 
+def test_a_server_that_lowers_max_tokens_to_its_context_gives_context_length():
+    # Like a vLLM server: max_tokens is lowered to the room left in the context, the answer says "length".
+    long_answer = lambda body: " ".join(["word"] * 50)  # noqa: E731
+    with FaultServer(fault_rate=0.0, answer=long_answer, max_model_len=40) as srv:
+        engine = _engine(srv)
+        prompt = " ".join(["p"] * 30)  # 30 words: 10 left for the answer
+        cut, capped, big_cap = engine.generate([
+            GenRequest.chat(prompt, id="cut", sampling=SamplingConfig(max_tokens=20)),
+            GenRequest.chat(prompt, id="capped", sampling=SamplingConfig(max_tokens=5)),
+            GenRequest.chat("short", id="big-cap", sampling=SamplingConfig(max_tokens=60)),
+        ])
+    assert (cut.finish_reason, cut.completion_tokens) == ("context_length", 10)
+    assert (capped.finish_reason, capped.completion_tokens) == ("length", 5)  # its own cap, not the context
+    assert (big_cap.finish_reason, big_cap.completion_tokens) == ("context_length", 39)  # 1 + 39 = 40
+    assert engine.usage.context_truncated == 2
+
+
 def test_redactor_and_safe_url():
     scrub = Redactor("abcd-secret")
     text = 'headers: {"Authorization": "Bearer abcd-secret"} api_key=zzz token sk-abcdef123456'
@@ -331,3 +348,16 @@ def test_real_vllm_server_prefill_detected(vllm_server):
     [res] = engine.generate([GenRequest.chat("What is 2+2?", id="p", sampling=sampling, response_prefix="The answer is")])
     assert res.ok and engine._prefill_detected is True
     assert not res.text.lower().lstrip().startswith("the answer is")  # a continuation, not a restart
+
+
+@pytest.mark.vllm
+def test_real_vllm_server_context_cut_is_context_length(vllm_server):
+    """vLLM's server lowers max_tokens to the room its context leaves; the engine reports that cut."""
+    engine = create_engine("openai:smollm2", base_url=vllm_server.base_url, timeout_s=300, send_seed=False)
+    sampling = SamplingConfig(temperature=0.0, max_tokens=64)
+    # ~2030 prompt tokens of a 2048 context: less room than max_tokens, and a text the model continues.
+    prompt = "Count on: " + " ".join(str(i % 10) for i in range(1015))
+    [res] = engine.generate([GenRequest(prompt=prompt, id="long", sampling=sampling)])
+    assert res.ok and res.prompt_tokens + res.completion_tokens == 2048, (res.prompt_tokens, res.completion_tokens)
+    assert res.completion_tokens < 64 and res.finish_reason == "context_length"
+    assert engine.usage.context_truncated == 1

@@ -86,6 +86,24 @@ def test_majority_vote_follows_textgrad_multimode() -> None:
     assert metrics.majority_vote(["A", "B"], tie="first") == 0 and metrics.majority_vote(["A", "B"], tie="last") == 1
 
 
+def test_meta_step_setting_is_recorded_and_an_omitted_one_means_direct() -> None:
+    assert DEFAULT_PROTOCOL.meta_step == "backward" and DEFAULT_PROTOCOL.to_dict()["meta_step"] == "backward"
+    direct = DEFAULT_PROTOCOL.replace(meta_step="direct")
+    assert "meta_step" not in direct.to_dict()  # as runs recorded before the setting existed
+    assert protocol_hash(direct) != protocol_hash(DEFAULT_PROTOCOL)
+    # Round trips, and a recorded protocol without the key is what those runs used: direct.
+    assert Protocol.from_dict(direct.to_dict()) == direct
+    assert Protocol.from_dict(DEFAULT_PROTOCOL.to_dict()) == DEFAULT_PROTOCOL
+    old = {k: v for k, v in DEFAULT_PROTOCOL.to_dict().items() if k != "meta_step"}
+    assert Protocol.from_dict(old).meta_step == "direct" and protocol_hash(old) == protocol_hash(direct)
+    with pytest.raises(ValueError, match="meta_step must be one of backward, direct, got 'fused'"):
+        DEFAULT_PROTOCOL.replace(meta_step="fused")
+    args = build_parser().parse_args(["eval", "--out", "x", "--meta-step", "direct"])
+    from mtg_local.protocol_flags import protocol_from_args
+
+    assert protocol_from_args(args) == direct
+
+
 # -- the CLI ---------------------------------------------------------------------
 def test_every_command_has_the_same_protocol_flags_and_defaults(tmp_path: Path) -> None:
     parser = build_parser()
@@ -93,7 +111,7 @@ def test_every_command_has_the_same_protocol_flags_and_defaults(tmp_path: Path) 
     ev = parser.parse_args(["eval", *common])
     tr = parser.parse_args(["train", *common])
     bl = parser.parse_args(["baseline", "--method", "prompt_opt", *common])
-    from mtg_local.commands.protocol_args import protocol_from_args
+    from mtg_local.protocol_flags import protocol_from_args
 
     assert protocol_from_args(ev) == protocol_from_args(tr) == protocol_from_args(bl) == DEFAULT_PROTOCOL
     flags = ["--seeds", "0,1", "--steps", "1", "--task-seed", "7", "--answer-selection", "last", "--no-keep-format",
@@ -111,7 +129,7 @@ def test_every_command_has_the_same_protocol_flags_and_defaults(tmp_path: Path) 
 def test_protocol_file_then_flags(tmp_path: Path) -> None:
     f = tmp_path / "results.json"
     f.write_text(json.dumps({"protocol": DEFAULT_PROTOCOL.replace(steps=5, seeds=(0,)).to_dict()}))
-    from mtg_local.commands.protocol_args import protocol_from_args
+    from mtg_local.protocol_flags import protocol_from_args
 
     args = build_parser().parse_args(["eval", "--out", str(tmp_path / "r"), "--protocol", str(f), "--top-p", "1"])
     assert protocol_from_args(args) == DEFAULT_PROTOCOL.replace(steps=5, seeds=(0,), top_p=1.0)

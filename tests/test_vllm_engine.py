@@ -74,6 +74,27 @@ def test_stop_strings_and_max_tokens(vllm_engine) -> None:  # noqa: ANN001
     assert capped.completion_tokens == 5 and capped.finish_reason == "length"
 
 
+def test_a_cap_the_context_cannot_hold_ends_as_context_length(vllm_engine) -> None:  # noqa: ANN001
+    """vLLM lowers max_tokens to the room a prompt leaves; an answer cut there is "context_length"."""
+    ctx = vllm_engine.max_model_len
+    tok = vllm_engine.tokenizer
+    count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    base = "Count on: " + " ".join(str(i % 10) for i in range(100))
+    per_pair = count(base + " 0 1") - count(base)  # tokens of two more items
+    n = 100 + 2 * ((ctx - 12 - count(base)) // per_pair)
+    prompt = "Count on: " + " ".join(str(i % 10) for i in range(n))  # a raw prompt the model continues
+    vllm_engine.reset_usage()
+    cut, capped = vllm_engine.generate([
+        GenRequest(prompt=prompt, sampling=SamplingConfig(max_tokens=64), id="cut"),
+        GenRequest(prompt=prompt, sampling=SamplingConfig(max_tokens=4), id="capped"),
+    ])
+    room = ctx - cut.prompt_tokens
+    assert 0 < room < 64, (cut.prompt_tokens, ctx)
+    assert (cut.finish_reason, cut.completion_tokens) == ("context_length", room)
+    assert (capped.finish_reason, capped.completion_tokens) == ("length", 4)  # its own cap came first
+    assert vllm_engine.usage.context_truncated == 1 and vllm_engine.usage.calls == 1
+
+
 def test_seeds_distinct_samples_and_reproducible_batches(vllm_engine) -> None:  # noqa: ANN001
     prompt = "Invent a name for a new fruit and describe it in one sentence."
     batch = [

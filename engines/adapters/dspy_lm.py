@@ -48,7 +48,7 @@ offline_library_env()
 
 import dspy  # noqa: E402  (after the environment defaults)
 
-from engines.base import Engine, GenRequest, SamplingConfig  # noqa: E402
+from engines.base import Engine, GenRequest, SamplingConfig, is_cut_off  # noqa: E402
 from engines.coalescer import CoalescerConfig, GenerationFailedError, RequestCoalescer  # noqa: E402
 from engines.errors import RequestError  # noqa: E402
 
@@ -203,7 +203,7 @@ class EngineDSPyLM(dspy.BaseLM):
         choices = [
             {
                 "index": i,
-                "finish_reason": "length" if r.finish_reason == "length" else "stop",
+                "finish_reason": "length" if is_cut_off(r.finish_reason) else "stop",
                 "message": {"role": "assistant", "content": r.text},
             }
             for i, r in enumerate(results)

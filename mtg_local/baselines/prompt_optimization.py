@@ -65,7 +65,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.base import Engine, GenRequest, SamplingConfig
+from engines.base import Engine, GenRequest, SamplingConfig, is_cut_off
 from mtg_local.evaluation import evaluate, make_items
 from mtg_local.inner_loop import DEFAULT_TEMPLATE, derive_seed
 from mtg_local.protocol import Protocol
@@ -279,7 +279,7 @@ def _one_step(
     if not r.ok:
         entry["error"] = f"TGD step engine error: {r.error}"
         return entry
-    parsed = parse_improved_variable(prefix + r.text, truncated=r.finish_reason == "length", start_tag=start,
+    parsed = parse_improved_variable(prefix + r.text, truncated=is_cut_off(r.finish_reason), start_tag=start,
                                      end_tag=end)
     if parsed.value is None:
         entry["error"] = parsed.error

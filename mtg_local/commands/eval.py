@@ -28,8 +28,8 @@ from engines import Engine
 from engines.errors import UserError
 from mtg_local.barrier_free import check_item_schedule
 from mtg_local.commands.common import DEFAULT_ENGINE, add_engine_args, open_run_engines
-from mtg_local.commands.protocol_args import add_protocol_args, context_check, protocol_from_args
-from mtg_local.commands.protocol_args import parse_seeds  # noqa: F401 - re-exported for other commands
+from mtg_local.protocol_flags import add_protocol_args, context_check, protocol_from_args
+from mtg_local.protocol_flags import parse_seeds  # noqa: F401 - re-exported for other commands
 from mtg_local.evaluation import METHODS, UsageMeter, evaluate, now_iso, results_record, write_trajectories
 from mtg_local.evaluation import truncation_summary
 from mtg_local.inner_loop import DEFAULT_TEMPLATE, SCHEDULES, InnerLoopConfig

@@ -33,7 +33,7 @@ from typing import Any
 from engines.errors import UserError
 from mtg_local.commands.common import add_engine_args
 from mtg_local.commands.eval import read_text_arg
-from mtg_local.commands.protocol_args import add_protocol_args, protocol_from_args
+from mtg_local.protocol_flags import add_protocol_args, protocol_from_args
 from mtg_local.meta.meta_config import JOINT_TEMPLATE_UPDATES, METHODS, MetaConfig
 from mtg_local.meta.train_run import run_train
 from mtg_local.runs.interrupt import Interrupted

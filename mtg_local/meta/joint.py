@@ -2,9 +2,10 @@
 
 Schedule: **propose both, validate three, keep the best.** Every outer step
 runs one train minibatch inner loop with the current (loss prompt, template),
-then proposes in the same two batched engine calls
+then proposes in the same batched engine calls (one per stage: meta evaluation,
+backward, TGD step; ``meta_update``)
 
-* a loss-prompt candidate (theta_meta meta evaluation + TGD step, as learned_loss),
+* a loss-prompt candidate (theta_meta meta evaluation, backward, TGD step, as learned_loss),
 * a template candidate (Reptile-style with theta_R by default, or MAML-style
   from the last gradients with ``joint_template="maml"``),
 

@@ -3,7 +3,9 @@
 Each outer step runs the inner loop on a train minibatch with the current loss
 prompt, shows the wrong answers with their standard answers and the loss prompt
 to the fixed meta loss prompt theta_meta (one call: the meta evaluation), and
-applies a TGD step to the loss prompt with that feedback (one call).
+updates the loss prompt from it: a backward call on the loss prompt through that
+evaluation, then a TGD step (protocol ``meta_step="backward"``, eq. 6), or a TGD
+step with the evaluation as its feedback (``"direct"``); see ``meta_update``.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ JOINT_TEMPLATE_UPDATES = ("reptile", "maml")
 #: Protocol settings readable as ``MetaConfig`` attributes (``config.seeds`` etc.).
 _PROTOCOL_VIEWS = ("seeds", "outer_steps", "minibatch", "steps", "limit", "task_seed", "sample_seed", "temperature",
                    "optimizer_temperature", "meta_temperature", "top_p", "max_tokens", "optimizer_max_tokens",
-                   "meta_max_tokens", "max_meta_pairs", "freeze_when")
+                   "meta_max_tokens", "max_meta_pairs", "freeze_when", "meta_step")
 
 
 @dataclasses.dataclass(frozen=True)

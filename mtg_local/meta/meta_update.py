@@ -1,19 +1,42 @@
 """One outer-loop update of a learned artifact, and the batched proposal of candidates.
 
 A ``MetaUpdate`` turns the train minibatch's trajectories into a new value for
-one artifact (the loss prompt or the inference template) in at most two
-stages: an optional meta evaluation (theta_meta or theta_R) and a TGD step.
-``propose`` runs any number of updates together, so each stage is **one**
-engine call whatever the number of updates (the joint method has two):
+one artifact (the loss prompt or the inference template). ``propose`` runs any
+number of updates together, so each stage is **one** engine call whatever the
+number of updates (the joint method has two):
 
-    call 1: the meta evaluations of all updates that need one
-    call 2: the TGD steps of all updates that were not skipped
+    call 1: the meta evaluations (theta_meta / theta_R) of all updates that need one
+    call 2: protocol ``meta_step="backward"`` (the default): the backward calls
+            through those evaluations, one per update
+    call 3: the TGD steps of all updates that were not skipped
 
-A TGD output that stopped at ``max_tokens`` (finish reason "length") is never
-a candidate, whatever its tags say; a truncated meta evaluation still feeds
-the TGD step and is recorded (``meta_evaluation_truncated`` in the history).
+The meta step as the paper writes it (eqs. 6 and 9, appendix A: TextGrad
+backpropagation) is ``meta_step="backward"``: the meta evaluation is a language
+model call whose output is the loss, so, as TextGrad's backward through such a
+call (``_backward_through_llm_base``), a backward call asks for feedback on the
+evaluated variable (theta_L or y_T) given that call's conversation (its input, the
+meta prompt with the wrong answers, and its output, the meta evaluation); the TGD
+step then quotes that conversation and the feedback. Both are the inner loop's
+batched TextGrad operations (``mtg_local.textgrad.ops.backward`` with a
+``LossContext`` describing the meta-evaluation call, and
+``TextualGradientDescent``), so the meta step sends exactly the texts the inner
+loop's backward and update calls send. The meta-evaluation call has no system
+prompt, so its conversation's system prompt is empty. ``meta_step="direct"`` skips
+the backward call: the TGD step's feedback is the meta evaluation itself
+(``META_FEEDBACK_CONTEXT``), one call fewer per outer step.
 
-Learned loss and Reptile make 2 calls per outer step, MAML 1, joint 2.
+A MAML-style update (eq. 7) has no meta evaluation: its TGD step reads the inner
+loop's last gradients directly, under either setting, in the same TGD call.
+
+A TGD output that was cut off (finish reason "length" or "context_length") is
+never a candidate, whatever its tags say; a cut-off meta evaluation or backward
+output still feeds the next stage and is recorded (``meta_evaluation_truncated``,
+``meta_backward_truncated``, and every call's finish reason under
+``finish_reasons``). The TGD output is parsed leniently (``parse_improved``): a
+bad candidate costs one validation and is reverted by the outer loop.
+
+Learned loss and Reptile make 3 calls per outer step (2 with ``direct``), MAML 1,
+joint 3 (2).
 
 What the meta step is shown. The minibatch's trajectories are question-major
 (all seeds of question 1, then question 2, ...), so taking the first
@@ -37,10 +60,13 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from engines.base import Engine, GenRequest, SamplingConfig
+from engines.base import Engine, GenRequest, SamplingConfig, is_cut_off
 from mtg_local.inner_loop import Trajectory
 from mtg_local.prompts import meta_prompts as P
 from mtg_local.tasks.base import Task
+from mtg_local.textgrad import ops
+from mtg_local.textgrad.optimizer import TextualGradientDescent
+from mtg_local.textgrad.variable import Gradient, LossContext, Variable
 
 TARGETS = ("loss_prompt", "template")
 
@@ -82,7 +108,11 @@ class Candidate:
 
 @dataclasses.dataclass(frozen=True)
 class MetaContext:
-    """What updates need besides trajectories: the task, the engine, sampling, limits."""
+    """What updates need besides trajectories: the task, the engine, sampling, limits.
+
+    ``meta_step`` is the protocol's: "backward" (a backward call through the meta
+    evaluation, then the TGD step) or "direct" (the TGD step from the evaluation).
+    """
 
     task: Task
     engine: Engine
@@ -90,6 +120,7 @@ class MetaContext:
     temperature: float
     max_pairs: int
     top_p: float = 1.0
+    meta_step: str = "backward"
 
 
 class MetaUpdate(abc.ABC):
@@ -108,7 +139,11 @@ class MetaUpdate(abc.ABC):
     def context(
         self, ctx: MetaContext, current: Artifacts, trajs: Sequence[Trajectory], feedback: str | None
     ) -> str | None:
-        """The TGD step's <CONTEXT> from the meta feedback (or the trajectories); None to skip."""
+        """The TGD step's <CONTEXT> from the meta feedback (or the trajectories); None to skip.
+
+        Used when the step makes no backward call: under ``meta_step="direct"``, or for an
+        update without a meta evaluation (MAML-style).
+        """
 
     def skip_reason(self) -> str:
         """Why ``meta_evaluation``/``context`` returned None (recorded in the history)."""
@@ -172,16 +207,35 @@ def parse_improved(text: str) -> tuple[str | None, str]:
     return (value, mode) if value else (None, "empty")
 
 
-def _request(ctx: MetaContext, user: str, *, system: str | None, id: str, seed: int, prefix: str = "") -> GenRequest:
-    sampling = SamplingConfig(temperature=ctx.temperature, top_p=ctx.top_p, max_tokens=ctx.max_tokens, seed=seed)
-    if not ctx.engine.capabilities.response_prefix:
-        prefix = ""
-    return GenRequest.chat(user, system=system, sampling=sampling, id=id, response_prefix=prefix)
+def _sampling(ctx: MetaContext, seed: int) -> SamplingConfig:
+    return SamplingConfig(temperature=ctx.temperature, top_p=ctx.top_p, max_tokens=ctx.max_tokens, seed=seed)
 
 
 def normalize_value(target: str, value: str) -> str:
     """Templates are response prefixes: they end with one space, like the paper's initial one."""
     return value.rstrip() + " " if target == "template" else value
+
+
+class _MetaTGD(TextualGradientDescent):
+    """The TGD call of one meta step: TextGrad's update request for a variable whose
+    gradient came from the backward call, the given request (``direct``) for the others."""
+
+    def __init__(self, parameters: Sequence[Variable], direct: Sequence[str | None], *, engine: Engine) -> None:
+        super().__init__(parameters, engine=engine)
+        self.direct = list(direct)
+
+    def _request(self, i: int, *, sampling: SamplingConfig, id: str, response_prefix: str) -> GenRequest:
+        user = self.direct[i]
+        if user is None:
+            return super()._request(i, sampling=sampling, id=id, response_prefix=response_prefix)
+        return GenRequest.chat(user, system=P.TGD_SYSTEM_PROMPT, sampling=sampling, id=id,
+                               response_prefix=response_prefix)
+
+
+def _variable(u: MetaUpdate, current: Artifacts) -> Variable:
+    """The learned artifact as a TextGrad variable; a template as theta_R shows it (no trailing space)."""
+    value = getattr(current, u.target)
+    return Variable(value.strip() if u.target == "template" else value, u.role)
 
 
 def propose(
@@ -193,11 +247,11 @@ def propose(
     step: int,
     combine: bool = False,
 ) -> tuple[list[Candidate], dict[str, Any]]:
-    """Runs ``updates`` together: one call for all meta evaluations, one for all TGD steps.
+    """Runs ``updates`` together, one engine call per stage (see the module docstring).
 
     Args:
         updates: at most one per target.
-        ctx: task, optimizer engine and meta sampling settings.
+        ctx: task, optimizer engine, meta sampling settings and ``meta_step``.
         current: the artifacts the minibatch was run with.
         trajs: the minibatch trajectories (item order).
         step: outer step (1-based); also the meta requests' seed, so a retried
@@ -207,6 +261,7 @@ def propose(
     Returns:
         (candidates in update order [+ "both"], info per target for the history).
     """
+    sampling = _sampling(ctx, step)
     info: dict[str, dict[str, Any]] = {u.target: {} for u in updates}
     live: list[MetaUpdate] = []
     evals: list[tuple[MetaUpdate, GenRequest]] = []
@@ -217,46 +272,75 @@ def propose(
             continue
         live.append(u)
         if prompt:
-            evals.append((u, _request(ctx, prompt, system=None, id=f"meta-eval-{step}-{u.target}", seed=step)))
+            evals.append((u, GenRequest.chat(prompt, sampling=sampling, id=f"meta-eval-{step}-{u.target}")))
     feedback: dict[str, str | None] = {u.target: None for u in live}
+    variables = {u.target: _variable(u, current) for u in live}
+    losses: list[tuple[MetaUpdate, Variable]] = []
     if evals:
-        for (u, _), res in zip(evals, ctx.engine.generate([r for _, r in evals])):
-            if not res.ok:
-                info[u.target]["skipped"] = f"meta evaluation failed: {res.error}"
-                live.remove(u)
-            else:
-                feedback[u.target] = info[u.target]["meta_feedback"] = res.text
-                # A meta evaluation cut off at max_tokens still feeds the TGD step: it is
-                # feedback, not a candidate, and its first part still says what to change;
-                # the candidate it leads to is validated like any other. It is recorded.
-                info[u.target]["meta_evaluation_truncated"] = res.finish_reason == "length"
-    steps: list[tuple[MetaUpdate, GenRequest]] = []
-    for u in list(live):
-        context = u.context(ctx, current, trajs, feedback[u.target])
-        if context is None:
-            info[u.target]["skipped"] = u.skip_reason()
-            continue
-        variable = getattr(current, u.target)
-        user = P.TGD_STEP_PROMPT.format(role=u.role, variable=variable, context=context)
-        # The opening tag is prefilled where the engine can (small models then rarely lose it).
-        req = _request(ctx, user, system=P.TGD_SYSTEM_PROMPT, id=f"meta-tgd-{step}-{u.target}", seed=step,
-                       prefix=P.IMPROVED_START_TAG)
-        steps.append((u, req))
-    candidates: list[Candidate] = []
-    if steps:
-        for (u, req), res in zip(steps, ctx.engine.generate([r for _, r in steps])):
+        for (u, req), res in zip(evals, ctx.engine.generate([r for _, r in evals])):
             rec = info[u.target]
             if not res.ok:
-                rec["skipped"] = f"TGD step failed: {res.error}"
+                rec["skipped"] = f"meta evaluation failed: {res.error}"
+                live.remove(u)
                 continue
-            output = req.response_prefix + res.text
-            rec["tgd_output"] = output
-            if res.finish_reason == "length":
+            feedback[u.target] = rec["meta_feedback"] = res.text
+            # A meta evaluation cut off at its token limit still feeds the next stage: it is
+            # feedback, not a candidate, and its first part still says what to change; the
+            # candidate it leads to is validated like any other. It is recorded.
+            rec["meta_evaluation_truncated"] = is_cut_off(res.finish_reason)
+            rec.setdefault("finish_reasons", {})["meta_evaluation"] = res.finish_reason
+            if ctx.meta_step == "backward":
+                assert req.messages is not None
+                call = LossContext(evaluated=variables[u.target], loss_prompt=req.messages[-1].content,
+                                   loss_input=req.messages[-1].content, system_prompt="")
+                losses.append((u, Variable(res.text, P.META_EVALUATION_ROLE, requires_grad=False,
+                                           loss_context=call, finish_reason=res.finish_reason)))
+    if losses:
+        errors = ops.backward(ctx.engine, [lv for _, lv in losses], samplings=sampling,
+                              ids=[f"meta-bwd-{step}-{u.target}" for u, _ in losses])
+        for (u, _), error in zip(losses, errors):
+            rec = info[u.target]
+            if error is not None:
+                rec["skipped"] = f"meta backward failed: {error}"
+                live.remove(u)
+                continue
+            g = variables[u.target].gradients[-1]
+            rec["meta_gradient"] = g.text
+            rec["meta_backward_truncated"] = is_cut_off(g.finish_reason)
+            rec.setdefault("finish_reasons", {})["meta_backward"] = g.finish_reason
+    stepped: list[MetaUpdate] = []
+    direct: list[str | None] = []
+    for u in list(live):
+        var = variables[u.target]
+        if not var.gradients:  # no backward call: a TGD step straight from the context
+            context = u.context(ctx, current, trajs, feedback[u.target])
+            if context is None:
+                info[u.target]["skipped"] = u.skip_reason()
+                continue
+            var.gradients.append(Gradient(text=context))
+            direct.append(P.TGD_STEP_PROMPT.format(role=u.role, variable=getattr(current, u.target), context=context))
+        else:
+            direct.append(None)
+        stepped.append(u)
+    candidates: list[Candidate] = []
+    if stepped:
+        # The opening tag is prefilled where the engine can (small models then rarely lose it).
+        tgd = _MetaTGD([variables[u.target] for u in stepped], direct, engine=ctx.engine)
+        outcomes = tgd.step(samplings=sampling, ids=[f"meta-tgd-{step}-{u.target}" for u in stepped])
+        for u, out in zip(stepped, outcomes):
+            rec = info[u.target]
+            if out.engine_error:
+                rec["skipped"] = f"TGD step failed: {out.error}"
+                continue
+            rec["tgd_output"] = out.raw
+            rec.setdefault("finish_reasons", {})["meta_tgd"] = out.finish_reason
+            if is_cut_off(out.finish_reason):
                 # A prompt cut off mid-text is never a candidate: no validation call is spent on it.
-                rec["skipped"] = "TGD step output cut off at max_tokens"
+                where = "the context" if out.finish_reason == "context_length" else "max_tokens"
+                rec["skipped"] = f"TGD step output cut off at {where}"
                 rec["tgd_truncated"] = True
                 continue
-            value, mode = parse_improved(output)
+            value, mode = parse_improved(out.raw)
             rec["parse"] = mode
             if value is None:
                 rec["skipped"] = "TGD step gave an empty value"

@@ -5,7 +5,7 @@ One run (``OuterLoop.run``)::
     step 0   validate the starting artifacts  } ONE inner loop (groups "val:0:initial"
              + train minibatch of step 1      }  and "train:1")            -> checkpoint
     step k   minibatch inner loop (step 1 reuses the one above)
-             propose candidates (meta_update.propose: <= 2 calls)
+             propose candidates (meta_update.propose: <= 3 calls)
              validate all candidates in ONE inner loop (group per candidate)
              keep the best one if its val accuracy beats the best so far,
              else revert (current = best); record everything    -> checkpoint
@@ -264,7 +264,8 @@ class OuterLoop:
         ids = list(dict.fromkeys(t.item.example.id for t in minibatch))
         train_acc = mean_score(minibatch)  # over the minibatch's items, whatever their task
         ctx = MetaContext(self.task, self.optimizer_engine, self.config.meta_max_tokens,
-                          self.config.meta_temperature, self.config.max_meta_pairs, top_p=self.config.top_p)
+                          self.config.meta_temperature, self.config.max_meta_pairs, top_p=self.config.top_p,
+                          meta_step=self.config.meta_step)
         candidates, info = propose(self.updates, ctx, self.state.best, minibatch, step=step, combine=self.combine)
         self._check_stop(f"after the meta step of step {step}")
         base = {"step": step, "minibatch": ids, "train_accuracy": train_acc, "best_val_before": self.state.best_val,

@@ -3,7 +3,9 @@
 Each outer step runs the inner loop on a train minibatch with the current
 inference template, shows the wrong responses with their standard answers and
 the template to the fixed Reptile loss prompt theta_R (one call: the meta
-evaluation), and applies a TGD step to the template with that feedback (one call).
+evaluation), and updates the template from it: a backward call on the template
+through that evaluation, then a TGD step (protocol ``meta_step="backward"``, eq. 9),
+or a TGD step with the evaluation as its feedback (``"direct"``); see ``meta_update``.
 """
 
 from __future__ import annotations

@@ -6,10 +6,13 @@
   "Question 1: ... (more Q&A pairs)" block is the ``{qa_pairs}`` field, filled
   with ``QA_PAIR`` once per wrong answer (numbered from 1) joined by
   ``QA_PAIR_SEPARATOR``.
-* ``TGD_*`` are the textual-gradient-descent step prompts that turn feedback
-  into a new loss prompt / inference template (eqs. 6, 7, 9). They follow
-  TextGrad's optimizer prompts (system prompt, ``<VARIABLE>``,
+* ``TGD_*`` are the textual-gradient-descent step prompts of the steps that do
+  not go through a backward call: the MAML-style step (eq. 7) and, under
+  protocol ``meta_step="direct"``, the loss-prompt / Reptile steps (eqs. 6, 9).
+  They follow TextGrad's optimizer prompts (system prompt, ``<VARIABLE>``,
   ``<CONTEXT>``/``<FEEDBACK>``, answer between ``<IMPROVED_VARIABLE>`` tags).
+  Under ``meta_step="backward"`` (the default) those steps use the inner loop's
+  backward and TGD texts (``mtg_local.textgrad``).
 
 One deliberate deviation: the paper's PDF text reads "as general aspossible"
 (a lost space from the PDF extraction); it is written "as general as possible".
@@ -89,7 +92,16 @@ TEMPLATE_ROLE = (
     "a prefix when generating responses; it should be concise, general and end with a colon"
 )
 
-#: <CONTEXT> of a loss-prompt step (eq. 6) or a Reptile step (eq. 9): the meta evaluation.
+#: Role of the meta evaluation's output when the meta step back-propagates through it
+#: (protocol ``meta_step="backward"``): the backward and TGD calls show the meta-evaluation
+#: call as the conversation the variable took part in, and this as what its output is used as.
+META_EVALUATION_ROLE = (
+    "meta evaluation: a critique of the variable drawn from wrong answers produced with it and "
+    "their standard answers"
+)
+
+#: <CONTEXT> of a loss-prompt step (eq. 6) or a Reptile step (eq. 9) under
+#: ``meta_step="direct"``: the meta evaluation as the feedback itself.
 #: Fields: {feedback}.
 META_FEEDBACK_CONTEXT = (
     "A meta-evaluator read wrong answers produced with this variable, together with the standard "

@@ -199,7 +199,7 @@ class Grid:
             if len(set(labels)) != len(labels):
                 raise GridError(f"two grid {kind}s share a label ({labels}); give them distinct 'label's")
         allowed = {"all", *set(METHOD_COMMANDS.values()), *METHOD_COMMANDS}
-        from mtg_local.commands.protocol_args import protocol_flags
+        from mtg_local.protocol_flags import protocol_flags
 
         flags = protocol_flags()
         for key, values in self.args:

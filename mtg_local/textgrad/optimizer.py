@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
-from engines.base import Engine, GenRequest, SamplingConfig
+from engines.base import Engine, GenRequest, SamplingConfig, is_cut_off
 from mtg_local.prompts import textgrad_prompts as P
 from mtg_local.textgrad.ops import Samplings, generate_in_prefix_order, per_item
 from mtg_local.textgrad.update_parsing import parse_improved_variable
@@ -122,7 +122,7 @@ class TextualGradientDescent:
                 outcomes[i] = StepOutcome(False, why, engine_error=True, finish_reason=fr)
                 continue
             raw = prefix + r.text
-            parsed = parse_improved_variable(raw, truncated=fr == "length")
+            parsed = parse_improved_variable(raw, truncated=is_cut_off(fr))
             if parsed.value is None:
                 outcomes[i] = StepOutcome(False, parsed.error, raw, finish_reason=fr)
                 continue

@@ -57,7 +57,7 @@ def parse_improved_variable(
 
     Args:
         text: the full step output (including any prefilled start tag).
-        truncated: the output stopped at ``max_tokens`` (used in the reason).
+        truncated: the output was cut off (at ``max_tokens`` or by the context; used in the reason).
         start_tag: opening tag.
         end_tag: closing tag.
 
@@ -71,7 +71,7 @@ def parse_improved_variable(
     end = end_re.search(text, first.end())
     if end is None:
         if truncated:
-            why = "output cut off at max_tokens"
+            why = "output cut off at max_tokens or by the context"
         else:
             other = _ANY_CLOSING.search(text, first.end())
             why = f"closed with {other.group(0)} instead" if other else "the model stopped without it"

@@ -3,6 +3,16 @@
 Every flag defaults to "unset": the run's protocol is ``DEFAULT_PROTOCOL`` (or the
 one read with ``--protocol FILE``) with only the flags given on the command line
 replaced. So one place (``mtg_local.protocol``) holds the defaults of every command.
+
+Every command that records a protocol takes **every** protocol flag, the meta-training
+ones included: they are in every run's ``protocol_hash``, so ``mtg eval --outer-steps 4``
+must be able to record the same protocol as ``mtg train --outer-steps 4`` (one table), and a
+grid's ``args.all`` may hold any of them. Commands that do not meta-train record them
+without using them.
+
+This module sits beside ``mtg_local.protocol`` (below ``mtg_local.commands`` and
+``mtg_local.slurm``), so the grid code can list the protocol flags without importing a
+command.
 """
 
 from __future__ import annotations
@@ -14,7 +24,8 @@ from typing import Any
 
 from engines.errors import UserError
 from mtg_local.inner_loop import FREEZE_CONDITIONS, PROMPT_LAYOUTS
-from mtg_local.protocol import ANSWER_SELECTIONS, DEFAULT_PROTOCOL, SCORINGS, VOTE_TIES, Protocol, check_context
+from mtg_local.protocol import ANSWER_SELECTIONS, DEFAULT_PROTOCOL, META_STEPS, SCORINGS, VOTE_TIES, Protocol
+from mtg_local.protocol import check_context
 
 _D = DEFAULT_PROTOCOL
 
@@ -43,7 +54,13 @@ def _bool(text: str) -> bool:
 
 
 def add_protocol_args(parser: argparse.ArgumentParser, *, meta: bool = False) -> None:
-    """Adds the protocol flags (``meta``: also the outer-loop ones of ``mtg train``)."""
+    """Adds every protocol flag to ``parser``.
+
+    Args:
+        parser: a command's parser.
+        meta: whether the command meta-trains; only the help text of the meta flags
+            differs (a command that does not records them in its protocol unused).
+    """
     g = parser.add_argument_group(
         "protocol (equal across one results table; defaults and sources: docs/protocol.md)"
     )
@@ -82,18 +99,24 @@ def add_protocol_args(parser: argparse.ArgumentParser, *, meta: bool = False) ->
     g.add_argument("--task-seed", type=int, default=None, help=f"task data seed (default: {_D.task_seed})")
     g.add_argument("--limit", type=int, default=None, metavar="N", help="first N questions of every split")
     g.add_argument("--scoring", default=None, choices=SCORINGS, help=f"answer extraction (default: {_D.scoring})")
-    if meta:
-        g.add_argument("--meta-temperature", type=float, default=None,
-                       help=f"meta calls; default: {_D.meta_temperature}")
-        g.add_argument("--meta-max-tokens", type=int, default=None, help=f"meta calls; default: {_D.meta_max_tokens}")
-        g.add_argument("--outer-steps", type=int, default=None, metavar="K", help=f"default: {_D.outer_steps}")
-        g.add_argument("--minibatch", type=int, default=None,
-                       help=f"train questions per outer step (default: {_D.minibatch})")
-        g.add_argument("--max-meta-pairs", type=int, default=None,
-                       help=f"most wrong answers / gradients per meta call (default: {_D.max_meta_pairs})")
-        g.add_argument("--sample-seed", type=int, default=None,
-                       help=f"minibatch sampling seed (default: {_D.sample_seed})")
-
+    # Meta-training settings: in every run's protocol (and hash), so every command takes them.
+    unused = "" if meta else "; recorded, used only by mtg train"
+    g.add_argument("--meta-temperature", type=float, default=None,
+                   help=f"meta calls (default: {_D.meta_temperature}{unused})")
+    g.add_argument("--meta-max-tokens", type=int, default=None,
+                   help=f"meta calls (default: {_D.meta_max_tokens}{unused})")
+    g.add_argument("--outer-steps", type=int, default=None, metavar="K",
+                   help=f"outer steps (default: {_D.outer_steps}{unused})")
+    g.add_argument("--minibatch", type=int, default=None,
+                   help=f"train questions per outer step (default: {_D.minibatch}{unused})")
+    g.add_argument("--max-meta-pairs", type=int, default=None,
+                   help=f"most wrong answers / gradients per meta call (default: {_D.max_meta_pairs}{unused})")
+    g.add_argument("--sample-seed", type=int, default=None,
+                   help=f"minibatch sampling seed (default: {_D.sample_seed}{unused})")
+    g.add_argument("--meta-step", default=None, choices=META_STEPS,
+                   help="backward: a backward call on the loss prompt / template through the meta evaluation, "
+                        "then a TGD step (the paper's eqs. 6 and 9); direct: a TGD step straight from the meta "
+                        f"evaluation (default: {_D.meta_step}{unused})")
 
 def _seeds(seeds: tuple[int, ...]) -> str:
     return ",".join(str(s) for s in seeds)
@@ -103,7 +126,7 @@ def _seeds(seeds: tuple[int, ...]) -> str:
 _FIELDS = ("steps", "answer_selection", "vote_tie", "vote_counts_none", "temperature", "optimizer_temperature",
            "top_p", "max_tokens", "optimizer_max_tokens", "keep_answer_format", "prefill_update_tag", "freeze_when",
            "task_seed", "limit", "scoring", "meta_temperature", "meta_max_tokens", "outer_steps", "minibatch",
-           "max_meta_pairs", "sample_seed", "prompt_layout")
+           "max_meta_pairs", "sample_seed", "prompt_layout", "meta_step")
 
 
 def read_protocol_file(path: str) -> Protocol:
@@ -148,5 +171,5 @@ def context_check(protocol: Protocol, engines: Any, *, meta: bool = False) -> No
 def protocol_flags() -> frozenset[str]:
     """Every protocol option string (``--steps``, ``--seeds``, ...), e.g. to keep them out of per-method grid args."""
     parser = argparse.ArgumentParser(add_help=False)
-    add_protocol_args(parser, meta=True)
+    add_protocol_args(parser)
     return frozenset(o for a in parser._actions for o in a.option_strings)
