@@ -10,6 +10,8 @@ import abc
 import dataclasses
 from typing import Any
 
+from mtg_local.prompts import textgrad_prompts
+
 
 @dataclasses.dataclass(frozen=True)
 class Example:
@@ -75,6 +77,8 @@ class Task(abc.ABC):
     initial_loss_prompt: str = ""
     #: what the answer must look like; appended to every question
     format_instruction: str = ""
+    #: role description of an answer being optimized (shown to the backward and update calls)
+    answer_role: str = textgrad_prompts.ANSWER_ROLE
     #: answer-extraction rule, one of ``SCORINGS`` (``get_task`` sets it; recorded in describe())
     scoring: str = "reference"
 
@@ -87,6 +91,11 @@ class Task(abc.ABC):
         if self.format_instruction:
             return f"{example.question}\n\n{self.format_instruction}"
         return example.question
+
+    @property
+    def tgd_constraint(self) -> str:
+        """The constraint every TGD update of an answer gets (default: the format instruction)."""
+        return self.format_instruction
 
     @abc.abstractmethod
     def extract_answer(self, response: str, example: Example | None = None) -> str | None:
