@@ -165,9 +165,11 @@ def test_protocol_field_hash_and_validation() -> None:
     assert protocol_hash(chained) != protocol_hash(DEFAULT_PROTOCOL)
     assert chained.inner_config().prompt_layout == "chained"
     assert DEFAULT_PROTOCOL.inner_config().prompt_layout == "textgrad"
-    # Hashes of the commit before the field existed (6ca3349): runs that do not use it keep theirs.
-    assert protocol_hash(DEFAULT_PROTOCOL) == "29e6eb4adcc3"
-    assert protocol_hash(Protocol(steps=1, seeds=(0,))) == "48d9b18c39d4"
+    # Hashes of the commit before the field existed (6ca3349): runs that do not use it keep theirs
+    # (with the settings of that time; prompts, prefill and parsing changed later, issue 19).
+    before_19 = dict(prompts="mtg-reworded", prefill_update_tag=True, update_parsing="tolerant")
+    assert protocol_hash(DEFAULT_PROTOCOL.replace(**before_19)) == "29e6eb4adcc3"
+    assert protocol_hash(Protocol(steps=1, seeds=(0,), **before_19)) == "48d9b18c39d4"
     assert "prompt_layout" not in DEFAULT_PROTOCOL.to_dict()
     assert chained.to_dict()["prompt_layout"] == "chained"
     assert Protocol.from_dict(chained.to_dict()) == chained
