@@ -41,6 +41,7 @@ from mtg_local.tasks import get_task  # noqa: E402
 from mtg_local.tasks.word_sorting import FORMAT_INSTRUCTION as WORD_SORTING_CONSTRAINT  # noqa: E402
 from tests.textgrad_script import (  # noqa: E402
     Sent,
+    assert_same,
     compare,
     requests,
     run_test_time_training,
@@ -139,7 +140,7 @@ def test_textgrad_preset_sends_textgrads_requests(task_name: str, tmp_path: Path
     mine, res = ours(task_name, ["--protocol", "textgrad"], tmp_path / "run")
     theirs = textgrad(task_name, PRESETS["textgrad"].replace(steps=STEPS))
     assert len(theirs) == QUESTIONS * len(PRESETS["textgrad"].seeds) * (1 + 3 * STEPS)
-    assert compare(mine, theirs) == []
+    assert_same(mine, theirs)
     first = mine[("forward", 0, 0)]
     assert first.system == P.SIMPLE_EVALS_SYSTEM_PROMPT and first.response_prefix == "" and first.temperature == 0
     assert res["protocol"]["forward_system_prompt"] == "simple-evals" and res["protocol"]["inference_template"] is False
@@ -154,11 +155,10 @@ def test_default_protocol_sends_textgrads_loss_backward_and_update(task_name: st
     theirs = textgrad(task_name, protocol)
     optimizer = {k for k in theirs if k[0] != "forward"}
     assert len(optimizer) == QUESTIONS * 2 * 3 * STEPS
-    assert compare({k: mine[k] for k in optimizer}, {k: theirs[k] for k in optimizer}) == []
+    assert_same({k: mine[k] for k in optimizer}, {k: theirs[k] for k in optimizer})
     # The forward call differs by the protocol's named fields, and by nothing else.
     forward = {k for k in theirs if k[0] == "forward"}
-    assert compare({k: mine[k] for k in forward}, {k: theirs[k] for k in forward},
-                   fields=("user", "top_p", "max_tokens")) == []  # fmt: skip
+    assert_same({k: mine[k] for k in forward}, {k: theirs[k] for k in forward}, fields=("user", "top_p", "max_tokens"))
     for k in forward:
         assert mine[k].system == FORWARD_SYSTEM_PROMPTS[protocol.forward_system_prompt] is None
         assert theirs[k].system == P.SIMPLE_EVALS_SYSTEM_PROMPT

@@ -126,7 +126,7 @@ def compare(ours: dict[Any, Sent], theirs: dict[Any, Sent], *, fields: Iterable[
     """
     names = list(fields) if fields is not None else [f.name for f in dataclasses.fields(Sent)]
     out = []
-    for key in sorted(set(ours) | set(theirs), key=str):
+    for key in sorted(set(ours) | set(theirs), key=_call_order):
         if key not in ours or key not in theirs:
             out.append(f"{key}: only {'ours' if key in ours else 'TextGrad'} sent it")
             continue
@@ -135,6 +135,22 @@ def compare(ours: dict[Any, Sent], theirs: dict[Any, Sent], *, fields: Iterable[
             if a != b:
                 out.append(f"{key} {name} differs:\n  ours:     {_excerpt(a, b)}\n  TextGrad: {_excerpt(b, a)}")
     return out
+
+
+_PHASE_ORDER = {"forward": 0, "loss": 1, "backward": 2, "update": 3}
+
+
+def _call_order(key: Any) -> tuple:
+    """(phase, step, item) keys in the order the calls happen; other keys by their text."""
+    if isinstance(key, tuple) and len(key) == 3 and key[0] in _PHASE_ORDER:
+        return (0, key[1], _PHASE_ORDER[key[0]], key[2], "")
+    return (1, 0, 0, 0, str(key))
+
+
+def assert_same(ours: dict[Any, Sent], theirs: dict[Any, Sent], *, fields: Iterable[str] | None = None) -> None:
+    """Fails with the first differences (in call order) if ``compare`` finds any."""
+    diffs = compare(ours, theirs, fields=fields)
+    assert not diffs, f"{len(diffs)} differences; the first:\n" + "\n".join(diffs[:3])
 
 
 def _excerpt(a: Any, b: Any, width: int = 120) -> str:
