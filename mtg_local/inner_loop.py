@@ -282,7 +282,7 @@ def run_phases(
         return SamplingConfig(temperature=config.optimizer_temperature, top_p=config.top_p,
                               max_tokens=config.optimizer_max_tokens, seed=derive_seed(items[i].seed, phase, t))  # fmt: skip
 
-    def phase(name: str, active: list[int], t: int | None = None) -> dict:
+    def phase(name: str, active: list[int], t: int) -> dict[str, list]:
         """Per-item sampling and request ids of one optimizer phase (``t``: the step)."""
         bar.set_postfix_str(f"step {t} {name}")
         pid = {"loss": "loss", "backward": "bwd", "update": "upd"}[name]
