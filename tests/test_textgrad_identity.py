@@ -244,6 +244,37 @@ def test_gpqa_questions_are_textgrads_template() -> None:
         assert task.format_question(ex) == expected
 
 
+def test_multiple_choice_text_keeps_whitespace_where_textgrads_loaders_do(tmp_path: Path) -> None:
+    import csv
+
+    from textgrad.tasks.gpqa import QUERY_TEMPLATE_MULTICHOICE
+    from textgrad.tasks.mmlu import MMLUInstanceDataset
+
+    rows = [{"question": f"  Question {i} ends in a newline?\n", "subject": "machine_learning",
+             "choices": [f" a{i}", f"b{i} ", f"c{i}", f"d{i}\n"], "answer": i % 4} for i in range(8)]  # fmt: skip
+    (tmp_path / "mmlu.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = get_task("mmlu_machine_learning", data_file=tmp_path / "mmlu.jsonl")
+    dataset = MMLUInstanceDataset.__new__(MMLUInstanceDataset)
+    dataset.data, dataset.evaluation_api = rows, P._engine()
+    splits = task.splits()
+    for ex in (*splits.train, *splits.val, *splits.test):
+        assert task.format_question(ex) == dataset[ex.meta["row"]][0]
+    # GPQA: TextGrad strips the options, not the question (its option order is its own: docs/tasks.md)
+    with open(FIX / "tasks_gpqa_diamond.csv", newline="") as f:
+        gpqa_rows = list(csv.DictReader(f))
+    for r in gpqa_rows:
+        r["Question"] = f" {r['Question']}\n"
+    with open(tmp_path / "gpqa.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(gpqa_rows[0]))
+        writer.writeheader()
+        writer.writerows(gpqa_rows)
+    gpqa = get_task("gpqa_diamond", data_file=tmp_path / "gpqa.csv")
+    for ex in gpqa.splits().test:
+        raw = gpqa_rows[ex.meta["row"]]["Question"]
+        expected = QUERY_TEMPLATE_MULTICHOICE.format(Question=raw, **dict(zip("ABCD", ex.choices)))
+        assert gpqa.format_question(ex) == expected and all(c == c.strip() for c in ex.choices)
+
+
 def test_a_loss_prompt_with_braces_is_kept_as_written() -> None:
     # TextGrad would format the loss prompt twice (a KeyError here); its text is kept verbatim.
     user = P.loss_user('Reply as JSON {"ok": true}.', "Q?", "A.")
