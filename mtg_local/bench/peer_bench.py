@@ -13,7 +13,7 @@ engine at a time (the server is stopped before the in-process engine starts):
   (``ours-server`` at the engine's default ``max_concurrency``,
   ``ours-server-c<N>`` at N requests in flight);
 * ``ours-inproc`` -- our inner loop on the in-process ``vllm:`` engine, with
-  the workload's prompt layout (default: TextGrad-shaped prompts);
+  the workload's prompt layout (default: TextGrad's own requests);
 * ``ours-inproc-chained`` -- the same engine, the KV-reuse layout
   (``prompt_layout="chained"``: each phase's prompt extends the previous
   one's, so vLLM's prefix cache computes an item's context once);

@@ -98,7 +98,7 @@ def add_protocol_args(parser: argparse.ArgumentParser, *, meta: bool = False) ->
     g.add_argument("--freeze-when", default=None,
                    help=f"never, or a comma list of {', '.join(FREEZE_CONDITIONS)} (default: {_D.freeze_when})")
     g.add_argument("--prompt-layout", default=None, choices=PROMPT_LAYOUTS,
-                   help="inner loss/backward/update prompts: textgrad (fresh TextGrad-shaped conversations) or "
+                   help="inner loss/backward/update prompts: textgrad (TextGrad's own requests) or "
                         "chained (each phase extends the previous conversation: prefix-cache reuse) "
                         f"(default: {_D.prompt_layout})")
     g.add_argument("--task-seed", type=int, default=None, help=f"task data seed (default: {_D.task_seed})")
