@@ -27,9 +27,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import require
+from engines.adapters.common import import_textgrad
 
-require("textgrad")
+import_textgrad()  # textgrad is a core dependency; imported the project's way (never ./logs)
 
 from engines.fake_engine import FakeEngine  # noqa: E402
 from mtg_local.cli import build_parser  # noqa: E402
