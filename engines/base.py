@@ -337,6 +337,14 @@ class Engine(abc.ABC):
         Must not contain secrets.
         """
 
+    def probe(self) -> None:
+        """Checks once, cheaply, that the backend is there; commands call it before the first phase.
+
+        Raises:
+            EngineUnreachableError: it is not (one line naming what to check).
+        Engines that load their model in-process are there once built: nothing to check.
+        """
+
     def close(self) -> None:
         """Releases backend resources. Safe to call twice."""
 

@@ -27,3 +27,13 @@ class EngineError(RuntimeError):
 
 class BackendUnavailableError(UserError, ImportError):
     """The package a backend needs is not installed (names the extra to install)."""
+
+
+class EngineUnreachableError(EngineError):
+    """The backend is not there (a refused connection, a model the server does not serve).
+
+    Raised by ``Engine.probe()`` before the first phase, so a run learns it in
+    seconds instead of after every request's retries. The CLI prints the one
+    line and exits 3 (a run that could not be done), not 2 (a user error): the
+    spec may be right and the server merely down.
+    """

@@ -6,7 +6,9 @@ Registered as ``fake`` like any other backend. It never loads a model:
 * a ``responder`` callable scripts the answer for each request;
 * ``shuffle=True`` processes requests in a shuffled internal order (as a real
   backend that sorts by length would) and still returns them in input order;
-* ``fail_if`` marks chosen requests as failed, to test per-item error paths.
+* ``fail_if`` marks chosen requests as failed, to test per-item error paths;
+* ``delay_s`` (``--engine-opt delay_s=0.5``) sleeps that long per call, standing in
+  for a slow backend (a SLURM job's signals then land mid-run); outputs are unchanged.
 
 Token counts are whitespace word counts. Not a substitute for integration
 tests on the real vLLM engine.
@@ -15,6 +17,7 @@ tests on the real vLLM engine.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,8 +48,12 @@ class FakeEngine(Engine):
         shuffle: bool = False,
         fail_if: Callable[[GenRequest], str | None] | None = None,
         name: str = "echo",
+        delay_s: float = 0.0,
     ) -> None:
         super().__init__()
+        if isinstance(delay_s, bool) or not isinstance(delay_s, (int, float)) or delay_s < 0:
+            raise EngineSpecError(f"delay_s must be a number of seconds >= 0, got {delay_s!r}")
+        self.delay_s = float(delay_s)
         self.responder = responder or echo
         self.shuffle = shuffle
         self.fail_if = fail_if
@@ -68,6 +75,8 @@ class FakeEngine(Engine):
         return {"backend": "fake", "mode": self.name}
 
     def _generate(self, requests: list[GenRequest], **kwargs: Any) -> list[GenResult]:
+        if self.delay_s:
+            time.sleep(self.delay_s)
         self.batches.append(list(requests))
         order = list(range(len(requests)))
         if self.shuffle:

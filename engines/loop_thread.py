@@ -10,8 +10,9 @@ barrier between callers. Works whether or not the caller runs a loop itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -84,3 +85,43 @@ class BackgroundLoop:
             self._thread.join(timeout)
         if not self._loop.is_running():
             self._loop.close()
+
+
+class CallerTasks:
+    """The batches in flight on one loop, by caller tag, so a caller's can be cancelled from another thread.
+
+    An engine wraps each batch's coroutine in ``track(tag)`` (on the loop) and
+    implements ``cancel(tag)`` with ``cancel(loop, tag)``: the batch's task is
+    cancelled, which cancels every request it gathers (vLLM aborts them), and
+    the caller's blocked ``generate()`` raises.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, set[asyncio.Task[Any]]] = {}  # touched on the loop thread only
+
+    @contextlib.contextmanager
+    def track(self, tag: str) -> Iterator[None]:
+        """Records the current task under ``tag`` while inside (use in a coroutine on the loop)."""
+        me = asyncio.current_task()
+        assert me is not None, "CallerTasks.track outside a task"
+        self._tasks.setdefault(tag, set()).add(me)
+        try:
+            yield
+        finally:
+            self._tasks[tag].discard(me)
+
+    def cancel(self, loop: BackgroundLoop | None, tag: str) -> int:
+        """Cancels ``tag``'s batches in flight; returns how many. Safe from any thread but the loop's."""
+        if loop is None:
+            return 0
+
+        async def _cancel() -> int:
+            tasks = list(self._tasks.get(tag, ()))
+            for t in tasks:
+                t.cancel()
+            return len(tasks)
+
+        try:
+            return loop.run(_cancel(), timeout=30)
+        except Exception:  # noqa: BLE001 - loop closed or busy: nothing left to cancel
+            return 0

@@ -8,6 +8,11 @@ engine object**: concurrent ``generate()`` calls (the cells of ``mtg grid``)
 share one limit, as they share one API quota. Results come back in input
 order.
 
+Before the first phase, commands call ``probe()``: one ``GET /models`` (a few
+quick tries) that turns a refused connection or a model the server does not
+list into ``EngineUnreachableError`` within seconds, instead of every
+request's retries and back-off (minutes). It also settles ``prefill=auto``.
+
 Failures stay per request. Rate limits (429), server errors (5xx, 408, 409),
 timeouts, connection errors and malformed responses are retried with
 exponential backoff and jitter (tenacity), waiting at least what the server's
@@ -56,10 +61,11 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from engines.base import Capabilities, Engine, GenRequest, GenResult
 from engines.errors import EngineError, EngineSpecError, UserError
-from engines.loop_thread import BackgroundLoop
+from engines.loop_thread import BackgroundLoop, CallerTasks
 from engines.openai_support import (
     MalformedResponse,
     Redactor,
+    probe_models,
     retry_after_s,
     retryable,
     safe_url,
@@ -192,6 +198,9 @@ class OpenAIEngine(Engine):
             )
         self._prices = load_prices(config.pricing_file)
         self._prefill_detected: bool | None = None
+        self._probed = False
+        self._probe_lock = threading.Lock()
+        self._callers = CallerTasks()  # each caller's batches in flight, for cancel(tag)
         self._lock = threading.Lock()
         # One loop for the engine's lifetime: every caller's requests wait on one semaphore.
         self._loop: BackgroundLoop | None = None
@@ -199,6 +208,42 @@ class OpenAIEngine(Engine):
 
     #: concurrent generate() calls share the loop and the concurrency limit (see engines.shared).
     serves_concurrent_calls = True
+    #: ``generate(..., tag=...)`` names the caller, whose requests ``cancel(tag)`` can drop.
+    accepts_caller_tag = True
+
+    def probe(self) -> None:
+        """One ``GET /models`` before the first phase (see the module docstring); once per engine.
+
+        Raises:
+            EngineUnreachableError: refused / unreachable server, or a model it does not list.
+            OpenAIAuthError: the server refused the API key.
+        """
+        with self._probe_lock:
+            if self._probed:
+                return
+
+            async def _probe() -> list[Any] | None:
+                client = openai.AsyncOpenAI(api_key=self._secret, base_url=self._base_url, max_retries=0)
+                try:
+                    return await probe_models(client, self.config.model, self._safe_base())
+                finally:
+                    await client.close()
+
+            try:
+                models = self._background_loop().run(_probe())
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+                raise OpenAIAuthError(f"{self._safe_base()} refused the API key (HTTP {e.status_code}); "
+                                      f"check {self.config.api_key_env}") from None
+            if models is not None and self.config.prefill is None and not self._official:
+                with self._lock:
+                    self._prefill_detected = any(getattr(m, "owned_by", None) == "vllm" for m in models)
+            self._probed = True
+
+    def cancel(self, tag: str) -> int:
+        """Drops every request of caller ``tag`` in flight or waiting for a slot; returns its batches cancelled."""
+        with self._lock:
+            loop = self._loop
+        return self._callers.cancel(loop, tag)
 
     def _background_loop(self) -> BackgroundLoop:
         with self._lock:
@@ -255,9 +300,11 @@ class OpenAIEngine(Engine):
 
     # -- batch ----------------------------------------------------------------
     def _generate(self, requests: list[GenRequest], **kwargs: Any) -> list[GenResult]:
+        tag = str(kwargs.pop("tag", "") or "")
+        kwargs.pop("progress", None)
         # The engine's loop thread runs the batch: works whether or not the caller runs a loop.
         try:
-            outcomes = self._background_loop().run(self._run_batch(requests))
+            outcomes = self._background_loop().run(self._run_batch(requests, tag))
         except UserError:
             raise
         except Exception as e:  # a bug or a client failure outside any one request
@@ -281,7 +328,7 @@ class OpenAIEngine(Engine):
     def _safe_base(self) -> str:
         return safe_url(self.config.base_url or "")
 
-    async def _run_batch(self, requests: list[GenRequest]) -> list[tuple[GenResult, int | None]]:
+    async def _run_batch(self, requests: list[GenRequest], tag: str = "") -> list[tuple[GenResult, int | None]]:
         client = openai.AsyncOpenAI(
             api_key=self._secret, base_url=self._base_url, max_retries=0, timeout=self.config.timeout_s
         )
@@ -296,7 +343,8 @@ class OpenAIEngine(Engine):
                 async with slots:
                     return await self._one(client, req, prefill)
 
-            return list(await asyncio.gather(*(run_one(r) for r in requests)))
+            with self._callers.track(tag):
+                return list(await asyncio.gather(*(run_one(r) for r in requests)))
         finally:
             await client.close()
 

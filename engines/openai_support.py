@@ -1,15 +1,17 @@
-"""Helpers of the OpenAI engine: retry policy, secret scrubbing, response-prefix handling.
+"""Helpers of the OpenAI engine: retry policy, secret scrubbing, response-prefix handling, the probe.
 
 Kept apart from ``engines.openai_engine`` so the engine file stays about the
-batch flow. Nothing here talks to the network.
+batch flow. Only ``probe_models`` talks to the network (through the client it is given).
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import re
 import time
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import openai
@@ -115,3 +117,47 @@ class Redactor:
             else:
                 text = pattern.sub("[redacted]", text)
         return text
+
+
+#: Attempts of the start-up probe against a refused / unreachable server (0.5 s apart).
+PROBE_ATTEMPTS = 3
+#: Limit of one probe attempt in seconds.
+PROBE_TIMEOUT_S = 10.0
+
+
+async def probe_models(client: openai.AsyncOpenAI, model: str, base: str) -> list[Any] | None:
+    """``GET /models`` once before a run: the server's model list, or None if it has none.
+
+    Args:
+        client: a client on the server (its own retries off).
+        model: the model the run will ask for.
+        base: the server's URL without credentials (for the message).
+
+    Raises:
+        EngineUnreachableError: no answer after ``PROBE_ATTEMPTS`` tries (refused,
+            unknown host, timeout), or the list does not have ``model``.
+        openai.AuthenticationError, openai.PermissionDeniedError: the key is refused.
+    """
+    from engines.errors import EngineUnreachableError
+
+    for attempt in range(PROBE_ATTEMPTS):
+        try:
+            page = await client.models.list(timeout=PROBE_TIMEOUT_S)
+            break
+        except openai.APIConnectionError as e:  # refused, DNS, TLS, timeout
+            if attempt + 1 == PROBE_ATTEMPTS:
+                raise EngineUnreachableError(
+                    f"cannot reach the OpenAI-compatible server at {base} ({type(e).__name__}: {e}); check "
+                    "that it is running and the URL (--engine-opt base_url=... or $OPENAI_BASE_URL)"
+                ) from None
+            await asyncio.sleep(0.5)
+        except (openai.NotFoundError, openai.InternalServerError, openai.RateLimitError):
+            return None  # no model list here (or a busy server): the requests will tell
+    ids = [str(getattr(m, "id", "")) for m in page.data]
+    if ids and model not in ids:
+        shown = ", ".join(ids[:8]) + (f" (+{len(ids) - 8} more)" if len(ids) > 8 else "")
+        raise EngineUnreachableError(
+            f"model {model!r} is not served at {base} (it serves: {shown}); check --engine openai:MODEL "
+            "(vLLM: the --served-model-name) and base_url"
+        )
+    return list(page.data)

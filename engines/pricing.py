@@ -127,3 +127,9 @@ def estimate_cost(
     if price is None:
         return None
     return (prompt_tokens * price.input + completion_tokens * price.output) / 1_000_000
+
+
+def estimate_spec_cost(spec: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """``estimate_cost`` for an engine spec: priced only for ``openai:MODEL`` (None for local engines)."""
+    backend, _, model = spec.partition(":")
+    return estimate_cost(model, prompt_tokens, completion_tokens) if backend == "openai" else None

@@ -5,24 +5,35 @@ processes. When the main process is killed outright (``kill -9``, the OOM
 killer, a crashed node agent) those children are re-parented to init and keep
 running: on a GPU node they keep the GPU's memory, so a resumed run cannot
 start its engine. Linux's ``PR_SET_PDEATHSIG`` cannot be set on processes that
-vLLM starts itself, so a tiny watchdog does it instead:
+vLLM starts itself, so a tiny watchdog does it instead, from **before** the
+engine starts (a model load takes minutes; a kill then must not leave a
+half-started engine core holding the GPU) to the end:
 
-* after an engine has started, ``ProcessGuard.watch(new_pids)`` records the
-  engine's processes (pid + start time, so a reused pid is never killed) and
-  starts the watchdog in its own session (a signal to the run's process group
-  does not reach it);
+* ``ProcessGuard.start()`` (before the engine is built) notes this process's
+  current children and starts the watchdog in its own session (a signal to
+  the run's process group does not reach it). Until told otherwise the
+  watchdog *adopts* every new descendant of the main process it sees (polled
+  every ``ADOPT_POLL_S``), recording pid + start time (a reused pid is never
+  killed);
+* ``settle()`` (after the engine has started) hands the watchdog the exact set:
+  the descendants that were not there before. It stops adopting;
 * the watchdog holds the read end of a pipe whose write end only the main
   process has, and polls the main process's pid and start time: when either
   says the main process is gone, it sends SIGTERM to the recorded processes and
   their descendants, waits ``grace_s``, then SIGKILLs the survivors;
-* ``close()`` (after the engine's own shutdown) kills whatever that shutdown
-  left running, then tells the watchdog to exit.
+* ``close()`` (after the engine's own shutdown, or after a failed or
+  interrupted start) kills whatever was left running, then tells the
+  watchdog to exit.
 
-Any engine calls it after start-up::
+Any engine calls it around its start-up::
 
-    before = descendant_pids()
-    llm = vllm.LLM(...)            # or AsyncLLM(...)
-    guard = ProcessGuard.watch(descendant_pids() - before)
+    guard = ProcessGuard.start()
+    try:
+        llm = vllm.LLM(...)        # or AsyncLLM(...)
+    except BaseException:
+        guard.close()              # what the failed start left is killed
+        raise
+    guard.settle()
     ...
     guard.close()                  # after shutting the engine down
 
@@ -44,6 +55,9 @@ import psutil
 
 #: Seconds between the watchdog's checks of the main process (a pipe EOF wakes it sooner).
 POLL_S = 0.5
+#: Seconds between the watchdog's scans for new engine processes while the engine starts
+#: (a scan reads every process's parent: ~6 ms with 100 processes; longer scans poll less often).
+ADOPT_POLL_S = 0.25
 #: Seconds between SIGTERM and SIGKILL of the engine's processes.
 GRACE_S = 2.0
 
@@ -114,16 +128,44 @@ def kill_processes(procs: dict[int, float], grace_s: float = GRACE_S) -> list[in
 class ProcessGuard:
     """Handle of a running watchdog over one engine's processes (see the module docstring)."""
 
-    def __init__(self, proc: subprocess.Popen[bytes] | None, pids: dict[int, float]) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes] | None, pids: dict[int, float],
+                 before: set[int] | None = None) -> None:
         self._proc = proc
         self.pids = pids
+        # Children of this process before the engine started (None: settled or watch()).
+        self._before = before
+
+    @classmethod
+    def _spawn(cls, procs: dict[int, float], *, adopt: bool, exclude: set[int], grace_s: float) -> subprocess.Popen[bytes]:
+        me = psutil.Process()
+        spec = {"parent": me.pid, "parent_ctime": me.create_time(), "procs": procs, "grace_s": grace_s,
+                "adopt": adopt, "exclude": sorted(exclude)}
+        return subprocess.Popen(
+            [sys.executable, "-I", os.path.abspath(__file__), json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,  # a signal to the run's process group must not reach it
+            close_fds=True,
+        )
+
+    @classmethod
+    def start(cls, *, grace_s: float = GRACE_S) -> ProcessGuard:
+        """Starts a watchdog before the engine starts: it adopts every new descendant until ``settle()``.
+
+        Args:
+            grace_s: seconds between SIGTERM and SIGKILL.
+        """
+        before = descendant_pids()
+        return cls(cls._spawn({}, adopt=True, exclude=before, grace_s=grace_s), {}, before)
 
     @classmethod
     def watch(cls, pids: Iterable[int], *, grace_s: float = GRACE_S) -> ProcessGuard:
         """Starts a watchdog that kills ``pids`` (and their descendants) once this process dies.
 
+        For processes already running; an engine uses ``start()`` before it starts instead.
+
         Args:
-            pids: the engine's processes (e.g. ``descendant_pids() - before``).
+            pids: the processes to guard.
             grace_s: seconds between SIGTERM and SIGKILL.
 
         Returns:
@@ -132,30 +174,51 @@ class ProcessGuard:
         procs = _identities(pids)
         if not procs:
             return cls(None, {})
-        me = psutil.Process()
-        spec = {"parent": me.pid, "parent_ctime": me.create_time(), "procs": procs, "grace_s": grace_s}
-        proc = subprocess.Popen(
-            [sys.executable, "-I", os.path.abspath(__file__), json.dumps(spec)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            start_new_session=True,  # a signal to the run's process group must not reach it
-            close_fds=True,
-        )
-        return cls(proc, procs)
+        return cls(cls._spawn(procs, adopt=False, exclude=set(), grace_s=grace_s), procs)
 
     @property
     def watchdog_pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
+    def _new_descendants(self) -> set[int]:
+        return descendant_pids() - (self._before or set()) - {self.watchdog_pid or -1}
+
+    def settle(self) -> None:
+        """The engine has started: its processes are the descendants that were not there before.
+
+        Hands the watchdog that exact set (it stops adopting); with none (an
+        in-process engine), the watchdog exits.
+        """
+        if self._before is None:
+            return
+        self.pids = _identities(self._new_descendants())
+        self._before = None
+        if not self.pids:
+            self.close(kill_survivors=False)
+            return
+        self._send(json.dumps({"procs": self.pids}).encode() + b"\n")
+
+    def _send(self, data: bytes) -> None:
+        try:
+            assert self._proc is not None and self._proc.stdin is not None
+            self._proc.stdin.write(data)
+            self._proc.stdin.flush()
+        except (BrokenPipeError, OSError, AssertionError):
+            pass
+
     def close(self, *, kill_survivors: bool = True) -> None:
         """Stops the watchdog (call after the engine's own shutdown). Idempotent.
 
         Args:
-            kill_survivors: first SIGTERM/SIGKILL any recorded process the
-                shutdown left running (none after a clean vLLM shutdown).
+            kill_survivors: first SIGTERM/SIGKILL any engine process left running
+                (none after a clean vLLM shutdown); before ``settle()`` (a failed
+                or interrupted start) that is every descendant started since ``start()``.
         """
-        if kill_survivors and self.pids:
-            kill_processes(self.pids)
+        if kill_survivors:
+            procs = self.pids if self._before is None else _identities(self._new_descendants())
+            if procs:
+                kill_processes(procs)
+        self._before = None
         proc, self._proc = self._proc, None
         if proc is None:
             return
@@ -172,23 +235,50 @@ class ProcessGuard:
             proc.wait()
 
 
+def _adopt(parent: int, exclude: set[int], procs: dict[int, float]) -> None:
+    """Records every descendant of ``parent`` not in ``exclude`` (pid -> start time) in ``procs``."""
+    try:
+        for c in psutil.Process(parent).children(recursive=True):
+            if c.pid not in exclude and c.pid not in procs:
+                try:
+                    procs[c.pid] = c.create_time()
+                except psutil.NoSuchProcess:
+                    pass
+    except psutil.NoSuchProcess:
+        pass
+
+
 def _watchdog(spec: dict) -> int:
     """The watchdog's loop: returns when released, or after killing the engine's processes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     procs = {int(k): float(v) for k, v in spec["procs"].items()}
     parent, parent_ctime = int(spec["parent"]), float(spec["parent_ctime"])
+    adopt = bool(spec.get("adopt", False))
+    exclude = {int(p) for p in spec.get("exclude", ())} | {os.getpid()}
     fd = sys.stdin.fileno()
+    buf = b""
+    poll = ADOPT_POLL_S if adopt else POLL_S
     while True:
-        ready, _, _ = select.select([fd], [], [], POLL_S)
+        ready, _, _ = select.select([fd], [], [], poll)
         if ready:
-            data = os.read(fd, 64)
-            if data.startswith(b"release"):
-                return 0
+            data = os.read(fd, 65536)
             if not data:  # EOF: every holder of the write end is gone
                 break
+            buf += data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                if line.startswith(b"release"):
+                    return 0
+                if line.startswith(b"{"):  # settle(): the engine's exact processes; stop adopting
+                    procs = {int(k): float(v) for k, v in json.loads(line)["procs"].items()}
+                    adopt, poll = False, POLL_S
         if _same(parent, parent_ctime) is None:
             break
-        if not any(_same(pid, t) for pid, t in procs.items()):
+        if adopt:
+            t0 = time.monotonic()
+            _adopt(parent, exclude, procs)
+            poll = max(ADOPT_POLL_S, 10 * (time.monotonic() - t0))  # a busy node: scan less often
+        elif procs and not any(_same(pid, t) for pid, t in procs.items()):
             return 0  # the engine is gone already: nothing left to guard
     time.sleep(0.05)
     kill_processes(procs, float(spec.get("grace_s", GRACE_S)))

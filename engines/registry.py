@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import time
+import uuid
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -120,10 +122,16 @@ def create_engine(spec: str, /, **options: Any) -> Engine:
             ``base_url`` for OpenAI). Unknown options raise ``EngineSpecError``.
 
     Returns:
-        A ready engine; its ``spec`` attribute is set to ``spec``.
+        A ready engine; its ``spec`` attribute is set to ``spec``, ``instance_id``
+        to an id no other engine start has (runs log it: ``mtg bench grid``
+        counts engine starts from their events) and ``start_s`` to the seconds
+        the start took.
     """
     backend, model = parse_spec(spec)
     cls = engine_class(backend)
+    t0 = time.perf_counter()
     engine = cls.from_spec(model, **options)  # type: ignore[attr-defined]
     engine.spec = spec
+    engine.instance_id = uuid.uuid4().hex[:12]  # type: ignore[attr-defined]
+    engine.start_s = round(time.perf_counter() - t0, 3)  # type: ignore[attr-defined]
     return engine

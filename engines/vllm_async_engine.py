@@ -21,6 +21,10 @@ Running batch: a custom vLLM stat logger records
 their mean and max -- steps of an idle engine are not sampled, so the mean
 is over busy steps.
 
+Cancelling: ``cancel(tag)`` aborts every request of that caller still in
+flight (vLLM drops them from its batch); the caller's ``generate`` then
+raises. ``mtg grid`` does this for every cell when it is told to stop.
+
 Why a separate backend instead of an option of ``vllm:``: ``vllm.LLM`` and
 ``AsyncLLM`` are different vLLM classes with different lifecycles; the spec
 chooses the class, as every registry prefix does. ``identity()`` equals the
@@ -43,8 +47,8 @@ from typing import Any
 from engines.base import Capabilities, Engine, GenRequest, GenResult
 from engines.bundled import model_identity, resolve_model
 from engines.errors import EngineError
-from engines.loop_thread import BackgroundLoop
-from engines.process_guard import ProcessGuard, descendant_pids
+from engines.loop_thread import BackgroundLoop, CallerTasks
+from engines.process_guard import ProcessGuard
 from engines.registry import config_from_options
 from engines.vllm_engine import (
     _SEED_NOTE_CPU,
@@ -165,6 +169,7 @@ class AsyncVLLMEngine(Engine):
         self._events_lock = threading.Lock()
         self._ids = itertools.count()
         self._per_thread = threading.local()  # backend calls of this thread's last generate()
+        self._callers = CallerTasks()  # each caller's batches in flight, for cancel(tag)
         self._loop = BackgroundLoop(name="mtg-vllm-async")
         factory = _stat_logger_factory(self._sampler)
 
@@ -173,14 +178,20 @@ class AsyncVLLMEngine(Engine):
             args = AsyncEngineArgs(**self.llm_kwargs)
             return AsyncLLM.from_engine_args(args, stat_loggers=[factory])
 
-        before = descendant_pids()
+        # As VLLMEngine: the engine core children die with this process, from before the load on.
+        guard = ProcessGuard.start()
         try:
             self._llm = self._loop.run(_start())
-        except (ValueError, RuntimeError) as e:
-            self._loop.close()
-            raise EngineError(f"vLLM (async) failed to start with {self.llm_kwargs}: {e}") from e
-        # As VLLMEngine: the engine core children die with this process (engines.process_guard).
-        self._guard = ProcessGuard.watch(descendant_pids() - before)
+        except BaseException as e:  # a failed or interrupted start: kill what it left
+            guard.close()
+            # After a failed start the loop is idle and closes at once; after a signal in this thread
+            # the start still occupies it: do not wait for that (the process is about to exit).
+            self._loop.close(timeout=2.0)
+            if isinstance(e, (ValueError, RuntimeError)):
+                raise EngineError(f"vLLM (async) failed to start with {self.llm_kwargs}: {e}") from e
+            raise
+        guard.settle()
+        self._guard = guard
         self._tokenizer = self._llm.get_tokenizer()
         self._prefix = PrefixCacheCounter()
         self.max_model_len = int(self._llm.model_config.max_model_len)
@@ -251,8 +262,16 @@ class AsyncVLLMEngine(Engine):
 
     async def _run_batch(self, tag: str, prompts: list[Any], params: list[Any]) -> list[Any]:
         """Submits every request at once and gathers them; per-request exceptions are returned."""
-        return list(await asyncio.gather(*(self._one(tag, p, sp) for p, sp in zip(prompts, params)),
-                                         return_exceptions=True))
+        with self._callers.track(tag):
+            return list(await asyncio.gather(*(self._one(tag, p, sp) for p, sp in zip(prompts, params)),
+                                             return_exceptions=True))
+
+    def cancel(self, tag: str) -> int:
+        """Aborts every request of caller ``tag`` in flight (vLLM drops them); returns its batches cancelled.
+
+        Their ``generate()`` calls raise ``EngineError``. Safe from any thread but the loop's.
+        """
+        return self._callers.cancel(self._loop if self._llm is not None else None, tag)
 
     async def _one(self, tag: str, prompt: Any, params: Any) -> Any:
         from vllm.v1.engine.exceptions import EngineDeadError
@@ -267,6 +286,9 @@ class AsyncVLLMEngine(Engine):
                 final = out
         except EngineDeadError:
             ev.error, ev.finished = "engine dead", time.time()
+            raise
+        except asyncio.CancelledError:
+            ev.error, ev.finished = "cancelled", time.time()
             raise
         except Exception as e:  # this request alone (validation, abort): an error result
             ev.error, ev.finished = f"{type(e).__name__}: {e}", time.time()

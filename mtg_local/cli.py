@@ -11,8 +11,9 @@ import argparse
 import importlib
 import sys
 
-from engines.errors import UserError
-from mtg_local.runs.interrupt import ALL_STOP_SIGNALS, Interrupted, StopFlag, signal_name, stop_on_signals
+from engines.errors import EngineUnreachableError, UserError
+from mtg_local.runs.interrupt import ALL_STOP_SIGNALS, Interrupted, StopFlag, interruption, signal_name
+from mtg_local.runs.interrupt import stop_on_signals
 
 # Modules that add sub-commands, in the order they appear in ``mtg --help``.
 COMMAND_MODULES = [
@@ -42,12 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    stop = StopFlag()
     try:
         # Until a command installs its own handlers (around its run, after the engine has
         # started), a stop signal ends the command at once as an interruption: exit 99 (SIGINT:
         # 130) so a SLURM job requeues, not the default death by signal (143, 138).
-        with stop_on_signals(StopFlag(), abort_on=ALL_STOP_SIGNALS):
-            rc = args.func(args)
+        try:
+            with stop_on_signals(stop, abort_on=ALL_STOP_SIGNALS):
+                rc = args.func(args)
+        except Exception as e:
+            # e.g. vLLM's start-up wrapped the Interrupted our handler raised inside it
+            intr = interruption(e, stop, grace_s=0) if stop else None
+            if intr is None:
+                raise
+            raise intr from e
     except Interrupted as e:
         print(f"mtg {args.command}: stopped by {signal_name(e.signum)} (exit {e.exit_code}); what had finished "
               f"is kept: run the same command again", file=sys.stderr)
@@ -55,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"mtg {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except EngineUnreachableError as e:  # the engine's probe before the first phase: nothing was run
+        print(f"mtg {args.command}: error: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"mtg {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -275,7 +275,7 @@ def run_phases(
     freeze = parse_freeze_when(config.freeze_when)
     n = len(items)
     questions = [task.format_question(it.example) for it in items]
-    constraints = [task.tgd_constraint] if task.tgd_constraint else []
+    constraints = [task.update_constraints(it.example) for it in items]  # per item: a batch may mix tasks
     bar = tqdm(total=1 + 3 * config.steps, desc="solution_opt", unit="phase", disable=not progress)
 
     def opt_sampling(i: int, phase: str, t: int) -> SamplingConfig:
@@ -292,19 +292,22 @@ def run_phases(
     # 1. forward: the initial answers, each starting with its item's template
     bar.set_postfix_str("forward")
     answers = forward(
-        forward_engine, questions, templates=[it.template for it in items], role_description=task.answer_role,
+        forward_engine, questions, templates=[it.template for it in items],
         samplings=[SamplingConfig(temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens,
                                   seed=it.seed) for it in items],
         system_prompts=[config.system_prompt] * n, ids=[f"fwd-{id_offset + i}" for i in range(n)],
     )  # fmt: skip
     bar.update()
+    for it, a in zip(items, answers):  # per item: a batch may mix tasks
+        a.role_description = task.answer_role_for(it.example)
     trajs = [_start(it, a, freeze) for it, a in zip(items, answers)]
 
     for t in range(1, config.steps + 1):
         active = [i for i in range(n) if trajs[i].frozen_at is None]
         params = [answers[i] for i in active]
         optimizer = TextualGradientDescent(
-            params, engine=opt_engine, constraints=constraints, prefill_tag=config.prefill_update_tag,
+            params, engine=opt_engine, constraints=[constraints[i] for i in active],
+            prefill_tag=config.prefill_update_tag,
             validate=_format_keeper(task, [items[i].example for i in active]) if config.keep_answer_format else None,
             layout=layout, parsing=config.update_parsing,
         )

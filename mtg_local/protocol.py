@@ -188,13 +188,15 @@ class Protocol:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], **overrides: Any) -> Protocol:
+    def from_dict(cls, d: dict[str, Any], *, record: bool = True, **overrides: Any) -> Protocol:
         """A protocol from ``to_dict`` output, then ``overrides``.
 
-        Missing keys get their defaults, except in a complete earlier record (every
-        setting but the ``LATER_DEFAULTS`` ones): there a missing later setting gets
-        the value earlier runs used, so e.g. a run recorded before ``prompts``
-        existed reads as the ``mtg-reworded`` protocol it ran, with its own hash.
+        Missing keys get their defaults, except in a complete record of an earlier
+        run (``record``, and every setting but the ``LATER_DEFAULTS`` ones present):
+        there a missing later setting gets the value earlier runs used, so e.g. a
+        run recorded before ``prompts`` existed reads as the ``mtg-reworded``
+        protocol it ran, with its own hash. ``record=False`` (a protocol file
+        written by hand) always fills in today's defaults.
 
         Raises:
             ValueError: an unknown key or a bad value (the message names it).
@@ -203,7 +205,7 @@ class Protocol:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown protocol settings {unknown}; known: {sorted(names)}")
-        earlier = set(names) - set(LATER_DEFAULTS) <= set(d)
+        earlier = record and set(names) - set(LATER_DEFAULTS) <= set(d)
         later = {k: v for k, v in LATER_DEFAULTS.items() if k not in d} if earlier else {}
         return cls(**{**later, **d, **overrides})
 

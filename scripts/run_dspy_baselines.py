@@ -1,12 +1,14 @@
 """Runs the prompt-optimization baselines end to end on one engine and prints a summary.
 
-COPRO and MIPROv2 (through the real DSPy library) and TextGrad prompt
-optimization, at their smallest settings by default, on word sorting, one
+COPRO, MIPROv2 and GEPA (through the real DSPy library) and TextGrad prompt
+optimization, at their smallest settings by default (GEPA: the seed's validation
+and one reflection), on word sorting, one
 shared engine (``vllm:bundled`` unless ``--engine`` says otherwise). Too slow
 for every CI run on 2 CPUs; this is the full real-model check::
 
     python scripts/run_dspy_baselines.py --out /tmp/baselines
     python scripts/run_dspy_baselines.py --methods copro --limit 10 --breadth 4
+    python scripts/run_dspy_baselines.py --methods gepa --max-metric-calls 20
 
 Each method writes its own run dir under ``--out`` (results.json etc.).
 """
@@ -28,6 +30,7 @@ from mtg_local.protocol import DEFAULT_PROTOCOL
 
 def _configs(args: argparse.Namespace) -> dict[str, object]:
     from mtg_local.baselines.copro import CoproConfig
+    from mtg_local.baselines.gepa import GepaConfig
     from mtg_local.baselines.miprov2 import MiproConfig
     from mtg_local.baselines.prompt_optimization import PromptOptConfig
 
@@ -36,8 +39,9 @@ def _configs(args: argparse.Namespace) -> dict[str, object]:
         "copro": CoproConfig(breadth=args.breadth, depth=args.depth, **common),
         "miprov2": MiproConfig(auto=None, num_candidates=2, num_trials=args.num_trials, max_bootstrapped_demos=1,
                                max_labeled_demos=1, data_aware_proposer=False, **common),
-        "prompt_opt": PromptOptConfig(batch_size=3, epochs=1, max_steps=args.max_steps, max_tokens=args.max_tokens,
-                                      optimizer_max_tokens=args.max_tokens),
+        "gepa": GepaConfig(auto=None, max_metric_calls=args.max_metric_calls or args.limit + 1, **common),
+        # its sampling and token caps are the protocol's (main() sets --max-tokens there)
+        "prompt_opt": PromptOptConfig(batch_size=3, epochs=1, max_steps=args.max_steps),
     }
 
 
@@ -45,7 +49,7 @@ def main(argv: list[str] | None = None, *, engine: Engine | None = None) -> list
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--engine", default="vllm:bundled")
     p.add_argument("--engine-opt", action="append", default=[])
-    p.add_argument("--methods", default="copro,miprov2,prompt_opt")
+    p.add_argument("--methods", default="copro,miprov2,gepa,prompt_opt")
     p.add_argument("--task", default="synthetic_word_sorting")
     p.add_argument("--limit", type=int, default=4, help="questions per split (default: %(default)s)")
     p.add_argument("--seeds", default="0,1")
@@ -55,6 +59,8 @@ def main(argv: list[str] | None = None, *, engine: Engine | None = None) -> list
     p.add_argument("--depth", type=int, default=1)
     p.add_argument("--num-trials", type=int, default=2)
     p.add_argument("--max-steps", type=int, default=1)
+    p.add_argument("--max-metric-calls", type=int, default=None,
+                   help="GEPA budget (default: --limit + 1: the seed's validation, then one reflection)")
     p.add_argument("--out", default="runs/baselines")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # DSPy's notice about BaseLM.forward
@@ -80,6 +86,7 @@ def main(argv: list[str] | None = None, *, engine: Engine | None = None) -> list
                 "engine_calls": res["engine_usage"]["calls"],
                 "requests": res["engine_usage"]["requests"],
                 "coalescer": res.get("coalescer"),
+                "usage_by_role": res.get("usage_by_role"),
                 "learned_system_prompt": (res["learned"]["system_prompt"] or "")[:160],
             }
             rows.append(row)

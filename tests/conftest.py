@@ -6,7 +6,7 @@ Starting vLLM costs ~40-60 s here, so every test file shares the session's
 the shared engines is a no-op (a ``CachedEngine`` wrapper closing its inner
 engine must not kill it for later tests); the real close runs at session end.
 
-Tests that use ``vllm_engine`` get the ``vllm`` marker automatically, so
+Tests that use ``vllm_engine`` or ``async_engine_f32`` get the ``vllm`` marker automatically, so
 ``pytest -m "not vllm"`` skips them.
 
 Under ``CI=true`` a missing bundled model, vllm, dspy or textgrad FAILS the tests that
@@ -49,10 +49,20 @@ def require(module: str):  # noqa: ANN201
         skip_or_fail(f"{module} is not importable ({e})")
 
 
+def require_spec(module: str) -> None:
+    """Skips the caller if ``module`` cannot be found (fails under CI=true), without importing it.
+
+    For tests that run the module in a subprocess (``mtg`` on vLLM), where importing it
+    here would only cost time.
+    """
+    if importlib.util.find_spec(module) is None:
+        skip_or_fail(f"{module} is not installed")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     skip_full = pytest.mark.skip(reason="full-size real-model run: set MTG_TEST_FULL=1 (too slow for 2-core CI)")
     for item in items:
-        if "vllm_engine" in getattr(item, "fixturenames", ()):
+        if {"vllm_engine", "async_engine_f32"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.vllm)
         if "full" in item.keywords and not FULL:
             item.add_marker(skip_full)
@@ -81,8 +91,7 @@ def _shared(engine):  # noqa: ANN001, ANN202
 @pytest.fixture(scope="session")
 def vllm_engine(bundled_model_path: Path):  # noqa: ANN201
     """vLLM engine on the bundled model with the CPU (or GPU) defaults, shared by all tests."""
-    if importlib.util.find_spec("vllm") is None:
-        skip_or_fail("vllm is not installed")
+    require_spec("vllm")
     from engines import create_engine
 
     engine = create_engine("vllm:bundled")
@@ -97,6 +106,23 @@ def hf_engine(bundled_model_path: Path):  # noqa: ANN201
     from engines import create_engine
 
     engine = create_engine("hf:bundled", max_model_len=4096)
+    real_close = _shared(engine)
+    yield engine
+    real_close()
+
+
+@pytest.fixture(scope="session")
+def async_engine_f32(bundled_model_path: Path):  # noqa: ANN201
+    """``vllm-async:bundled`` in float32, shared by all tests (runs alone vs runs sharing a batch).
+
+    float32, not the bf16 CPU default where the CPU has it: bf16 kernels round differently
+    with the batch's size and mates, and these tests compare runs alone with runs that
+    shared the batch.
+    """
+    require_spec("vllm")
+    from engines import create_engine
+
+    engine = create_engine("vllm-async:bundled", dtype="float32")
     real_close = _shared(engine)
     yield engine
     real_close()

@@ -10,10 +10,9 @@ import pytest
 from engines.base import GenRequest
 from engines.fake_engine import FakeEngine
 from mtg_local import cli
+from mtg_local.baselines.prompt_opt_requests import initial_system_prompt
 from mtg_local.baselines.prompt_optimization import PromptOptConfig, minibatches, optimize_system_prompt
 from mtg_local.commands.baseline import BaselineConfig, run_baseline
-from mtg_local.prompts import baseline_prompts as BP
-from mtg_local.prompts import textgrad_prompts as TP
 from mtg_local.protocol import Protocol
 from mtg_local.tasks import get_task
 from tests.conftest import require
@@ -30,62 +29,104 @@ def _words(req: GenRequest) -> list[str]:
     return m[-1].split() if m else []
 
 
-def prompt_opt_responder(candidates):
-    """Forward answers are right only under a system prompt containing GOOD; steps return ``candidates``."""
+def prompt_opt_responder(candidates, *, fail_backward_for: str | None = None):
+    """Forward answers are right only under a system prompt containing GOOD; TGD steps return ``candidates``.
+
+    ``fail_backward_for``: backward requests quoting this text fail (FakeEngine ``fail_if``).
+    """
+    from textgrad.autograd.llm_backward_prompts import BACKWARD_SYSTEM_PROMPT
+
     steps = iter(candidates)
 
     def respond(req: GenRequest) -> str:
         system = req.messages[0].content if req.messages[0].role == "system" else ""
-        if system == TP.OPTIMIZER_SYSTEM_PROMPT:
-            return next(steps)
-        if system == BP.PROMPT_OPT_LOSS_SYSTEM:
-            return "the order of the last two words is wrong"
-        if system == BP.PROMPT_OPT_BACKWARD_SYSTEM:
+        if "<IMPROVED_VARIABLE>" in system:  # TextGrad's TGD system prompt names its tags
+            out = next(steps)  # a tagged candidate gets its start tag unless the engine prefilled it
+            return out if req.response_prefix or "</IMPROVED_VARIABLE>" not in out else "<IMPROVED_VARIABLE>" + out
+        if system == BACKWARD_SYSTEM_PROMPT:
             return "tell the model to compare letters one by one"
         ws = sorted(_words(req))
         return "we sort.\nAnswer: " + " ".join(ws if "GOOD" in system else ws[::-1])
 
-    return respond
+    def fail_if(req: GenRequest) -> str | None:
+        backward = req.messages[0].content == BACKWARD_SYSTEM_PROMPT
+        if fail_backward_for and backward and fail_backward_for in req.messages[-1].content:
+            return "scripted failure"
+        return None
+
+    return FakeEngine(respond, fail_if=fail_if)
 
 
 def test_prompt_opt_accepts_better_reverts_worse_and_counts_calls():
     task = get_task("synthetic_word_sorting")
     sp = task.splits()
     train, val = sp.train[:9], sp.val[:4]
-    eng = FakeEngine(prompt_opt_responder([
+    eng = prompt_opt_responder([
         "GOOD prompt</IMPROVED_VARIABLE>",   # step 1: better on validation -> kept
         "BAD prompt</IMPROVED_VARIABLE>",    # step 2: worse -> reverted
         "no tags at all",                    # step 3: unparsable -> no candidate, no validation
-    ]))
+    ])
     cfg = PromptOptConfig(batch_size=3, epochs=1, val_seeds=(0, 1))
-    res = optimize_system_prompt(task, train, val, forward_engine=eng, config=cfg)
+    res = optimize_system_prompt(task, train, val, forward_engine=eng, config=cfg,
+                                 protocol=Protocol(max_tokens=300))
 
     assert res.system_prompt == "GOOD prompt" and res.val_accuracy == 1.0
     h = res.history
     assert [e["step"] for e in h] == [0, 1, 2, 3]
-    assert h[0]["val_accuracy"] == 0.0 and h[0]["candidate"] == BP.PROMPT_OPT_INITIAL_SYSTEM_PROMPT
+    assert h[0]["val_accuracy"] == 0.0 and h[0]["candidate"] == initial_system_prompt()
     assert h[1]["accepted"] is True and h[1]["val_accuracy"] == 1.0
     assert h[2]["accepted"] is False and h[2]["val_accuracy"] == 0.0 and h[2]["candidate"] == "BAD prompt"
     assert h[3]["accepted"] is False and h[3]["candidate"] is None and h[3]["val_accuracy"] is None
     assert "IMPROVED_VARIABLE" in h[3]["error"]
     assert h[2]["minibatch_accuracy"] == 1.0  # step 2's forward ran under the accepted GOOD prompt
-    # 1 initial validation + (forward, loss, backward, step, validation) x 2 + 4 for the unparsable step
+    assert len(h[1]["gradients"]) == 3  # one feedback per question reaches the one TGD step
+    # 1 initial validation + (forward, loss backward, prompt backward, TGD step, validation) x 2 + 4 for step 3
     assert eng.usage.calls == 1 + 5 + 5 + 4 == len(eng.batches)
     sizes = [len(b) for b in eng.batches]
-    assert sizes == [8, 3, 3, 1, 1, 8, 3, 3, 1, 1, 8, 3, 3, 1, 1]  # val: 4 questions x 2 seeds in one call
-    # the forward of a minibatch carries the current system prompt
+    assert sizes == [8, 3, 3, 3, 1, 8, 3, 3, 3, 1, 8, 3, 3, 3, 1]  # val: 4 questions x 2 seeds in one call
+    # the forward of a minibatch carries the current system prompt and the protocol's sampling
     assert eng.batches[6][0].messages[0].content == "GOOD prompt"
+    assert {r.sampling.max_tokens for r in eng.batches[6]} == {300}
 
 
-def test_minibatches_shuffle_per_epoch_and_max_steps():
+def test_prompt_opt_goes_on_without_a_failed_backward():
+    """TextGrad would stop at a failed call; here that question drops out and the step uses the others."""
     task = get_task("synthetic_word_sorting")
-    train = task.splits().train[:7]
-    mb = minibatches(train, PromptOptConfig(batch_size=3, epochs=2))
-    assert [len(b) for _, b in mb] == [3, 3, 1, 3, 3, 1]
-    assert sorted(e.id for _, b in mb[:3] for e in b) == sorted(e.id for e in train)
-    assert len(minibatches(train, PromptOptConfig(batch_size=3, epochs=3, max_steps=4))) == 4
+    sp = task.splits()
+    train, val = sp.train[:3], sp.val[:2]
+    cfg = PromptOptConfig(batch_size=3, epochs=1)
+    first = minibatches(train, cfg)[0][1][0]
+    # the gold answer is quoted (as the ground truth) only in that question's loss backward
+    eng = prompt_opt_responder(["GOOD prompt</IMPROVED_VARIABLE>"], fail_backward_for=first.answer)
+    res = optimize_system_prompt(task, train, val, forward_engine=eng, config=cfg, protocol=Protocol())
+    e = res.history[1]
+    assert res.system_prompt == "GOOD prompt" and e["accepted"] is True
+    assert len(e["gradients"]) == 2 and len(e["errors"]) == 1 and "scripted failure" in e["errors"][0]
+    assert [len(b) for b in eng.batches] == [2, 3, 3, 2, 1, 2]  # the failed question sends no prompt backward
+    assert e["gradients"] and first.question not in eng.batches[4][0].messages[-1].content
+
+
+def test_minibatches_follow_textgrads_dataloader():
+    import numpy as np
+    from textgrad.tasks import DataLoader
+
+    task = get_task("synthetic_word_sorting")
+    train = task.splits().train[:14]
+    mb = minibatches(train, PromptOptConfig(seed=42))
+    # 3 epochs x the first 4 minibatches of 3 (TextGrad's break after the 4th)
+    assert [(epoch, len(b)) for epoch, b in mb] == [(e, 3) for e in range(3) for _ in range(4)]
+    np.random.seed(42)
+    loader = DataLoader([ex.id for ex in train], batch_size=3, shuffle=True)
+    theirs = [list(b) for _ in range(3) for _, b in zip(range(4), loader)]
+    assert [[ex.id for ex in b] for _, b in mb] == theirs
+    whole = minibatches(train[:7], PromptOptConfig(batch_size=3, epochs=2, steps_per_epoch=None))
+    assert [len(b) for _, b in whole] == [3, 3, 1, 3, 3, 1]
+    assert sorted(e.id for _, b in whole[:3] for e in b) == sorted(e.id for e in train[:7])
+    assert len(minibatches(train, PromptOptConfig(max_steps=5))) == 5
     with pytest.raises(ValueError, match="batch_size"):
         PromptOptConfig(batch_size=0)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        PromptOptConfig(steps_per_epoch=0)
 
 
 def _check_results(out, method, n_test, seeds):
@@ -157,15 +198,18 @@ def test_unparsable_dspy_output_is_scored_on_raw_text():
 # -- real engine ------------------------------------------------------------------
 @pytest.mark.vllm
 def test_prompt_opt_tiny_real_run(vllm_engine, tmp_path):  # noqa: ANN001
-    mc = PromptOptConfig(batch_size=2, epochs=1, max_steps=1, max_tokens=96, optimizer_max_tokens=128)
-    protocol = Protocol(seeds=(0, 1), limit=2, max_tokens=96, optimizer_max_tokens=128)  # CI-sized test call
+    mc = PromptOptConfig(batch_size=2, epochs=1, max_steps=1)
+    protocol = Protocol(seeds=(0, 1), limit=2, max_tokens=64, optimizer_max_tokens=64)  # CI-sized calls
     cfg = BaselineConfig(out=str(tmp_path / "po"), method="prompt_opt", method_config=mc, protocol=protocol,
                          no_cache=True)
-    calls = vllm_engine.usage.calls
+    calls, requests = vllm_engine.usage.calls, vllm_engine.usage.requests
     res = run_baseline(cfg, engine=vllm_engine)
     assert res["status"] == "complete" and len(res["history"]) == 2
-    # initial validation + forward, loss, backward, step (+ validation if it parsed) + the test call
-    assert vllm_engine.usage.calls - calls in (6, 7)
+    # initial validation + forward, loss backward, prompt backward, TGD step (+ validation if it parsed)
+    # + the test call
+    parsed = res["history"][1]["candidate"] is not None
+    assert vllm_engine.usage.calls - calls == 6 + parsed
+    assert vllm_engine.usage.requests - requests == 2 + (2 + 2 + 2 + 1 + 2 * parsed) + 2 * 2
 
 
 @pytest.mark.vllm  # ~1-2 min each on a quiet 2-core CPU (scripts/run_dspy_baselines.py: COPRO 61 s, MIPROv2 127 s)

@@ -46,7 +46,9 @@ def check_argv(argv: list[str], where: str) -> None:
     except SystemExit as e:  # argparse: unknown flag, bad choice, missing required
         pytest.fail(f"{where}: `mtg {shlex.join(argv)}` does not parse (exit {e.code})")
     if getattr(args, "task", None) is not None and args.command in ("eval", "train", "baseline"):
-        assert args.task in task_names(), f"{where}: unknown task {args.task!r} in `mtg {shlex.join(argv)}`"
+        tasks = args.task.split(",") if args.command == "train" else [args.task]  # train: A,B = multi-task
+        for task in tasks:
+            assert task in task_names(), f"{where}: unknown task {task!r} in `mtg {shlex.join(argv)}`"
 
 
 def readme_commands() -> list[tuple[str, list[str]]]:

@@ -386,35 +386,53 @@ def test_bench_grid_on_the_fake_engine_prints_one_json_line_with_ratios(tmp_path
     assert cli.main(["bench", "grid", "--engine", "fake", "--out", str(tmp_path / "b")]) == 2  # not empty
 
 
-def test_runner_stops_eval_cells_before_their_next_call_and_starts_no_new_cell(tmp_path):
+def test_runner_stop_abandons_every_cells_call_in_flight_and_starts_no_new_cell(tmp_path):
     from mtg_local.grid import GridCell, run_cells
     from mtg_local.meta.outer_loop import StopFlag
+
+    class Slow(FakeEngine):
+        accepts_caller_tag = True
+
+        def __init__(self):
+            super().__init__()
+            self.cancelled = []
+
+        def _generate(self, requests, **kw):
+            if kw.pop("tag", "") == "t":
+                time.sleep(30)  # a long phase: the stop must not wait for it
+            return super()._generate(requests, **kw)
+
+        def cancel(self, tag):
+            self.cancelled.append(tag)
 
     stop = StopFlag()
     phases: dict[str, int] = {}
 
     def eval_cell(engine, flag):
+        assert flag is stop  # the grid's flag reaches every cell
         for k in range(3):
             engine.generate([GenRequest.chat(f"a {k}")])
             phases["a"] = k + 1
             if k == 0:
+                time.sleep(0.3)  # t's call is in flight
                 stop.set(signal.SIGTERM)
         return {"status": "complete"}
 
     def train_cell(engine, flag):
-        while not flag:  # a train run polls the grid's flag itself, between stages
-            time.sleep(0.01)
-        engine.generate([GenRequest.chat("t finishes its stage")])  # not refused: it checkpoints itself
+        engine.generate([GenRequest.chat("t's long stage")])
         phases["t"] = 1
-        return {"status": "complete", "test_accuracy": {"mean": 0.5}}
+        return {"status": "complete"}
 
     cells = [GridCell("a", tmp_path / "a", "eval", eval_cell),
              GridCell("t", tmp_path / "t", "train", train_cell, checkpoints=True),
              GridCell("late", tmp_path / "late", "eval", lambda e, f: {"status": "complete"})]
     lines: list[str] = []
-    report = run_cells(cells, FakeEngine(), max_concurrent=2, stop=stop, log=lines.append)
+    engine = Slow()
+    t0 = time.monotonic()
+    report = run_cells(cells, engine, max_concurrent=2, stop=stop, log=lines.append)
+    assert time.monotonic() - t0 < 5
     status = {c.name: c.status for c in report.cells}
-    assert status == {"a": "stopped", "t": "complete", "late": "not_started"} and report.stopped
-    assert phases == {"a": 1, "t": 1}
-    assert report.cells[1].accuracy == 0.5
-    assert any(x.startswith("[grid] stopped a") for x in lines)
+    assert status == {"a": "interrupted", "t": "interrupted", "late": "not_started"} and report.stopped
+    assert phases == {"a": 1} and engine.cancelled == ["t"]
+    assert "stopped by SIGTERM" in report.cells[1].error
+    assert any(x.startswith("[grid] interrupted t") for x in lines)

@@ -3,8 +3,10 @@
 vLLM runs its engine core (and a worker) in child processes of ``mtg train``:
 
 * ``kill -9`` of the main process must not leave them running (they were
-  re-parented to init and kept 2.7 GB and a core busy); the resumed run then
-  starts a fresh engine and serves what the killed one finished from the cache.
+  re-parented to init and kept 2.7 GB and a core busy) -- neither mid-step nor
+  during the model load (the watchdog starts before the engine); the resumed
+  run then starts a fresh engine and serves what the killed one finished from
+  the cache.
 * SIGTERM / SIGINT to the whole process group reach the engine core too, which
   may die first; the run must still end "interrupted" (exit 99 / 130), not
   "failed", and resume to the same results as an uninterrupted run.
@@ -33,9 +35,10 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
+from proc_tree import Tree, engine_started, names
+from tests.conftest import require_spec
 from test_train_resume import cache_rows, compared, generated
 
 pytestmark = pytest.mark.vllm
@@ -51,10 +54,7 @@ TIMEOUT = 600
 
 @pytest.fixture(scope="module", autouse=True)
 def _needs_vllm(bundled_model_path):
-    import importlib.util
-
-    if importlib.util.find_spec("vllm") is None:
-        pytest.skip("vllm is not installed")
+    require_spec("vllm")  # a missing vllm fails under CI=true
 
 
 def mtg_train(*argv: str) -> subprocess.Popen:
@@ -88,45 +88,6 @@ def reference(tmp_path_factory) -> dict:
     return json.loads((out / "results.json").read_text())
 
 
-class Tree:
-    """Every process ever seen below ``proc`` (pid + start time), recorded while it runs."""
-
-    def __init__(self, proc: subprocess.Popen) -> None:
-        self.root = psutil.Process(proc.pid)
-        self.seen: dict[int, float] = {}
-
-    def record(self) -> None:
-        try:
-            for c in self.root.children(recursive=True):
-                self.seen.setdefault(c.pid, c.create_time())
-        except psutil.NoSuchProcess:
-            pass
-
-    def alive(self) -> list[int]:
-        out = []
-        for pid, t in self.seen.items():
-            try:
-                p = psutil.Process(pid)
-                if abs(p.create_time() - t) < 0.01 and p.status() != psutil.STATUS_ZOMBIE:
-                    out.append(pid)
-            except psutil.NoSuchProcess:
-                pass
-        return out
-
-    def wait_gone(self, timeout: float) -> list[int]:
-        deadline = time.time() + timeout
-        while self.alive() and time.time() < deadline:
-            time.sleep(0.1)
-        return self.alive()
-
-    def cleanup(self) -> None:  # never leave an engine behind, even when an assert failed
-        for pid in self.alive():
-            try:
-                psutil.Process(pid).kill()
-            except psutil.NoSuchProcess:
-                pass
-
-
 def wait_mid_step(proc: subprocess.Popen, run_dir: Path, tree: Tree, rows_floor: int = 0) -> dict:
     """Waits until the cache holds rows written after the last checkpoint (and above ``rows_floor``).
 
@@ -150,9 +111,37 @@ def wait_mid_step(proc: subprocess.Popen, run_dir: Path, tree: Tree, rows_floor:
         time.sleep(0.02)
 
 
-def engine_started(tree: Tree) -> bool:
-    return any("EngineCore" in " ".join(psutil.Process(p).cmdline() or [psutil.Process(p).name()])
-               for p in tree.alive())
+#: vLLM's log line when the engine has finished starting (model loaded, KV cache made, warm-up done).
+STARTED = "init engine (profile, create kv cache, warmup model) took"
+
+
+def test_sigkill_during_model_load_leaves_no_engine(tmp_path):
+    """The engine core is up and loading the model when the main process is killed (no finished load)."""
+    run = tmp_path / "run"
+    proc = mtg_train(*TRAIN, "--out", str(run))
+    tree = Tree(proc)
+    t0 = time.time()
+    try:
+        deadline = time.time() + TIMEOUT
+        while not engine_started(tree):
+            tree.record()
+            assert proc.poll() is None and time.time() < deadline, stderr_of(proc)[-3000:]
+            time.sleep(0.05)
+        time.sleep(1.0)  # the engine core is loading the model
+        tree.record()
+        assert STARTED not in stderr_of(proc), "the load finished before the kill: not a kill during the load"
+        running = names(tree)
+        proc.kill()
+        proc.wait()
+        t_kill = time.time()
+        left = tree.wait_gone(15)
+        gone_s = time.time() - t_kill
+        assert not left, f"alive 15 s after kill -9 during the load: {names(tree)}"
+    finally:
+        tree.cleanup()
+    print(f"\nvLLM kill -9 during the model load ({t_kill - t0:.1f} s after start): {len(running)} processes "
+          f"({', '.join(sorted(set(n.split()[0] for n in running.values())))}) gone {gone_s:.1f} s after the kill; "
+          f"left: {len(left)}")
 
 
 def test_sigkill_mid_step_leaves_no_engine_and_resume_replays_the_cache(tmp_path, reference):

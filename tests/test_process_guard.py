@@ -117,3 +117,55 @@ def test_close_kills_what_the_shutdown_left():
     guard.close()
     assert child.wait(timeout=5) is not None
     assert not psutil.pid_exists(watchdog) or psutil.Process(watchdog).status() == psutil.STATUS_ZOMBIE
+
+
+# The guard started before the engine (engines do this): it adopts the processes the start
+# spawns, so a kill -9 in the middle of a model load leaves nothing either.
+LOADING = textwrap.dedent(
+    """
+    import json, subprocess, sys, time
+    sys.path.insert(0, {repo!r})
+    from engines.process_guard import ProcessGuard, descendant_pids
+    guard = ProcessGuard.start()
+    time.sleep(0.3)
+    child = subprocess.Popen(["sh", "-c", "sleep 300 & sleep 300; wait"])  # the "engine core", mid-load
+    time.sleep(1.0)  # > ADOPT_POLL_S: the watchdog has seen it
+    print(json.dumps({{"watchdog": guard.watchdog_pid, "all": sorted(descendant_pids())}}), flush=True)
+    if sys.argv[1] == "fail":  # the start failed or was interrupted: close() kills what it left
+        guard.close()
+        print(json.dumps(sorted(descendant_pids())), flush=True)
+    time.sleep(300)
+    """
+)
+
+
+def test_sigkill_during_the_engine_start_kills_what_the_start_spawned(tmp_path):
+    script = tmp_path / "loading.py"
+    script.write_text(LOADING.format(repo=str(REPO)))
+    proc = subprocess.Popen([sys.executable, str(script), "hold"], stdout=subprocess.PIPE, text=True)
+    info = json.loads(proc.stdout.readline())
+    engine = {pid: psutil.Process(pid).create_time() for pid in info["all"] if pid != info["watchdog"]}
+    assert len(engine) >= 3  # sh + two sleeps
+    try:
+        proc.kill()
+        proc.wait()
+        deadline = time.time() + 10
+        while time.time() < deadline and any(alive(p, t) for p, t in engine.items()):
+            time.sleep(0.1)
+        assert not [p for p, t in engine.items() if alive(p, t)], "processes of an unfinished start outlived kill -9"
+    finally:
+        kill_processes({p: t for p, t in engine.items() if alive(p, t)}, grace_s=0.1)
+
+
+def test_close_after_a_failed_start_kills_what_it_spawned(tmp_path):
+    script = tmp_path / "loading.py"
+    script.write_text(LOADING.format(repo=str(REPO)))
+    proc = subprocess.Popen([sys.executable, str(script), "fail"], stdout=subprocess.PIPE, text=True)
+    try:
+        info = json.loads(proc.stdout.readline())
+        engine = {pid: psutil.Process(pid).create_time() for pid in info["all"] if pid != info["watchdog"]}
+        left = json.loads(proc.stdout.readline())
+        assert not [p for p, t in engine.items() if alive(p, t)] and left == []
+    finally:
+        proc.kill()
+        proc.wait()

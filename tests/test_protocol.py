@@ -273,6 +273,17 @@ def test_protocols_recorded_before_issue_19_are_another_protocol() -> None:
     assert Protocol.from_dict({"steps": 5}) == DEFAULT_PROTOCOL.replace(steps=5)
 
 
+def test_protocol_file_from_an_old_run_or_written_by_hand(tmp_path: Path) -> None:
+    from mtg_local.commands.protocol_args import read_protocol_file
+
+    (tmp_path / "results.json").write_text(json.dumps({"protocol": OLD_DEFAULT}))
+    (tmp_path / "protocol.json").write_text(json.dumps(OLD_DEFAULT))  # a complete object written by hand
+    assert read_protocol_file(str(tmp_path / "results.json")).prompts == "mtg-reworded"  # that run's protocol
+    by_hand = read_protocol_file(str(tmp_path / "protocol.json"))
+    assert by_hand == DEFAULT_PROTOCOL.replace(prefill_update_tag=True)  # today's for what it leaves out
+    by_hand.inner_config()  # runnable
+
+
 def test_report_lists_runs_of_the_old_protocol_apart(tmp_path: Path) -> None:
     from mtg_local.report.collect import collect
 

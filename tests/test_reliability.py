@@ -3,7 +3,7 @@
 * Secrets: every command that takes an engine runs with a canary key (``--engine-opt
   api_key=...`` and ``OPENAI_API_KEY``) against the local fault server; no byte of any
   file it writes (SQLite and WAL included), nor stdout/stderr, holds a canary.
-* Run status: a run whose requests all failed (a dead loopback port) is ``failed``,
+* Run status: a run whose requests all failed (a server that fails every completion) is ``failed``,
   exits 3 and says on one stderr line how many failed and why; a run with more than
   1 % failed requests is ``degraded``; ``mtg report`` lists both as problems.
 * Failed results are not cached: a rerun sends exactly the failed requests again.
@@ -17,7 +17,6 @@ import csv
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import uuid
@@ -49,13 +48,6 @@ def engine_args(base_url: str, *opts: str) -> list[str]:
     return out
 
 
-def closed_port() -> int:
-    """A loopback port with nothing listening (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def word_answer(body: dict) -> str:
     """A scripted word sorter: right for some (question, seed) pairs, wrong for others."""
     users = [m["content"] for m in body.get("messages", []) if m.get("role") == "user"]
@@ -70,6 +62,13 @@ def word_answer(body: dict) -> str:
 def completions(srv: FaultServer) -> list:
     """The server's completion calls (not the /v1/models probes)."""
     return [c for c in srv.calls if c.path.endswith("completions")]
+
+
+class DeadModelServer(FaultServer):
+    """Lists the model (the probe before the first phase passes) but fails every completion with 500."""
+
+    def _fault_for(self, body):  # noqa: ANN001, ANN202
+        return "500", super()._fault_for(body)[1]
 
 
 class KeyRecordingServer(FaultServer):
@@ -121,6 +120,14 @@ def test_secret_env_values_are_redacted_anywhere(monkeypatch):
     monkeypatch.setenv("MY_SERVICE_TOKEN", "tok-0123456789-canary")
     out = redact({"note": "called with tok-0123456789-canary in the url", "n": 1})
     assert "tok-0123456789-canary" not in json.dumps(out) and out["n"] == 1
+
+
+def test_the_working_directory_is_not_a_secret(monkeypatch, tmp_path):
+    """PWD's name looks secret ("pwd"), its value is the cwd: paths under it stay readable (data
+    files, run dirs), else a resumed run would read "[redacted]/data.jsonl"."""
+    monkeypatch.setenv("PWD", str(tmp_path))
+    monkeypatch.setenv("OLDPWD", str(tmp_path))
+    assert redact({"data_file": f"{tmp_path}/data.jsonl"}) == {"data_file": f"{tmp_path}/data.jsonl"}
 
 
 def _all_bytes(root: Path) -> dict[str, bytes]:
@@ -208,16 +215,18 @@ def _check_failed_run(p: subprocess.CompletedProcess, out: Path, command: str, n
     lines = [x for x in p.stderr.splitlines() if x.strip()]
     assert len(lines) == 1, p.stderr
     assert lines[0].startswith(f"mtg {command}: run failed: every request failed ({n} of {n})")
-    assert "first error: APIConnectionError" in lines[0] and "rerun" in lines[0] and "only they are generated again" in lines[0]
+    assert "first error: InternalServerError" in lines[0] and "rerun" in lines[0] and "only they are generated again" in lines[0]
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "failed"
     assert results["failed_requests"]["errors"] == results["failed_requests"]["requests"] == n
 
 
-def test_eval_against_a_dead_port_is_failed_not_zero(tmp_path):
+def test_eval_whose_every_request_fails_is_failed_not_zero(tmp_path):
+    # (A dead port fails before the first phase, in seconds: tests/test_engine_probe.py.)
     out = tmp_path / "eval"
-    p = mtg(["eval", "--task", "synthetic_word_sorting", "--method", "zero_shot_cot", "--limit", "2", "--seeds", "0,1",
-             "--out", str(out), "--no-progress", *engine_args(f"http://127.0.0.1:{closed_port()}/v1", "api_key=sk-x")])
+    with DeadModelServer(fault_rate=0.0) as srv:
+        p = mtg(["eval", "--task", "synthetic_word_sorting", "--method", "zero_shot_cot", "--limit", "2", "--seeds",
+                 "0,1", "--out", str(out), "--no-progress", *engine_args(srv.base_url, "api_key=sk-x")])
     _check_failed_run(p, out, "eval", 4)
     report = mtg(["report", str(out), "--out", str(tmp_path / "rep"), "--no-plots"])
     assert report.returncode == 0
@@ -227,22 +236,24 @@ def test_eval_against_a_dead_port_is_failed_not_zero(tmp_path):
     assert cells == []
 
 
-def test_baseline_against_a_dead_port_is_failed_not_zero(tmp_path):
+def test_baseline_whose_every_request_fails_is_failed_not_zero(tmp_path):
     out = tmp_path / "baseline"
-    p = mtg(["baseline", "--method", "prompt_opt", "--task", "synthetic_word_sorting", "--limit", "3", "--seeds", "0",
-             "--epochs", "1", "--max-steps", "1", "--batch-size", "3", "--out", str(out),
-             *engine_args(f"http://127.0.0.1:{closed_port()}/v1", "api_key=sk-x")])
+    with DeadModelServer(fault_rate=0.0) as srv:
+        p = mtg(["baseline", "--method", "prompt_opt", "--task", "synthetic_word_sorting", "--limit", "3", "--seeds",
+                 "0", "--epochs", "1", "--max-steps", "1", "--batch-size", "3", "--out", str(out),
+                 *engine_args(srv.base_url, "api_key=sk-x")])
     results = json.loads((out / "results.json").read_text())
     n = results["engine_usage"]["requests"]
     assert n >= 6
     _check_failed_run(p, out, "baseline", n)
 
 
-def test_train_against_a_dead_port_is_failed_not_zero(tmp_path):
+def test_train_whose_every_request_fails_is_failed_not_zero(tmp_path):
     out = tmp_path / "train"
-    p = mtg(["train", "--task", "synthetic_word_sorting", "--limit", "2", "--seeds", "0", "--outer-steps", "1", "--minibatch", "1",
-             "--steps", "1", "--out", str(out), "--no-progress",
-             *engine_args(f"http://127.0.0.1:{closed_port()}/v1", "api_key=sk-x")])
+    with DeadModelServer(fault_rate=0.0) as srv:
+        p = mtg(["train", "--task", "synthetic_word_sorting", "--limit", "2", "--seeds", "0", "--outer-steps", "1",
+                 "--minibatch", "1", "--steps", "1", "--out", str(out), "--no-progress",
+                 *engine_args(srv.base_url, "api_key=sk-x")])
     n = json.loads((out / "results.json").read_text())["engine_usage"]["requests"]
     _check_failed_run(p, out, "train", n)
     assert f"--cache {out / 'cache.sqlite'}" in p.stderr

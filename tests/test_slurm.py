@@ -3,6 +3,9 @@
 * a job array over a 2-task x 2-method grid (``mtg slurm submit``), then ``mtg report``;
 * preemption: USR1 to the batch shell -> checkpoint -> exit 99 -> requeue -> resume,
   with results identical to an uninterrupted run;
+* ``--shared``: ``mtg slurm submit --shared`` -> one job running ``mtg grid`` -> USR1 (SLURM's
+  warning before the time limit) -> every cell in flight interrupted, exit 99 -> requeue ->
+  the requeued job skips the complete cells and finishes the others;
 * the GPU templates are accepted on the fake-GPU node and run the CPU override;
 * run-dir lock and grid expansion (plain unit tests, no daemons).
 
@@ -25,6 +28,7 @@ import pytest
 
 from mtg_local.runs.lock import RunDirLock, RunDirLockedError, is_locked
 from mtg_local.slurm import GridError, load_grid, parse_grid, plan
+from tests.conftest import require_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "slurm_local.sh"
@@ -160,10 +164,7 @@ def test_array_grid_two_tasks_two_methods_then_report(cluster, tmp_path):
 @pytest.mark.vllm
 def test_array_task_on_bundled_vllm(cluster, tmp_path):
     """One array task on the real vLLM engine with the bundled model (CPU; ~40 s start-up)."""
-    import importlib.util
-
-    if importlib.util.find_spec("engines.vllm_engine") is None or importlib.util.find_spec("vllm") is None:
-        pytest.skip("the vLLM engine (engines/vllm_engine.py) or the vllm package is not installed")
+    require_spec("vllm")  # a missing vllm fails under CI=true
     grid = {
         "name": "bundled", "runs_root": str(tmp_path / "runs"), "tasks": ["synthetic_word_sorting"],
         "methods": ["zero_shot_cot"], "engines": ["vllm:bundled"], "seeds": [0],
@@ -222,6 +223,54 @@ def test_preempted_train_job_requeues_resumes_and_matches_uninterrupted(cluster,
         assert (ref / name).exists() == (run / name).exists()
         if (ref / name).exists():
             assert (ref / name).read_text() == (run / name).read_text()
+
+
+@pytest.mark.slurm
+@needs_slurm
+def test_shared_grid_job_usr1_requeues_and_the_rerun_completes_every_cell(cluster, tmp_path):
+    # The engine inside is `fake` (slowed to 0.5 s per call so the signal lands mid-run): what is
+    # real here is SLURM -- the template, its trap, the requeue; the real engine's grid is
+    # tests/test_grid_vllm.py.
+    grid = {
+        "name": "shared", "runs_root": str(tmp_path / "runs"), "tasks": ["synthetic_word_sorting"],
+        "methods": ["zero_shot_cot", "solution_opt", "learned_loss"], "engines": ["fake"],
+        "engine_opts": ["delay_s=0.5"], "seeds": [0, 1],
+        # one protocol for every cell, train-only fields included: a --protocol file
+        "args": {"all": ["--protocol", str(tmp_path / "protocol.json"), "--no-progress"]},
+        "slurm": {"gpus": 1, "time": "00:10:00", "cpus_per_task": 1, "mem": "1G"},
+    }
+    (tmp_path / "protocol.json").write_text(json.dumps({"limit": 2, "steps": 1, "max_tokens": 32, "outer_steps": 2,
+                                                         "minibatch": 1}))
+    gfile = tmp_path / "grid.json"
+    gfile.write_text(json.dumps(grid))
+    out = sh([MTG, "slurm", "submit", str(gfile), "--shared"], cluster).stdout
+    job = out.split("submitted grid job ")[1].split(":")[0]
+    root = tmp_path / "runs" / "shared" / "synthetic_word_sorting"
+    log = tmp_path / "runs" / "shared" / "logs" / f"grid-fake-{job}.out"
+    ckpt = root / "learned_loss" / "fake" / "checkpoint.json"
+    end = time.monotonic() + 120
+    while not (ckpt.exists() and (root / "zero_shot_cot" / "fake" / "results.json").exists()):
+        states = job_states(job, cluster)
+        assert time.monotonic() < end and states.get(job) in (None, "PENDING", "RUNNING", "CONFIGURING"), \
+            f"no progress: {states} {_log(log)}"
+        time.sleep(0.1)
+    sh(["scancel", "--signal=USR1", "--batch", job], cluster)
+    states = wait_done(job, cluster, timeout=240, release_requeued=True)
+    text = _log(log)
+    assert states == {job: "COMPLETED"}, text
+    assert "received SIGUSR1" in text and "exited with 99" in text and "requeueing job" in text, text
+    assert "restart=1" in text and text.count(f"mtg grid {gfile}") == 2, text
+    assert "[grid] skip   synthetic_word_sorting/zero_shot_cot/fake" in text, text  # complete before USR1
+    interrupted = []
+    for method in ("zero_shot_cot", "solution_opt", "learned_loss"):
+        d = root / method / "fake"
+        assert json.loads((d / "results.json").read_text())["status"] == "complete", (method, text)
+        if any(json.loads(x)["event"] == "interrupted" for x in (d / "events.jsonl").read_text().splitlines()):
+            interrupted.append(method)
+    assert "learned_loss" in interrupted and "zero_shot_cot" not in interrupted, (interrupted, text)
+    summary = json.loads((tmp_path / "runs" / "shared" / "grid-fake.json").read_text())
+    counts = summary["counts"]  # the rerun's: cells complete before USR1 were skipped
+    assert set(counts) == {"skipped", "complete"} and counts["complete"] >= 1 and not summary["stopped"], counts
 
 
 @pytest.mark.slurm

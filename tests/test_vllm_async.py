@@ -6,7 +6,6 @@ Real engine: run under the machine's engine lock, e.g.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import threading
 from pathlib import Path
@@ -24,16 +23,9 @@ TASK = "synthetic_word_sorting" if "synthetic_word_sorting" in task_names() else
 
 
 @pytest.fixture(scope="module")
-def async_engine(bundled_model_path: Path):
-    if importlib.util.find_spec("vllm") is None:
-        pytest.skip("vllm is not installed")
-    from engines import create_engine
-
-    # float32: bf16 kernels (the CPU default where the CPU has native bf16) round differently with
-    # the batch's size and mates, and this test compares runs alone with runs sharing the batch.
-    engine = create_engine("vllm-async:bundled", dtype="float32")
-    yield engine
-    engine.close()
+def async_engine(async_engine_f32):
+    # The session's float32 async engine (tests/conftest.py), shared with tests/test_grid_vllm.py.
+    return async_engine_f32
 
 
 def configs(root: Path) -> dict[str, EvalConfig]:

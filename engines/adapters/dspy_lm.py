@@ -28,11 +28,18 @@ Mapping of DSPy's keyword arguments:
 
 A request that fails on its own raises ``GenerationFailedError`` in the
 calling thread only; DSPy then treats that prediction as failed.
+
+``lm.counters`` (``LMCounters``) counts what this LM asked for: DSPy calls,
+requests, cache hits, tokens and errors. Copies made by DSPy (``lm.copy``)
+share it, so one LM's role in a run (task model, prompt / reflection model)
+is accounted separately even when both roles share one engine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from typing import Any
 
 from engines.adapters.common import adopt_coalescer, chat_messages, derive_seed, offline_library_env
@@ -65,6 +72,41 @@ def _attr(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_attr(v) for v in obj]
     return obj
+
+
+class LMCounters:
+    """Thread-safe counts of one LM's requests (shared by its DSPy copies).
+
+    ``prompt_tokens`` / ``completion_tokens`` count backend work only (not
+    cache hits or in-batch duplicates), as ``engines.base.Usage`` does;
+    ``wall_s`` sums the calls' wall time (concurrent calls overlap).
+    """
+
+    FIELDS = ("calls", "requests", "cache_hits", "prompt_tokens", "completion_tokens", "errors", "wall_s")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values = dict.fromkeys(self.FIELDS, 0)
+        self._values["wall_s"] = 0.0
+
+    def add(self, results: list, wall_s: float, *, failed: int = 0) -> None:
+        """Counts one call: its results (``GenResult``s), or ``failed`` requests when the engine raised."""
+        with self._lock:
+            v = self._values
+            v["calls"] += 1
+            v["requests"] += len(results) + failed
+            v["errors"] += failed + sum(1 for r in results if not r.ok)
+            v["cache_hits"] += sum(1 for r in results if r.cached)
+            done = [r for r in results if not r.cached and not r.deduplicated]
+            v["prompt_tokens"] += sum(r.prompt_tokens for r in done)
+            v["completion_tokens"] += sum(r.completion_tokens for r in done)
+            v["wall_s"] += wall_s
+
+    def to_dict(self) -> dict[str, Any]:
+        with self._lock:
+            d = dict(self._values)
+        d["wall_s"] = round(d["wall_s"], 3)
+        return d
 
 
 class EngineDSPyLM(dspy.BaseLM):
@@ -105,6 +147,7 @@ class EngineDSPyLM(dspy.BaseLM):
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         self.seed = seed
+        self.counters = LMCounters()
 
     # -- request building ---------------------------------------------------
     def build_requests(self, prompt: str | None = None, messages: list | None = None, **kwargs: Any) -> list[GenRequest]:
@@ -147,7 +190,13 @@ class EngineDSPyLM(dspy.BaseLM):
             EngineError: the engine failed as a whole.
         """
         requests = self.build_requests(prompt, messages, **kwargs)
-        results = self.coalescer.generate(requests)
+        t0 = time.perf_counter()
+        try:
+            results = self.coalescer.generate(requests)
+        except Exception:
+            self.counters.add([], time.perf_counter() - t0, failed=len(requests))
+            raise
+        self.counters.add(results, time.perf_counter() - t0)
         for r in results:
             if not r.ok:
                 raise GenerationFailedError(r)

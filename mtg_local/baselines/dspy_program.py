@@ -1,4 +1,4 @@
-"""What COPRO and MIPROv2 share: the DSPy program, metric, data and batched test evaluation.
+"""What COPRO, MIPROv2 and GEPA share: the DSPy program, metric, data and batched test evaluation.
 
 * ``make_program(task)``: ``dspy.ChainOfThought`` over ``question -> answer``
   (the answer field's description carries the task's answer format, as in the
@@ -15,7 +15,8 @@
   here such a completion is scored on its raw text instead.)
 * ``DSPyRunConfig`` / ``dspy_session``: the settings both optimizers share
   and the DSPy context (task and prompt LMs over request coalescers, so
-  DSPy's evaluation threads reach the engine as batched calls).
+  DSPy's evaluation threads reach the engine as batched calls; each LM
+  counts its own requests and tokens, ``DSPySession.usage_by_role``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from engines.adapters.common import offline_library_env
 offline_library_env()
 
 import dspy  # noqa: E402
+from dspy.teleprompt.bootstrap_trace import FailedPrediction  # noqa: E402
 from dspy.utils.exceptions import AdapterParseError  # noqa: E402
 
 from engines.adapters.dspy_lm import EngineDSPyLM  # noqa: E402
@@ -61,21 +63,34 @@ class TaskProgram(dspy.Module):
     and the raw text in ``raw``, so the metric scores the raw text like any
     other method would, instead of DSPy counting an error (too many of which
     abort an optimizer run).
+
+    With ``trace_failed_parses`` (GEPA), such a call is also put in DSPy's
+    trace as DSPy's own ``FailedPrediction`` of the predictor, as DSPy's trace
+    bootstrapping does when a program lets the parse error through: the
+    reflection then sees the raw completion with a format feedback, while the
+    example is still scored on its raw text.
     """
 
-    def __init__(self, signature: type[dspy.Signature]) -> None:
+    def __init__(self, signature: type[dspy.Signature], *, trace_failed_parses: bool = False) -> None:
         super().__init__()
         self.prog = dspy.ChainOfThought(signature)
+        self.trace_failed_parses = trace_failed_parses
 
     def forward(self, question: str) -> dspy.Prediction:
         try:
             return self.prog(question=question)
         except AdapterParseError as e:
-            return dspy.Prediction(reasoning="", answer=None, raw=str(e.lm_response or ""))
+            raw = str(e.lm_response or "")
+            trace = dspy.settings.trace
+            if self.trace_failed_parses and trace is not None and dspy.settings.max_trace_size > 0:
+                if len(trace) >= dspy.settings.max_trace_size:  # as dspy.Predict keeps its trace
+                    trace.pop(0)
+                trace.append((self.prog.predict, {"question": question}, FailedPrediction(completion_text=raw)))
+            return dspy.Prediction(reasoning="", answer=None, raw=raw)
 
 
-def make_program(task: Task) -> TaskProgram:
-    return TaskProgram(make_signature(task))
+def make_program(task: Task, *, trace_failed_parses: bool = False) -> TaskProgram:
+    return TaskProgram(make_signature(task), trace_failed_parses=trace_failed_parses)
 
 
 def response_text(task: Task, answer: str | None, raw: str = "") -> str:
@@ -283,6 +298,10 @@ class DSPySession:
     task_lm: EngineDSPyLM
     prompt_lm: EngineDSPyLM
     coalescers: list[RequestCoalescer]
+
+    def usage_by_role(self, names: tuple[str, str] = ("task", "prompt")) -> dict[str, Any]:
+        """Each LM's own counts (``LMCounters``), keyed by ``names`` (task LM, prompt LM)."""
+        return {names[0]: self.task_lm.counters.to_dict(), names[1]: self.prompt_lm.counters.to_dict()}
 
     def coalescer_stats(self) -> dict[str, Any]:
         """Engine calls made through the coalescers and their sizes (for results.json)."""

@@ -1,5 +1,8 @@
 """``TolerantChatAdapter``: DSPy's ChatAdapter that does not abort an optimizer on weak proposals.
 
+(``TolerantJSONAdapter`` is the same for DSPy's JSONAdapter, which GEPA's
+instruction proposer uses.)
+
 COPRO and MIPROv2 ask the *prompt model* for new instructions through DSPy
 predictors whose failures are not caught: one completion without DSPy's
 ``[[ ## field ## ]]`` markers raises ``AdapterParseError`` and ends the whole
@@ -42,8 +45,8 @@ def lenient_fields(signature: Any, text: str) -> dict[str, Any]:
     return found
 
 
-class TolerantChatAdapter(dspy.ChatAdapter):
-    """ChatAdapter with a lenient last resort for LMs that set ``tolerate_unparsable``."""
+class _Tolerant:
+    """The lenient last resort, mixed into a DSPy adapter class."""
 
     def _call_postprocess(self, processed_signature, original_signature, outputs, lm, lm_kwargs):  # noqa: ANN001
         try:
@@ -59,3 +62,16 @@ class TolerantChatAdapter(dspy.ChatAdapter):
             except AdapterParseError:
                 values.append(lenient_fields(processed_signature, text or ""))
         return values
+
+
+class TolerantChatAdapter(_Tolerant, dspy.ChatAdapter):
+    """ChatAdapter with a lenient last resort for LMs that set ``tolerate_unparsable``."""
+
+
+class TolerantJSONAdapter(_Tolerant, dspy.JSONAdapter):
+    """JSONAdapter with the same last resort (GEPA's proposer asks its reflection LM for JSON).
+
+    A reflection completion that is not JSON becomes the new instruction as
+    written, which is also how the ``gepa`` package's own proposer reads a
+    reply without a fenced block.
+    """

@@ -10,8 +10,11 @@ variants). Prints ONE JSON line: per variant wall time, generated tokens/s (comp
 tokens of all cells' results / wall), mean running batch (vLLM scheduler stats via the
 async engine's stat logger; ``null`` for array mode, whose ``vllm.LLM`` has no such hook --
 ``mean_batch_submitted`` = requests per engine call is given for every variant), engine
-starts, peak RSS of the process tree; and ``speedup_vs_array`` (wall array / wall grid),
-``speedup_vs_sequential`` (wall sequential / wall grid).
+starts (counted from the runs' own ``engines`` events: distinct engine instances that served
+the cells, ``mtg_local.runs.engine_events``), the dtype the engines ran in (from the same
+events), peak RSS of the process tree; and ``speedup_vs_array`` (wall array / wall grid),
+``speedup_vs_sequential`` (wall sequential / wall grid). ``--json-out PATH`` also writes the
+record to PATH (the committed record beside the documented figures).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import yaml
 
 from engines.errors import UserError
 from mtg_local.bench.memory import GiB, PeakRSS
+from mtg_local.runs.engine_events import engine_starts
 from mtg_local.slurm.grid import load_grid
 from mtg_local.tasks import task_names
 
@@ -52,6 +56,8 @@ def add_grid_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-concurrent", type=int, default=8, help="grid variant's concurrency (default: %(default)s)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="subset to run (default: %(default)s)")
     p.add_argument("--out", default=None, metavar="DIR", help="where the variants' runs go (default: a temp dir)")
+    p.add_argument("--json-out", default=None, metavar="PATH",
+                   help="also write the JSON record to PATH (e.g. docs/bench/grid-DATE.json)")
     p.set_defaults(func=run_grid_bench)
 
 
@@ -104,15 +110,14 @@ def run_variant(name: str, grid_file: Path, args: argparse.Namespace) -> dict[st
         if name == "array":
             for run in runs:
                 _mtg([*run.argv, *(["--no-progress"] if run.argv[0] != "baseline" else [])])
-            starts = len(runs)
         else:
             conc = 1 if name == "sequential" else args.max_concurrent
             _mtg(["grid", str(grid_file), "--max-concurrent", str(conc)])
-            starts = 1
             summary = json.loads((grid.runs_root / grid.name / f"grid-{runs[0].engine.label}.json").read_text())
             running_batch = (summary["engine"].get("running_batch") or {}).get("mean_running")
         wall = time.perf_counter() - t0
     usage = _cell_usage([r.run_dir for r in runs])
+    engines = engine_starts(r.run_dir for r in runs)
     return {
         "wall_s": round(wall, 3),
         "gen_tok_per_s": round(usage["completion_tokens"] / wall, 3) if wall > 0 else None,
@@ -121,7 +126,8 @@ def run_variant(name: str, grid_file: Path, args: argparse.Namespace) -> dict[st
         "mean_running_batch": running_batch,
         "mean_batch_submitted": round((usage["requests"] - usage["cache_hits"]) / usage["calls"], 3)
         if usage["calls"] else None,
-        "engine_starts": starts,
+        "engine_starts": engines["starts"],
+        "dtype": ",".join(engines["dtypes"]) or None,
         "peak_rss_gib": round(rss.peak_bytes / GiB, 3),
         "cells": len(runs),
     }
@@ -153,8 +159,13 @@ def run_grid_bench(args: argparse.Namespace) -> int:
         root = Path(args.out)
         if root.exists() and any(root.iterdir()):
             raise UserError(f"--out {root} is not empty: the variants need fresh run dirs (no cache hits)")
-        print(json.dumps(grid_bench(args, root)))
-        return 0
-    with tempfile.TemporaryDirectory(prefix="mtg-bench-grid-") as tmp:
-        print(json.dumps(grid_bench(args, Path(tmp))))
+        record = grid_bench(args, root)
+    else:
+        with tempfile.TemporaryDirectory(prefix="mtg-bench-grid-") as tmp:
+            record = grid_bench(args, Path(tmp))
+    print(json.dumps(record))
+    if args.json_out:
+        out = Path(args.json_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=2) + "\n")
     return 0

@@ -86,6 +86,7 @@ class RunEngines:
         optimizer_run: the same for optimizer phases; the very object ``forward_run`` when
             both are one backend, so one cache and one usage meter see everything.
         specs: ``{"engine": ..., "optimizer_engine": ...}`` as recorded in config/results.
+        owned: the engines built from the specs (not passed in by the caller).
     """
 
     forward: Engine
@@ -93,6 +94,16 @@ class RunEngines:
     forward_run: Engine
     optimizer_run: Engine
     specs: dict[str, str]
+    owned: tuple[Engine, ...] = ()
+
+    def probe(self) -> None:
+        """Probes the engines built from the specs (``Engine.probe``); passed-in ones are their owner's.
+
+        Raises:
+            EngineUnreachableError: an engine is not there (the run then fails in seconds).
+        """
+        for e in self.owned:
+            e.probe()
 
 
 @contextlib.contextmanager
@@ -110,6 +121,8 @@ def open_run_engines(
     Engines passed in are used as they are and left open; engines built here
     from the specs, and the caches, are closed on exit. An optimizer spec equal
     to the forward one shares the forward engine (one model loaded, not two).
+    ``RunEngines.probe()`` probes the engines built here: a run calls it first
+    thing, so an engine that is not there fails in seconds.
     """
     owned: list[Engine] = []
     wrappers: list[CachedEngine] = []
@@ -129,7 +142,7 @@ def open_run_engines(
             opt_run = fwd_run if opt is fwd else CachedEngine(opt, cache_path)
             wrappers = [fwd_run] + ([opt_run] if opt_run is not fwd_run else [])
         specs = {"engine": fwd.spec or spec, "optimizer_engine": opt.spec or optimizer_spec or spec}
-        yield RunEngines(fwd, opt, fwd_run, opt_run, specs)
+        yield RunEngines(fwd, opt, fwd_run, opt_run, specs, tuple(owned))
     finally:
         for w in wrappers:
             w.cache.close()

@@ -7,7 +7,9 @@ generation cache (RUN_DIR/cache.sqlite, or --cache PATH) unless --no-cache, so
 a rerun of the same evaluation makes no backend calls. SIGUSR1/SIGTERM/SIGINT
 (also to the whole process group) stop it at once with results.json status
 "interrupted" and exit 99 (130 for SIGINT): rerun the same command to finish. ``--loss-prompt`` and
-``--template`` (TEXT or @FILE) evaluate learned artifacts.
+``--template`` (TEXT or @FILE) evaluate learned artifacts; ``--from-run RUN_DIR`` applies the
+ones a finished run learned (on another task, model or engine) and records where they came
+from as results.json ``source`` (``mtg_local.runs.transfer``).
 
 Tests call ``run_eval(args_or_config, engine=..., optimizer_engine=...)`` to
 reuse a session engine instead of building one.
@@ -35,9 +37,11 @@ from mtg_local.protocol import DEFAULT_PROTOCOL, Protocol, load_task
 from mtg_local.runs.interrupt import ALL_STOP_SIGNALS, Interrupted, StopFlag, interruption, record_interruption
 from mtg_local.runs.interrupt import stop_on_signals
 from mtg_local.runs.health import exit_code
+from mtg_local.runs.engine_events import log_engines
 from mtg_local.runs.lock import RunDirLock
 from mtg_local.runs.run_dir import RunDir
 from mtg_local.runs.secrets import public_engine_opts
+from mtg_local.runs.transfer import read_source_run
 from mtg_local.tasks import task_names
 
 _RERUN_HINT = "the same command (finished generations are served from the run's cache)"
@@ -67,6 +71,7 @@ class EvalConfig:
     protocol: Protocol = DEFAULT_PROTOCOL
     progress: bool = True
     schedule: str = "phase"  # inner-loop schedule (not in the protocol: same requests either way)
+    from_run: str | None = None  # a finished run whose learned texts to apply (read when the run starts)
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -109,6 +114,7 @@ class EvalConfig:
             protocol=protocol_from_args(args),
             progress=not args.no_progress,
             schedule=getattr(args, "schedule", None) or "phase",
+            from_run=getattr(args, "from_run", None),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,6 +124,37 @@ class EvalConfig:
         d["inner"] = self.inner.to_dict()  # the resolved inner loop (derived from the protocol)
         d["engine_opts"] = public_engine_opts(self.engine_opts)
         return d
+
+
+#: The learned texts each method uses, and the flag that sets each by hand.
+_USES = {"solution_opt": ("loss_prompt", "template", "system_prompt"), "zero_shot_cot": ("template", "system_prompt")}
+_FLAGS = {"loss_prompt": "--loss-prompt", "template": "--template", "system_prompt": "--system-prompt"}
+
+
+def apply_from_run(cfg: EvalConfig) -> tuple[EvalConfig, dict[str, Any] | None]:
+    """``cfg`` with the learned texts of ``cfg.from_run`` in place, and the ``source`` record.
+
+    Read when the run starts, not when the config is built, so a grid can build a
+    transfer cell before its source has finished.
+
+    Raises:
+        UserError: the source is not a complete run with a learned text this method
+            uses, or a text it supplies was also given by hand.
+    """
+    if not cfg.from_run:
+        return cfg, None
+    src = read_source_run(cfg.from_run)
+    applied = {k: v for k, v in src.texts.items() if k in _USES[cfg.method]}
+    if not applied:
+        raise UserError(f"--from-run {cfg.from_run}: its learned {', '.join(src.texts)} is not used by "
+                        f"--method {cfg.method}")
+    given = {"loss_prompt": cfg.loss_prompt is not None, "template": cfg.template != DEFAULT_TEMPLATE,
+             "system_prompt": cfg.system_prompt is not None}
+    clash = [_FLAGS[k] for k in applied if given[k]]
+    if clash:
+        raise UserError(f"--from-run {cfg.from_run} supplies the {', '.join(k for k in applied if given[k])}; "
+                        f"drop {' and '.join(clash)}")
+    return dataclasses.replace(cfg, **applied), src.record(applied)
 
 
 def read_text_arg(value: str | None, flag: str) -> str | None:
@@ -142,6 +179,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--template", default=None, metavar="TEXT|@FILE", help=f"inference template (default: {DEFAULT_TEMPLATE!r})"
     )
     p.add_argument("--system-prompt", default=None, metavar="TEXT|@FILE", help="forward system prompt (default: none)")
+    p.add_argument("--from-run", default=None, metavar="RUN_DIR",
+                   help="apply the loss prompt / template / system prompt that this finished run learned "
+                        "(e.g. on another task, model or engine); recorded as results.json 'source'. The protocol "
+                        "stays this command's: to match the source's, add --protocol RUN_DIR/results.json")
     add_protocol_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_engine_args(p, optimizer=True, schedule=True)
@@ -163,6 +204,7 @@ def run_eval(
     *,
     engine: Engine | None = None,
     optimizer_engine: Engine | None = None,
+    stop: StopFlag | None = None,
 ) -> dict[str, Any]:
     """Runs one evaluation and writes the run dir; returns the results.json body.
 
@@ -171,8 +213,12 @@ def run_eval(
         engine: a ready forward engine (not closed here); default: built from the spec.
         optimizer_engine: a ready optimizer engine; default: built from
             --optimizer-engine if it names another spec, else the forward engine.
+        stop: the stop flag to honour (``mtg grid`` passes its own, set by its
+            signal handlers: signal handlers exist only in the main thread);
+            default: a new one set by SIGUSR1/SIGTERM/SIGINT.
     """
     cfg = args_or_config if isinstance(args_or_config, EvalConfig) else EvalConfig.from_args(args_or_config)
+    cfg, source = apply_from_run(cfg)  # before a model is loaded: a bad source costs no engine start
     if cfg.schedule == "item" and cfg.method == "solution_opt":  # before a model is loaded
         check_item_schedule(engine or cfg.engine, optimizer_engine or cfg.optimizer_engine)
     task = load_task(cfg.task, cfg.protocol, data_file=cfg.data_file)
@@ -188,15 +234,19 @@ def run_eval(
         context_check(cfg.protocol, engines)
         config = {**cfg.to_dict(), **engines.specs, "loss_prompt": cfg.loss_prompt or task.initial_loss_prompt}
         run_dir.write_config(config)
-        run_dir.log_event("eval_start", method=cfg.method, n_questions=len(examples), seeds=list(cfg.seeds))
+        run_dir.log_event("eval_start", method=cfg.method, n_questions=len(examples), seeds=list(cfg.seeds),
+                          **({"source_run_id": source["run_id"]} if source else {}))
+        log_engines(run_dir, forward=engines.forward, optimizer=engines.optimizer)
         meter = UsageMeter(engines.forward_run, engines.optimizer_run)
         common = dict(
             task=task, method=cfg.method, seeds=cfg.seeds, split=cfg.split, n_questions=len(examples),
             config=config, started_at=started, protocol=cfg.protocol, **engines.specs, schedule=cfg.schedule,
+            **({"source": source} if source else {}),
         )
-        stop = StopFlag()
+        stop = stop if stop is not None else StopFlag()
         try:
             with stop_on_signals(stop, abort_on=ALL_STOP_SIGNALS):  # no boundary to wait for
+                engines.probe()  # an engine that is not there: failed in seconds, not after every retry
                 outcome = evaluate(
                     task, examples, method=cfg.method, seeds=cfg.seeds, forward_engine=engines.forward_run,
                     optimizer_engine=engines.optimizer_run, config=cfg.inner, loss_prompt=cfg.loss_prompt, template=cfg.template, progress=cfg.progress,

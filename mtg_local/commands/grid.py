@@ -5,12 +5,20 @@ Each cell is the same run as its array-mode job (same ``mtg eval``/``train``/
 ``baseline`` arguments, run dir, lock, checkpoint, events, results.json,
 trajectories), run in a thread of this process on a view of one shared,
 long-lived engine (``mtg_local.grid``). Complete cells are skipped; a train
-cell with a checkpoint resumes. SIGUSR1/SIGTERM: train cells checkpoint,
-eval/baseline cells stop before their next engine call, exit 99 ("requeue
-me"; rerun the same command to continue).
+cell with a checkpoint resumes. Cells whose arguments name another
+``--optimizer-engine`` share one engine per such spec (alone, each would start
+its own). SIGUSR1/SIGTERM/SIGINT (to this process or
+its whole process group, e.g. scancel): every running cell's requests in
+flight are abandoned at once, each unfinished cell records status
+"interrupted" (train cells keep their last checkpoint), complete cells stay
+complete, exit 99 ("requeue me"; 130 for SIGINT). Rerun the same command to
+continue: what the cells generated before is served from their caches. A
+signal while the shared engine starts ends the command at once (99/130).
 
 Exit status: 0 every cell complete (or skipped); 2 user error; 3 some cells
-failed (listed on stderr); 99 stopped on SIGUSR1/SIGTERM; 130 on SIGINT.
+failed (listed on stderr), or the engine is not there (its probe failed: a
+refused connection, a model the server does not serve; no cell was started);
+99 stopped on SIGUSR1/SIGTERM; 130 on SIGINT.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from mtg_local.grid import GridCell, is_complete, run_cells
 from mtg_local.grid.engine import open_shared_engine, shared_spec
 from mtg_local.runs.interrupt import EXIT_REQUEUE, EXIT_SIGINT, StopFlag
 from mtg_local.runs.run_dir import RunDir, atomic_write_json
-from mtg_local.slurm.grid import EngineEntry, Grid, RunSpec, load_grid
+from mtg_local.slurm.grid import EngineEntry, Grid, RunSpec, load_grid, refuse_secrets
 
 EXIT_FAILED = 3
 
@@ -45,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="which engine of the grid to run (needed when the grid has several)")
     p.add_argument("--engine-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="extra option for the shared engine and every cell (e.g. tensor_parallel_size=4, "
-                        "data_parallel_size=8 for vllm)")
+                        "data_parallel_size=8 for vllm); no secrets, as in grid files: name their variable "
+                        "(api_key_env=MY_KEY_VAR)")
     p.add_argument("--max-concurrent", type=int, default=8, metavar="N",
                    help="most cells running at once (1 = one after another on the one engine; default: %(default)s)")
     p.add_argument("--runs-root", default=None, metavar="DIR", help="override the grid's runs_root / $MTG_RUNS")
@@ -93,32 +102,48 @@ def build_cell(run: RunSpec, extra_opts: list[str]) -> GridCell:
 
         config = EvalConfig.from_args(args)
 
-        def execute(engine: Engine, stop: StopFlag) -> dict[str, Any]:
-            return run_eval(config, engine=engine)
+        def execute(engine: Engine, stop: StopFlag, optimizer_engine: Engine | None = None) -> dict[str, Any]:
+            return run_eval(config, engine=engine, optimizer_engine=optimizer_engine, stop=stop)
 
     elif cmd == "train":
         from mtg_local.commands.train import config_from_args
         from mtg_local.meta.train_run import run_train
 
-        def execute(engine: Engine, stop: StopFlag) -> dict[str, Any]:
+        def execute(engine: Engine, stop: StopFlag, optimizer_engine: Engine | None = None) -> dict[str, Any]:
             a = copy.copy(args)
             if RunDir(run.run_dir).checkpoint_path.exists():
                 a.resume = str(run.run_dir)  # read at start: a requeued grid resumes the cell
             config, resume = config_from_args(a)
-            return run_train(config, engine=engine, resume=resume, stop=stop)
+            return run_train(config, engine=engine, optimizer_engine=optimizer_engine, resume=resume, stop=stop)
 
     elif cmd == "baseline":
         from mtg_local.commands.baseline import config_from_args as baseline_config, run_baseline
 
         bconfig = baseline_config(args)
 
-        def execute(engine: Engine, stop: StopFlag) -> dict[str, Any]:
-            return run_baseline(bconfig, engine=engine)
+        def execute(engine: Engine, stop: StopFlag, optimizer_engine: Engine | None = None) -> dict[str, Any]:
+            return run_baseline(bconfig, engine=engine, optimizer_engine=optimizer_engine, stop=stop)
 
     else:  # METHOD_COMMANDS maps every method to one of the three
         raise UserError(f"grid cell {name}: unknown sub-command {cmd!r}")
+    # Another optimizer spec: the grid shares one engine per spec (cells alone would each start one).
+    optimizer = args.optimizer_engine if args.optimizer_engine not in (None, run.engine.spec) else None
     return GridCell(name=name, run_dir=run.run_dir, kind=cmd, execute=execute, spec=run.engine.spec,
-                    checkpoints=cmd == "train")
+                    checkpoints=cmd == "train", optimizer_spec=optimizer)
+
+
+def _write_request_events(engine: Engine, path: Any) -> str | None:
+    """The shared engine's own per-request timestamps (``vllm-async:``: submitted, first token,
+    finished, caller = cell), one JSON line each: they show which cells' requests were in flight
+    together. None for engines that keep none."""
+    events = getattr(engine, "events", None)
+    if not callable(events):
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(e) + "\n" for e in events()))
+    tmp.replace(path)
+    return str(path)
 
 
 def cell_state(run: RunSpec) -> str:
@@ -132,34 +157,59 @@ def cell_state(run: RunSpec) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.max_concurrent < 1:
         raise UserError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
+    # As in grid files: these options are copied into every cell's command line and the logs.
+    refuse_secrets(args.engine_opt, "--engine-opt")
     grid = load_grid(args.grid, runs_root=args.runs_root)
     entry = select_engine(grid, args.engine)
     runs = [r for r in grid.expand() if r.engine.label == entry.label]
     cells = [build_cell(r, args.engine_opt) for r in runs]  # parses every cell's arguments up front
     opts_list = [*grid.engine_opts, *entry.opts, *args.engine_opt]
+    optimizer_specs = {c.optimizer_spec: sum(d.optimizer_spec == c.optimizer_spec for d in cells)
+                       for c in cells if c.optimizer_spec}
     if args.dry_run:
         print(f"# grid {grid.name}: {len(runs)} cells of {entry.spec} on one shared {shared_spec(entry.spec)} "
               f"engine (options: {' '.join(opts_list) or 'none'}), at most {args.max_concurrent} at once")
+        for spec, n in optimizer_specs.items():
+            print(f"# optimizer engine {spec} (shared by {n} cells): one shared {shared_spec(spec)} engine")
         for r in runs:
             print(f"{cell_state(r):<24} mtg {r.manifest_line()}")
         return 0
 
     from engines.registry import parse_engine_opts
-    from mtg_local.runs.interrupt import stop_on_signals
+    from mtg_local.runs.interrupt import ALL_STOP_SIGNALS, interruption, stop_on_signals
 
     stop = StopFlag()
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    # Main thread: the handlers are the grid's; no signal aborts it at once (abort_on=()), so the
-    # cells can reach a checkpoint / phase boundary; the cells only poll the flag.
-    with stop_on_signals(stop, abort_on=()):
-        log(f"[grid] starting {shared_spec(entry.spec)} for {len(cells)} cells of {grid.name}")
-        engine = open_shared_engine(entry.spec, parse_engine_opts(opts_list))
+    log(f"[grid] starting {shared_spec(entry.spec)} for {len(cells)} cells of {grid.name}")
+    # A signal during the engine's start (minutes for a large model) ends the command at once
+    # (Interrupted -> exit 99/130 in mtg_local.cli; the engine's watchdog reaps its processes).
+    engine: Engine | None = None
+    optimizers: dict[str, Engine] = {}
+    try:
         try:
-            report = run_cells(cells, engine, max_concurrent=args.max_concurrent, stop=stop, log=log)
-        finally:
-            engine.close()
+            with stop_on_signals(stop, abort_on=ALL_STOP_SIGNALS):
+                engine = open_shared_engine(entry.spec, parse_engine_opts(opts_list))
+                engine.probe()  # an engine that is not there: exit 3 in seconds, before any cell
+                for spec in optimizer_specs:  # the cells' engine options, as each cell alone would use
+                    log(f"[grid] starting optimizer engine {shared_spec(spec)} for {optimizer_specs[spec]} cells")
+                    optimizers[spec] = open_shared_engine(spec, parse_engine_opts(opts_list))
+                    optimizers[spec].probe()
+        except Exception as e:  # e.g. vLLM's start-up wrapped the Interrupted our handler raised in it
+            intr = interruption(e, stop, grace_s=0) if stop else None
+            if intr is None:
+                raise
+            raise intr from e
+        # Then the handlers only set the flag: the cells see it (their views abandon the calls in
+        # flight) and end "interrupted" by their own paths, while this thread collects them.
+        with stop_on_signals(stop, abort_on=()):
+            report = run_cells(cells, engine, max_concurrent=args.max_concurrent, stop=stop, log=log,
+                               optimizer_engines=optimizers)
+        requests_log = _write_request_events(engine, grid.runs_root / grid.name / f"grid-{entry.label}-requests.jsonl")
+    finally:
+        for e in [*optimizers.values(), *([engine] if engine is not None else [])]:
+            e.close()
     summary = {"grid": grid.name, "engine_spec": entry.spec, "shared_engine": shared_spec(entry.spec),
-               "max_concurrent": args.max_concurrent, **report.to_dict()}
+               "max_concurrent": args.max_concurrent, **report.to_dict(), "request_events": requests_log}
     out = grid.runs_root / grid.name / f"grid-{entry.label}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, summary)

@@ -130,7 +130,12 @@ _FIELDS = ("steps", "answer_selection", "vote_tie", "vote_counts_none", "tempera
 
 
 def read_protocol_file(path: str) -> Protocol:
-    """A protocol from a JSON file: a protocol object, or a results.json / config.json holding one."""
+    """A protocol from a JSON file: a protocol object, or a results.json / config.json holding one.
+
+    A run's recorded protocol reads as the protocol that run used (``Protocol.from_dict``:
+    one from before a setting existed gets the value of that time); a bare protocol
+    object is a file written by hand, whose missing settings are today's defaults.
+    """
     p = Path(path).expanduser()
     if not p.exists():
         raise UserError(f"--protocol {path}: neither a protocol name ({', '.join(PRESETS)}) nor an existing file")
@@ -138,12 +143,13 @@ def read_protocol_file(path: str) -> Protocol:
         data = json.loads(p.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"--protocol {p}: cannot read JSON: {e}") from e
-    if isinstance(data, dict) and isinstance(data.get("protocol"), dict):
+    record = isinstance(data, dict) and isinstance(data.get("protocol"), dict)
+    if record:
         data = data["protocol"]
     if not isinstance(data, dict):
         raise UserError(f"--protocol {p}: expected a JSON object, got {type(data).__name__}")
     try:
-        return Protocol.from_dict(data)
+        return Protocol.from_dict(data, record=record)
     except (ValueError, TypeError) as e:
         raise UserError(f"--protocol {p}: {e}") from e
 

@@ -5,7 +5,9 @@ corrupt runs are listed in the report (and problems.csv), never silently dropped
 The paper's GPT-4o-mini numbers appear in labelled columns, quoted from the paper,
 beside the paper's tasks only. Runs are tabulated per protocol (``protocol_hash``,
 docs/protocol.md), the most common first; runs of another protocol are also listed in
-problems.csv with the settings that differ. Columns are task + dataset.
+problems.csv with the settings that differ. Columns are task + dataset. Evals that applied
+another run's learned prompts (``mtg eval --from-run``) and multi-task meta runs form the
+transfer table (learned where x applied where; transfer.csv, plots/transfer_*.png).
 """
 
 from __future__ import annotations

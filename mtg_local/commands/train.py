@@ -9,6 +9,12 @@ On resume only --engine-opt, --cache/--no-cache, --schedule and --no-progress
 are read from the command line; everything else (the protocol included) comes from
 RUN_DIR/config.json.
 
+Multi-task: ``--task A,B[,C]`` meta-trains ONE loss prompt / template across the
+tasks (local files: ``--data-file TASK=FILE`` per task). Each outer minibatch is
+drawn across the tasks, a candidate is kept only if the mean of the per-task
+validation accuracies beats the best so far, and the test split of every task is
+evaluated; the loss prompt starts from the first task's (docs/results_schema.md).
+
 Exit status: 0 done; 2 user error; 99 stopped by SIGUSR1/SIGTERM ("requeue
 me": resume with --resume RUN_DIR); 130 stopped by SIGINT. SIGUSR1 stops at the
 next stage boundary; SIGTERM/SIGINT (also when sent to the whole process group,
@@ -46,9 +52,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--task", default=_D.task, help=f"task name ({', '.join(task_names())}; default: %(default)s)")
+    p.add_argument("--task", default=_D.task,
+                   help=f"task name ({', '.join(task_names())}; default: %(default)s), or A,B[,C]: one loss prompt / "
+                        "template meta-trained across several tasks (starting from the first task's loss prompt)")
     p.add_argument("--method", default=_D.method, choices=METHODS, help="default: %(default)s")
-    p.add_argument("--data-file", default=None, metavar="FILE", help="load the task from a local file")
+    p.add_argument("--data-file", action="append", default=[], metavar="FILE|TASK=FILE",
+                   help="load the task from a local file; with several tasks, TASK=FILE once per task that reads one")
     p.add_argument("--out", default=None, metavar="RUN_DIR", help="run directory of a new run")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--joint-template", default=_D.joint_template, choices=JOINT_TEMPLATE_UPDATES,
@@ -98,7 +107,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[MetaConfig, bool]:
         engine=args.engine,
         optimizer_engine=args.optimizer_engine,
         engine_opts=tuple(args.engine_opt),
-        data_file=args.data_file,
+        **data_file_args(args.data_file, args.task),
         protocol=protocol_from_args(args),
         joint_template=args.joint_template,
         initial_loss_prompt=read_text_arg(args.loss_prompt, "--loss-prompt"),
@@ -109,6 +118,32 @@ def config_from_args(args: argparse.Namespace) -> tuple[MetaConfig, bool]:
         schedule=getattr(args, "schedule", None) or "phase",
     )
     return config, False
+
+
+def data_file_args(values: list[str] | str | None, task: str) -> dict[str, Any]:
+    """``MetaConfig`` keywords from the --data-file values: a plain FILE, or TASK=FILE entries.
+
+    An entry is TASK=FILE when the text before its first "=" is a task name; any
+    other text is a file path (which may itself hold "=").
+    """
+    from mtg_local.tasks import resolve_task_name
+
+    if values is None or isinstance(values, str):
+        values = [] if values is None else [values]
+    known = {resolve_task_name(n) for n in task_names()}
+    plain: list[str] = []
+    pairs: list[tuple[str, str]] = []
+    for v in values:
+        name, sep, path = v.partition("=")
+        if sep and resolve_task_name(name) in known:
+            if not path:
+                raise UserError(f"--data-file {v}: no file after '='")
+            pairs.append((name, path))
+        else:
+            plain.append(v)
+    if len(plain) > 1 or (plain and pairs):
+        raise UserError(f"--data-file: one plain FILE for a single task, else TASK=FILE entries; got {values}")
+    return {"data_file": plain[0] if plain else None, "data_files": tuple(pairs)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
         "run_dir": config.out,
         "method": config.method,
         "test_accuracy": {"mean": acc["mean"], "std": acc["std"]},
+        **({"test_accuracy_per_task": {t: r["test_accuracy"]["mean"] for t, r in results["per_task"].items()}}
+           if results.get("per_task") else {}),
         "initial_val_accuracy": results["initial_val_accuracy"],
         "best_val_accuracy": results["best_val_accuracy"],
         "best_step": results["best_step"],

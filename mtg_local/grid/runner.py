@@ -12,12 +12,19 @@ makes the run's usual one ``generate()`` per phase, and the shared engine
 the phases of all running cells together.
 
 Cells whose results.json says "complete" are skipped. A cell that fails is
-recorded and the others go on. Stopping (``stop`` set, e.g. by SIGUSR1 /
-SIGTERM in the command): no new cell starts; train cells checkpoint at their
-next stage boundary (the same ``StopFlag`` ``run_train`` polls); eval and
-baseline cells, which have no checkpoint, stop before their next engine call
-(``CellStopped``) -- what they generated is in their cache, so a rerun
-replays it for free.
+recorded and the others go on.
+
+Stopping: one ``StopFlag`` (set by the command's SIGUSR1 / SIGTERM / SIGINT
+handler) reaches every cell. No new cell starts, and every running cell's
+engine call in flight is abandoned at once (its view polls the flag; the
+shared engine cancels that cell's requests where it can): SLURM kills a job
+``KillWait`` (~30 s) after SIGTERM, which a long phase would outlast. Each
+cell then ends "interrupted" by its run function's own path -- the same
+flag is handed to ``execute``, so an engine error caused by the signal
+(vLLM's engine core, in the same process group, dies of it first) is
+recognised as the interruption it is (``runs.interrupt.interruption``).
+Train cells keep the checkpoint of their last completed stage; every cell's
+finished generations are in its cache, so a rerun replays them for free.
 """
 
 from __future__ import annotations
@@ -33,16 +40,18 @@ from typing import Any
 from engines.base import Engine
 from engines.shared import EngineView
 from mtg_local.meta.outer_loop import Preempted
-from mtg_local.runs.interrupt import Interrupted, StopFlag
+from mtg_local.runs.health import DEGRADED_SHARE, assess
+from mtg_local.runs.interrupt import Interrupted, StopFlag, signal_name
 from mtg_local.runs.lock import RunDirLock
 from mtg_local.runs.run_dir import RunDir, read_json
 
 
 class CellStopped(Preempted):
-    """A stop was requested; an eval/baseline cell refused its next engine call.
+    """A stop was requested; the cell's engine call was refused or abandoned.
 
     A ``Preempted`` (an ``Interrupted``): the run records status "interrupted";
-    it has no checkpoint, but its cache replays what it generated on rerun.
+    a train cell keeps its last checkpoint, and every cell's cache replays what
+    it generated on rerun.
     """
 
 
@@ -55,23 +64,27 @@ class GridCell:
         run_dir: the run's directory.
         kind: "eval", "train" or "baseline".
         execute: ``execute(engine, stop) -> results`` runs the cell on ``engine``
-            (its view of the shared engine); ``stop`` is the grid's stop flag.
+            (its view of the shared engine); ``stop`` is the grid's stop flag,
+            which the run function must use as its own. A cell with an
+            ``optimizer_spec`` is called ``execute(engine, stop, optimizer_engine=view)``.
         spec: the engine spec the cell records (its grid entry's, e.g. ``vllm:bundled``).
-        checkpoints: True if the run polls ``stop`` and checkpoints (train);
-            others are stopped at their next engine call.
+        checkpoints: True if the run checkpoints (train): a rerun resumes it.
+        optimizer_spec: another engine for the cell's optimizer phases
+            (``--optimizer-engine``); the grid shares one engine per such spec.
     """
 
     name: str
     run_dir: Path
     kind: str
-    execute: Callable[[Engine, StopFlag], dict[str, Any]]
+    execute: Callable[..., dict[str, Any]]
     spec: str = ""
     checkpoints: bool = False
+    optimizer_spec: str | None = None
 
 
 @dataclasses.dataclass
 class CellOutcome:
-    """What happened to one cell: status "complete", "skipped", "failed", "stopped" or "not_started"."""
+    """What happened to one cell: "complete", "skipped", "failed", "interrupted" or "not_started"."""
 
     name: str
     run_dir: str
@@ -125,6 +138,7 @@ def engine_figures(engine: Engine, wall_s: float) -> dict[str, Any]:
     u = engine.usage
     out: dict[str, Any] = {
         "spec": engine.spec,
+        "dtype": getattr(engine, "dtype", None),
         "requests": u.requests,
         "completion_tokens": u.completion_tokens,
         "prompt_tokens": u.prompt_tokens,
@@ -134,6 +148,16 @@ def engine_figures(engine: Engine, wall_s: float) -> dict[str, Any]:
     if callable(batch):
         out["running_batch"] = batch()
     return out
+
+
+def _why(results: dict[str, Any]) -> str:
+    """Why a finished run is not complete, in ``runs.health``'s words (what failed, the first error)."""
+    health = assess(results.get("engine_usage") or {})
+    if health.ok:
+        return f"run {results.get('status')}: {results.get('error') or 'no error recorded'}"
+    what = "every request failed" if health.status == "failed" else f"more than {DEGRADED_SHARE:.0%} of the requests failed"
+    first = (health.first_error or "unknown error").replace("\n", " ")[:300]
+    return f"run {health.status}: {what} ({health.errors} of {health.requests}); first error: {first}"
 
 
 def _accuracy(results: dict[str, Any] | None) -> float | None:
@@ -148,6 +172,7 @@ def run_cells(
     max_concurrent: int = 4,
     stop: StopFlag | None = None,
     log: Callable[[str], None] = print,
+    optimizer_engines: dict[str, Engine] | None = None,
 ) -> GridReport:
     """Runs ``cells`` on the shared ``engine``, at most ``max_concurrent`` at once.
 
@@ -155,8 +180,11 @@ def run_cells(
         cells: the grid's cells (any order; started in this order).
         engine: the shared engine; it must serve concurrent calls (see
             ``engines.shared.shareable``). Not closed here.
+        optimizer_engines: ``optimizer_spec`` -> the shared engine of the
+            cells with that optimizer spec (one per spec, not one per cell). Not closed here.
         max_concurrent: most cells running at once (>= 1; 1 = one after another).
         stop: set to stop (see the module docstring); polled, never cleared.
+            Each cell's ``execute`` receives it.
         log: receives one progress line per cell event and engine totals.
 
     Returns:
@@ -187,7 +215,7 @@ def run_cells(
 
     def before_call() -> None:
         if stop:
-            raise CellStopped(f"stop requested (signal {stop.signal}); rerun the grid to continue", stop.signal)
+            raise CellStopped(f"stopped by {signal_name(stop.signal)}; rerun the grid to continue", stop.signal)
 
     def one(i: int) -> CellOutcome:
         cell = cells[i]
@@ -197,14 +225,19 @@ def run_cells(
         with lock:
             running[0] += 1
         progress(cell, f"start  {cell.name}")
-        view = EngineView(engine, tag=cell.name, spec=cell.spec or None,
-                          before_call=None if cell.checkpoints else before_call)
+        view = EngineView(engine, tag=cell.name, spec=cell.spec or None, before_call=before_call, watch=True)
+        extra: dict[str, Any] = {}
+        if cell.optimizer_spec:
+            shared_opt = (optimizer_engines or {})[cell.optimizer_spec]
+            extra["optimizer_engine"] = EngineView(shared_opt, tag=cell.name, spec=cell.optimizer_spec,
+                                                   before_call=before_call, watch=True)
         try:
             with RunDirLock(cell.run_dir):
                 RunDir(cell.run_dir).create().log_event("grid_cell", shared_engine=engine.spec, command=cell.kind)
-                results = cell.execute(view, stop)
-        except Interrupted as e:  # Preempted (train checkpointed), CellStopped (eval/baseline)
-            out = CellOutcome(cell.name, str(cell.run_dir), "stopped", wall_s=time.perf_counter() - c0, error=str(e))
+                results = cell.execute(view, stop, **extra)
+        except Interrupted as e:  # CellStopped, or the run's own interruption (engine died of the signal)
+            out = CellOutcome(cell.name, str(cell.run_dir), "interrupted", wall_s=time.perf_counter() - c0,
+                              error=str(e))
         except Exception as e:  # noqa: BLE001 - one cell's failure is its own; the grid goes on
             out = CellOutcome(cell.name, str(cell.run_dir), "failed", wall_s=time.perf_counter() - c0,
                               error=f"{type(e).__name__}: {e}")
@@ -212,7 +245,7 @@ def run_cells(
             status = results.get("status", "complete")
             out = CellOutcome(cell.name, str(cell.run_dir), "complete" if status == "complete" else "failed",
                               accuracy=_accuracy(results), wall_s=time.perf_counter() - c0,
-                              error=None if status == "complete" else f"run status {status!r}",
+                              error=None if status == "complete" else _why(results),
                               usage=results.get("engine_usage"))
         with lock:
             running[0] -= 1
@@ -228,7 +261,7 @@ def run_cells(
         try:
             while remaining:
                 # A timeout keeps the main thread responsive to signal handlers.
-                done, remaining = concurrent.futures.wait(remaining, timeout=0.5)
+                done, remaining = concurrent.futures.wait(remaining, timeout=0.2)
                 for f in done:
                     outcomes[futures[f]] = f.result()
         except KeyboardInterrupt:

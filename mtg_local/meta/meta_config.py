@@ -14,6 +14,7 @@ from engines.errors import UserError
 from mtg_local.inner_loop import SCHEDULES, InnerLoopConfig
 from mtg_local.protocol import DEFAULT_PROTOCOL, Protocol
 from mtg_local.runs.secrets import public_engine_opts
+from mtg_local.tasks.multi_task import split_task_names
 
 METHODS = ("learned_loss", "maml", "reptile", "joint")
 JOINT_TEMPLATE_UPDATES = ("reptile", "maml")
@@ -35,13 +36,16 @@ class MetaConfig:
 
     Attributes:
         out: the run directory.
-        task: task name (``mtg_local.tasks.get_task``).
+        task: task name (``mtg_local.tasks.get_task``), or several joined by commas
+            ("word_sorting,mmlu_machine_learning"): multi-task meta-training of ONE
+            loss prompt / template across them (``mtg_local.tasks.multi_task``).
         method: learned_loss | maml | reptile | joint.
         engine: forward engine spec, e.g. ``vllm:bundled``.
         optimizer_engine: spec of the engine for loss/backward/update and all
             meta calls; None = the forward engine.
         engine_opts: backend options as ``KEY=VALUE`` strings (as on the CLI).
-        data_file: local data file for the task.
+        data_file: local data file of a single-task run.
+        data_files: (task, file) pairs: local data files of a multi-task run's tasks.
         protocol: the run's ``Protocol`` (docs/protocol.md).
         joint_template: how ``joint`` updates the template: reptile | maml.
         initial_loss_prompt: start loss prompt (None: the task's, paper appendix C).
@@ -60,6 +64,7 @@ class MetaConfig:
     optimizer_engine: str | None = None
     engine_opts: tuple[str, ...] = ()
     data_file: str | None = None
+    data_files: tuple[tuple[str, str], ...] = ()
     protocol: Protocol = DEFAULT_PROTOCOL
     joint_template: str = "reptile"
     initial_loss_prompt: str | None = None
@@ -71,6 +76,7 @@ class MetaConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "engine_opts", tuple(self.engine_opts))
+        self._check_tasks()
         if isinstance(self.protocol, dict):
             try:
                 object.__setattr__(self, "protocol", Protocol.from_dict(self.protocol))
@@ -87,6 +93,49 @@ class MetaConfig:
         if self.schedule not in SCHEDULES:
             raise UserError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
 
+    def _check_tasks(self) -> None:
+        """Normalizes ``data_files`` (a dict or pairs) and checks it against ``task``."""
+        from mtg_local.tasks import resolve_task_name
+
+        files = self.data_files.items() if isinstance(self.data_files, dict) else self.data_files
+        try:
+            pairs = tuple((str(t), str(f)) for t, f in files)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"data_files must map task names to files, got {self.data_files!r}") from e
+        names = split_task_names(self.task)
+        if not names:
+            raise UserError(f"task must name at least one task, got {self.task!r}")
+        resolved = [resolve_task_name(n) for n in names]
+        if len(set(resolved)) != len(resolved):
+            raise UserError(f"--task names a task twice: {self.task!r}")
+        keys = [resolve_task_name(t) for t, _ in pairs]
+        if len(set(keys)) != len(keys):
+            raise UserError(f"--data-file names a task twice: {[t for t, _ in pairs]}")
+        for t in keys:
+            if t not in resolved:
+                raise UserError(f"--data-file {t}=FILE names a task that is not in --task {self.task}")
+        if len(names) == 1 and pairs:  # the single-task form of a TASK=FILE entry
+            if self.data_file is not None:
+                raise UserError("give the task's data file once: --data-file FILE or --data-file TASK=FILE")
+            object.__setattr__(self, "data_file", pairs[0][1])
+            pairs = ()
+        if len(names) > 1 and self.data_file is not None:
+            raise UserError(f"--task {self.task} names several tasks: give each file's task, --data-file TASK=FILE")
+        object.__setattr__(self, "data_files", pairs)
+
+    @property
+    def tasks(self) -> list[str]:
+        """The task names of the run (one for a single-task run)."""
+        return split_task_names(self.task)
+
+    def data_file_of(self, task: str) -> str | None:
+        """The local data file of ``task`` (the single-task ``data_file``, or its ``data_files`` entry)."""
+        from mtg_local.tasks import resolve_task_name
+
+        if len(self.tasks) == 1:
+            return self.data_file
+        return next((f for t, f in self.data_files if resolve_task_name(t) == resolve_task_name(task)), None)
+
     def __getattr__(self, name: str) -> Any:
         # Only called for names that are not fields: the protocol's settings.
         if name in _PROTOCOL_VIEWS and "protocol" in self.__dict__:
@@ -102,6 +151,7 @@ class MetaConfig:
         d = dataclasses.asdict(self)
         d["protocol"] = self.protocol.to_dict()
         d["engine_opts"] = public_engine_opts(self.engine_opts)
+        d["data_files"] = dict(self.data_files)
         return d
 
     @classmethod

@@ -19,6 +19,16 @@ a pure function of (seed, step), so a resumed run draws the same ones. Every
 request is a pure function of (item, artifacts, step), so a replayed step asks
 the engine cache the same requests and gets hits.
 
+Several tasks (``MultiTask``, ``mtg train --task A,B``): minibatch k draws its m
+questions across the tasks (``sample_task_minibatch``: m split as evenly as the
+tasks allow, the remainder rotating with k, so every task is in every minibatch
+when m >= the number of tasks), still in one inner loop. Validation runs every
+task's validation split in one inner loop; a candidate's validation accuracy is
+the MEAN of the per-task accuracies (each task counts once whatever its split
+size), which the revert rule compares; the per-task values are kept in the
+history. The test evaluates every task's test split and records each task's
+accuracy; the run's accuracy per seed is the mean over tasks.
+
 Preemption: ``StopFlag`` (set by SIGUSR1 in ``run_train``) is checked
 between the stages of a step; when set, the unfinished step is abandoned, the
 checkpoint of the last completed step is (re)written and ``Preempted`` is
@@ -31,7 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -50,6 +60,7 @@ from mtg_local.meta.reptile_template import ReptileTemplate
 from mtg_local.runs.interrupt import EXIT_REQUEUE, Interrupted, StopFlag, signal_name
 from mtg_local.runs.run_dir import RunDir
 from mtg_local.tasks.base import Example, Splits, Task
+from mtg_local.tasks.multi_task import MultiTask
 
 CHECKPOINT_VERSION = 1
 
@@ -73,6 +84,27 @@ def sample_minibatch(train: Sequence[Example], size: int, sample_seed: int, step
     """Minibatch of outer step ``step``: a pure function of (sample_seed, step)."""
     rng = random.Random(f"{sample_seed}:{step}")  # str seeds are stable across processes
     return rng.sample(list(train), min(size, len(train)))
+
+
+def sample_task_minibatch(trains: Mapping[str, Sequence[Example]], size: int, sample_seed: int,
+                          step: int) -> list[Example]:
+    """Minibatch of outer step ``step`` across several tasks: a pure function of (sample_seed, step).
+
+    ``size`` questions are shared out as evenly as possible; the tasks that get one
+    more are the next ones in a rotation that starts at task ``(step - 1) % k``.
+    Each task's share is drawn with ``random.Random(f"{sample_seed}:{step}:{task}")``;
+    the result interleaves the tasks (first of each task, then second, ...), so the
+    meta step's round-robin over questions shows every task early.
+    """
+    names = list(trains)
+    k = len(names)
+    base, extra = divmod(size, k)
+    start = (step - 1) % k
+    shares = {names[(start + j) % k]: base + (1 if j < extra else 0) for j in range(k)}
+    draws = [random.Random(f"{sample_seed}:{step}:{n}").sample(list(trains[n]), min(shares[n], len(trains[n])))
+             for n in names]
+    rounds = max((len(d) for d in draws), default=0)
+    return [d[r] for r in range(rounds) for d in draws if r < len(d)]
 
 
 def make_items(examples: Sequence[Example], seeds: Sequence[int], art: Artifacts, group: str) -> list[InnerItem]:
@@ -148,6 +180,7 @@ class OuterLoop:
         self.stop = stop if stop is not None else StopFlag()
         self.updates, self.combine = method_updates(config)
         self.inner_config = config.inner_config()
+        self.multi = task if isinstance(task, MultiTask) else None
 
     # -- helpers ---------------------------------------------------------------
     def _inner(self, items: list[InnerItem]) -> list[Trajectory]:
@@ -179,8 +212,27 @@ class OuterLoop:
             )
 
     def _minibatch_items(self, step: int) -> list[InnerItem]:
-        mb = sample_minibatch(self.splits.train, self.config.minibatch, self.config.sample_seed, step)
+        if self.multi is not None:
+            trains = {n: s.train for n, s in self.multi.task_splits().items()}
+            mb = sample_task_minibatch(trains, self.config.minibatch, self.config.sample_seed, step)
+        else:
+            mb = sample_minibatch(self.splits.train, self.config.minibatch, self.config.sample_seed, step)
         return make_items(mb, self.config.seeds, self.state.best, f"train:{step}")
+
+    def _per_task(self, trajs: Sequence[Trajectory]) -> dict[str, list[Trajectory]]:
+        """A multi-task run's trajectories by task, in task order."""
+        assert self.multi is not None
+        groups: dict[str, list[Trajectory]] = {n: [] for n in self.multi.names}
+        for t in trajs:
+            groups[self.multi.task_name_of(t.item.example)].append(t)
+        return groups
+
+    def _score(self, trajs: Sequence[Trajectory]) -> tuple[float, dict[str, float] | None]:
+        """(accuracy, per-task accuracies): a multi-task run's accuracy is the mean over its tasks."""
+        if self.multi is None:
+            return mean_score(trajs), None
+        per = {n: mean_score(ts) for n, ts in self._per_task(trajs).items() if ts}
+        return (sum(per.values()) / len(per) if per else 0.0), per
 
     # -- stages ----------------------------------------------------------------
     def _initial(self) -> list[Trajectory] | None:
@@ -192,12 +244,14 @@ class OuterLoop:
         val_items = make_items(self.splits.val, self.config.seeds, self.state.best, "val:0:initial")
         train_items = self._minibatch_items(1) if self.config.outer_steps >= 1 else []
         trajs = self._inner(val_items + train_items)
-        acc = mean_score(trajs[: len(val_items)])
+        acc, per_task = self._score(trajs[: len(val_items)])
         self.state.best_val = acc
         self.state.completed_step = 0
-        self.state.history.append(
-            {"step": 0, "label": "initial", "candidate": self.state.best.to_dict(), "val_accuracy": acc, "accepted": True}
-        )
+        record = {"step": 0, "label": "initial", "candidate": self.state.best.to_dict(), "val_accuracy": acc,
+                  "accepted": True}
+        if per_task is not None:
+            record["val_accuracy_per_task"] = per_task
+        self.state.history.append(record)
         self.run_dir.log_event("initial_validation", val_accuracy=acc, n_items=len(val_items))
         self._checkpoint()
         return trajs[len(val_items) :] if train_items else None
@@ -208,26 +262,30 @@ class OuterLoop:
             minibatch = self._inner(self._minibatch_items(step))
         self._check_stop(f"after the minibatch inner loop of step {step}")
         ids = list(dict.fromkeys(t.item.example.id for t in minibatch))
-        train_acc = mean_score(minibatch)
+        train_acc = mean_score(minibatch)  # over the minibatch's items, whatever their task
         ctx = MetaContext(self.task, self.optimizer_engine, self.config.meta_max_tokens,
                           self.config.meta_temperature, self.config.max_meta_pairs, top_p=self.config.top_p)
         candidates, info = propose(self.updates, ctx, self.state.best, minibatch, step=step, combine=self.combine)
         self._check_stop(f"after the meta step of step {step}")
         base = {"step": step, "minibatch": ids, "train_accuracy": train_acc, "best_val_before": self.state.best_val,
                 "truncated": truncation_summary(minibatch)}
+        if self.multi is not None:
+            base["train_accuracy_per_task"] = {n: mean_score(ts) for n, ts in self._per_task(minibatch).items() if ts}
         if not candidates:
             self.state.history.append({**base, "label": None, "candidate": None, "val_accuracy": None,
                                        "accepted": False, "info": info})
             self.run_dir.log_event("step_skipped", step=step, info=info)
         else:
-            accs, val_truncated = self._validate(step, candidates)
+            accs, val_truncated, per_task = self._validate(step, candidates)
             winner = max(range(len(candidates)), key=lambda i: (accs[i], -i))
             accepted = accs[winner] > self.state.best_val
             for i, (c, acc) in enumerate(zip(candidates, accs)):
                 keep = accepted and i == winner
-                self.state.history.append({**base, "label": c.label, "candidate": c.artifacts.to_dict(),
-                                           "val_accuracy": acc, "val_truncated": val_truncated[i],
-                                           "accepted": keep, "info": c.info})
+                record = {**base, "label": c.label, "candidate": c.artifacts.to_dict(), "val_accuracy": acc,
+                          "val_truncated": val_truncated[i], "accepted": keep, "info": c.info}
+                if per_task[i] is not None:
+                    record["val_accuracy_per_task"] = per_task[i]
+                self.state.history.append(record)
                 self.run_dir.log_event("candidate", step=step, label=c.label, val_accuracy=acc, accepted=keep)
             if accepted:
                 self.state.best = candidates[winner].artifacts
@@ -235,15 +293,19 @@ class OuterLoop:
         self.state.completed_step = step
         self._checkpoint()
 
-    def _validate(self, step: int, candidates: list[Candidate]) -> tuple[list[float], list[dict[str, int]]]:
-        """Validation accuracy and truncation counts of each candidate, all in ONE inner loop."""
+    def _validate(
+        self, step: int, candidates: list[Candidate]
+    ) -> tuple[list[float], list[dict[str, int]], list[dict[str, float] | None]]:
+        """Validation accuracy, truncation counts and per-task accuracies (multi-task runs, else
+        None) of each candidate, all in ONE inner loop."""
         items: list[InnerItem] = []
         for c in candidates:
             items += make_items(self.splits.val, self.config.seeds, c.artifacts, f"val:{step}:{c.label}")
         trajs = self._inner(items)
         n = len(items) // len(candidates)
         parts = [trajs[i * n : (i + 1) * n] for i in range(len(candidates))]
-        return [mean_score(p) for p in parts], [truncation_summary(p) for p in parts]
+        scores = [self._score(p) for p in parts]
+        return [a for a, _ in scores], [truncation_summary(p) for p in parts], [t for _, t in scores]
 
     def _test(self) -> None:
         """Final evaluation of the best artifacts on the test split over all seeds."""
@@ -253,8 +315,24 @@ class OuterLoop:
         summary = metrics.summarize(metrics.accuracy_by_seed(trajs))
         self.state.test = {"accuracy": summary, "n_questions": len(self.splits.test),
                            "truncated": truncation_summary(trajs)}
+        if self.multi is not None:
+            self.state.test.update(self._test_per_task(trajs))
+            summary = self.state.test["accuracy"]
         self.run_dir.log_event("test", accuracy=summary)
         self._checkpoint()
+
+    def _test_per_task(self, trajs: Sequence[Trajectory]) -> dict[str, Any]:
+        """A multi-task test: each task's accuracy over seeds, and per seed the mean over tasks."""
+        assert self.multi is not None
+        per_task, by_seed = {}, []
+        for name, ts in self._per_task(trajs).items():
+            acc = metrics.accuracy_by_seed(ts)
+            by_seed.append(acc)
+            per_task[name] = {"accuracy": metrics.summarize(acc), "n_questions": len(ts) // len(self.config.seeds),
+                              "truncated": truncation_summary(ts)}
+        seeds = sorted({s for acc in by_seed for s in acc})
+        mean = {s: sum(acc.get(s, 0.0) for acc in by_seed) / len(by_seed) for s in seeds}
+        return {"accuracy": metrics.summarize(mean), "per_task": per_task}
 
     # -- driver ----------------------------------------------------------------
     def run(self) -> TrainState:

@@ -6,6 +6,8 @@ Sets up the run dir (config.json, events.jsonl), the task splits, the engines
 ``mtg eval``, docs/results_schema.md, plus "learned", "artifacts" and
 "history") and the learned artifacts as plain text files:
 ``RUN_DIR/learned_loss_prompt.txt`` / ``RUN_DIR/learned_template.txt``.
+A multi-task run (``task`` "A,B") adds "tasks" and "per_task" (each task's test
+accuracy) to results.json; its "test_accuracy" is the mean over tasks per seed.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ from mtg_local.inner_loop import DEFAULT_TEMPLATE
 from mtg_local.meta.meta_config import MetaConfig
 from mtg_local.meta.meta_update import Artifacts
 from mtg_local.meta.outer_loop import OuterLoop, StopFlag, TrainState
+from mtg_local.runs.engine_events import log_engines
 from mtg_local.runs.interrupt import Interrupted, interruption, record_interruption, stop_on_signals
 from mtg_local.protocol import check_context, load_task, protocol_diff, protocol_hash
 from mtg_local.runs.run_dir import RESULTS_SCHEMA_VERSION, RunDir, read_json
+from mtg_local.tasks.base import Splits, Task
+from mtg_local.tasks.multi_task import MultiTask
 
 #: config.json keys that may differ between a run and its resumption.
 _RESUME_FREE = ("out", "progress", "engine_opts", "cache", "no_cache", "schedule")
@@ -54,6 +59,17 @@ def _cost(config: MetaConfig, meter: UsageMeter) -> float | None:
             return None
         total += cost
     return total
+
+
+def load_training_task(config: MetaConfig) -> tuple[Task, Splits, dict[str, Splits]]:
+    """The run's task (a ``MultiTask`` for several), its limited splits, and the splits per task."""
+    if len(config.tasks) == 1:
+        task = load_task(config.task, config.protocol, data_file=config.data_file)
+        splits = task.splits().limited(config.limit)
+        return task, splits, {config.task: splits}
+    multi = MultiTask([load_task(n, config.protocol, data_file=config.data_file_of(n)) for n in config.tasks],
+                      limit=config.limit)
+    return multi, multi.splits(), multi.task_splits()
 
 
 def _check_resumable(rd: RunDir, config: MetaConfig) -> None:
@@ -104,11 +120,11 @@ def run_train(
     if resume:
         _check_resumable(rd, config)
 
-    task = load_task(config.task, config.protocol, data_file=config.data_file)
-    splits = task.splits().limited(config.limit)
-    for name in ("val", "test") + (("train",) if config.outer_steps else ()):
-        if not splits.get(name):
-            raise UserError(f"the {name} split of task {config.task!r} is empty")
+    task, splits, parts = load_training_task(config)
+    for task_name, part in parts.items():
+        for name in ("val", "test") + (("train",) if config.outer_steps else ()):
+            if not part.get(name):
+                raise UserError(f"the {name} split of task {task_name!r} is empty")
     start = Artifacts(config.initial_loss_prompt or task.initial_loss_prompt,
                       config.initial_template or DEFAULT_TEMPLATE)
     if checkpoint is None:
@@ -116,6 +132,8 @@ def run_train(
         rd.write_config({"command": "train", "train": config.to_dict(), "protocol_hash": protocol_hash(config.protocol),
                          "inner_loop": config.inner_config().to_dict(), "task": task.describe(),
                          "splits": {s: len(splits.get(s)) for s in ("train", "val", "test")},
+                         **({"splits_per_task": {n: {s: len(p.get(s)) for s in ("train", "val", "test")}
+                                                 for n, p in parts.items()}} if len(parts) > 1 else {}),
                          "initial": start.to_dict(), "created_at": started})
         rd.log_event("start", method=config.method, outer_steps=config.outer_steps)
     else:
@@ -139,6 +157,7 @@ def run_train(
         for e_own in own:
             e_own.close()
         raise UserError(str(e)) from e
+    log_engines(rd, forward=engine, optimizer=optimizer_engine)
     cache = None if config.no_cache else GenerationCache(config.cache or rd.cache_path)
     fwd = CachedEngine(engine, cache) if cache is not None else engine
     opt = fwd if optimizer_engine is engine else (CachedEngine(optimizer_engine, cache) if cache is not None else optimizer_engine)
@@ -149,6 +168,8 @@ def run_train(
     try:
         with stop_on_signals(stop):
             try:
+                for e_own in own:  # an engine that is not there: failed in seconds (Engine.probe)
+                    e_own.probe()
                 state = loop.run()
             except BaseException as e:
                 intr = interruption(e, stop)
@@ -185,6 +206,11 @@ def run_train(
         (rd.path / TEMPLATE_FILE).write_text(state.best.template + "\n")
     test = state.test or {}
     usage = meter.report()
+    multi = {}
+    if isinstance(task, MultiTask):
+        multi = {"tasks": task.names, "per_task": {
+            n: {"test_accuracy": r["accuracy"], "n_questions": r["n_questions"], "truncated": r["truncated"]}
+            for n, r in (test.get("per_task") or {}).items()}}
     results = results_record(
         task=task,
         method=config.method,
@@ -213,6 +239,7 @@ def run_train(
         best_step=state.best_step,
         resumed=checkpoint is not None,
         schedule=config.schedule,
+        **multi,
     )
     rd.write_results(results)
     rd.log_event("done", test_accuracy=results["test_accuracy"], engine_usage=results["engine_usage"])

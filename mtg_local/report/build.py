@@ -1,4 +1,5 @@
-"""Writes a report folder: report.md, results.csv, problems.csv, plots/*.png."""
+"""Writes a report folder: report.md, results.csv, transfer.csv (when runs applied learned prompts),
+problems.csv, plots/*.png."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 from mtg_local.report.collect import Collection, collect, protocol_groups
 from mtg_local.report.tables import cells_csv, markdown_report, problems_csv
+from mtg_local.report.transfer import transfer_csv
 
 
 def write_report(paths: list[str | os.PathLike[str]], out_dir: str | os.PathLike[str], *,
@@ -30,4 +32,8 @@ def write_report(paths: list[str | os.PathLike[str]], out_dir: str | os.PathLike
     files[0].write_text(md)
     files[1].write_text(cells_csv(col))
     files[2].write_text(problems_csv(col))
+    transfer = transfer_csv(col)
+    if transfer.count("\n") > 1:  # more than the header
+        files.append(out / "transfer.csv")
+        files[-1].write_text(transfer)
     return col, files + pngs

@@ -20,6 +20,13 @@ A run's column is its task *and* dataset: the paper's task names are aliased
 (``bbh_word_sorting`` -> ``word_sorting``), a synthetic (generated) word-sorting set
 is the column ``synthetic_word_sorting`` whatever its recorded name, and one task
 name with several datasets (data files, hub sets) gets one column per dataset.
+
+Transfer (``mtg_local.report.transfer``): a run records where its prompts were learned
+(``RunRecord.learned_from``): an ``mtg eval --from-run`` run its results.json ``source``,
+a meta-training run itself. Such an eval and a multi-task training run (one result per
+task, ``RunRecord.per_task``) are ``transfer_only``: they go to the transfer table, not to
+the Table-2 cells of the method they ran (a solution_opt eval with a learned loss prompt is
+not the solution_opt baseline).
 """
 
 from __future__ import annotations
@@ -37,6 +44,31 @@ from mtg_local.runs.lock import describe_holder, is_locked, read_holder
 from mtg_local.runs.run_dir import RESULTS_SCHEMA_VERSION
 
 _SKIP_DIRS = {".git", "__pycache__", ".venv", "node_modules"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskResult:
+    """One task's test result inside a multi-task run."""
+
+    task: str  # column key, as RunRecord.task
+    dataset: str
+    per_seed: dict[str, float]
+    mean: float
+    std: float
+    n_questions: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnedFrom:
+    """The run whose learned prompts a run applied (a row of the transfer table)."""
+
+    run_id: str
+    tasks: tuple[tuple[str, str], ...]  # (column key, dataset) of each task it learned on
+    engine: str  # forward engine (" / optimizer" appended when it differs)
+    method: str
+    protocol_hash: str
+    prompts_hash: str
+    run_dir: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +92,9 @@ class RunRecord:
     dataset: str = ""  # dataset identity: "synthetic:...", "file:PATH", "hub:NAME/CONFIG" or ""
     protocol_hash: str = ""  # "" when the run recorded no protocol
     protocol: dict[str, Any] | None = None
+    learned_from: LearnedFrom | None = None  # where the prompts it ran with were learned (transfer)
+    transfer_only: bool = False  # not a Table-2 cell: an eval with another run's prompts, or a multi-task run
+    per_task: tuple[TaskResult, ...] = ()  # a multi-task run's result on each task
 
     @property
     def n_seeds(self) -> int:
@@ -143,6 +178,7 @@ def parse_results(data: Any, path: Path) -> RunRecord | Problem:
         info = data.get("task_info") if isinstance(data.get("task_info"), dict) else {}
         task, dataset = task_identity(data["task"], info, config.get("data_file") or None)
         protocol = data.get("protocol") if isinstance(data.get("protocol"), dict) else None
+        learned_from, per_task = _transfer_fields(data, path.parent)
         return RunRecord(
             path=path.parent,
             task=task,
@@ -161,9 +197,64 @@ def parse_results(data: Any, path: Path) -> RunRecord | Problem:
             dataset=dataset,
             protocol_hash=str(data.get("protocol_hash") or "") if protocol is not None else "",
             protocol=protocol,
+            learned_from=learned_from,
+            transfer_only=isinstance(data.get("source"), dict) or bool(per_task),
+            per_task=per_task,
         )
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, KeyError) as e:
         return Problem(path, "corrupt", str(e))
+
+
+#: Methods whose own test applies what they learned with solution optimization (transfer diagonal).
+META_METHODS = ("learned_loss", "maml", "reptile", "joint")
+
+
+def _engine_label(engine: Any, optimizer: Any) -> str:
+    return f"{engine} / {optimizer}" if optimizer and optimizer != engine else str(engine)
+
+
+def _learned_tasks(source: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """(column key, dataset) of each task a source run learned on."""
+    info = source.get("task_info") if isinstance(source.get("task_info"), dict) else {}
+    names = source.get("tasks")
+    if isinstance(names, list) and names:
+        infos = info.get("tasks") if isinstance(info.get("tasks"), dict) else {}
+        files = source.get("data_files") if isinstance(source.get("data_files"), dict) else {}
+        return tuple(task_identity(str(n), infos.get(n) or {}, files.get(n)) for n in names)
+    return (task_identity(str(source["task"]), info, source.get("data_file") or None),)
+
+
+def _learned_from(source: dict[str, Any]) -> LearnedFrom:
+    for key in ("run_id", "task", "method", "engine"):
+        if not isinstance(source.get(key), str) or not source[key]:
+            raise ValueError(f"source.{key} must be a non-empty string, got {source.get(key)!r}")
+    return LearnedFrom(run_id=source["run_id"], tasks=_learned_tasks(source),
+                       engine=_engine_label(source["engine"], source.get("optimizer_engine")), method=source["method"],
+                       protocol_hash=str(source.get("protocol_hash") or ""),
+                       prompts_hash=str(source.get("prompts_hash") or ""), run_dir=str(source.get("run_dir") or ""))
+
+
+def _transfer_fields(data: dict[str, Any], run_dir: Path) -> tuple[LearnedFrom | None, tuple[TaskResult, ...]]:
+    """``learned_from`` and ``per_task`` of a results.json body (see the module docstring)."""
+    from mtg_local.runs.transfer import learned_texts, source_record
+
+    if isinstance(data.get("source"), dict):
+        return _learned_from(data["source"]), ()
+    texts = learned_texts(data)
+    if data.get("method") not in META_METHODS or not texts:
+        return None, ()
+    own = _learned_from(source_record(data, run_dir, texts))
+    per_task = data.get("per_task")
+    if not isinstance(per_task, dict):
+        return own, ()
+    results = []
+    for (task, dataset), name in zip(own.tasks, data.get("tasks") or []):
+        acc = per_task[name]["test_accuracy"]
+        per_seed = {str(k): _num(acc["per_seed"], k, f"per_task.{name}.test_accuracy.per_seed")
+                    for k in acc["per_seed"]}
+        results.append(TaskResult(task, dataset, per_seed, _num(acc, "mean", f"per_task.{name}.test_accuracy"),
+                                  float(acc.get("std") or 0.0), int(per_task[name].get("n_questions") or 0)))
+    return own, tuple(results)
 
 
 #: Task names that are aliases of a paper task (results name -> column name).
@@ -214,15 +305,29 @@ def _incomplete(run_dir: Path) -> Problem:
 
 
 def _disambiguate_tasks(runs: list[RunRecord]) -> list[RunRecord]:
-    """Appends the dataset label to a task name when one task name has several datasets."""
+    """Appends the dataset label to a task name when one task name has several datasets.
+
+    The tasks of multi-task results and of transfer sources count too, and are renamed alike.
+    """
     datasets: dict[str, set] = {}
     for r in runs:
-        datasets.setdefault(r.task, set()).add(r.dataset)
+        pairs = [(r.task, r.dataset), *((t.task, t.dataset) for t in r.per_task)]
+        pairs += list(r.learned_from.tasks) if r.learned_from else []
+        for task, dataset in pairs:
+            datasets.setdefault(task, set()).add(dataset)
+
+    def name(task: str, dataset: str) -> str:
+        return f"{task} [{dataset_label(dataset)}]" if len(datasets.get(task, ())) > 1 else task
+
     out = []
     for r in runs:
-        if len(datasets[r.task]) > 1:
-            r = dataclasses.replace(r, task=f"{r.task} [{dataset_label(r.dataset)}]")
-        out.append(r)
+        changes: dict[str, Any] = {"task": name(r.task, r.dataset)}
+        if r.per_task:
+            changes["per_task"] = tuple(dataclasses.replace(t, task=name(t.task, t.dataset)) for t in r.per_task)
+        if r.learned_from:
+            changes["learned_from"] = dataclasses.replace(
+                r.learned_from, tasks=tuple((name(t, d), d) for t, d in r.learned_from.tasks))
+        out.append(dataclasses.replace(r, **changes))
     return out
 
 

@@ -3,7 +3,8 @@
 These numbers were not measured by this project; they are copied from Table 2 of
 "metaTextGrad" (seed/000_1a3d9abe0c21355f.txt) so reports can show them beside local
 results. Accuracy averaged over 6 seeds in the paper; the paper gives no std.
-The paper has no row for the joint (loss + template) method.
+The paper has no row for the joint (loss + template) method, nor for GEPA (later than the
+paper); their paper cells read "—".
 """
 
 from __future__ import annotations

@@ -1,14 +1,19 @@
 """PNG plots for reports (matplotlib, Agg backend: no display needed).
 
-* ``accuracy_<engine>.png``: test accuracy per method per task, bars with ± std error bars
-  over seeds, and the paper's GPT-4o-mini numbers as hollow markers (labelled as quoted).
+* ``accuracy_<engine>.png``: test accuracy per method per task, grouped bars (one group per
+  task) with ± std error bars over seeds and the value printed on each bar, and the paper's
+  GPT-4o-mini numbers as hollow diamonds on the matching bars (labelled as quoted); the
+  legend sits below the axes, task labels are wrapped.
 * ``meta_history_<engine>.png``: validation accuracy per outer step of meta runs (from
   results.json "history"): every candidate as a dot, accepted ones filled, and the best
   validation accuracy so far as a line.
+* ``transfer_<method>.png``: the transfer table (``mtg_local.report.transfer``) as a heatmap.
 """
 
 from __future__ import annotations
 
+import re
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -19,43 +24,115 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from mtg_local.report.collect import RunRecord  # noqa: E402
 from mtg_local.report.paper_reference import PAPER_LABEL, paper_accuracy  # noqa: E402
-from mtg_local.report.tables import METHOD_LABELS, merge_cells, ordered_methods, ordered_tasks, task_label  # noqa: E402
+from mtg_local.report.tables import METHOD_LABELS, merge_cells, ordered_methods, ordered_tasks  # noqa: E402
+from mtg_local.report.tables import table_runs, task_label  # noqa: E402
+from mtg_local.report.transfer import TransferTable, transfer_tables  # noqa: E402
 from mtg_local.slurm.grid import label_of  # noqa: E402
 
 
+def _wrap(text: str, width: int = 18) -> str:
+    return textwrap.fill(text, width, break_long_words=False, break_on_hyphens=False)
+
+
+def _wrap_spec(spec: str, width: int = 24) -> str:
+    """An engine spec on lines of at most ``width`` characters, broken after ':' and '/' where possible."""
+    lines: list[str] = [""]
+    for part in re.split(r"(?<=[:/ ])", spec):
+        while len(part) > width:  # one very long name: hard breaks
+            lines += [part[:width], ""]
+            part = part[width:]
+        if lines[-1] and len(lines[-1]) + len(part) > width:
+            lines.append("")
+        lines[-1] += part
+    return "\n".join(line for line in lines if line)
+
+
+def _column_text(col: tuple[str, str]) -> str:
+    return f"{_wrap(task_label(col[0]), 20)}\n{_wrap_spec(col[1])}"
+
+
 def accuracy_plot(runs: list[RunRecord], engine: str, out: Path) -> Path:
-    """Grouped bars: x = tasks, one bar per method (mean ± std in %), paper markers."""
-    runs = [r for r in runs if r.engine == engine]
+    """Grouped bars: one group per task, one bar per method (mean ± std in %, value printed on it),
+    the paper's number for that method and task as a hollow diamond on its bar; legend below the axes."""
+    runs = [r for r in table_runs(runs) if r.engine == engine]
     cells = merge_cells(runs)
     tasks = ordered_tasks(runs)
     methods = ordered_methods(r.method for r in runs)
-    width = 0.8 / max(len(methods), 1)
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(tasks) * max(len(methods), 3) + 2), 4.5))
+    n = max(len(methods), 1)
+    width = 0.84 / n
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 + len(tasks) * max(1.8, 0.42 * n)), 4.4))
     cmap = plt.get_cmap("tab10")
     paper_drawn = False
     for j, m in enumerate(methods):
-        xs, ys, errs = [], [], []
-        for i, t in enumerate(tasks):
-            c = cells.get((engine, t, m))
-            if c:
-                xs.append(i + (j - (len(methods) - 1) / 2) * width)
-                ys.append(100 * c.mean)
-                errs.append(100 * c.std)
-        ax.bar(xs, ys, width * 0.9, yerr=errs, capsize=3, color=cmap(j % 10), label=METHOD_LABELS.get(m, m))
-        for i, t in enumerate(tasks):
+        pos = {t: i + (j - (n - 1) / 2) * width for i, t in enumerate(tasks)}
+        present = [(pos[t], cells[(engine, t, m)]) for t in tasks if (engine, t, m) in cells]
+        ax.bar([x for x, _ in present], [100 * c.mean for _, c in present], width * 0.92,
+                      yerr=[100 * c.std for _, c in present], capsize=2, color=cmap(j % 10), error_kw={"lw": 0.8},
+                      label=METHOD_LABELS.get(m, m))
+        for x, c in present:  # above the error bar, so a 0 % bar still shows its number
+            ax.text(x, 100 * (c.mean + c.std) + 1.0, f"{100 * c.mean:.0f}", ha="center", va="bottom", fontsize=6)
+        for t in tasks:
             p = paper_accuracy(m, t)
             if p is not None:
-                x = i + (j - (len(methods) - 1) / 2) * width
-                ax.plot([x], [p], marker="D", markerfacecolor="none", markeredgecolor="black", linestyle="none",
-                        label=None if paper_drawn else f"{PAPER_LABEL} (quoted)")
+                ax.scatter([pos[t]], [p], marker="D", s=26, facecolors="none", edgecolors="black", linewidths=1.0,
+                           zorder=3, label=None if paper_drawn else f"{PAPER_LABEL} (quoted, not run here)")
                 paper_drawn = True
-    ax.set_xticks(range(len(tasks)), [task_label(t) for t in tasks])
+    for i in range(len(tasks) - 1):
+        ax.axvline(i + 0.5, color="0.85", lw=0.8)
+    labels = [_wrap(task_label(t)) for t in tasks]
+    ax.set_xticks(range(len(tasks)), labels, fontsize=8)
+    ax.set_xlim(-0.5, len(tasks) - 0.5)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title(f"Test accuracy per method (± std over seeds)\n{engine}", fontsize=10)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_ylim(0, 110)  # room for the value printed above a 100 % bar
+    ax.set_yticks(range(0, 101, 20))
+    ax.set_title(f"Test accuracy per task and method (± std over seeds) — {engine}", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
+    lines = max((lb.count("\n") + 1 for lb in labels), default=1)
+    handles = len(methods) + int(paper_drawn)
+    h, lb = ax.get_legend_handles_labels()
+    order = sorted(range(len(lb)), key=lambda i: PAPER_LABEL in lb[i])  # methods first, the paper's marker last
+    ax.legend([h[i] for i in order], [lb[i] for i in order], fontsize=7, loc="upper center",
+              bbox_to_anchor=(0.5, -0.07 - 0.045 * lines), frameon=False, ncol=min(3, max(handles, 1)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def transfer_heatmap(table: TransferTable, out: Path) -> Path:
+    """The transfer table as a heatmap: accuracy in % (colour, and "mean ± std" printed), the
+    initial-prompt reference as the first row above a line; blank (grey) where nothing ran."""
+    import numpy as np
+
+    row_names = ["Initial prompt (reference)"] + [table.row_labels[s.run_id] for s in table.rows]
+    grid = np.full((len(row_names), len(table.columns)), np.nan)
+    text = [["" for _ in table.columns] for _ in row_names]
+    for j, c in enumerate(table.columns):
+        cells = [table.reference.get(c)] + [table.cells.get((s.run_id, c)) for s in table.rows]
+        for i, cell in enumerate(cells):
+            if cell is not None:
+                grid[i, j] = 100 * cell.mean
+                text[i][j] = f"{100 * cell.mean:.1f}\n± {100 * cell.std:.1f}"
+    fig, ax = plt.subplots(figsize=(2.6 + 1.7 * len(table.columns), 1.4 + 0.6 * len(row_names)))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.9")  # grey: nothing ran there
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=100, aspect="auto")
+    for i in range(len(row_names)):
+        for j in range(len(table.columns)):
+            if text[i][j]:
+                ax.text(j, i, text[i][j], ha="center", va="center", fontsize=7,
+                        color="white" if grid[i, j] < 60 else "black")
+            else:
+                ax.text(j, i, "—", ha="center", va="center", fontsize=8, color="0.5")
+    ax.axhline(0.5, color="black", lw=1.2)
+    ax.set_xticks(range(len(table.columns)), [_column_text(c) for c in table.columns], fontsize=7)
+    ax.set_yticks(range(len(row_names)), [_wrap(r, 48) for r in row_names], fontsize=7)
+    ax.xaxis.tick_top()
+    ax.set_xlabel("applied to (task · model)", fontsize=8)
+    ax.xaxis.set_label_position("top")
+    ax.set_ylabel("learned on (task · model · method)", fontsize=8)
+    ax.set_title(f"Transfer of learned prompts, applied with {METHOD_LABELS.get(table.method, table.method)}: "
+                 "test accuracy %", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="accuracy (%)")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -83,17 +160,17 @@ def history_plot(runs: list[RunRecord], engine: str, out: Path) -> Path | None:
                 best = max(vals) if best is None else max(best, *vals)
             if best is not None:
                 line.append((step, best))
+        tasks = " + ".join(task_label(t) for t in r.task.split(","))  # several for a multi-task run
         ax.plot([s for s, _ in line], [v for _, v in line], color=color,
-                label=f"{task_label(r.task)} · {METHOD_LABELS.get(r.method, r.method)}")
+                label=f"{tasks} · {METHOD_LABELS.get(r.method, r.method)}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("outer step")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_ylim(-2, 102)
     ax.set_title(f"Meta-training: validation accuracy — {engine}\n(dots: candidates; filled: accepted; line: best so far)",
                  fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)  # never over the lines
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -101,11 +178,15 @@ def history_plot(runs: list[RunRecord], engine: str, out: Path) -> Path | None:
 
 
 def make_plots(runs: list[RunRecord], out_dir: Path) -> list[Path]:
-    """All plots for all engines; returns the written paths."""
+    """All plots for all engines, and a heatmap per transfer table; returns the written paths."""
     paths = []
+    table_engines = {r.engine for r in table_runs(runs)}
     for engine in sorted({r.engine for r in runs}):
-        paths.append(accuracy_plot(runs, engine, out_dir / f"accuracy_{label_of(engine)}.png"))
+        if engine in table_engines:
+            paths.append(accuracy_plot(runs, engine, out_dir / f"accuracy_{label_of(engine)}.png"))
         h = history_plot(runs, engine, out_dir / f"meta_history_{label_of(engine)}.png")
         if h:
             paths.append(h)
+    for t in transfer_tables(runs):
+        paths.append(transfer_heatmap(t, out_dir / f"transfer_{t.method}.png"))
     return paths

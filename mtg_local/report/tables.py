@@ -21,10 +21,10 @@ from mtg_local.metrics import summarize
 from mtg_local.report.collect import Collection, RunRecord, protocol_groups
 from mtg_local.report.paper_reference import PAPER_LABEL, PAPER_SOURCE, PAPER_TASKS, canonical_task, paper_accuracy
 
-#: (group heading, methods) in the paper's row order; "joint" is this project's addition.
+#: (group heading, methods) in the paper's row order; "joint" and "gepa" are this project's additions.
 ROW_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Zero-shot", ("zero_shot_cot",)),
-    ("Prompt optimizers", ("copro", "miprov2", "prompt_opt")),
+    ("Prompt optimizers", ("copro", "miprov2", "gepa", "prompt_opt")),
     ("Inference time optimizers", ("solution_opt",)),
     ("Meta-learned inference time optimizers", ("learned_loss", "maml", "reptile", "joint")),
 )
@@ -32,6 +32,7 @@ METHOD_LABELS = {
     "zero_shot_cot": "Zero-Shot CoT",
     "copro": "COPRO",
     "miprov2": "MIPROv2",
+    "gepa": "GEPA (DSPy)",
     "prompt_opt": "Prompt Optimization (TextGrad)",
     "solution_opt": "Solution Optimization (TextGrad)",
     "learned_loss": "metaTextGrad (Learned Loss)",
@@ -40,6 +41,8 @@ METHOD_LABELS = {
     "joint": "metaTextGrad (Joint)",
 }
 _METHOD_ORDER = [m for _, ms in ROW_GROUPS for m in ms]
+#: Rows the paper does not have: printed only when a run of them is present (paper column "—").
+_NOT_IN_PAPER = ("joint", "gepa")
 _TASK_ORDER = list(PAPER_TASKS)
 
 
@@ -86,12 +89,20 @@ def task_label(task: str) -> str:
     return f"{base} {task[task.index('['):]}" if "[" in task else base
 
 
-def ordered_tasks(runs: Iterable[RunRecord]) -> list[str]:
-    def key(t: str) -> tuple[int, str]:
-        c = canonical_task(t)
-        return (_TASK_ORDER.index(c) if c else len(_TASK_ORDER), t)
+def task_sort_key(t: str) -> tuple[int, str]:
+    """Paper tasks first, in the paper's order; then the others by name."""
+    c = canonical_task(t)
+    return (_TASK_ORDER.index(c) if c else len(_TASK_ORDER), t)
 
-    return sorted({r.task for r in runs}, key=key)
+
+def ordered_tasks(runs: Iterable[RunRecord]) -> list[str]:
+    return sorted({r.task for r in runs}, key=task_sort_key)
+
+
+def table_runs(runs: Iterable[RunRecord]) -> list[RunRecord]:
+    """The runs that are Table-2 cells: not evals of another run's prompts, not multi-task runs
+    (those are in the transfer table, ``mtg_local.report.transfer``)."""
+    return [r for r in runs if not r.transfer_only]
 
 
 def ordered_methods(methods: Iterable[str]) -> list[str]:
@@ -100,10 +111,10 @@ def ordered_methods(methods: Iterable[str]) -> list[str]:
 
 
 def _row_methods(present: set[str]) -> list[tuple[str, list[str]]]:
-    """Groups to print: every paper method, joint/others only when present."""
+    """Groups to print: every paper method, joint/gepa/others only when present."""
     groups = []
     for heading, methods in ROW_GROUPS:
-        ms = [m for m in methods if m in present or m != "joint"]
+        ms = [m for m in methods if m in present or m not in _NOT_IN_PAPER]
         groups.append((heading, ms))
     extra = sorted(present - set(_METHOD_ORDER))
     if extra:
@@ -200,22 +211,27 @@ def _protocol_heading(h: str, runs: list[RunRecord], main: bool) -> list[str]:
 
 
 def markdown_report(col: Collection, *, plots: list[str] = ()) -> str:
-    """The whole report: per protocol, tables per engine and side by side; totals, left-out runs, plots."""
+    """The whole report: per protocol, tables per engine and side by side, transfer tables; totals,
+    left-out runs, plots."""
+    from mtg_local.report.transfer import transfer_markdown, transfer_tables
+
     parts = ["# mtg-local results", "",
              f"Cells: test accuracy in %, mean ± std over seeds (n = seeds). "
              f"Columns labelled “{PAPER_LABEL}” are quoted from the paper ({PAPER_SOURCE}), not run here. "
              "Only runs of one protocol (`protocol_hash`) share a table.", ""]
     groups = protocol_groups(col.runs)
     for gi, (h, runs) in enumerate(groups):
-        cells = merge_cells(runs)
-        engines = sorted({r.engine for r in runs})
-        tasks = ordered_tasks(runs)
+        table = table_runs(runs)
+        cells = merge_cells(table)
+        engines = sorted({r.engine for r in table})
+        tasks = ordered_tasks(table)
         if len(groups) > 1 or h:
             parts += _protocol_heading(h, runs, gi == 0)
         for e in engines:
             parts += [f"## {e}", "", engine_table(cells, e, tasks), ""]
         if len(engines) > 1:
             parts += ["## All models side by side", "", side_by_side_table(cells, engines, tasks), ""]
+        parts += [transfer_markdown(t) for t in transfer_tables(runs, h)]
     if not col.runs:
         parts += ["No complete runs to tabulate.", ""]
     parts += ["## Tokens, wall clock and cost", ""]
@@ -241,7 +257,7 @@ def cells_csv(col: Collection) -> str:
                 "cost_usd", "run_dirs"])
     rows = []
     for h, runs in protocol_groups(col.runs):
-        for (e, t, m), c in sorted(merge_cells(runs).items(), key=lambda kv: (
+        for (e, t, m), c in sorted(merge_cells(table_runs(runs)).items(), key=lambda kv: (
                 kv[0][0], ordered_tasks(kv[1].runs)[0], _METHOD_ORDER.index(kv[0][2]) if kv[0][2] in _METHOD_ORDER else 99)):
             rows.append((h, e, t, m, c))
     for h, e, t, m, c in rows:

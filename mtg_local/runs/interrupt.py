@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from engines.errors import UserError
+from engines.errors import EngineUnreachableError, UserError
 
 #: Exit status after SIGUSR1/SIGTERM: "checkpointed, requeue me".
 EXIT_REQUEUE = 99
@@ -121,7 +121,7 @@ def interruption(exc: BaseException, stop: StopFlag, grace_s: float = ENGINE_DEA
     An ``Interrupted`` or ``KeyboardInterrupt`` is one; so is any other error
     raised while or just after a stop signal arrived (the engine child killed
     by the same group signal): a failure waits up to ``grace_s`` for the flag.
-    User errors never wait.
+    User errors and an engine found missing by its probe never wait.
     """
     seen: BaseException | None = exc
     while seen is not None:  # e.g. an engine wrapped the Interrupted raised inside its call
@@ -131,8 +131,8 @@ def interruption(exc: BaseException, stop: StopFlag, grace_s: float = ENGINE_DEA
     if isinstance(exc, KeyboardInterrupt):
         stop.set(signal.SIGINT)
         return Interrupted("stopped by SIGINT", signal.SIGINT)
-    if not isinstance(exc, Exception) or isinstance(exc, UserError):
-        return None
+    if not isinstance(exc, Exception) or isinstance(exc, (UserError, EngineUnreachableError)):
+        return None  # not caused by a signal: no wait
     deadline = time.monotonic() + grace_s
     try:
         while not stop and time.monotonic() < deadline:

@@ -60,8 +60,14 @@ def public_engine_opts(opts: Iterable[str]) -> list[str]:
     return [o for o in opts if not is_secret_key(str(o).partition("=")[0].strip())]
 
 
+#: Shell variables whose names look secret ("pwd") but hold the working directory: redacting
+#: their value would turn every path under it into "[redacted]/..." (data files, run dirs).
+_NOT_SECRET_ENV = frozenset({"PWD", "OLDPWD"})
+
+
 def _env_secrets() -> list[str]:
-    return [v for k, v in os.environ.items() if is_secret_key(k) and len(v) >= _MIN_LITERAL]
+    return [v for k, v in os.environ.items()
+            if k not in _NOT_SECRET_ENV and is_secret_key(k) and len(v) >= _MIN_LITERAL]
 
 
 class _Filter:

@@ -50,6 +50,7 @@ METHOD_COMMANDS: dict[str, str] = {
     "prompt_opt": "baseline",
     "copro": "baseline",
     "miprov2": "baseline",
+    "gepa": "baseline",
 }
 _GRID_KEYS = {"name", "runs_root", "tasks", "methods", "engines", "engine_opts", "seeds", "args", "slurm"}
 
@@ -136,7 +137,7 @@ class EngineEntry:
         return cls(
             spec=str(raw["spec"]),
             label=label_of(str(raw.get("label") or raw["spec"])),
-            opts=_engine_opts(raw.get("opts"), f"engines[{raw['spec']}].opts"),
+            opts=refuse_secrets(raw.get("opts"), f"engines[{raw['spec']}].opts"),
             slurm=tuple(sorted(slurm.items())),
         )
 
@@ -239,14 +240,17 @@ class Grid:
         return runs
 
 
-def _engine_opts(raw: Any, where: str) -> tuple[str, ...]:
-    """``KEY=VALUE`` engine options of a grid, refusing secrets.
+def refuse_secrets(opts: Any, where: str) -> tuple[str, ...]:
+    """``opts`` (``KEY=VALUE`` engine options of a grid or of ``mtg grid --engine-opt``), refusing secrets.
 
     Every option is copied into each cell's command line, the array manifest,
     ``--dry-run`` output and SLURM logs, so a key there would be written out
     many times: secrets go in the environment, named by e.g. ``api_key_env``.
+
+    Raises:
+        GridError: an option's key looks secret (the message never holds its value).
     """
-    opts = _str_list(raw, where)
+    opts = _str_list(opts, where)
     for o in opts:
         key = o.partition("=")[0].strip()
         if is_secret_key(key):
@@ -291,7 +295,7 @@ def parse_grid(raw: Any, *, source: str = "grid", runs_root: str | None = None) 
         methods=tuple(str(m) for m in raw["methods"]),
         engines=tuple(EngineEntry.parse(e) for e in raw["engines"]),
         seeds=tuple(seeds) if seeds is not None else None,
-        engine_opts=_engine_opts(raw.get("engine_opts"), "engine_opts"),
+        engine_opts=refuse_secrets(raw.get("engine_opts"), "engine_opts"),
         args=tuple(sorted((str(k), _str_list(v, f"args.{k}")) for k, v in args.items())),
         slurm=tuple(sorted(slurm.items())),
     )

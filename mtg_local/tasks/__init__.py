@@ -23,7 +23,7 @@ from __future__ import annotations
 from mtg_local.tasks.base import SCORINGS, Example, Splits, Task
 from mtg_local.tasks.errors import TaskDataError
 
-__all__ = ["SCORINGS", "Example", "Splits", "Task", "TaskDataError", "get_task", "task_names"]
+__all__ = ["SCORINGS", "Example", "Splits", "Task", "TaskDataError", "get_task", "resolve_task_name", "task_names"]
 
 _NAMES = ("word_sorting", "bbh_word_sorting", "mmlu_machine_learning", "gpqa_diamond", "synthetic_word_sorting")
 #: Accepted old names -> the task they resolve to (results carry the resolved name).
@@ -34,6 +34,11 @@ _SOURCES = ("builtin", "hub")
 def task_names() -> list[str]:
     """The names ``get_task`` accepts."""
     return list(_NAMES)
+
+
+def resolve_task_name(name: str) -> str:
+    """The task a name resolves to (``bbh_word_sorting`` -> ``word_sorting``); unknown names unchanged."""
+    return _ALIASES.get(name, name)
 
 
 def get_task(

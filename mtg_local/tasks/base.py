@@ -105,6 +105,17 @@ class Task(abc.ABC):
         check of updates) goes through this one method, so one rule applies.
         """
 
+    def update_constraints(self, example: Example) -> list[str]:
+        """Constraints of a TGD update of an answer to ``example``: ``tgd_constraint``.
+
+        Per example, so one batch may mix tasks (``mtg_local.tasks.multi_task``).
+        """
+        return [self.tgd_constraint] if self.tgd_constraint else []
+
+    def answer_role_for(self, example: Example) -> str:
+        """The role of an answer to ``example`` (``answer_role``; per example, as ``update_constraints``)."""
+        return self.answer_role
+
     def score(self, response: str, example: Example) -> float:
         """1.0 if the response's extracted answer equals the ground truth, else 0.0."""
         return float(self.extract_answer(response, example) == example.answer)

@@ -57,12 +57,13 @@ class ParsedUpdate:
 UPDATE_PARSINGS = ("textgrad", "tolerant")
 
 
-def parse_update(text: str, *, parsing: str = "tolerant", truncated: bool = False) -> ParsedUpdate:
+def parse_update(text: str, *, parsing: str = "tolerant", truncated: bool = False,
+                 start_tag: str = IMPROVED_VARIABLE_START, end_tag: str = IMPROVED_VARIABLE_END) -> ParsedUpdate:  # fmt: skip
     """The improved variable of a TGD output under rule ``parsing`` ("textgrad" or "tolerant")."""
     if parsing == "textgrad":
-        return parse_textgrad(text)
+        return parse_textgrad(text, start_tag=start_tag, end_tag=end_tag)
     if parsing == "tolerant":
-        return parse_improved_variable(text, truncated=truncated)
+        return parse_improved_variable(text, truncated=truncated, start_tag=start_tag, end_tag=end_tag)
     raise ValueError(f"update_parsing must be one of {', '.join(UPDATE_PARSINGS)}, got {parsing!r}")
 
 

@@ -41,7 +41,7 @@ mtg_command_for() {
   case "$1" in
     zero_shot_cot|solution_opt) echo eval ;;
     learned_loss|maml|reptile|joint) echo train ;;
-    prompt_opt|copro|miprov2) echo baseline ;;
+    prompt_opt|copro|miprov2|gepa) echo baseline ;;
     *) return 1 ;;
   esac
 }
