@@ -1,11 +1,11 @@
 """Barrier-free schedule of the inner loop: every item advances as soon as its own request returns.
 
-The phase schedule (``solution_optimization`` with ``schedule="phase"``)
-sends one phase of all items as one ``engine.generate`` call, so every phase
-waits for its slowest request while the batch drains to stragglers. Here
-each item ((question, seed) pair) runs the same phase code on its own --
-``solution_optimization`` on a one-item list, in a worker thread -- so an
-item sends its loss request the moment its own answer is back. On an engine
+The phase schedule (``inner_loop.run_phases``) sends one phase of all items
+as one ``engine.generate`` call, so every phase waits for its slowest request
+while the batch drains to stragglers. Here each item ((question, seed) pair)
+runs the same phase code on its own -- ``run_phases`` on a one-item list, in a
+worker thread -- so an item sends its loss request the moment its own answer
+is back. On an engine
 that serves concurrent calls (``vllm-async:``: vLLM's scheduler adds each
 request to the running batch as it arrives; OpenAI; fake) the running batch
 stays full of whatever items are ready.
@@ -41,7 +41,6 @@ re-raised.
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import threading
 from collections.abc import Sequence
 
@@ -51,7 +50,7 @@ from engines.base import Engine
 from engines.errors import UserError
 from engines.registry import engine_class, parse_spec
 from engines.shared import EngineView, serves_concurrent_calls
-from mtg_local.inner_loop import InnerItem, InnerLoopConfig, Trajectory, solution_optimization
+from mtg_local.inner_loop import InnerItem, InnerLoopConfig, Trajectory, run_phases
 from mtg_local.tasks.base import Task
 
 #: Most items in flight at once (threads mostly wait on the engine; the cap bounds thread count).
@@ -127,7 +126,6 @@ def solution_optimization_by_item(
         raise ValueError(f"max_workers must be >= 1, got {max_workers}")
     if not items:
         return []
-    one_item = dataclasses.replace(config, schedule="phase")
     cancel = threading.Event()
 
     def before_call() -> None:
@@ -138,8 +136,7 @@ def solution_optimization_by_item(
         before_call()  # a queued item starts nothing once stopping
         fwd = EngineView(forward_engine, before_call=before_call)
         opt = fwd if opt_engine is forward_engine else EngineView(opt_engine, before_call=before_call)
-        (traj,) = solution_optimization(task, [items[i]], forward_engine=fwd, optimizer_engine=opt,
-                                        config=one_item, id_offset=i)
+        (traj,) = run_phases(task, [items[i]], forward_engine=fwd, optimizer_engine=opt, config=config, id_offset=i)
         return traj
 
     bar = tqdm(total=len(items), desc="solution_opt", unit="item", disable=not progress)

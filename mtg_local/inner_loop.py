@@ -16,9 +16,9 @@ the item's loss prompt (loss), turn the evaluation into feedback on the answer
 format (TGD step). A failed update keeps the previous answer and the item goes
 on; frozen items (``freeze_when``) drop out of later phases.
 
-``prompt_layout`` picks how those three prompts are built: "textgrad" (fresh
-TextGrad-shaped conversations, ``mtg_local.textgrad.ops`` / ``optimizer``) or
-"chained" (each extends the previous one, ``mtg_local.textgrad.chained``); the
+``prompt_layout`` picks how those three requests are built
+(``mtg_local.textgrad.layout``): "textgrad" (TextGrad's own requests, from the
+installed package) or "chained" (each extends the previous conversation); the
 trajectories record the same things either way.
 
 Seeds: ``item.seed`` is the forward request's ``SamplingConfig.seed``; the
@@ -38,7 +38,12 @@ from tqdm.auto import tqdm
 from engines.base import Engine, SamplingConfig, is_cut_off
 from mtg_local import metrics
 from mtg_local.tasks.base import Example, Task
-from mtg_local.textgrad import TextualGradientDescent, backward, chained, forward, loss
+from mtg_local.textgrad import TextualGradientDescent, Variable, backward, forward, loss
+# PROMPT_LAYOUTS ("textgrad": TextGrad's own requests; "chained": each phase extends the previous
+# conversation) and UPDATE_PARSINGS are re-exported for the protocol and the CLI.
+from mtg_local.textgrad.layout import PROMPT_LAYOUTS, get_layout
+from mtg_local.textgrad.optimizer import StepOutcome
+from mtg_local.textgrad.update_parsing import UPDATE_PARSINGS
 
 #: The paper's initial inference template y_T (section 2.2).
 DEFAULT_TEMPLATE = "Let's break this down step by step. First, "
@@ -57,12 +62,6 @@ PHASES = ("forward", "loss", "backward", "update")
 #: "item": each item runs its own phases in a thread, on an engine that serves
 #: concurrent calls (``mtg_local.barrier_free``). Same requests, same outputs.
 SCHEDULES = ("phase", "item")
-
-#: How the loss/backward/update prompts are laid out. "textgrad": each phase is a
-#: fresh TextGrad-shaped conversation quoting what it needs (``textgrad_prompts``);
-#: "chained": each phase extends the previous phase's conversation, so the prefix
-#: cache computes an item's question/answer/evaluation once (``chained_prompts``).
-PROMPT_LAYOUTS = ("textgrad", "chained")
 
 
 def parse_freeze_when(value: str) -> frozenset[str]:
@@ -103,6 +102,10 @@ class InnerLoopConfig:
     vote_counts_none: bool = False
     #: prefill "<IMPROVED_VARIABLE>" as the update's response prefix where the engine can
     prefill_update_tag: bool = True
+    #: how update outputs are read (``UPDATE_PARSINGS``: "tolerant", or TextGrad's "textgrad")
+    update_parsing: str = "tolerant"
+    #: start each forward answer with the item's inference template (False: no response prefix)
+    inference_template: bool = True
     #: reject an update whose answer the task cannot extract when the previous one had one
     keep_answer_format: bool = True
     #: "phase" or "item" (``SCHEDULES``): how requests are sent, not what they are -- so it is
@@ -130,6 +133,8 @@ class InnerLoopConfig:
             raise ValueError(f"system_prompt must be a string or None, got {type(self.system_prompt).__name__}")
         if self.prompt_layout not in PROMPT_LAYOUTS:
             raise ValueError(f"prompt_layout must be one of {', '.join(PROMPT_LAYOUTS)}, got {self.prompt_layout!r}")
+        if self.update_parsing not in UPDATE_PARSINGS:
+            raise ValueError(f"update_parsing must be one of {', '.join(UPDATE_PARSINGS)}, got {self.update_parsing!r}")
         parse_freeze_when(self.freeze_when)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
@@ -211,25 +216,22 @@ def solution_optimization(
     optimizer_engine: Engine | None = None,
     config: InnerLoopConfig,
     progress: bool = False,
-    id_offset: int = 0,
 ) -> list[Trajectory]:
     """Batched TextGrad solution optimization; trajectories in item order.
 
     Exactly 1 + 3*T engine.generate calls for any number of items (fewer only
     when every item of a phase is frozen or has failed earlier in that step)
-    under ``config.schedule == "phase"``. Under "item" every item runs these
-    phases on its own, barrier-free (``mtg_local.barrier_free``): 1 + 3*T
-    calls of one request per item.
+    under ``config.schedule == "phase"`` (``run_phases``). Under "item" every
+    item runs these phases on its own, barrier-free (``mtg_local.barrier_free``):
+    1 + 3*T calls of one request per item.
 
     Args:
         task: formats questions (with the answer format), extracts and scores.
         items: (question, seed, loss prompt, template) tuples, any mix.
         forward_engine: answers the questions (initial answers).
         optimizer_engine: loss, backward and update phases (default: forward_engine).
-        config: steps, sampling, freezing, majority vote.
+        config: steps, sampling, layout, freezing, majority vote.
         progress: show a phase-level tqdm bar (an item-level one under "item").
-        id_offset: request ids number items from here ("fwd-{id_offset + i}"); the
-            item schedule runs item i alone with ``id_offset=i``.
 
     Returns:
         One ``Trajectory`` per item, ``result[i]`` for ``items[i]``.
@@ -238,132 +240,143 @@ def solution_optimization(
         ValueError: schedule "item" on an engine that does not serve concurrent calls.
     """
     if config.schedule == "item":
-        # Imported here: barrier_free runs this function for one item at a time.
-        from mtg_local.barrier_free import solution_optimization_by_item
+        from mtg_local.barrier_free import solution_optimization_by_item  # it runs run_phases per item
 
         return solution_optimization_by_item(
             task, items, forward_engine=forward_engine, optimizer_engine=optimizer_engine, config=config,
             progress=progress,
         )
+    return run_phases(task, items, forward_engine=forward_engine, optimizer_engine=optimizer_engine, config=config,
+                      progress=progress)  # fmt: skip
+
+
+def run_phases(
+    task: Task,
+    items: Sequence[InnerItem],
+    *,
+    forward_engine: Engine,
+    optimizer_engine: Engine | None = None,
+    config: InnerLoopConfig,
+    progress: bool = False,
+    id_offset: int = 0,
+) -> list[Trajectory]:
+    """The inner loop's four phases, each one engine call for every active item.
+
+    Args:
+        task / items / forward_engine / optimizer_engine / config / progress: as
+            for ``solution_optimization`` (``config.schedule`` is not read here).
+        id_offset: request ids number items from here ("fwd-{id_offset + i}"); the
+            item schedule runs item i alone with ``id_offset=i``.
+    """
+    if not config.inference_template:
+        items = [dataclasses.replace(it, template="") for it in items]
     items = list(items)
     opt_engine = optimizer_engine or forward_engine
+    layout = get_layout(config.prompt_layout)
     freeze = parse_freeze_when(config.freeze_when)
     n = len(items)
     questions = [task.format_question(it.example) for it in items]
     constraints = [task.update_constraints(it.example) for it in items]  # per item: a batch may mix tasks
-    chain = config.prompt_layout == "chained"
-    prefixes = [chained.forward_messages(q, config.system_prompt) for q in questions] if chain else []
     bar = tqdm(total=1 + 3 * config.steps, desc="solution_opt", unit="phase", disable=not progress)
 
     def opt_sampling(i: int, phase: str, t: int) -> SamplingConfig:
-        return SamplingConfig(
-            temperature=config.optimizer_temperature,
-            top_p=config.top_p,
-            max_tokens=config.optimizer_max_tokens,
-            seed=derive_seed(items[i].seed, phase, t),
-        )
+        return SamplingConfig(temperature=config.optimizer_temperature, top_p=config.top_p,
+                              max_tokens=config.optimizer_max_tokens, seed=derive_seed(items[i].seed, phase, t))  # fmt: skip
 
+    def phase(name: str, active: list[int], t: int) -> dict[str, list]:
+        """Per-item sampling and request ids of one optimizer phase (``t``: the step)."""
+        bar.set_postfix_str(f"step {t} {name}")
+        pid = {"loss": "loss", "backward": "bwd", "update": "upd"}[name]
+        return {"samplings": [opt_sampling(i, name, t) for i in active],
+                "ids": [f"{pid}-{t}-{id_offset + i}" for i in active]}  # fmt: skip
+
+    # 1. forward: the initial answers, each starting with its item's template
     bar.set_postfix_str("forward")
     answers = forward(
-        forward_engine,
-        questions,
-        templates=[it.template for it in items],
-        samplings=[
-            SamplingConfig(
-                temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens, seed=it.seed
-            )
-            for it in items
-        ],
-        system_prompts=[config.system_prompt] * n,
-        ids=[f"fwd-{id_offset + i}" for i in range(n)],
-    )
+        forward_engine, questions, templates=[it.template for it in items],
+        samplings=[SamplingConfig(temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens,
+                                  seed=it.seed) for it in items],
+        system_prompts=[config.system_prompt] * n, ids=[f"fwd-{id_offset + i}" for i in range(n)],
+    )  # fmt: skip
     bar.update()
-    trajs = [Trajectory(it, [a.value], [], [], [], [], "", None, 0.0) for it, a in zip(items, answers)]
-    for i, a in enumerate(answers):
-        trajs[i].finish_reasons["forward"].append(a.finish_reason)
-        if a.error is not None:
-            trajs[i].errors.append(f"step 0 forward: {a.error}")
-            if "error" in freeze:
-                trajs[i].frozen_at = 0
+    for it, a in zip(items, answers):  # per item: a batch may mix tasks
+        a.role_description = task.answer_role_for(it.example)
+    trajs = [_start(it, a, freeze) for it, a in zip(items, answers)]
 
     for t in range(1, config.steps + 1):
         active = [i for i in range(n) if trajs[i].frozen_at is None]
         params = [answers[i] for i in active]
-        optimizer = (chained.ChainedGradientDescent if chain else TextualGradientDescent)(
-            params,
-            engine=opt_engine,
-            constraints=[constraints[i] for i in active],
+        optimizer = TextualGradientDescent(
+            params, engine=opt_engine, constraints=[constraints[i] for i in active],
             prefill_tag=config.prefill_update_tag,
             validate=_format_keeper(task, [items[i].example for i in active]) if config.keep_answer_format else None,
+            layout=layout, parsing=config.update_parsing,
         )
         optimizer.zero_grad()
-        bar.set_postfix_str(f"step {t} loss")
-        loss_prompts = [items[i].loss_prompt for i in active]
-        loss_samplings = [opt_sampling(i, "loss", t) for i in active]
-        loss_ids = [f"loss-{t}-{id_offset + i}" for i in active]
-        if chain:
-            losses = chained.loss(
-                opt_engine, params, prefixes=[prefixes[i] for i in active], loss_prompts=loss_prompts,
-                samplings=loss_samplings, ids=loss_ids,
-            )
-        else:
-            losses = loss(
-                opt_engine, params, questions=[questions[i] for i in active], loss_prompts=loss_prompts,
-                samplings=loss_samplings, ids=loss_ids,
-            )
+        # 2. loss: each answer judged with its item's theta_L
+        losses = loss(opt_engine, params, questions=[questions[i] for i in active],
+                      loss_prompts=[items[i].loss_prompt for i in active],
+                      system_prompts=[config.system_prompt] * len(active), layout=layout,
+                      **phase("loss", active, t))  # fmt: skip
         bar.update()
-        bar.set_postfix_str(f"step {t} backward")
-        grad_errors = (chained.backward if chain else backward)(
-            opt_engine,
-            losses,
-            samplings=[opt_sampling(i, "backward", t) for i in active],
-            ids=[f"bwd-{t}-{id_offset + i}" for i in active],
-        )
+        # 3. backward: the evaluation turned into feedback on the answer
+        grad_errors = backward(opt_engine, losses, layout=layout, **phase("backward", active, t))
         bar.update()
-        bar.set_postfix_str(f"step {t} update")
+        # 4. update: the answer rewritten from the feedback (TGD step)
         before = [p.value for p in params]
-        outcomes = optimizer.step(
-            samplings=[opt_sampling(i, "update", t) for i in active],
-            ids=[f"upd-{t}-{id_offset + i}" for i in active],
-        )
+        outcomes = optimizer.step(**phase("update", active, t))
         bar.update()
         for k, i in enumerate(active):
-            tr, lv = trajs[i], losses[k]
-            engine_error = False
-            tr.evaluations.append(lv.value)
-            tr.gradients.append(params[k].gradient_text())
-            # Truncated loss/backward outputs still feed the next phase (as in TextGrad); they
-            # are counted here. A truncated update never replaces the answer (update parsing).
-            tr.finish_reasons["loss"].append(lv.finish_reason)
-            if lv.error is None:
-                grads = params[k].gradients
-                tr.finish_reasons["backward"].append(grads[-1].finish_reason if grads else "error")
-            if outcomes[k].finish_reason is not None:
-                tr.finish_reasons["update"].append(outcomes[k].finish_reason)
-            if lv.error is not None:
-                tr.errors.append(f"step {t} loss: {lv.error}")
-                tr.update_errors.append("skipped: the loss call failed")
-                engine_error = True
-            elif grad_errors[k] is not None:
-                tr.errors.append(f"step {t} backward: {grad_errors[k]}")
-                tr.update_errors.append("skipped: the backward call failed")
-                engine_error = True
-            else:
-                out = outcomes[k]
-                tr.update_errors.append(out.error)
-                if out.engine_error:
-                    tr.errors.append(f"step {t} update: {out.error}")
-                    engine_error = True
-            tr.answers.append(params[k].value)
-            if ("error" in freeze and engine_error) or (
-                "unchanged" in freeze and outcomes[k].updated and params[k].value.strip() == before[k].strip()
-            ):
-                tr.frozen_at = t
+            _record_step(trajs[i], t, losses[k], params[k], grad_errors[k], outcomes[k], before[k], freeze)
     bar.close()
 
     for tr in trajs:
         _finish(task, tr, config)
     return trajs
+
+
+def _start(item: InnerItem, answer: Variable, freeze: frozenset[str]) -> Trajectory:
+    """A trajectory holding the initial answer (frozen at once on a forward error under "error")."""
+    tr = Trajectory(item, [answer.value], [], [], [], [], "", None, 0.0)
+    tr.finish_reasons["forward"].append(answer.finish_reason)
+    if answer.error is not None:
+        tr.errors.append(f"step 0 forward: {answer.error}")
+        if "error" in freeze:
+            tr.frozen_at = 0
+    return tr
+
+
+def _record_step(tr: Trajectory, t: int, lv: Variable, param: Variable, grad_error: str | None,
+                 outcome: StepOutcome, before: str, freeze: frozenset[str]) -> None:  # fmt: skip
+    """Appends step ``t`` of one item to its trajectory and freezes it if a condition holds."""
+    engine_error = False
+    tr.evaluations.append(lv.value)
+    tr.gradients.append(param.gradient_text())
+    # Truncated loss/backward outputs still feed the next phase (as in TextGrad); they are
+    # counted here. Whether a truncated update replaces the answer is the parsing rule's call.
+    tr.finish_reasons["loss"].append(lv.finish_reason)
+    if lv.error is None:
+        tr.finish_reasons["backward"].append(param.gradients[-1].finish_reason if param.gradients else "error")
+    if outcome.finish_reason is not None:
+        tr.finish_reasons["update"].append(outcome.finish_reason)
+    if lv.error is not None:
+        tr.errors.append(f"step {t} loss: {lv.error}")
+        tr.update_errors.append("skipped: the loss call failed")
+        engine_error = True
+    elif grad_error is not None:
+        tr.errors.append(f"step {t} backward: {grad_error}")
+        tr.update_errors.append("skipped: the backward call failed")
+        engine_error = True
+    else:
+        tr.update_errors.append(outcome.error)
+        if outcome.engine_error:
+            tr.errors.append(f"step {t} update: {outcome.error}")
+            engine_error = True
+    tr.answers.append(param.value)
+    if ("error" in freeze and engine_error) or (
+        "unchanged" in freeze and outcome.updated and param.value.strip() == before.strip()
+    ):
+        tr.frozen_at = t
 
 
 def _format_keeper(task: Task, examples: list[Example]) -> Callable[[int, str, str], str | None]:

@@ -10,6 +10,12 @@ with one hash in one table.
 What is *not* protocol: the artifacts a method learns or starts from (loss
 prompt, inference template, system prompt), the engine and model, and a
 method's own optimizer knobs (COPRO breadth, MIPROv2 trials, prompt_opt epochs).
+Whether the answer starts with the template at all, and the forward system
+prompt a method without its own gets, are protocol (they differ between the
+paper's setup and TextGrad's script).
+
+``PRESETS`` names whole protocols: ``textgrad`` is TextGrad's
+``evaluation/solution_optimization.py`` request for request.
 
 Defaults and the source of each: ``docs/protocol.md``.
 """
@@ -21,7 +27,9 @@ import hashlib
 import json
 from typing import Any
 
-from mtg_local.inner_loop import PROMPT_LAYOUTS, InnerLoopConfig, parse_freeze_when
+from engines.errors import UserError
+from mtg_local.inner_loop import PROMPT_LAYOUTS, UPDATE_PARSINGS, InnerLoopConfig, parse_freeze_when
+from mtg_local.prompts import textgrad_prompts
 from mtg_local.tasks.base import SCORINGS
 
 #: How the final answer of an inner loop is chosen.
@@ -36,12 +44,32 @@ VOTE_TIES = ("first", "last")
 META_STEPS = ("backward", "direct")
 #: Length of ``protocol_hash`` (hex digits of SHA-256).
 HASH_LENGTH = 12
+#: Where the inner loss/backward/update texts come from. "textgrad-0.1.8": TextGrad's own, read
+#: from the installed package (``textgrad_prompts.PROMPTS``). "mtg-reworded": the reworded texts
+#: runs used before that (TextGrad's structure in this project's words); they are gone, so such
+#: a protocol can still be read, hashed and reported, but not run.
+PROMPT_SOURCES = (textgrad_prompts.PROMPTS, "mtg-reworded")
+LEGACY_PROMPTS = "mtg-reworded"
+#: The forward call's system prompt when the method brings none: "none" (no system message) or
+#: "simple-evals" (the one TextGrad's solution-optimization script sends).
+FORWARD_SYSTEM_PROMPTS: dict[str, str | None] = {
+    "none": None,
+    "simple-evals": textgrad_prompts.SIMPLE_EVALS_SYSTEM_PROMPT,
+}
 #: Settings added after runs were first recorded, with the value every earlier run used.
-#: ``to_dict`` leaves such a setting out while it has that value, so the canonical JSON,
-#: ``protocol_hash`` and the recorded ``protocol`` of a run that does not use it are what
-#: they were before it existed: older results stay in the same report table and resume.
-#: ``from_dict`` reads a missing one as that value (it is what an omitted one means).
-LATER_DEFAULTS: dict[str, Any] = {"prompt_layout": "textgrad", "meta_step": "direct"}
+#: ``to_dict`` leaves such a setting out while it has that value, and ``from_dict`` gives it
+#: that value when a complete earlier record lacks it, so the canonical JSON, ``protocol_hash``
+#: and the recorded ``protocol`` of an earlier run are what they were. A setting whose default
+#: is that value keeps earlier results in the same report table (``prompt_layout``); one whose
+#: default is not (``prompts``, ``update_parsing``) puts them apart, as they used other requests.
+LATER_DEFAULTS: dict[str, Any] = {
+    "prompt_layout": "textgrad",
+    "prompts": LEGACY_PROMPTS,
+    "forward_system_prompt": "none",
+    "inference_template": True,
+    "update_parsing": "tolerant",
+    "meta_step": "direct",
+}
 
 
 def _is_int(x: Any) -> bool:
@@ -70,7 +98,10 @@ class Protocol:
             meta_max_tokens: meta call cap.
         keep_answer_format: reject an update whose answer the task cannot extract when the
             previous one had one.
-        prefill_update_tag: prefill ``<IMPROVED_VARIABLE>`` in update calls where the engine can.
+        prefill_update_tag: prefill ``<IMPROVED_VARIABLE>`` in update calls where the engine can
+            (TextGrad does not).
+        update_parsing: how an update's output is read: "textgrad" (TextGrad's split: an unclosed
+            body is taken too) or "tolerant" (only a complete, non-empty body).
         freeze_when: inner-loop early freezing ("never", or conditions; ``inner_loop``).
         seeds: sampling seeds; every (question, seed) pair is one item; accuracy is averaged
             over seeds.
@@ -87,6 +118,11 @@ class Protocol:
         meta_step: how a meta evaluation (theta_meta / theta_R) becomes a new loss prompt or
             template: "backward" (the paper's: backward call, then TGD step) or "direct"
             (a TGD step straight from the evaluation); see ``META_STEPS``.
+        prompts: where the TextGrad layout's texts come from (``PROMPT_SOURCES``).
+        forward_system_prompt: the forward system prompt of methods that bring none
+            (``FORWARD_SYSTEM_PROMPTS``: "none" or TextGrad's script's "simple-evals").
+        inference_template: the forward answer starts with the method's inference template
+            y_T (the paper); false: the model starts the answer itself (TextGrad's script).
     """
 
     steps: int = 3
@@ -101,7 +137,7 @@ class Protocol:
     optimizer_max_tokens: int = 2000
     meta_max_tokens: int = 2000
     keep_answer_format: bool = False
-    prefill_update_tag: bool = True
+    prefill_update_tag: bool = False
     freeze_when: str = "never"
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
     sample_seed: int = 0
@@ -113,6 +149,10 @@ class Protocol:
     max_meta_pairs: int = 8
     prompt_layout: str = "textgrad"
     meta_step: str = "backward"
+    prompts: str = textgrad_prompts.PROMPTS
+    forward_system_prompt: str = "none"
+    inference_template: bool = True
+    update_parsing: str = "textgrad"
 
     def __post_init__(self) -> None:
         seeds = self.seeds
@@ -136,10 +176,11 @@ class Protocol:
             raise ValueError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
         for name, allowed in (("answer_selection", ANSWER_SELECTIONS), ("vote_tie", VOTE_TIES),
                               ("scoring", SCORINGS), ("prompt_layout", PROMPT_LAYOUTS),
-                              ("meta_step", META_STEPS)):
+                              ("prompts", PROMPT_SOURCES), ("forward_system_prompt", tuple(FORWARD_SYSTEM_PROMPTS)),
+                              ("update_parsing", UPDATE_PARSINGS), ("meta_step", META_STEPS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("vote_counts_none", "keep_answer_format", "prefill_update_tag"):
+        for name in ("vote_counts_none", "keep_answer_format", "prefill_update_tag", "inference_template"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.limit is not None and (not _is_int(self.limit) or self.limit < 1):
@@ -157,11 +198,15 @@ class Protocol:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], **overrides: Any) -> Protocol:
+    def from_dict(cls, d: dict[str, Any], *, record: bool = True, **overrides: Any) -> Protocol:
         """A protocol from ``to_dict`` output, then ``overrides``.
 
-        A missing key takes its default, except a ``LATER_DEFAULTS`` setting: ``to_dict``
-        leaves it out exactly when it has its earlier value, so a missing one means that.
+        Missing keys get their defaults, except in a complete record of an earlier
+        run (``record``, and every setting but the ``LATER_DEFAULTS`` ones present):
+        there a missing later setting gets the value earlier runs used, so e.g. a
+        run recorded before ``prompts`` existed reads as the ``mtg-reworded``
+        protocol it ran, with its own hash. ``record=False`` (a protocol file
+        written by hand) always fills in today's defaults.
 
         Raises:
             ValueError: an unknown key or a bad value (the message names it).
@@ -170,7 +215,9 @@ class Protocol:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown protocol settings {unknown}; known: {sorted(names)}")
-        return cls(**{**LATER_DEFAULTS, **d, **overrides})
+        earlier = record and set(names) - set(LATER_DEFAULTS) <= set(d)
+        later = {k: v for k, v in LATER_DEFAULTS.items() if k not in d} if earlier else {}
+        return cls(**{**later, **d, **overrides})
 
     def replace(self, **changes: Any) -> Protocol:
         """A copy with ``changes`` (validated)."""
@@ -181,7 +228,20 @@ class Protocol:
 
         ``schedule`` ("phase" or "item") says how requests are sent, not what
         they are, so it is a run setting outside the protocol (and its hash).
+        ``system_prompt`` is the method's own (e.g. a learned one); None gives
+        the protocol's ``forward_system_prompt``.
+
+        Raises:
+            UserError: the protocol's prompts no longer exist (``LEGACY_PROMPTS``).
         """
+        if self.prompts == LEGACY_PROMPTS:
+            raise UserError(
+                f"this protocol uses prompts={LEGACY_PROMPTS!r}, the reworded TextGrad texts of runs recorded "
+                f"before the TextGrad layout read TextGrad's own (docs/protocol.md); they cannot be run any "
+                f"more: start a new run (prompts={textgrad_prompts.PROMPTS!r})"
+            )
+        if system_prompt is None:
+            system_prompt = FORWARD_SYSTEM_PROMPTS[self.forward_system_prompt]
         return InnerLoopConfig(
             steps=self.steps,
             temperature=self.temperature,
@@ -198,6 +258,8 @@ class Protocol:
             keep_answer_format=self.keep_answer_format,
             schedule=schedule,
             prompt_layout=self.prompt_layout,
+            update_parsing=self.update_parsing,
+            inference_template=self.inference_template,
         )
 
     def task_kwargs(self) -> dict[str, Any]:
@@ -212,6 +274,29 @@ class Protocol:
 
 #: The protocol every command uses unless flags override fields.
 DEFAULT_PROTOCOL = Protocol()
+
+#: Named protocols (``--protocol NAME``; sources in docs/protocol.md).
+PRESETS: dict[str, Protocol] = {
+    "default": DEFAULT_PROTOCOL,
+    # TextGrad's evaluation/solution_optimization.py: the zero-shot answer under simple-evals'
+    # system prompt, no template, every call at its engine's defaults (temperature 0, top_p
+    # 0.99, 2000 tokens), one run per question, TextGrad's update reading, no prefill.
+    "textgrad": DEFAULT_PROTOCOL.replace(
+        forward_system_prompt="simple-evals", inference_template=False, temperature=0.0, seeds=(0,),
+        prefill_update_tag=False, update_parsing="textgrad",
+    ),
+}
+
+
+def preset(name: str) -> Protocol:
+    """The protocol named ``name`` (``PRESETS``).
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown protocol preset {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[name]
 
 
 def canonical_json(d: dict[str, Any]) -> str:

@@ -23,9 +23,18 @@ from pathlib import Path
 from typing import Any
 
 from engines.errors import UserError
-from mtg_local.inner_loop import FREEZE_CONDITIONS, PROMPT_LAYOUTS
-from mtg_local.protocol import ANSWER_SELECTIONS, DEFAULT_PROTOCOL, META_STEPS, SCORINGS, VOTE_TIES, Protocol
-from mtg_local.protocol import check_context
+from mtg_local.inner_loop import FREEZE_CONDITIONS, PROMPT_LAYOUTS, UPDATE_PARSINGS
+from mtg_local.protocol import (
+    ANSWER_SELECTIONS,
+    DEFAULT_PROTOCOL,
+    FORWARD_SYSTEM_PROMPTS,
+    META_STEPS,
+    PRESETS,
+    SCORINGS,
+    VOTE_TIES,
+    Protocol,
+    check_context,
+)
 
 _D = DEFAULT_PROTOCOL
 
@@ -64,8 +73,10 @@ def add_protocol_args(parser: argparse.ArgumentParser, *, meta: bool = False) ->
     g = parser.add_argument_group(
         "protocol (equal across one results table; defaults and sources: docs/protocol.md)"
     )
-    g.add_argument("--protocol", default=None, metavar="FILE",
-                   help="start from this protocol (JSON: a protocol object, or a results.json holding one)")
+    g.add_argument("--protocol", default=None, metavar="NAME|FILE",
+                   help=f"start from a named protocol ({', '.join(PRESETS)}; textgrad = TextGrad's "
+                        "solution_optimization.py) or from a JSON file (a protocol object, or a results.json "
+                        "holding one)")
     g.add_argument("--seeds", default=None, help=f"sampling seeds, e.g. 0-5 or 0,1,2 (default: {_seeds(_D.seeds)})")
     g.add_argument("--steps", type=int, default=None, metavar="T", help=f"inner-loop steps T (default: {_D.steps})")
     g.add_argument("--answer-selection", default=None, choices=ANSWER_SELECTIONS,
@@ -87,13 +98,24 @@ def add_protocol_args(parser: argparse.ArgumentParser, *, meta: bool = False) ->
                         f"(default: {'on' if _D.keep_answer_format else 'off'})")
     g.add_argument("--no-keep-format", action="store_false", dest="keep_answer_format",
                    help="accept updates that lose the task's answer format")
-    g.add_argument("--no-prefill-tag", default=None, action="store_false", dest="prefill_update_tag",
-                   help="do not prefill <IMPROVED_VARIABLE> in updates "
-                        f"(default: {'prefill' if _D.prefill_update_tag else 'none'})")
+    g.add_argument("--prefill-tag", default=None, action="store_true", dest="prefill_update_tag",
+                   help="prefill <IMPROVED_VARIABLE> in updates where the engine can "
+                        f"(default: {'prefill' if _D.prefill_update_tag else 'none, as TextGrad'})")
+    g.add_argument("--no-prefill-tag", action="store_false", dest="prefill_update_tag",
+                   help="do not prefill <IMPROVED_VARIABLE> in updates")
+    g.add_argument("--update-parsing", default=None, choices=UPDATE_PARSINGS,
+                   help="how an update's <IMPROVED_VARIABLE> is read: textgrad (TextGrad's split) or tolerant "
+                        f"(complete, non-empty bodies only) (default: {_D.update_parsing})")
+    g.add_argument("--forward-system-prompt", default=None, choices=tuple(FORWARD_SYSTEM_PROMPTS),
+                   help="forward system prompt of methods without their own: none, or simple-evals (TextGrad's "
+                        f"script) (default: {_D.forward_system_prompt})")
+    g.add_argument("--inference-template", default=None, type=_bool, metavar="BOOL",
+                   help="start answers with the inference template (false: no template, as TextGrad's script) "
+                        f"(default: {str(_D.inference_template).lower()})")
     g.add_argument("--freeze-when", default=None,
                    help=f"never, or a comma list of {', '.join(FREEZE_CONDITIONS)} (default: {_D.freeze_when})")
     g.add_argument("--prompt-layout", default=None, choices=PROMPT_LAYOUTS,
-                   help="inner loss/backward/update prompts: textgrad (fresh TextGrad-shaped conversations) or "
+                   help="inner loss/backward/update prompts: textgrad (TextGrad's own requests) or "
                         "chained (each phase extends the previous conversation: prefix-cache reuse) "
                         f"(default: {_D.prompt_layout})")
     g.add_argument("--task-seed", type=int, default=None, help=f"task data seed (default: {_D.task_seed})")
@@ -126,30 +148,46 @@ def _seeds(seeds: tuple[int, ...]) -> str:
 _FIELDS = ("steps", "answer_selection", "vote_tie", "vote_counts_none", "temperature", "optimizer_temperature",
            "top_p", "max_tokens", "optimizer_max_tokens", "keep_answer_format", "prefill_update_tag", "freeze_when",
            "task_seed", "limit", "scoring", "meta_temperature", "meta_max_tokens", "outer_steps", "minibatch",
-           "max_meta_pairs", "sample_seed", "prompt_layout", "meta_step")
+           "max_meta_pairs", "sample_seed", "prompt_layout", "update_parsing", "forward_system_prompt",
+           "inference_template", "meta_step")
 
 
 def read_protocol_file(path: str) -> Protocol:
-    """A protocol from a JSON file: a protocol object, or a results.json / config.json holding one."""
+    """A protocol from a JSON file: a protocol object, or a results.json / config.json holding one.
+
+    A run's recorded protocol reads as the protocol that run used (``Protocol.from_dict``:
+    one from before a setting existed gets the value of that time); a bare protocol
+    object is a file written by hand, whose missing settings are today's defaults.
+    """
     p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(f"--protocol {path}: neither a protocol name ({', '.join(PRESETS)}) nor an existing file")
     try:
         data = json.loads(p.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"--protocol {p}: cannot read JSON: {e}") from e
-    if isinstance(data, dict) and isinstance(data.get("protocol"), dict):
+    record = isinstance(data, dict) and isinstance(data.get("protocol"), dict)
+    if record:
         data = data["protocol"]
     if not isinstance(data, dict):
         raise UserError(f"--protocol {p}: expected a JSON object, got {type(data).__name__}")
     try:
-        return Protocol.from_dict(data)
+        return Protocol.from_dict(data, record=record)
     except (ValueError, TypeError) as e:
         raise UserError(f"--protocol {p}: {e}") from e
 
 
+def read_protocol(name_or_path: str) -> Protocol:
+    """``--protocol``'s value: a preset name (``PRESETS``) or a JSON file."""
+    if name_or_path in PRESETS:
+        return PRESETS[name_or_path]
+    return read_protocol_file(name_or_path)
+
+
 def protocol_from_args(args: argparse.Namespace, base: Protocol | None = None) -> Protocol:
-    """The run's protocol: ``base`` (or --protocol FILE, or the default) with the given flags replaced."""
+    """The run's protocol: ``base`` (or --protocol NAME|FILE, or the default) with the given flags replaced."""
     if base is None:
-        base = read_protocol_file(args.protocol) if getattr(args, "protocol", None) else DEFAULT_PROTOCOL
+        base = read_protocol(args.protocol) if getattr(args, "protocol", None) else DEFAULT_PROTOCOL
     changes: dict[str, Any] = {f: getattr(args, f) for f in _FIELDS if getattr(args, f, None) is not None}
     if getattr(args, "seeds", None) is not None:
         changes["seeds"] = parse_seeds(args.seeds)

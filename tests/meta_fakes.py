@@ -113,8 +113,9 @@ def scripted_responder(good: set[tuple[int, str]], on_meta_tgd: Callable[[int], 
         words = m.group(1).split() if m else ["none"]
         ok = "GOOD" in text
         answer = ("GOOD " if ok else "") + "Answer: " + " ".join(sorted(words, reverse=not ok))
-        if req.response_prefix.endswith(P.IMPROVED_START_TAG):  # an inner-loop update
-            return answer + close
+        # an inner-loop update: its prompt asks for the tags (prefilled or not)
+        if req.response_prefix.endswith(P.IMPROVED_START_TAG) or P.IMPROVED_START_TAG in req.messages[-1].content:
+            return open_tag + answer + close
         return answer
 
     return respond

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from engines.adapters.common import offline_library_env
+from engines.adapters.common import import_textgrad
 
-offline_library_env()
+import_textgrad()  # the project's one way in: TextGrad's log never lands in the working directory
 
 import textgrad as tg  # noqa: E402
 from textgrad.defaults import VARIABLE_INPUT_DEFAULT_ROLE  # noqa: E402

@@ -41,7 +41,8 @@ def prompt_opt_responder(candidates, *, fail_backward_for: str | None = None):
     def respond(req: GenRequest) -> str:
         system = req.messages[0].content if req.messages[0].role == "system" else ""
         if "<IMPROVED_VARIABLE>" in system:  # TextGrad's TGD system prompt names its tags
-            return next(steps)
+            out = next(steps)  # a tagged candidate gets its start tag unless the engine prefilled it
+            return out if req.response_prefix or "</IMPROVED_VARIABLE>" not in out else "<IMPROVED_VARIABLE>" + out
         if system == BACKWARD_SYSTEM_PROMPT:
             return "tell the model to compare letters one by one"
         ws = sorted(_words(req))

@@ -11,6 +11,8 @@ the ratios. No timing assertions: the numbers mean nothing here.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,10 +21,12 @@ import pytest
 from engines.fake_engine import FakeEngine
 from mtg_local.bench.inner_loop_bench import InnerLoopBenchConfig
 from mtg_local.bench.peer_bench import PeerBenchConfig, parse_widths, run_peer_bench, table
-from mtg_local.bench.textgrad_peer import ZERO_SHOT_SYSTEM_PROMPT
+from engines.base import GenRequest, Message
 from mtg_local.bench.vllm_server import parse_metrics, server_args
 from mtg_local.cli import main
+from mtg_local.prompts import textgrad_prompts as P
 from tests.fault_server import FaultServer
+from tests.textgrad_script import script
 
 N, S, T, M = 2, 2, 1, 24
 PER_ITEM = 1 + 3 * T
@@ -57,8 +61,14 @@ class FakeVLLMServer:
         return True
 
 
-def run(config: PeerBenchConfig, *, with_counters: bool = True) -> tuple[dict[str, Any], FaultServer, FakeVLLMServer]:
-    srv = FaultServer(fault_rate=0.0, owned_by="vllm").start()
+def scripted_answer(body: dict[str, Any]) -> str:
+    """``textgrad_script.script`` for a chat body: an answer from the messages alone (not seeds)."""
+    return script(GenRequest(messages=tuple(Message(m["role"], m["content"]) for m in body["messages"])))
+
+
+def run(config: PeerBenchConfig, *, with_counters: bool = True,
+        answer: Any = None) -> tuple[dict[str, Any], FaultServer, FakeVLLMServer]:  # fmt: skip
+    srv = FaultServer(fault_rate=0.0, owned_by="vllm", answer=answer).start()
     handle = FakeVLLMServer(srv, with_counters=with_counters)
 
     @contextlib.contextmanager
@@ -154,13 +164,46 @@ def test_textgrad_requests_carry_the_workload_sampling_and_its_cache_never_serve
     bodies = [c.body for c in srv.calls if c.body is not None]
     textgrad = [b for b in bodies if not b["messages"][-1]["content"].startswith("Request ")]  # not the warm-up
     assert len(textgrad) == (2 * N * S + 1) * PER_ITEM  # two runs and the untimed warm-up item
-    forward = [b for b in textgrad if b["messages"][0]["content"] == ZERO_SHOT_SYSTEM_PROMPT]
-    rest = [b for b in textgrad if b["messages"][0]["content"] != ZERO_SHOT_SYSTEM_PROMPT]
-    assert len(forward) == 2 * N * S + 1
+    # the default protocol: no forward system message (TextGrad's empty one is dropped), top_p 0.99
+    forward = [b for b in textgrad if b["messages"][0]["role"] == "user"]
+    rest = [b for b in textgrad if b["messages"][0]["role"] == "system"]
+    assert len(forward) == 2 * N * S + 1 and len(rest) == len(textgrad) - len(forward)
     assert sorted(b["seed"] for b in forward) == sorted([0] + list(range(S)) * N * 2)
-    assert all(b["temperature"] == 0.7 and b["max_tokens"] == M and b["top_p"] == 1.0 for b in forward)
-    assert all(b["temperature"] == 0 and b["max_tokens"] == M and "seed" not in b for b in rest)
+    assert all(b["temperature"] == 0.7 and b["max_tokens"] == M and b["top_p"] == 0.99 for b in forward)
+    assert all(b["temperature"] == 0 and b["max_tokens"] == M and b["top_p"] == 0.99 and "seed" not in b
+               for b in rest)  # fmt: skip
+    assert {b["messages"][0]["content"] for b in rest} == {
+        P.LOSS_SYSTEM_PROMPT, P.BACKWARD_SYSTEM_PROMPT, P.OPTIMIZER_SYSTEM_PROMPT}
     assert rec["variants"]["textgrad-w2"]["token_source"] == "client usage"
+    assert rec["protocol"] == "default" and len(rec["protocol_hash"]) == 12
+
+
+def _sent(body: dict[str, Any]) -> tuple:
+    return (json.dumps(body["messages"]), body["temperature"], body["top_p"], body["max_tokens"])
+
+
+@pytest.mark.parametrize("protocol", ["textgrad", "default"])
+def test_under_the_textgrad_protocol_textgrad_and_ours_send_the_same_requests(protocol: str) -> None:
+    config = PeerBenchConfig(workload=workload(), widths=(1,), variants=("textgrad", "ours-server"), protocol=protocol)
+    if protocol == "textgrad":
+        config = PeerBenchConfig(workload=dataclasses.replace(workload(), temperature=0.0), widths=(1,),
+                                 variants=("textgrad", "ours-server"), protocol=protocol)  # fmt: skip
+    rec, srv, _ = run(config, answer=scripted_answer)
+    bodies = [c.body for c in srv.calls if c.body is not None]
+    bodies = [b for b in bodies if not b["messages"][-1]["content"].startswith("Request ")]  # not the warm-up
+    items = N * S * PER_ITEM
+    textgrad, ours = bodies[PER_ITEM:][:items], bodies[PER_ITEM:][items:]  # after TextGrad's untimed item
+    # ours reach the server once per distinct request (identical greedy ones of a phase are folded)
+    assert len(ours) == rec["variants"]["ours-server"]["requests"] <= items
+    assert rec["variants"]["textgrad-w1"]["item_errors"] == 0 and rec["variants"]["ours-server"]["errors"] == 0
+    if protocol == "textgrad":
+        assert set(map(_sent, textgrad)) == set(map(_sent, ours))
+        assert {b["messages"][0]["content"] for b in ours} == {
+            P.SIMPLE_EVALS_SYSTEM_PROMPT, P.LOSS_SYSTEM_PROMPT, P.BACKWARD_SYSTEM_PROMPT, P.OPTIMIZER_SYSTEM_PROMPT}
+    else:  # ours start their answers with the template, which TextGrad cannot prefill
+        assert set(map(_sent, textgrad)) != set(map(_sent, ours))
+        forward = [b for b in ours if b["messages"][0]["role"] == "user"]
+        assert len(forward) == N * S and all(b["temperature"] == 0.7 for b in forward)
 
 
 def test_bad_arguments_are_user_errors() -> None:
@@ -172,6 +215,10 @@ def test_bad_arguments_are_user_errors() -> None:
     assert main(["bench", "peer", "--widths", "0"]) == 2
     assert main(["bench", "peer", "--variants", "nope"]) == 2
     assert main(["bench", "peer", "--questions", "0"]) == 2
+    with pytest.raises(ValueError, match="protocol must be one of default, textgrad"):
+        PeerBenchConfig(protocol="paper")
+    with pytest.raises(SystemExit):
+        main(["bench", "peer", "--protocol", "paper"])
 
 
 def test_server_gets_the_in_process_engine_settings_as_flags() -> None:

@@ -166,9 +166,11 @@ def test_protocol_field_hash_and_validation() -> None:
     assert chained.inner_config().prompt_layout == "chained"
     assert DEFAULT_PROTOCOL.inner_config().prompt_layout == "textgrad"
     # Hashes of the commit before the field existed (6ca3349): runs that do not use it keep theirs
-    # (meta_step="direct" is what every run used then; the default is now "backward").
-    assert protocol_hash(DEFAULT_PROTOCOL.replace(meta_step="direct")) == "29e6eb4adcc3"
-    assert protocol_hash(Protocol(steps=1, seeds=(0,), meta_step="direct")) == "48d9b18c39d4"
+    # (with the settings of that time; prompts, prefill, parsing and the meta step changed later, issue 19).
+    before_19 = dict(prompts="mtg-reworded", prefill_update_tag=True, update_parsing="tolerant",
+                     meta_step="direct")
+    assert protocol_hash(DEFAULT_PROTOCOL.replace(**before_19)) == "29e6eb4adcc3"
+    assert protocol_hash(Protocol(steps=1, seeds=(0,), **before_19)) == "48d9b18c39d4"
     assert "prompt_layout" not in DEFAULT_PROTOCOL.to_dict()
     assert chained.to_dict()["prompt_layout"] == "chained"
     assert Protocol.from_dict(chained.to_dict()) == chained

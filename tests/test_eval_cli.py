@@ -31,7 +31,8 @@ def sorter(req: GenRequest) -> str:
         order = sorted(words) if (req.sampling.seed or 0) % 2 == 0 else sorted(words, reverse=True)
         return "we compare first letters.\nAnswer: " + " ".join(order)
     if system == P.OPTIMIZER_SYSTEM_PROMPT:
-        return f"Sorted again.\nAnswer: {' '.join(sorted(words))}{P.IMPROVED_VARIABLE_END}"
+        start = "" if req.response_prefix else P.IMPROVED_VARIABLE_START  # the tag unless prefilled
+        return f"{start}Sorted again.\nAnswer: {' '.join(sorted(words))}{P.IMPROVED_VARIABLE_END}"
     return "Check the order of the words."
 
 

@@ -47,7 +47,8 @@ def system_of(req: GenRequest) -> str | None:
 
 
 def variable_of(req: GenRequest) -> str:
-    return re.search(r"<VARIABLE>(.*?)</VARIABLE>", req.messages[-1].content, re.S).group(1)
+    """The variable span of a backward or update prompt (TextGrad pads it with a space each side)."""
+    return re.search(r"<VARIABLE> (.*?) </VARIABLE>", req.messages[-1].content, re.S).group(1)
 
 
 class Script:

@@ -29,7 +29,7 @@ from mtg_local.meta import Preempted, StopFlag, run_train
 from mtg_local.meta.outer_loop import sample_task_minibatch
 from mtg_local.prompts import meta_prompts as P
 from mtg_local.tasks import get_task
-from mtg_local.tasks.multiple_choice import LETTERS, MC_PREAMBLE
+from mtg_local.tasks.multiple_choice import LETTERS
 from mtg_local.tasks.word_sorting import INITIAL_LOSS_PROMPT as WS_LOSS_PROMPT
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -165,7 +165,7 @@ def test_each_item_sends_the_requests_of_its_own_task(tmp_path: Path):
         return sorted(repr((r.messages, r.sampling, r.response_prefix)) for r in reqs)
 
     for phase, (mixed, single) in enumerate(zip(multi, alone.batches)):
-        mc = [r for r in mixed if MC_PREAMBLE in request_text(r)]
+        mc = [r for r in mixed if "\nA) " in request_text(r)]  # a multiple-choice question's options
         assert single and len(mixed) > len(mc), phase  # (identical requests of one batch are sent once)
         assert content(mc) == content(single), phase
 

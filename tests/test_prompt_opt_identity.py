@@ -172,13 +172,14 @@ def test_prompt_opt_sends_textgrads_requests(task, template):
     assert h[4]["val_accuracy"] == h[1]["val_accuracy"] == 1.0  # a tie keeps the new prompt
     assert res.system_prompt == CANDIDATES[10] and res.val_accuracy == 1.0
 
-    # Sampling comes from the protocol; the answer starts with the template; the TGD tag is prefilled.
+    # Sampling comes from the protocol; the answer starts with the template; the TGD tag is not
+    # prefilled (the protocol's default, as TextGrad).
     for r in flat(ours_fwd.batches):
         assert (r.sampling.temperature, r.sampling.top_p, r.sampling.max_tokens) == (0.3, 0.9, 300)
         assert r.response_prefix == template
     for r in flat(ours_opt.batches):
         assert (r.sampling.temperature, r.sampling.top_p, r.sampling.max_tokens) == (0.1, 0.9, 400)
-    assert {r.response_prefix for b in ours_opt.batches[2::3] for r in b} == {"<IMPROVED_VARIABLE>"}
+    assert {r.response_prefix for b in ours_opt.batches[2::3] for r in b} == {""}
 
 
 def test_texts_textgrad_holds_outside_constants(tmp_path):

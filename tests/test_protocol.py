@@ -17,6 +17,7 @@ from mtg_local.bench.wrappers import RecordingEngine
 from mtg_local.cli import build_parser
 from mtg_local.commands import train as train_cmd
 from mtg_local.commands.eval import EvalConfig, run_eval
+from mtg_local.cli import main
 from mtg_local.meta import run_train
 from mtg_local.prompts import textgrad_prompts as P
 from mtg_local.protocol import DEFAULT_PROTOCOL, Protocol, check_context, protocol_diff, protocol_hash
@@ -27,7 +28,8 @@ def responder(req: GenRequest) -> str:
     system = req.messages[0].content if req.messages[0].role == "system" else None
     words = re.search(r"List: ([a-z ]+)", req.messages[-1].content).group(1).split()
     if system == P.OPTIMIZER_SYSTEM_PROMPT:
-        return f"Sorted again.\nAnswer: {' '.join(sorted(words))}{P.IMPROVED_VARIABLE_END}"
+        start = "" if req.response_prefix else P.IMPROVED_VARIABLE_START  # the tag unless prefilled
+        return f"{start}Sorted again.\nAnswer: {' '.join(sorted(words))}{P.IMPROVED_VARIABLE_END}"
     if system is None:  # forward
         seed = req.sampling.seed or 0
         if seed % 3 == 0:
@@ -227,3 +229,110 @@ def test_a_one_step_tie_keeps_the_zero_shot_answer_like_textgrad(tmp_path: Path)
                                     ("latest_tie", p.replace(vote_tie="last")))}
     assert outcomes["textgrad"].per_seed == {0: 1.0, 1: 0.0}  # tie 1-1: the zero-shot (wrong) answer
     assert outcomes["last"].per_seed == outcomes["latest_tie"].per_seed == {0: 1.0, 1: 1.0}
+
+
+# -- presets and the protocols recorded before issue 19 ----------------------------------------
+#: The default protocol as recorded before issue 19 (hash of the commit before it, 3b4ebda).
+OLD_DEFAULT = {k: v for k, v in DEFAULT_PROTOCOL.to_dict().items() if k not in ("prompts", "update_parsing")} | {
+    "prefill_update_tag": True}
+
+
+def test_textgrad_preset_and_named_protocols_on_the_command_line(tmp_path: Path) -> None:
+    from mtg_local.commands.protocol_args import protocol_from_args
+    from mtg_local.protocol import PRESETS, preset
+
+    parser = build_parser()
+    common = ["--out", str(tmp_path / "x")]
+    tg = protocol_from_args(parser.parse_args(["eval", *common, "--protocol", "textgrad"]))
+    assert tg == preset("textgrad") == PRESETS["textgrad"]
+    assert (tg.forward_system_prompt, tg.inference_template, tg.temperature, tg.seeds) == ("simple-evals", False, 0.0, (0,))
+    assert (tg.prefill_update_tag, tg.update_parsing, tg.top_p, tg.max_tokens, tg.steps) == (False, "textgrad", 0.99, 2000, 3)
+    inner = tg.inner_config()
+    assert inner.system_prompt == P.SIMPLE_EVALS_SYSTEM_PROMPT and not inner.inference_template
+    assert tg.inner_config(system_prompt="learned").system_prompt == "learned"  # a method's own wins
+    assert DEFAULT_PROTOCOL.inner_config().system_prompt is None and DEFAULT_PROTOCOL.inner_config().inference_template
+    # flags apply on top of a preset; a name that is neither a preset nor a file is one clear error
+    args = parser.parse_args(["train", *common, "--protocol", "textgrad", "--seeds", "0-2", "--prefill-tag"])
+    assert protocol_from_args(args) == tg.replace(seeds=(0, 1, 2), prefill_update_tag=True)
+    with pytest.raises(UserError, match="neither a protocol name .*default, textgrad.* nor an existing file"):
+        protocol_from_args(parser.parse_args(["eval", *common, "--protocol", "textgard"]))
+    with pytest.raises(ValueError, match="unknown protocol preset 'x'"):
+        preset("x")
+    assert protocol_hash(tg) != protocol_hash(DEFAULT_PROTOCOL)
+
+
+def test_eval_with_the_textgrad_preset_sends_its_forward_call(tmp_path: Path) -> None:
+    rec = RecordingEngine(FakeEngine(responder))
+    args = build_parser().parse_args(["eval", "--protocol", "textgrad", "--limit", "2", "--steps", "1",
+                                      "--no-progress", "--out", str(tmp_path / "r")])
+    res = run_eval(args, engine=rec)
+    fwd = rec.batches[0]
+    assert len(fwd) == 2 and all(r.messages[0].content == P.SIMPLE_EVALS_SYSTEM_PROMPT for r in fwd)
+    assert all(r.response_prefix == "" and r.sampling.temperature == 0.0 for r in fwd)
+    assert res["protocol_hash"] == protocol_hash(DEFAULT_PROTOCOL.replace(
+        forward_system_prompt="simple-evals", inference_template=False, temperature=0.0, seeds=(0,), steps=1,
+        limit=2))  # fmt: skip
+    trajs = [json.loads(x) for x in (tmp_path / "r" / "trajectories.jsonl").read_text().splitlines()]
+    assert all(t["template"] == "" and not t["answers"][0].startswith("Let's") for t in trajs)
+
+
+def test_protocols_recorded_before_issue_19_are_another_protocol() -> None:
+    from mtg_local.protocol import LEGACY_PROMPTS
+
+    old = Protocol.from_dict(OLD_DEFAULT)
+    assert old.prompts == LEGACY_PROMPTS and old.update_parsing == "tolerant" and old.prefill_update_tag
+    assert protocol_hash(OLD_DEFAULT) == protocol_hash(old) == "29e6eb4adcc3"  # the hash those runs recorded
+    assert protocol_hash(DEFAULT_PROTOCOL) != "29e6eb4adcc3"
+    assert protocol_diff(DEFAULT_PROTOCOL.to_dict(), OLD_DEFAULT) == {
+        "prefill_update_tag": (False, True), "prompts": ("textgrad-0.1.8", None), "update_parsing": ("textgrad", None)}
+    with pytest.raises(UserError, match="prompts='mtg-reworded'.*cannot be run"):
+        old.inner_config()
+    # a hand-written, partial protocol is not an old record: its missing settings are today's defaults
+    assert Protocol.from_dict({"steps": 5}) == DEFAULT_PROTOCOL.replace(steps=5)
+
+
+def test_protocol_file_from_an_old_run_or_written_by_hand(tmp_path: Path) -> None:
+    from mtg_local.commands.protocol_args import read_protocol_file
+
+    (tmp_path / "results.json").write_text(json.dumps({"protocol": OLD_DEFAULT}))
+    (tmp_path / "protocol.json").write_text(json.dumps(OLD_DEFAULT))  # a complete object written by hand
+    assert read_protocol_file(str(tmp_path / "results.json")).prompts == "mtg-reworded"  # that run's protocol
+    by_hand = read_protocol_file(str(tmp_path / "protocol.json"))
+    assert by_hand == DEFAULT_PROTOCOL.replace(prefill_update_tag=True)  # today's for what it leaves out
+    by_hand.inner_config()  # runnable
+
+
+def test_report_lists_runs_of_the_old_protocol_apart(tmp_path: Path) -> None:
+    from mtg_local.report.collect import collect
+
+    root = tmp_path / "runs"
+    for name in ("a", "b"):
+        assert main(["eval", "--engine", "fake", "--limit", "2", "--seeds", "0", "--steps", "1", "--no-progress",
+                     "--out", str(root / name)]) == 0
+    old_dir = root / "old"
+    assert main(["eval", "--engine", "fake", "--limit", "2", "--seeds", "0", "--steps", "1", "--no-progress",
+                 "--out", str(old_dir)]) == 0
+    res = json.loads((old_dir / "results.json").read_text())
+    old = {k: v for k, v in res["protocol"].items() if k not in ("prompts", "update_parsing")}
+    old["prefill_update_tag"] = True
+    res["protocol"], res["protocol_hash"] = old, protocol_hash(Protocol.from_dict(old))
+    (old_dir / "results.json").write_text(json.dumps(res))
+    col = collect([root])
+    (p,) = [p for p in col.problems if p.kind == "other_protocol"]
+    assert p.path.name == "old"
+    assert "prompts: 'textgrad-0.1.8' -> None" in p.detail and "prefill_update_tag: False -> True" in p.detail
+
+
+def test_resuming_a_run_of_the_old_protocol_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "old"
+    args = build_parser().parse_args(["train", "--out", str(out), "--steps", "1", "--seeds", "0", "--limit", "2",
+                                      "--outer-steps", "1", "--no-progress"])
+    config, _ = train_cmd.config_from_args(args)
+    stored = {"command": "train", "train": {**config.to_dict(), "protocol": OLD_DEFAULT}}
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(stored))
+    resumed, resume = train_cmd.config_from_args(build_parser().parse_args(["train", "--resume", str(out)]))
+    assert resume and resumed.protocol.prompts == "mtg-reworded"
+    with pytest.raises(UserError, match="cannot be run any more"):
+        run_train(resumed, engine=FakeEngine(responder))
+    assert not (out / "checkpoint.json").exists()

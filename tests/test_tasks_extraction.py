@@ -12,7 +12,8 @@ from mtg_local.tasks.answer_parsing import (
     reference_sorted_words,
 )
 from mtg_local.tasks.base import Example
-from mtg_local.tasks.multiple_choice import MC_FORMAT_INSTRUCTION, MultipleChoiceTask
+from mtg_local.prompts import textgrad_prompts as P
+from mtg_local.tasks.multiple_choice import MultipleChoiceTask
 from mtg_local.tasks.word_sorting import WordSortingTask, make_question
 
 CHOICES = ("True, True", "False, False", "A decision tree", "False, True")
@@ -73,7 +74,10 @@ def test_multiple_choice_task_scores_letters_lenient():
     task = _MC(DataSource("x/y", None, ("train",)))
     task.scoring = "lenient"
     ex = Example(id="t-0", question="Q", answer="D", choices=CHOICES)
-    assert task.format_instruction == MC_FORMAT_INSTRUCTION
+    # the format sentences of TextGrad's template; its TGD constraint is the first of them
+    assert f"Answer the following multiple choice question. {task.format_instruction}\n\n" in (
+        P.QUERY_TEMPLATE_MULTICHOICE)
+    assert task.format_instruction.startswith(task.tgd_constraint + " ") and task.tgd_constraint.endswith("ABCD.")
     assert task.score("Thinking...\n**Answer: D**", ex) == 1.0
     assert task.score("Answer: false, true", ex) == 1.0
     assert task.score("Answer: B", ex) == 0.0

@@ -117,3 +117,76 @@ def test_textgrad_program_on_bundled_vllm(vllm_engine):  # noqa: ANN001
     assert vllm_engine.usage.calls - calls_before == 3
     if updated:
         assert isinstance(answer.value, str)
+
+
+# -- TextGrad's log: never in the working directory, never a secret ---------------------------------
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(code_or_args: list[str], cwd, **env_extra) -> None:
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TEXTGRAD_LOG_DIR"}
+    env.update(PYTHONPATH=REPO, **env_extra)
+    p = subprocess.run([sys.executable, *code_or_args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+
+
+def test_a_run_puts_textgrads_log_in_its_run_dir_not_the_cwd(tmp_path):
+    # mtg eval imports textgrad through the prompts module, after RunDir.create() named the run dir
+    _run(["-m", "mtg_local.cli", "eval", "--engine", "fake", "--limit", "1", "--seeds", "0", "--steps", "1",
+          "--no-progress", "--out", "run"], cwd=tmp_path)
+    assert not (tmp_path / "logs").exists()
+    assert list((tmp_path / "run" / "textgrad_logs").glob("*.jsonl"))
+
+
+def test_without_a_run_dir_textgrads_log_goes_to_the_temp_dir(tmp_path):
+    code = (
+        "from mtg_local.prompts import textgrad_prompts as P\n"
+        "assert P.LOSS_SYSTEM_PROMPT\n"
+        "from engines.adapters.textgrad_engine import TextGradEngine\n"
+        "from engines.fake_engine import FakeEngine\n"
+        "import textgrad as tg\n"
+        "llm = TextGradEngine(FakeEngine())\n"
+        "tg.BlackboxLLM(llm)(tg.Variable('q', role_description='q', requires_grad=False))\n"
+        "llm.close()\n"
+    )
+    (tmp_path / "tmp").mkdir()
+    _run(["-c", code], cwd=tmp_path, TMPDIR=str(tmp_path / "tmp"))
+    assert not (tmp_path / "logs").exists()
+    (log,) = (tmp_path / "tmp" / "mtg-textgrad-logs").glob("*.jsonl")
+    assert "LLMCall function forward" in log.read_text()
+
+
+def test_textgrads_log_never_holds_the_api_key(monkeypatch):
+    """The key lives in our OpenAI engine; TextGrad only ever sees the adapter, so its log cannot hold it."""
+    import logging
+    import uuid
+
+    from engines import create_engine
+    from tests.fault_server import FaultServer
+
+    key = f"sk-mtgcanary-{uuid.uuid4().hex}"
+    monkeypatch.setenv("OPENAI_API_KEY", key)  # as a user would have it; TextGrad's engines are never built
+    (handler,) = [h for h in logging.getLogger("textgrad").handlers if isinstance(h, logging.FileHandler)]
+    with FaultServer(fault_rate=0.0) as srv:
+        inner = create_engine("openai:fault-model", base_url=srv.base_url, api_key=key, timeout_s=5.0)
+        llm = TextGradEngine(inner, max_tokens=32)
+        try:
+            answer = tg.Variable("Paris is the capital.", role_description="answer", requires_grad=True)
+            loss = tg.TextLoss("Evaluate the answer.", engine=llm)(answer)
+            loss.backward(engine=llm)
+            optimizer = tg.TGD(parameters=[answer], engine=llm)
+            try:
+                optimizer.step()
+            except IndexError:  # the fault server echoes the prompt: no tags
+                pass
+        finally:
+            llm.close()
+            inner.close()
+        seen = [c for c in srv.calls if c.body is not None]
+    handler.flush()
+    text = open(handler.baseFilename).read()
+    assert len(seen) == 3 and "_backward_through_llm prompt" in text  # TextGrad logged this program
+    assert key not in text and key[13:] not in text

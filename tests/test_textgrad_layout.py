@@ -5,7 +5,8 @@ the evaluation with a fixed evaluator system prompt and puts the loss prompt
 theta_L at the head of the user turn, followed by the question and the answer.
 The paper's loss prompts (appendix C: the tasks' initial ones; appendix B: a
 learned one) were written for that slot. These tests run the real inner loop
-on a fake engine that records every request and check the exact messages.
+on a fake engine that records every request and check the structure of the
+messages; ``test_textgrad_identity.py`` compares them with real TextGrad's.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def _respond(req: GenRequest) -> str:
     if system == P.BACKWARD_SYSTEM_PROMPT:
         return "FEEDBACK: compare the second letters."
     if system == P.OPTIMIZER_SYSTEM_PROMPT:
-        return f"reasoning again\nAnswer: A{P.IMPROVED_VARIABLE_END}"
+        start = "" if req.response_prefix else P.IMPROVED_VARIABLE_START
+        return f"{start}reasoning again\nAnswer: A{P.IMPROVED_VARIABLE_END}"
     return "we compare the words.\nAnswer: A"
 
 
@@ -68,8 +70,9 @@ CASES = [(name, None) for name in ("synthetic_word_sorting", "mmlu_machine_learn
 ]
 
 
+@pytest.mark.parametrize("prefill", [False, True], ids=["textgrad", "prefill"])
 @pytest.mark.parametrize("task_name, loss_prompt", CASES, ids=["C-word", "C-mmlu", "C-gpqa", "B-learned-word"])
-def test_paper_loss_prompts_head_the_loss_user_turn(task_name: str, loss_prompt: str | None) -> None:
+def test_paper_loss_prompts_head_the_loss_user_turn(task_name: str, loss_prompt: str | None, prefill: bool) -> None:
     task = _tasks()[task_name]
     theta_l = loss_prompt or task.initial_loss_prompt
     if loss_prompt is None:  # appendix C prompts all open this way
@@ -77,7 +80,7 @@ def test_paper_loss_prompts_head_the_loss_user_turn(task_name: str, loss_prompt:
     ex = task.splits().test[0]
     engine = FakeEngine(_respond)
     items = [InnerItem(ex, seed, theta_l, DEFAULT_TEMPLATE) for seed in (0, 1)]
-    config = InnerLoopConfig(steps=1)
+    config = InnerLoopConfig(steps=1, prefill_update_tag=prefill)
     trajs = solution_optimization(task, items, forward_engine=engine, config=config)
     fwd, loss_batch, bwd_batch, upd_batch = engine.batches
     question = task.format_question(ex)
@@ -90,34 +93,37 @@ def test_paper_loss_prompts_head_the_loss_user_turn(task_name: str, loss_prompt:
         assert req.messages[1].content == f"{theta_l}\nQuestion: {question}\nAnswer by the language model: {answer}"
         assert req.response_prefix == ""
 
+    role = task.answer_role
     for k, req in enumerate(bwd_batch):
         user = req.messages[1].content
         loss_user = loss_batch[k].messages[1].content
         assert req.messages[0].content == P.BACKWARD_SYSTEM_PROMPT
+        # TextGrad's CONVERSATION_TEMPLATE of the loss call, tags padded with spaces
         conversation = (
-            f"<LM_SYSTEM_PROMPT>{P.LOSS_SYSTEM_PROMPT}</LM_SYSTEM_PROMPT>\n\n"
-            f"<LM_INPUT>{loss_user}</LM_INPUT>\n\n"
-            f"<LM_OUTPUT>{trajs[k].evaluations[0]}</LM_OUTPUT>"
+            f"<LM_SYSTEM_PROMPT> {P.LOSS_SYSTEM_PROMPT} </LM_SYSTEM_PROMPT>\n\n"
+            f"<LM_INPUT> {loss_user} </LM_INPUT>\n\n"
+            f"<LM_OUTPUT> {trajs[k].evaluations[0]} </LM_OUTPUT>\n\n"
         )
-        assert user.startswith(f"You give feedback on a variable whose role is: <ROLE>{P.ANSWER_ROLE}</ROLE>.")
+        assert user.startswith(f"You will give feedback to a variable with the following role: <ROLE> {role} </ROLE>.")
         # order: conversation, objective, variable span, question to the feedback engine
         pos = [user.index(conversation), user.index("<OBJECTIVE_FUNCTION>"),
-               user.index(f"<VARIABLE>{trajs[k].answers[0]}</VARIABLE>")]
+               user.index(f"<VARIABLE> {trajs[k].answers[0]} </VARIABLE>")]
         assert pos == sorted(pos)
 
     for k, req in enumerate(upd_batch):
         user = req.messages[1].content
         assert req.messages[0].content == P.OPTIMIZER_SYSTEM_PROMPT
-        assert req.response_prefix == P.IMPROVED_VARIABLE_START
-        assert user.startswith(f"Role of the variable to improve: <ROLE>{P.ANSWER_ROLE}</ROLE>")
+        assert req.response_prefix == (P.IMPROVED_VARIABLE_START if prefill else "")
+        assert user.startswith(f"Here is the role of the variable you will improve: <ROLE>{role}</ROLE>.")
         context = user[user.index("<CONTEXT>"):user.index("</CONTEXT>")]
-        assert f"<LM_INPUT>{loss_batch[k].messages[1].content}</LM_INPUT>" in context
-        assert f"<LM_OUTPUT>{trajs[k].evaluations[0]}</LM_OUTPUT>" in context
+        assert f"<LM_INPUT> {loss_batch[k].messages[1].content} </LM_INPUT>" in context
+        assert f"<LM_OUTPUT> {trajs[k].evaluations[0]} </LM_OUTPUT>" in context
+        assert f"The output is used as evaluation of the {role}" in context
         assert f"<FEEDBACK>{trajs[k].gradients[0]}</FEEDBACK>" in context
-        pos = [user.index(f"<VARIABLE>{trajs[k].answers[0]}</VARIABLE>"), user.index("<CONTEXT>"),
+        pos = [user.index(f"<VARIABLE> {trajs[k].answers[0]} </VARIABLE>"), user.index("<CONTEXT>"),
                user.index("<CONSTRAINTS>"), user.index(P.IMPROVED_VARIABLE_START)]
         assert pos == sorted(pos)
-        assert f"<CONSTRAINTS>{task.format_instruction}</CONSTRAINTS>" in user
+        assert f"<CONSTRAINTS>Constraint 1: {task.tgd_constraint}</CONSTRAINTS>" in user
     assert all(t.answers[1].endswith("Answer: A") for t in trajs)
 
 
@@ -135,7 +141,7 @@ def test_loss_requests_share_their_prefix_up_to_the_answer() -> None:
 
 def test_backward_and_update_show_the_answer_short_like_textgrad() -> None:
     """TextGrad shows ``variable.get_short_value()`` (first/last 10 words) in the backward and TGD spans."""
-    textgrad_variable = __import__("tests.conftest", fromlist=["require"]).require("textgrad.variable")  # CI: fails
+    import textgrad.variable as textgrad_variable
     long_answer = " ".join(f"step{i}" for i in range(40)) + "\nAnswer: A"
 
     def respond(req: GenRequest) -> str:
@@ -152,6 +158,6 @@ def test_backward_and_update_show_the_answer_short_like_textgrad() -> None:
     assert short != full and " (...) " in short and short.startswith(DEFAULT_TEMPLATE.split(" ")[0])
     for req in (bwd_req, upd_req):
         user = req.messages[1].content
-        assert f"<VARIABLE>{short}</VARIABLE>" in user and f"<VARIABLE>{full}</VARIABLE>" not in user
+        assert f"<VARIABLE> {short} </VARIABLE>" in user and f"<VARIABLE> {full} </VARIABLE>" not in user
         # the full answer is still there once: inside the quoted loss call
-        assert user.count(full) == 1 and f"<LM_INPUT>{loss_req.messages[1].content}</LM_INPUT>" in user
+        assert user.count(full) == 1 and f"<LM_INPUT> {loss_req.messages[1].content} </LM_INPUT>" in user

@@ -18,6 +18,7 @@ from mtg_local.textgrad import (
     generate_in_prefix_order,
     loss,
     parse_improved_variable,
+    parse_update,
 )
 
 S = SamplingConfig(max_tokens=200)
@@ -53,6 +54,41 @@ def test_parse_improved_variable(text: str, value: str | None, why: str | None) 
         assert parsed.ok and parsed.error is None
     else:
         assert not parsed.ok and why in parsed.error
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("<IMPROVED_VARIABLE>new</IMPROVED_VARIABLE>", "new"),
+        ("<IMPROVED_VARIABLE>a<IMPROVED_VARIABLE>b</IMPROVED_VARIABLE>", "a"),  # text up to the 2nd start tag
+        ("<IMPROVED_VARIABLE>never closed, cut off", "never closed, cut off"),  # taken, as TextGrad does
+        ("<IMPROVED_VARIABLE>  </IMPROVED_VARIABLE>", ""),  # an empty value, as TextGrad's
+        ("<improved_variable>x</improved_variable>", None),  # exact tags only
+        ("no tags", None),  # TextGrad raises IndexError
+    ],
+)
+def test_textgrad_parsing_is_textgrads_split(text: str, value: str | None) -> None:
+    parsed = parse_update(text, parsing="textgrad")
+    assert parsed.value == value
+    if value is not None:
+        tg_new = text.split(P.IMPROVED_VARIABLE_START)[1].split(P.IMPROVED_VARIABLE_END)[0].strip()
+        assert parsed.value == tg_new  # TextualGradientDescent.step's expression
+    else:
+        assert "IndexError" in parsed.error
+    with pytest.raises(ValueError, match="update_parsing must be one of textgrad, tolerant"):
+        parse_update(text, parsing="lenient")
+
+
+def test_step_parsing_rule_decides_an_unclosed_update() -> None:
+    def run(parsing: str) -> tuple[str, str | None]:
+        engine = FakeEngine(lambda r: "v2 without its end tag")
+        (p,) = _params(1)
+        (out,) = TextualGradientDescent([p], engine=engine, parsing=parsing).step(samplings=S)
+        return p.value, out.error
+
+    assert run("textgrad") == ("v2 without its end tag", None)
+    value, why = run("tolerant")
+    assert value == "old QID-0" and "stopped without it" in why
 
 
 def test_parse_reports_truncation() -> None:
@@ -137,7 +173,8 @@ def test_step_malformed_update_keeps_previous_and_others_update() -> None:
     req = engine.batches[0][0]
     assert req.response_prefix == P.IMPROVED_VARIABLE_START
     assert req.messages[0].content == P.OPTIMIZER_SYSTEM_PROMPT
-    assert "<CONSTRAINTS>keep the Answer: line</CONSTRAINTS>" in req.messages[1].content
+    # TextGrad numbers its constraints (TextualGradientDescent.constraint_text)
+    assert "<CONSTRAINTS>Constraint 1: keep the Answer: line</CONSTRAINTS>" in req.messages[1].content
     opt.zero_grad()
     assert all(p.gradients == [] for p in params)
 

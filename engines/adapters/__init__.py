@@ -7,13 +7,15 @@
 Both go through ``engines.coalescer.RequestCoalescer``, so threaded library
 code reaches the engine as batches. Importing this package imports neither
 dspy nor textgrad; import the submodule you need (its library must be
-installed: ``pip install -e '.[dspy]'`` or ``'.[textgrad]'``).
+installed: ``pip install -e '.[dspy]'``; ``textgrad`` is a core dependency).
 """
 
 from engines.adapters.common import (
     chat_messages,
     derive_seed,
+    import_textgrad,
     offline_library_env,
+    textgrad_log_dir,
 )
 
-__all__ = ["chat_messages", "derive_seed", "offline_library_env"]
+__all__ = ["chat_messages", "derive_seed", "import_textgrad", "offline_library_env", "textgrad_log_dir"]

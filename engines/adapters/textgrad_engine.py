@@ -16,9 +16,10 @@ TextGrad's ``EngineLM``. Calls go through a ``RequestCoalescer``, so TextGrad
 code that runs items in a thread pool reaches the engine as batched calls;
 ``generate_batch`` sends a list in one call directly.
 
-Keeping TextGrad offline: importing this module sets
-``LITELLM_LOCAL_MODEL_COST_MAP`` and ``TEXTGRAD_LOG_DIR`` defaults before
-TextGrad is imported (see ``engines.adapters.common.offline_library_env``);
+Keeping TextGrad offline: this module imports TextGrad through
+``engines.adapters.common.import_textgrad``, which sets
+``LITELLM_LOCAL_MODEL_COST_MAP`` and ``TEXTGRAD_LOG_DIR`` first (TextGrad's
+log never lands in the working directory);
 the adapter never calls ``textgrad.get_engine`` (which picks a provider by a
 substring of the model name and reads API keys) nor sets TextGrad's global
 backward engine. Caching is our ``CachedEngine``'s job (TextGrad's own cache
@@ -31,9 +32,9 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from engines.adapters.common import adopt_coalescer, derive_seed, offline_library_env
+from engines.adapters.common import adopt_coalescer, derive_seed, import_textgrad
 
-offline_library_env()
+import_textgrad()
 
 from textgrad.engine import EngineLM  # noqa: E402
 
@@ -41,8 +42,8 @@ from engines.base import Engine, GenRequest, Message, SamplingConfig  # noqa: E4
 from engines.coalescer import CoalescerConfig, GenerationFailedError, RequestCoalescer  # noqa: E402
 from engines.errors import RequestError  # noqa: E402
 
-#: TextGrad's default system prompt for its engines.
-DEFAULT_SYSTEM_PROMPT = "You are a helpful, creative, and smart assistant."
+#: TextGrad's default system prompt for its engines (``EngineLM.system_prompt``).
+DEFAULT_SYSTEM_PROMPT: str = EngineLM.system_prompt
 
 
 def _prompt_text(content: Any) -> str:
@@ -60,7 +61,8 @@ class TextGradEngine(EngineLM):
     Args:
         engine: an ``Engine`` (a private coalescer is made) or a shared ``RequestCoalescer``.
         model_string: name TextGrad shows (default ``"mtg/<spec>"``).
-        system_prompt: used when a call gives none.
+        system_prompt: used when a call gives none (or an empty one), as TextGrad's
+            engines do (``ChatOpenAI``: ``system_prompt if system_prompt else self.system_prompt``).
         temperature / max_tokens / top_p: default sampling (a call may override them).
         seed: base seed; a call's seed is ``derive_seed(seed, system prompt, prompt)``, so a
             rerun is reproducible whatever order threads run in, and a repeated identical
@@ -92,7 +94,7 @@ class TextGradEngine(EngineLM):
         self._calls = itertools.count()
 
     def _request(self, prompt: Any, system_prompt: str | None, overrides: dict[str, Any]) -> GenRequest:
-        system = self.system_prompt if system_prompt is None else system_prompt
+        system = system_prompt or self.system_prompt
         text = _prompt_text(prompt)
         msgs = ([Message("system", system)] if system else []) + [Message("user", text)]
         call = next(self._calls)

@@ -28,7 +28,7 @@ Where TextGrad leaves something open we choose, and say so:
   holds no copy and a textgrad that drops them fails loudly here.
 
 Importing this module imports textgrad (a few seconds, for LiteLLM);
-``offline_library_env`` first keeps its log file out of the working directory.
+``import_textgrad`` keeps its log file out of the working directory.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from engines.adapters.common import offline_library_env
+from engines.adapters.common import import_textgrad
 
-offline_library_env()
+import_textgrad()  # the project's one way in: TextGrad's log never lands in the working directory
 
 import textgrad as tg  # noqa: E402
 from textgrad.autograd.string_based_ops import StringBasedFunction  # noqa: E402

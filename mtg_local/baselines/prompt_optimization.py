@@ -70,7 +70,7 @@ from mtg_local.evaluation import evaluate, make_items
 from mtg_local.inner_loop import DEFAULT_TEMPLATE, derive_seed
 from mtg_local.protocol import Protocol
 from mtg_local.tasks.base import Example, Task
-from mtg_local.textgrad import generate_in_prefix_order, parse_improved_variable
+from mtg_local.textgrad import generate_in_prefix_order, parse_update
 from mtg_local.zero_shot_cot import zero_shot_cot
 
 
@@ -279,8 +279,8 @@ def _one_step(
     if not r.ok:
         entry["error"] = f"TGD step engine error: {r.error}"
         return entry
-    parsed = parse_improved_variable(prefix + r.text, truncated=is_cut_off(r.finish_reason), start_tag=start,
-                                     end_tag=end)
+    parsed = parse_update(prefix + r.text, parsing=protocol.update_parsing, truncated=is_cut_off(r.finish_reason),
+                          start_tag=start, end_tag=end)
     if parsed.value is None:
         entry["error"] = parsed.error
         return entry

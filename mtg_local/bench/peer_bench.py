@@ -13,7 +13,7 @@ engine at a time (the server is stopped before the in-process engine starts):
   (``ours-server`` at the engine's default ``max_concurrency``,
   ``ours-server-c<N>`` at N requests in flight);
 * ``ours-inproc`` -- our inner loop on the in-process ``vllm:`` engine, with
-  the workload's prompt layout (default: TextGrad-shaped prompts);
+  the workload's prompt layout (default: TextGrad's own requests);
 * ``ours-inproc-chained`` -- the same engine, the KV-reuse layout
   (``prompt_layout="chained"``: each phase's prompt extends the previous
   one's, so vLLM's prefix cache computes an item's context once);
@@ -28,7 +28,12 @@ does change what the model reads, so each of them reports how many items'
 answers differ from ``ours-inproc`` and its accuracy beside ours-inproc's.
 
 The workload is ``mtg bench inner-loop``'s (N questions x S seeds, T steps,
-token caps, forward temperature; optimizer phases greedy). The server gets the
+token caps, forward temperature) under a protocol (``--protocol``: ``default``
+or ``textgrad``), which gives every other setting -- top_p, optimizer
+temperature, forward system prompt, template, prefill, update reading -- to
+TextGrad and to our variants alike: under ``textgrad`` both send the same
+requests; under ``default`` TextGrad's answers lack the inference template
+(it cannot prefill). The server gets the
 in-process engine's own ``vllm.LLM`` settings (``mtg_local.bench.vllm_server``).
 Each engine gets the same warm-up batch before its first variant (TextGrad
 also one untimed item); the prefix cache is reset before every variant.
@@ -59,7 +64,9 @@ from engines.base import Engine
 from engines.errors import UserError
 from mtg_local.bench.inner_loop_bench import InnerLoopBenchConfig, _warmup_requests, build_items, reset_prefix_cache
 from mtg_local.bench.textgrad_peer import run_textgrad
-from mtg_local.inner_loop import Trajectory, solution_optimization
+from mtg_local.inner_loop import InnerLoopConfig, Trajectory, solution_optimization
+from mtg_local.protocol import FORWARD_SYSTEM_PROMPTS, PRESETS, protocol_hash
+from mtg_local.protocol import Protocol as RunProtocol
 from mtg_local.tasks import Task, get_task
 
 VARIANTS = ("textgrad", "ours-server", "ours-inproc", "ours-inproc-chained", "ours-async-item",
@@ -98,6 +105,8 @@ class PeerBenchConfig:
             for ``ours-server`` (None: the engine's default).
         server_timeout_s: limit of one request to the server (queueing
             included), for both TextGrad's client and our ``openai:`` engine.
+        protocol: the named protocol (``mtg_local.protocol.PRESETS``) both sides run
+            under; the workload sets its steps, token caps and forward temperature.
     """
 
     workload: InnerLoopBenchConfig = InnerLoopBenchConfig()
@@ -105,6 +114,7 @@ class PeerBenchConfig:
     variants: tuple[str, ...] = VARIANTS
     server_concurrency: tuple[int | None, ...] = (None,)
     server_timeout_s: float = 3600.0
+    protocol: str = "default"
 
     def __post_init__(self) -> None:
         if not self.widths or any(w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1)
@@ -119,6 +129,19 @@ class PeerBenchConfig:
             raise ValueError(f"server_concurrency must be integers >= 1 (or None), got {self.server_concurrency!r}")
         if not self.server_timeout_s > 0:
             raise ValueError(f"server_timeout_s must be > 0, got {self.server_timeout_s!r}")
+        if self.protocol not in PRESETS:
+            raise ValueError(f"protocol must be one of {', '.join(PRESETS)}, got {self.protocol!r}")
+
+    def run_protocol(self) -> RunProtocol:
+        """The protocol of every variant: the named one with the workload's steps, caps and temperature."""
+        w = self.workload
+        return PRESETS[self.protocol].replace(steps=w.steps, max_tokens=w.max_tokens, optimizer_max_tokens=w.max_tokens,
+                                              temperature=w.temperature, freeze_when="never")  # fmt: skip
+
+
+def inner_config(protocol: RunProtocol, workload: InnerLoopBenchConfig) -> InnerLoopConfig:
+    """Our inner loop under ``protocol``, with the workload's layout and schedule."""
+    return dataclasses.replace(protocol.inner_config(schedule=workload.schedule), prompt_layout=workload.prompt_layout)
 
 
 def _settled(read: Callable[[], dict[str, float] | None], before: dict[str, float] | None,
@@ -175,13 +198,13 @@ def _record(name: str, wall: float, start_s: float | None, client: dict[str, Any
 
 def _run_ours(name: str, engine: Engine, task: Task, config: InnerLoopBenchConfig, start_s: float | None,
               counters: Callable[[], dict[str, float] | None], reset: Callable[[], bool | None],
-              ) -> tuple[dict[str, Any], list[Trajectory]]:  # fmt: skip
+              protocol: RunProtocol) -> tuple[dict[str, Any], list[Trajectory]]:  # fmt: skip
     items = build_items(task, config)
     ok = reset()
     before = counters()
     engine.reset_usage()
     t0 = time.perf_counter()
-    inner = dataclasses.replace(config.inner_config(), schedule=config.schedule)
+    inner = inner_config(protocol, config)
     trajs = solution_optimization(task, items, forward_engine=engine, config=inner)
     wall = time.perf_counter() - t0
     u = engine.reset_usage()
@@ -207,15 +230,17 @@ def outputs_differ(base: list[Trajectory], other: list[Trajectory]) -> dict[str,
     }
 
 
-def _run_textgrad(width: int, server: Server, task: Task, config: InnerLoopBenchConfig,
+def _run_textgrad(width: int, server: Server, task: Task, config: InnerLoopBenchConfig, protocol: RunProtocol,
                   timeout_s: float, *, quiet: bool = False) -> dict[str, Any]:  # fmt: skip
     items = [(task.format_question(it.example), it.seed) for it in build_items(task, config)]
     ok = server.reset_prefix_cache()
     before = server.counters()
     res = run_textgrad(
-        items, width=width, base_url=server.base_url, model=server.served_name, steps=config.steps,
-        temperature=config.temperature, max_tokens=config.max_tokens, loss_prompt=task.initial_loss_prompt,
-        constraint=task.format_instruction or None, timeout_s=timeout_s,
+        items, width=width, base_url=server.base_url, model=server.served_name, steps=protocol.steps,
+        temperature=protocol.temperature, max_tokens=protocol.max_tokens, loss_prompt=task.initial_loss_prompt,
+        constraint=task.tgd_constraint or None, role=task.answer_role, top_p=protocol.top_p,
+        system_prompt=FORWARD_SYSTEM_PROMPTS[protocol.forward_system_prompt],
+        optimizer_temperature=protocol.optimizer_temperature, timeout_s=timeout_s,
     )  # fmt: skip
     if quiet:
         return res
@@ -247,6 +272,7 @@ def run_peer_bench(
         task: default ``get_task(config.workload.task)``.
     """
     w = config.workload
+    protocol = config.run_protocol()
     task = task or get_task(w.task)
     n_items = len(build_items(task, w))
     variants: dict[str, dict[str, Any]] = {}
@@ -260,11 +286,11 @@ def run_peer_bench(
                 if "textgrad" in config.variants:
                     # One untimed item first: TextGrad's lazy imports and first connection are
                     # paid once, not by whichever width runs first.
-                    _run_textgrad(1, server, task, dataclasses.replace(w, questions=1, seeds=1),
+                    _run_textgrad(1, server, task, dataclasses.replace(w, questions=1, seeds=1), protocol,
                                   config.server_timeout_s, quiet=True)  # fmt: skip
                     # "all" may equal a listed width (e.g. 32 items): run each width once.
                     for width in dict.fromkeys(wd or n_items for wd in config.widths):
-                        rec = _run_textgrad(width, server, task, w, config.server_timeout_s)
+                        rec = _run_textgrad(width, server, task, w, protocol, config.server_timeout_s)
                         variants[rec["variant"]] = rec
                 if "ours-server" in config.variants:
                     for c in dict.fromkeys(config.server_concurrency):
@@ -274,7 +300,7 @@ def run_peer_bench(
                             timeout_s=config.server_timeout_s, max_concurrency=c)  # fmt: skip
                         try:
                             rec, _ = _run_ours(name, eng, task, w, server.start_s, server.counters,
-                                               server.reset_prefix_cache)  # fmt: skip
+                                               server.reset_prefix_cache, protocol)  # fmt: skip
                         finally:
                             if eng is not ours:
                                 eng.close()
@@ -290,7 +316,7 @@ def run_peer_bench(
             for name in (v for v in INPROC if v in config.variants and INPROC[v][0] == backend):
                 workload = dataclasses.replace(w, **INPROC[name][1])
                 rec, trajs = _run_ours(name, engine, task, workload, start_s, lambda: None,
-                                       lambda e=engine: reset_prefix_cache(e))  # fmt: skip
+                                       lambda e=engine: reset_prefix_cache(e), protocol)  # fmt: skip
                 if name == "ours-inproc":
                     base = trajs
                 elif base is not None:
@@ -313,6 +339,8 @@ def summarize(config: PeerBenchConfig, variants: dict[str, dict[str, Any]], *, n
         "bench": "peer",
         "workload": {**dataclasses.asdict(config.workload), "items": n_items,
                      "requests_per_item": 1 + 3 * config.workload.steps},  # fmt: skip
+        "protocol": config.protocol,
+        "protocol_hash": protocol_hash(config.run_protocol()),
         "server_engine": server_spec,
         "textgrad_best": best["variant"] if best else None,
         "speedup_vs_textgrad_best": _ratio(best_wall, inproc["wall_s"] if inproc else None),

@@ -2,14 +2,15 @@
 
 Each (question, seed) item runs the per-item steps of TextGrad's own
 ``evaluation/solution_optimization.py`` (zou-group/textgrad): a zero-shot
-answer from ``tg.BlackboxLLM`` under that script's system prompt, then T times
+answer from ``tg.BlackboxLLM`` under the protocol's forward system prompt (the
+script's simple-evals one under ``--protocol textgrad``), then T times
 ``optimizer.zero_grad()``, the test-time loss ``MultiChoiceTestTime`` (the
 script's loss class; its evaluation instruction is the task's initial loss
 prompt, as in our inner loop), ``loss.backward()`` and a
-``TextualGradientDescent`` step with the task's answer format as its
-constraint. Items run from a ``ThreadPoolExecutor`` of a given width, as the
-script does (``--num_threads``); the server's continuous batching batches the
-threads.
+``TextualGradientDescent`` step with the task's TGD constraint, the answer
+having the task's role (the script's for multiple choice). Items run from a
+``ThreadPoolExecutor`` of a given width, as the script does
+(``--num_threads``); the server's continuous batching batches the threads.
 
 Engines: TextGrad's ``ChatExternalClient`` (its ``ChatOpenAI`` on a caller's
 ``openai.OpenAI`` client), unchanged except:
@@ -19,16 +20,21 @@ Engines: TextGrad's ``ChatExternalClient`` (its ``ChatOpenAI`` on a caller's
   TextGrad opens at construction goes to a temporary folder, not the user's;
 * calls use the workload's sampling (TextGrad's engine takes ``temperature``,
   ``max_tokens``, ``top_p`` per call; its ops pass none, so the defaults would
-  be temperature 0 and 2000 tokens): the answer engine samples at the forward
-  temperature with the item's seed (added to the request by a thin client
-  wrapper, since TextGrad's engine has no seed parameter), the loss /
-  backward / update engine is greedy, both capped at ``max_tokens``.
+  be temperature 0, top_p 0.99 and 2000 tokens): the answer engine samples at
+  the forward temperature with the item's seed (added to the request by a thin
+  client wrapper, since TextGrad's engine has no seed parameter), the loss /
+  backward / update engine at the optimizer temperature, all at the
+  protocol's top_p and capped at ``max_tokens``;
+* with no forward system prompt (the default protocol) the client wrapper
+  drops the empty system message TextGrad's engine would send, as our
+  requests have none.
 
-TextGrad cannot prefill the answer's start, so the paper's inference template
-is not used here; prompts are TextGrad's own. A TGD step whose output lacks
-the ``<IMPROVED_VARIABLE>`` tags raises in TextGrad (weak models do this);
-the driver then keeps the previous answer and goes on, as our inner loop
-does, so both send 1 + 3T requests per item.
+So under ``--protocol textgrad`` TextGrad and our inner loop send the same
+requests. Under the default protocol one difference stays: TextGrad cannot
+prefill the answer's start, so its answers lack the paper's inference
+template. A TGD step whose output lacks the ``<IMPROVED_VARIABLE>`` start tag
+raises in TextGrad (weak models do this); the driver then keeps the previous
+answer and goes on, as our inner loop does, so both send 1 + 3T requests per item.
 """
 
 from __future__ import annotations
@@ -43,23 +49,15 @@ from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 
-from engines.adapters.common import offline_library_env
-
-#: the system prompt of get_zeroshot_answer in TextGrad's solution_optimization.py
-#: (from openai/simple-evals' chat sampler)
-ZERO_SHOT_SYSTEM_PROMPT = (
-    "You are ChatGPT, a large language model trained by OpenAI, based on the GPT-4 architecture."
-    "\nKnowledge cutoff: 2023-12\nCurrent date: 2024-04-01"
-)
-#: role description of the optimized answer in that script
-SOLUTION_ROLE = "creative and precise solution and the prediction for the multiple choice question"
+from engines.adapters.common import import_textgrad
 
 
 class CountingClient:
     """The part of ``openai.OpenAI`` TextGrad's engine calls, counting requests and tokens.
 
     ``chat.completions.create`` forwards to ``client``; with ``seeded`` it adds
-    the calling thread's item seed (``set_item_seed``).
+    the calling thread's item seed, and it drops an empty system message (what
+    TextGrad's engine sends for "no system prompt").
     """
 
     def __init__(self, client: Any, *, seeded: bool) -> None:
@@ -73,6 +71,9 @@ class CountingClient:
         seed = getattr(_item, "seed", None)
         if self._seeded and seed is not None:
             kwargs["seed"] = seed
+        messages = kwargs.get("messages") or []
+        if messages and messages[0].get("role") == "system" and not messages[0].get("content"):
+            kwargs["messages"] = messages[1:]
         resp = self._client.chat.completions.create(**kwargs)
         usage = getattr(resp, "usage", None)
         with self._lock:
@@ -102,9 +103,14 @@ def _construction_env(api_key: str) -> Iterator[None]:
                     os.environ[k] = v
 
 
-def make_engine(client: CountingClient, model: str, *, temperature: float, max_tokens: int) -> Any:
-    """TextGrad's ``ChatExternalClient`` with its cache off and the workload's sampling."""
-    offline_library_env()
+def make_engine(client: CountingClient, model: str, *, temperature: float, max_tokens: int, top_p: float = 1.0,
+                system_prompt: str | None = None) -> Any:  # fmt: skip
+    """TextGrad's ``ChatExternalClient`` with its cache off and the workload's sampling.
+
+    ``system_prompt`` is the engine's default (None: TextGrad's own; "" sends an
+    empty one, which ``CountingClient`` drops).
+    """
+    import_textgrad()
     from textgrad.engine.local_model_openai_api import ChatExternalClient
 
     class UncachedExternalClient(ChatExternalClient):
@@ -120,25 +126,30 @@ def make_engine(client: CountingClient, model: str, *, temperature: float, max_t
             return None
 
         def __call__(self, prompt: Any, **kwargs: Any) -> str:
-            sampling = {"temperature": temperature, "max_tokens": max_tokens, "top_p": 1.0}
+            sampling = {"temperature": temperature, "max_tokens": max_tokens, "top_p": top_p}
             return self.generate(prompt, **{**sampling, **kwargs})
 
+    extra = {} if system_prompt is None else {"system_prompt": system_prompt}
     with _construction_env(client.api_key or "EMPTY"):
-        return UncachedExternalClient(client=client, model_string=model)  # type: ignore[arg-type]
+        return UncachedExternalClient(client=client, model_string=model, **extra)  # type: ignore[arg-type]
 
 
-def run_item(question: str, seed: int, *, steps: int, loss_prompt: str, constraint: str | None,
-             forward_engine: Any, optimizer_engine: Any) -> list[str]:
-    """One item, TextGrad's way; returns the errors it met (empty when none)."""
-    import textgrad as tg
+def run_item(question: str, seed: int, *, steps: int, loss_prompt: str, constraint: str | None, role: str,
+             system_prompt: str | None, forward_engine: Any, optimizer_engine: Any) -> list[str]:  # fmt: skip
+    """One item, TextGrad's way; returns the errors it met (empty when none).
+
+    ``system_prompt`` None: the forward call has none (the engine's empty default).
+    """
+    tg = import_textgrad()
     from textgrad.loss import MultiChoiceTestTime
 
     _item.seed = seed
     errors: list[str] = []
-    system = tg.Variable(ZERO_SHOT_SYSTEM_PROMPT, requires_grad=False, role_description="system prompt to the language model")
+    system = None if system_prompt is None else tg.Variable(system_prompt, requires_grad=False,
+                                                            role_description="system prompt")  # fmt: skip
     model = tg.BlackboxLLM(forward_engine, system)
-    answer = model(tg.Variable(question, requires_grad=False, role_description="question to the language model"))
-    instance = tg.Variable(answer.value, requires_grad=True, role_description=SOLUTION_ROLE)
+    answer = model(tg.Variable(question, requires_grad=False, role_description="question"))
+    instance = tg.Variable(answer.value, requires_grad=True, role_description=role)
     optimizer = tg.TextualGradientDescent(engine=optimizer_engine, parameters=[instance],
                                           constraints=[constraint] if constraint else [])  # fmt: skip
     objective = MultiChoiceTestTime(loss_prompt, engine=optimizer_engine)
@@ -164,9 +175,16 @@ def run_textgrad(
     max_tokens: int,
     loss_prompt: str,
     constraint: str | None,
+    role: str,
+    system_prompt: str | None,
+    top_p: float,
+    optimizer_temperature: float = 0.0,
     timeout_s: float = 3600.0,
 ) -> dict[str, Any]:
     """Runs every (question, seed) item on a thread pool of ``width``.
+
+    Sampling, system prompt, role and constraint are those of the protocol our
+    variants run under (see the module docstring).
 
     Returns:
         ``wall_s``, client-side ``requests``/``prompt_tokens``/``completion_tokens``,
@@ -178,12 +196,13 @@ def run_textgrad(
 
     raw = openai.OpenAI(base_url=base_url, api_key="EMPTY", timeout=timeout_s, max_retries=0)
     fwd_client, opt_client = CountingClient(raw, seeded=True), CountingClient(raw, seeded=False)
-    fwd = make_engine(fwd_client, model, temperature=temperature, max_tokens=max_tokens)
-    opt = make_engine(opt_client, model, temperature=0.0, max_tokens=max_tokens)
+    fwd = make_engine(fwd_client, model, temperature=temperature, max_tokens=max_tokens, top_p=top_p,
+                      system_prompt="" if system_prompt is None else None)  # fmt: skip
+    opt = make_engine(opt_client, model, temperature=optimizer_temperature, max_tokens=max_tokens, top_p=top_p)
 
     def one(item: tuple[str, int]) -> list[str]:
-        return run_item(item[0], item[1], steps=steps, loss_prompt=loss_prompt, constraint=constraint,
-                        forward_engine=fwd, optimizer_engine=opt)  # fmt: skip
+        return run_item(item[0], item[1], steps=steps, loss_prompt=loss_prompt, constraint=constraint, role=role,
+                        system_prompt=system_prompt, forward_engine=fwd, optimizer_engine=opt)  # fmt: skip
 
     failed: list[str] = []
     update_errors = 0

@@ -168,6 +168,7 @@ def add_peer_bench(bench_sub: argparse._SubParsersAction) -> None:
     """Adds ``peer``: ours vs the real TextGrad on one vLLM server (``mtg_local.bench.peer_bench``)."""
     from mtg_local.bench import peer_bench
     from mtg_local.bench.inner_loop_bench import InnerLoopBenchConfig
+    from mtg_local.protocol import PRESETS
     from mtg_local.tasks import task_names
 
     d = InnerLoopBenchConfig()
@@ -185,7 +186,11 @@ def add_peer_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=d.steps, metavar="T", help="default: %(default)s")
     p.add_argument("--max-tokens", type=int, default=d.max_tokens, metavar="M",
                    help="per request, all phases (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=d.temperature, help="forward phase (default: %(default)s)")
+    p.add_argument("--protocol", default="default", choices=tuple(PRESETS),
+                   help="protocol of TextGrad and our variants alike: default, or textgrad (TextGrad's "
+                        "solution_optimization.py; then both send the same requests) (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="forward phase (default: the protocol's: 0.7 default, 0 textgrad)")
     p.add_argument("--task", default=d.task, choices=task_names(), help="default: %(default)s")
     p.add_argument("--split", default=d.split, choices=("train", "val", "test"), help="default: %(default)s")
     p.add_argument("--widths", default="1,16,32,all",
@@ -203,13 +208,16 @@ def run_peer_bench_cli(args: argparse.Namespace) -> int:
     """Runs ``mtg bench peer`` on vLLM; the table goes to stderr, one JSON line to stdout."""
     from mtg_local.bench import peer_bench
     from mtg_local.bench.inner_loop_bench import InnerLoopBenchConfig
+    from mtg_local.protocol import PRESETS
 
+    temperature = args.temperature if args.temperature is not None else PRESETS[args.protocol].temperature
     try:
         config = peer_bench.PeerBenchConfig(
             workload=InnerLoopBenchConfig(
                 questions=args.questions, seeds=args.seeds, steps=args.steps, max_tokens=args.max_tokens,
-                temperature=args.temperature, task=args.task, split=args.split,
+                temperature=temperature, task=args.task, split=args.split,
             ),
+            protocol=args.protocol,
             widths=peer_bench.parse_widths(args.widths),
             variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
             server_concurrency=peer_bench.parse_concurrency(args.server_concurrency),

@@ -1,144 +1,204 @@
-"""Prompt texts of the batched TextGrad operations (forward, loss, backward, TGD step).
+"""TextGrad's prompt texts, read from the installed ``textgrad`` package (no copy here).
 
-Written for this project: the call structure, the roles and the tags
-(``<ROLE>``, ``<LM_SYSTEM_PROMPT>``, ``<LM_INPUT>``, ``<LM_OUTPUT>``,
-``<OBJECTIVE_FUNCTION>``, ``<VARIABLE>``, ``<CONVERSATION>``, ``<CONTEXT>``,
-``<FEEDBACK>``, ``<CONSTRAINTS>``, ``<IMPROVED_VARIABLE>``) are TextGrad's, the
-words are our own. Templates are ``str.format`` strings with the named fields
-shown. The structure follows TextGrad (version in the venv):
+The default prompt layout (``mtg_local.textgrad.textgrad_layout``) sends what
+TextGrad 0.1.8 sends: its texts and the functions that assemble them come
+from the package, imported on first use (``import textgrad`` takes seconds,
+so importing this module does not import it):
 
-* loss -- ``textgrad/loss.py`` ``MultiChoiceTestTime``: a fixed evaluator
-  system prompt (``DEFAULT_TEST_TIME``) and the user turn
-  ``"{instruction}\nQuestion: {question}\nAnswer by the language model: {prediction}"``
-  with the loss prompt theta_L as the instruction;
-* backward -- ``textgrad/autograd/llm_ops.py`` ``_backward_through_llm_base``
-  with ``textgrad/autograd/llm_backward_prompts.py``: the evaluator's
-  conversation (system prompt, input, output), the objective, then the
-  variable span -- TextGrad's ``variable_short`` (``Variable.short_value``:
-  first and last 10 words), the full value being in the conversation;
-* TGD step -- ``textgrad/optimizer/optimizer_prompts.py``: role, variable
-  (short, as in the backward call), context (per gradient, the conversation it came from and its feedback,
-  ``GRADIENT_TEMPLATE``), the improve instruction, constraints, the output
-  format.
+* ``LOSS_SYSTEM_PROMPT`` -- ``textgrad.loss.DEFAULT_TEST_TIME``, the system
+  prompt of ``MultiChoiceTestTime``; its user turn is that class's format
+  string (``loss_format``);
+* ``BACKWARD_SYSTEM_PROMPT`` -- ``textgrad.autograd.llm_backward_prompts``;
+  the backward user turn is ``LLMCall._construct_llm_base_backward_prompt``;
+* ``OPTIMIZER_SYSTEM_PROMPT`` -- ``textgrad.optimizer.optimizer_prompts``,
+  formatted with the tags as ``TextualGradientDescent`` does; the update user
+  turn is ``construct_tgd_prompt`` over ``get_gradient_and_context_text``;
+* ``QUERY_TEMPLATE_MULTICHOICE`` -- ``textgrad.tasks.mmlu`` (simple-evals'
+  multiple-choice question);
+* ``short_value`` -- ``Variable.get_short_value``.
 
-Within that structure shared text comes first (system prompts, role, theta_L,
-question) and per-item text last, so requests of one phase share long
-prefixes in vLLM's prefix cache.
+A few texts exist only in TextGrad's evaluation scripts, not in the package,
+so they cannot be imported; they are kept below with their source. On first
+use the rendered texts are checked against ``PROMPTS_FINGERPRINT``: another
+textgrad version that words them differently stops with an error instead of
+silently sending other prompts under the same ``prompts`` protocol setting.
 """
 
-#: Tags around the improved variable in a TGD step's output.
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+from types import ModuleType
+from typing import Any
+
+#: The protocol's ``prompts`` value for these texts.
+PROMPTS = "textgrad-0.1.8"
+
+#: Tags around the improved variable in a TGD step's output: TextGrad's default
+#: ``new_variable_tags`` (checked against the package on first use).
 IMPROVED_VARIABLE_START = "<IMPROVED_VARIABLE>"
 IMPROVED_VARIABLE_END = "</IMPROVED_VARIABLE>"
 
-#: Role of the answer variable that solution optimization improves.
-ANSWER_ROLE = "solution to the question: step-by-step reasoning that ends with the final answer line"
-
-#: Role of the loss output (an evaluation in natural language).
-EVALUATION_ROLE = "evaluation of the solution"
-
-# -- loss --------------------------------------------------------------------
-#: Fixed system prompt of every loss call: the evaluator's role (TextGrad's
-#: DEFAULT_TEST_TIME in our words). theta_L is NOT here: it heads the user turn.
-LOSS_SYSTEM_PROMPT = (
-    "You are the evaluator inside an optimization system that improves answers written by a "
-    "language model. You will be shown a problem and the answer the model gave. Examine the "
-    "reasoning and the final answer. Do not solve the problem yourself: only point out the issues "
-    "and mistakes the answer may have. Look at it from several angles and be strict and critical."
+# -- texts of TextGrad's evaluation scripts (repository zou-group/textgrad, not in the package) --
+#: ``evaluation/solution_optimization.py``, ``get_zeroshot_answer``'s ``STARTING_SYSTEM_PROMPT``
+#: (that script cites openai/simple-evals ``sampler/chat_completion_sampler.py``).
+SIMPLE_EVALS_SYSTEM_PROMPT = (
+    "You are ChatGPT, a large language model trained by OpenAI, based on the GPT-4 architecture."
+    "\nKnowledge cutoff: 2023-12\nCurrent date: 2024-04-01"
+)
+#: ``evaluation/solution_optimization.py``, ``run_test_time_training``: role of the optimized answer.
+MULTIPLE_CHOICE_ROLE = "creative and precise solution and the prediction for the multiple choice question"
+#: ``evaluation/solution_optimization.py``, ``run_test_time_training``: the TGD constraint.
+MULTIPLE_CHOICE_CONSTRAINT = (
+    "The last line of your response should be of the following format: 'Answer: $LETTER' (without quotes) "
+    "where LETTER is one of ABCD."
 )
 
-#: User turn of the loss call (TextGrad's MultiChoiceTestTime layout). Fields:
-#: loss_prompt (theta_L, the evaluation instruction), question, answer. No
-#: ground truth: it is not available at inference.
-LOSS_INPUT_TEMPLATE = "{loss_prompt}\nQuestion: {question}\nAnswer by the language model: {answer}"
-
-# -- backward ----------------------------------------------------------------
-BACKWARD_SYSTEM_PROMPT = (
-    "You are the feedback step of a system that improves text with language models. The text "
-    "being improved is called the variable: a solution to a problem, a prompt, code or any other "
-    "text. Your only job is to criticise the variable with respect to the objective given in "
-    "<OBJECTIVE_FUNCTION>: point to concrete mistakes, explain why they hurt the objective and "
-    "say what to change. Keep in mind the role of the variable and the context it is used in; "
-    "it will be used in a similar context again. Do not write a new version of the variable: "
-    "that is the next step's job. If the variable already works well, say so and give no "
-    "feedback.\n\n"
-    "Tags you will see:\n"
-    "<LM_SYSTEM_PROMPT>: the system prompt of a language model call.\n"
-    "<LM_INPUT>: what that call read.\n"
-    "<LM_OUTPUT>: what it answered.\n"
-    "<OBJECTIVE_FUNCTION>: the goal of the optimization.\n"
-    "<VARIABLE>: the span of text to give feedback on.\n"
-    "<ROLE>: the role of the variable."
-)
-
-#: One language-model call as the backward and TGD steps show it (TextGrad's
-#: CONVERSATION_TEMPLATE). Fields: system_prompt, input, output.
-CONVERSATION_TEMPLATE = (
-    "<LM_SYSTEM_PROMPT>{system_prompt}</LM_SYSTEM_PROMPT>\n\n"
-    "<LM_INPUT>{input}</LM_INPUT>\n\n"
-    "<LM_OUTPUT>{output}</LM_OUTPUT>"
-)
-
-#: User turn of the backward call (TextGrad's CONVERSATION_START_INSTRUCTION_BASE +
-#: OBJECTIVE_INSTRUCTION_BASE + EVALUATE_VARIABLE_INSTRUCTION). Fields: role,
-#: conversation (``CONVERSATION_TEMPLATE`` of the loss call), variable.
-BACKWARD_USER_TEMPLATE = (
-    "You give feedback on a variable whose role is: <ROLE>{role}</ROLE>. "
-    "A language model evaluated the variable in this call:\n\n"
-    "{conversation}\n\n"
-    "<OBJECTIVE_FUNCTION>Criticise the variable using the evaluation output above. The only goal "
-    "is a better evaluation of the variable.</OBJECTIVE_FUNCTION>\n\n"
-    "Give feedback on this span of text, the {role}:\n\n<VARIABLE>{variable}</VARIABLE>\n\n"
-    "Given the call above, how should the {role} change to improve the objective? Be specific, "
-    "critical and concrete."
-)
-
-# -- TGD step ----------------------------------------------------------------
-OPTIMIZER_SYSTEM_PROMPT = (
-    "You are the update step of a system that improves text (the variable): solutions to "
-    "problems, prompts, code or other text. You get the variable, its role, the context it was "
-    "used in and feedback on it. Feedback can be noisy: keep what is right, fix what is wrong, "
-    "and respect the role of the variable and the context it is used in. Reply with the complete "
-    f"improved variable between {IMPROVED_VARIABLE_START} and {IMPROVED_VARIABLE_END} tags. The "
-    "text between the tags replaces the variable exactly as written, so put nothing else between "
-    "them.\n\n"
-    "Tags you will see:\n"
-    "<LM_SYSTEM_PROMPT>, <LM_INPUT>, <LM_OUTPUT>: a language model call's system prompt, input "
-    "and output.\n"
-    "<CONVERSATION>: a call the variable took part in.\n"
-    "<FEEDBACK>: feedback on the variable.\n"
-    "<ROLE>: the role of the variable."
-)
-
-#: User turn of the TGD step (TextGrad's TGD_PROMPT_PREFIX + CONSTRAINT_PROMPT_ADDITION +
-#: TGD_PROMPT_SUFFIX). Fields: role, variable, context (one ``GRADIENT_CONTEXT_TEMPLATE``
-#: or ``PLAIN_CONTEXT_TEMPLATE`` per gradient), constraints_block. No placeholder text
-#: between example tags: a 135M model copied "the improved variable" verbatim.
-OPTIMIZER_USER_TEMPLATE = (
-    "Role of the variable to improve: <ROLE>{role}</ROLE>\n\n"
-    "The variable is the text in this span: <VARIABLE>{variable}</VARIABLE>\n\n"
-    "Context and feedback for the variable:\n\n<CONTEXT>{context}</CONTEXT>\n\n"
-    "Improve the variable ({role}) using the feedback in the <FEEDBACK> tags.\n"
-    "{constraints_block}"
-    "Write the complete improved variable. "
-    f"Start it with {IMPROVED_VARIABLE_START} and end it with {IMPROVED_VARIABLE_END}."
-)
-
-#: Fields: constraints (one per line). Empty string when there are none.
-CONSTRAINTS_TEMPLATE = (
-    "The improved variable must follow these constraints:\n\n<CONSTRAINTS>{constraints}</CONSTRAINTS>\n\n"
-)
-
-#: One gradient that came from a language-model call (TextGrad's GRADIENT_TEMPLATE).
-#: Fields: conversation (``CONVERSATION_TEMPLATE``), response_role, variable_role, feedback.
-GRADIENT_CONTEXT_TEMPLATE = (
-    "The variable took part in this call:\n\n<CONVERSATION>{conversation}</CONVERSATION>\n\n"
-    "The call's output is used as: {response_role}.\n\n"
-    "Feedback on the {variable_role} in this call:\n\n<FEEDBACK>{feedback}</FEEDBACK>"
-)
-
-#: Gradients without a conversation (e.g. prompt optimization's summed feedback), with a
-#: plain context text. Fields: context, feedback.
+# -- ours ---------------------------------------------------------------------------------------
+#: Role of a word-sorting answer. TextGrad's solution-optimization script has no BBH task; this
+#: is its multiple-choice role with the kind of question changed (docs/protocol.md).
+WORD_SORTING_ROLE = "creative and precise solution and the prediction for the word sorting question"
+#: Role of an answer variable when the task names none.
+ANSWER_ROLE = MULTIPLE_CHOICE_ROLE
+#: A gradient that came with a plain context instead of a conversation (prompt optimization's
+#: summed feedback; TextGrad has no such gradient). Fields: context, feedback.
 PLAIN_CONTEXT_TEMPLATE = "{context}\n\n<FEEDBACK>{feedback}</FEEDBACK>"
-
-#: Separator between the blocks of several gradients of one variable in <CONTEXT>.
+#: Separator between several feedbacks folded into one plain context.
 FEEDBACK_SEPARATOR = "\n\n---\n\n"
+
+#: sha256 of the texts this module reads from textgrad 0.1.8, rendered on a fixed probe
+#: (``_fingerprint``); recomputed and compared on first use.
+PROMPTS_FINGERPRINT = "983d553e41effea85b13df4581dee94f5900e27d299e21ea0dda657f08f92c3c"
+
+#: Starts the instruction slot of ``loss_format``'s probe (no text of a real loss prompt).
+_SLOT = "\x00theta_L\x00"
+
+
+class _NoEngine:
+    """Stands in for the engine TextGrad's constructors insist on; never called here."""
+
+    system_prompt = ""
+    model_string = "mtg-local/none"
+
+    def generate(self, *args: Any, **kwargs: Any) -> str:
+        raise RuntimeError("mtg-local builds TextGrad's prompts only; its engine is never called")
+
+    __call__ = generate
+
+
+@functools.cache
+def textgrad() -> ModuleType:
+    """The ``textgrad`` package, imported the project's way and checked against ``PROMPTS_FINGERPRINT``.
+
+    Raises:
+        RuntimeError: the installed textgrad words these prompts differently from 0.1.8.
+    """
+    from engines.adapters.common import import_textgrad
+
+    tg = import_textgrad()
+    got = _fingerprint()
+    if got != PROMPTS_FINGERPRINT:
+        raise RuntimeError(
+            f"the installed textgrad {getattr(tg, '__version__', '?')} words the TextGrad layout's prompts "
+            f"differently from textgrad 0.1.8 (protocol prompts={PROMPTS!r}; fingerprint {got[:12]}, expected "
+            f"{PROMPTS_FINGERPRINT[:12]}): install textgrad==0.1.8"
+        )
+    return tg
+
+
+def _module(name: str) -> ModuleType:
+    from engines.adapters.common import import_textgrad
+
+    import_textgrad()
+    return importlib.import_module(name)
+
+
+@functools.cache
+def tgd(constraints: tuple[str, ...] = ()) -> Any:
+    """A ``textgrad.TextualGradientDescent`` with these constraints (its texts only; never stepped)."""
+    opt = _module("textgrad.optimizer.optimizer")
+    return opt.TextualGradientDescent(parameters=[], engine=_engine(), constraints=list(constraints))
+
+
+@functools.cache
+def _engine() -> Any:
+    base = _module("textgrad.engine.base")
+    return type("NoEngine", (_NoEngine, base.EngineLM), {})()
+
+
+@functools.cache
+def loss_format() -> str:
+    """``MultiChoiceTestTime``'s user-turn format with the instruction slot at its head.
+
+    ``str.format`` fields ``question`` and ``prediction``; the text starts with
+    the slot, which ``loss_user`` replaces by the loss prompt.
+    """
+    loss = _module("textgrad.loss")
+    fmt = loss.MultiChoiceTestTime(_SLOT, engine=_engine()).format_string
+    if not fmt.startswith(_SLOT):
+        raise RuntimeError("textgrad's MultiChoiceTestTime no longer starts its prompt with the instruction")
+    return fmt
+
+
+def loss_user(loss_prompt: str, question: str, prediction: str) -> str:
+    """The user turn of ``MultiChoiceTestTime(loss_prompt)(question, prediction)``.
+
+    TextGrad formats the loss prompt into its template and then formats the
+    template again, so braces in a loss prompt break its call; here the loss
+    prompt is put in as written (identical text wherever TextGrad's works).
+    """
+    return loss_prompt + loss_format().format(question=question, prediction=prediction)[len(_SLOT):]
+
+
+def evaluation_role(role: str) -> str:
+    """The role of a loss output judging a variable of role ``role`` (``MultiChoiceTestTime.forward``)."""
+    return f"evaluation of the {role}"
+
+
+def short_value(text: str, n_words_offset: int = 10) -> str:
+    """``textgrad.Variable(text).get_short_value(n_words_offset)``: first and last words of a long text."""
+    variable = _module("textgrad.variable")
+    return variable.Variable(text, requires_grad=False, role_description="").get_short_value(n_words_offset)
+
+
+def _fingerprint() -> str:
+    """sha256 of every text the TextGrad layout reads from the package, on a fixed probe."""
+    bp = _module("textgrad.autograd.llm_backward_prompts")
+    llm_ops = _module("textgrad.autograd.llm_ops")
+    op = _module("textgrad.optimizer.optimizer_prompts")
+    mmlu = _module("textgrad.tasks.mmlu")
+    info = {"response_desc": "R", "response_value": "V", "prompt": "P", "system_prompt": "S",
+            "variable_desc": "D", "variable_short": "X"}  # fmt: skip
+    opt = tgd(("C1", "C2"))
+    parts = [
+        _module("textgrad.loss").DEFAULT_TEST_TIME, loss_user("L", "Q", "A"), evaluation_role("D"),
+        bp.BACKWARD_SYSTEM_PROMPT, llm_ops.LLMCall._construct_llm_base_backward_prompt(info),
+        bp.CONVERSATION_TEMPLATE.format(**info), opt.optimizer_system_prompt, opt.constraint_text,
+        *opt.new_variable_tags,
+        op.construct_tgd_prompt(do_constrained=True, variable_desc="D", variable_value="V", variable_grad="G",
+                                variable_short="X", constraint_text="C", new_variable_start_tag="<S>",
+                                new_variable_end_tag="</S>", in_context_examples="", gradient_memory=""),
+        op.GRADIENT_TEMPLATE.format(context="C", response_desc="R", variable_desc="D", feedback="F"),
+        mmlu.QUERY_TEMPLATE_MULTICHOICE, short_value(" ".join(str(i) for i in range(30))),
+    ]
+    return hashlib.sha256("\x1e".join(parts).encode()).hexdigest()
+
+
+#: Names read from the package on first access (module ``__getattr__``).
+_LAZY = {
+    "LOSS_SYSTEM_PROMPT": lambda: _module("textgrad.loss").DEFAULT_TEST_TIME,
+    "BACKWARD_SYSTEM_PROMPT": lambda: _module("textgrad.autograd.llm_backward_prompts").BACKWARD_SYSTEM_PROMPT,
+    "CONVERSATION_TEMPLATE": lambda: _module("textgrad.autograd.llm_backward_prompts").CONVERSATION_TEMPLATE,
+    "OPTIMIZER_SYSTEM_PROMPT": lambda: tgd().optimizer_system_prompt,
+    "QUERY_TEMPLATE_MULTICHOICE": lambda: _module("textgrad.tasks.mmlu").QUERY_TEMPLATE_MULTICHOICE,
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        textgrad()  # checked once
+        value = _LAZY[name]()
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

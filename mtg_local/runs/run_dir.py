@@ -8,10 +8,14 @@ Layout (all JSON written atomically: temp file + ``os.replace``)::
     RUN_DIR/cache.sqlite      generation cache (engines.cache)
     RUN_DIR/results.json      final results (schema: RESULTS_SCHEMA_VERSION)
     RUN_DIR/trajectories.jsonl per-item records
+    RUN_DIR/textgrad_logs/    TextGrad's own log, when this is the process's first run dir
+                              (``engines.adapters.common.textgrad_log_dir``)
 
 Every writer here passes what it writes through ``mtg_local.runs.secrets.redact``
 (API keys, tokens, credentials in URLs or error texts), so no file of a run dir
-holds a secret whatever the caller put in.
+holds a secret whatever the caller put in. TextGrad writes its own log (the
+prompts and responses of TextGrad objects); no key ever passes through TextGrad
+here (our engines hold them; ``tests/test_textgrad_adapter.py`` checks the log).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engines.adapters.common import textgrad_log_dir
 from mtg_local.runs.secrets import redact
 
 #: Bumped when results.json changes incompatibly; reports check it.
@@ -59,6 +64,7 @@ class RunDir:
 
     def create(self) -> RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
+        textgrad_log_dir(self.path)  # before anything imports textgrad, never into the cwd
         return self
 
     @property

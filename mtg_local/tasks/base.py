@@ -10,6 +10,8 @@ import abc
 import dataclasses
 from typing import Any
 
+from mtg_local.prompts import textgrad_prompts
+
 
 @dataclasses.dataclass(frozen=True)
 class Example:
@@ -75,6 +77,8 @@ class Task(abc.ABC):
     initial_loss_prompt: str = ""
     #: what the answer must look like; appended to every question
     format_instruction: str = ""
+    #: role description of an answer being optimized (shown to the backward and update calls)
+    answer_role: str = textgrad_prompts.ANSWER_ROLE
     #: answer-extraction rule, one of ``SCORINGS`` (``get_task`` sets it; recorded in describe())
     scoring: str = "reference"
 
@@ -88,6 +92,11 @@ class Task(abc.ABC):
             return f"{example.question}\n\n{self.format_instruction}"
         return example.question
 
+    @property
+    def tgd_constraint(self) -> str:
+        """The constraint every TGD update of an answer gets (default: the format instruction)."""
+        return self.format_instruction
+
     @abc.abstractmethod
     def extract_answer(self, response: str, example: Example | None = None) -> str | None:
         """The canonical answer found in a model response under ``self.scoring``, or None.
@@ -97,11 +106,15 @@ class Task(abc.ABC):
         """
 
     def update_constraints(self, example: Example) -> list[str]:
-        """Constraints of a TGD update of an answer to ``example``: the task's answer format.
+        """Constraints of a TGD update of an answer to ``example``: ``tgd_constraint``.
 
         Per example, so one batch may mix tasks (``mtg_local.tasks.multi_task``).
         """
-        return [self.format_instruction] if self.format_instruction else []
+        return [self.tgd_constraint] if self.tgd_constraint else []
+
+    def answer_role_for(self, example: Example) -> str:
+        """The role of an answer to ``example`` (``answer_role``; per example, as ``update_constraints``)."""
+        return self.answer_role
 
     def score(self, response: str, example: Example) -> float:
         """1.0 if the response's extracted answer equals the ground truth, else 0.0."""

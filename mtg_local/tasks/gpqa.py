@@ -61,7 +61,8 @@ class GPQADiamondTask(MultipleChoiceTask):
         return cls(source, seed=seed, strict=strict)
 
     def parse_row(self, row_number: int, row: dict[str, Any]) -> tuple[str, tuple[str, ...], int, dict[str, Any]]:
-        question = text_field(row, QUESTION_FIELD)
+        # as TextGrad's GPQA loader: the question unstripped, the options stripped
+        question = text_field(row, QUESTION_FIELD, strip=False)
         options = [text_field(row, f) for f in OPTION_FIELDS]
         if len({" ".join(o.lower().split()) for o in options}) != len(options):
             raise BadRow("the four answers are not distinct (the correct one would be ambiguous)")

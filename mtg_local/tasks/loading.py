@@ -274,8 +274,12 @@ def check_columns(rows: Sequence[dict[str, Any]], required: Sequence[str], label
         )
 
 
-def text_field(row: dict[str, Any], field: str) -> str:
-    """A required non-empty text field of ``row`` (numbers are accepted as text), stripped.
+def text_field(row: dict[str, Any], field: str, *, strip: bool = True) -> str:
+    """A required non-empty text field of ``row`` (numbers are accepted as text), stripped unless ``strip=False``.
+
+    ``strip=False`` keeps the text as the dataset has it, where TextGrad's loader
+    does (so the question the model reads is TextGrad's); it must still hold
+    more than whitespace.
 
     Raises:
         BadRow: the field is missing, null, not text or empty.
@@ -285,10 +289,10 @@ def text_field(row: dict[str, Any], field: str) -> str:
     value = row[field]
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise BadRow(f"field {field!r} must be text, got {type(value).__name__}")
-    text = str(value).strip()
-    if not text:
+    text = str(value)
+    if not text.strip():
         raise BadRow(f"empty field {field!r}")
-    return text
+    return text.strip() if strip else text
 
 
 def one_to_three_split(valid_rows: Sequence[int], n_rows: int, seed: int) -> tuple[list[int], list[int], list[int]]:

@@ -66,7 +66,8 @@ class MMLUMachineLearningTask(MultipleChoiceTask):
         return cls(source, seed=seed, strict=strict)
 
     def parse_row(self, row_number: int, row: dict[str, Any]) -> tuple[str, tuple[str, ...], int, dict[str, Any]]:
-        question = text_field(row, "question")
+        # as TextGrad's MMLUInstanceDataset formats them: question and options unstripped
+        question = text_field(row, "question", strip=False)
         choices = row.get("choices")
         if choices is None:
             raise BadRow("missing field 'choices'")
@@ -78,7 +79,7 @@ class MMLUMachineLearningTask(MultipleChoiceTask):
         for i, c in enumerate(choices):
             if c is None or isinstance(c, bool) or not isinstance(c, (str, int, float)) or not str(c).strip():
                 raise BadRow(f"choice {LETTERS[i]} is empty or not text ({c!r})")
-            texts.append(str(c).strip())
+            texts.append(str(c))
         correct = parse_answer_index(row.get("answer"), len(LETTERS))
         subject = row.get("subject")
         return question, tuple(texts), correct, {"subject": subject} if subject else {}

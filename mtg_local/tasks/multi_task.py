@@ -3,7 +3,7 @@
 ``MultiTask([word_sorting, mmlu])`` re-ids every example ``"<task>/<id>"`` (ids
 such as ``test-3`` repeat across tasks, and the meta step groups trajectories by
 id) and sends every per-example call -- question formatting, answer extraction,
-scoring, the update's answer-format constraint -- to the example's own task. So
+scoring, the update's answer-format constraint, the answer's role -- to the example's own task. So
 one inner loop (one engine call per phase) can hold items of every task, and
 each item's requests are exactly the ones its own task would make.
 
@@ -98,6 +98,9 @@ class MultiTask(Task):
 
     def update_constraints(self, example: Example) -> list[str]:
         return self.task_of(example).update_constraints(example)
+
+    def answer_role_for(self, example: Example) -> str:
+        return self.task_of(example).answer_role_for(example)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "scoring": self.scoring, "tasks": {n: t.describe() for n, t in self.tasks.items()}}

@@ -3,7 +3,10 @@
 A subclass says where its rows come from (``DataSource``) and how one row
 becomes ``(question, choices, correct_index, meta)``; this class loads,
 validates, splits 1:3 with a seed, renders the options as ``A) ...`` and
-parses/scores letters.
+parses/scores letters. The question the model reads is TextGrad's (and
+simple-evals') ``QUERY_TEMPLATE_MULTICHOICE``, imported from ``textgrad.tasks.mmlu``
+(``textgrad.tasks.gpqa`` holds the same template); the TGD constraint and the
+answer's role are those of TextGrad's ``evaluation/solution_optimization.py``.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import abc
 from typing import Any
 
+from mtg_local.prompts import textgrad_prompts as P
 from mtg_local.tasks.answer_parsing import extract_choice_letter, reference_choice_letter
 from mtg_local.tasks.base import Example, Splits, Task
 from mtg_local.tasks.errors import TaskDataError
@@ -18,13 +22,6 @@ from mtg_local.tasks.loading import DataSource, check_columns, load_rows, one_to
 
 LETTERS = "ABCD"
 
-#: the paper's multiple-choice format instruction (appendix B; TextGrad's template)
-MC_FORMAT_INSTRUCTION = (
-    "The last line of your response should be of the following format: 'Answer: $LETTER' "
-    "(without quotes) where LETTER is one of ABCD. Think step by step before answering."
-)
-#: opens every multiple-choice question, before the format instruction (TextGrad's template)
-MC_PREAMBLE = "Answer the following multiple choice question."
 
 #: how the 1:3 split is made (recorded in describe())
 SPLIT_RULE = (
@@ -34,9 +31,19 @@ SPLIT_RULE = (
 
 
 def render_choices(question: str, choices: tuple[str, ...]) -> str:
-    """``question`` followed by a blank line and one ``A) option`` line per choice."""
+    """``question`` followed by a blank line and one ``A) option`` line per choice (as the template has them)."""
     options = "\n".join(f"{LETTERS[i]}) {c}" for i, c in enumerate(choices))
     return f"{question}\n\n{options}"
+
+
+def format_instruction() -> str:
+    """The answer-format sentences of TextGrad's multiple-choice template (after its first sentence).
+
+    The template opens with "Answer the following multiple choice question."
+    and the format instruction, then the question and the options.
+    """
+    head = P.QUERY_TEMPLATE_MULTICHOICE.split("\n\n", 1)[0]
+    return head.split(". ", 1)[1]
 
 
 class MultipleChoiceTask(Task):
@@ -49,7 +56,7 @@ class MultipleChoiceTask(Task):
         strict: stop at the first bad row instead of skipping it.
     """
 
-    format_instruction = MC_FORMAT_INSTRUCTION
+    answer_role = P.MULTIPLE_CHOICE_ROLE
     #: columns every row must have (checked once, before rows are parsed)
     required_columns: tuple[str, ...] = ()
 
@@ -107,9 +114,28 @@ class MultipleChoiceTask(Task):
 
         return Splits(examples("train", train), examples("val", val), examples("test", test), tuple(skipped))
 
+    @property
+    def format_instruction(self) -> str:  # type: ignore[override]
+        """The answer format the question asks for (from TextGrad's template)."""
+        return format_instruction()
+
+    @property
+    def tgd_constraint(self) -> str:
+        """TextGrad's solution-optimization constraint: the answer-line format alone."""
+        return P.MULTIPLE_CHOICE_CONSTRAINT
+
     def format_question(self, example: Example) -> str:
-        """TextGrad's multiple-choice prompt: preamble, format instruction, question, options."""
-        return f"{MC_PREAMBLE} {self.format_instruction}\n\n{example.question}"
+        """``QUERY_TEMPLATE_MULTICHOICE`` formatted with the question and its four options.
+
+        ``example.question`` is the question with its options rendered after it
+        (``render_choices``); the template is given the question and the options.
+        """
+        choices = example.choices or ()
+        options = "\n\n" + "\n".join(f"{LETTERS[i]}) {c}" for i, c in enumerate(choices))
+        if len(choices) != len(LETTERS) or not example.question.endswith(options):
+            raise ValueError(f"example {example.id!r} is not a four-option question rendered by render_choices")
+        stem = example.question[: -len(options)]
+        return P.QUERY_TEMPLATE_MULTICHOICE.format(Question=stem, **dict(zip(LETTERS, choices)))
 
     def extract_answer(self, response: str, example: Example | None = None) -> str | None:
         """The answer letter: reference = first ``Answer: X`` (TextGrad); lenient = ``extract_choice_letter``."""

@@ -26,6 +26,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from mtg_local.prompts import textgrad_prompts
 from mtg_local.tasks.answer_parsing import extract_sorted_words, normalize_words, reference_sorted_words
 from mtg_local.tasks.base import Example, Splits, Task
 from mtg_local.tasks.errors import TaskDataError
@@ -136,6 +137,8 @@ class WordSortingTask(Task):
     SYNTHETIC_NAME = "synthetic_word_sorting"
     initial_loss_prompt = INITIAL_LOSS_PROMPT
     format_instruction = FORMAT_INSTRUCTION
+    #: ours: TextGrad's solution-optimization script has no word-sorting task (docs/protocol.md)
+    answer_role = textgrad_prompts.WORD_SORTING_ROLE
 
     def __init__(
         self,

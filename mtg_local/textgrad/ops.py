@@ -2,7 +2,8 @@
 
 Each function makes exactly **one** ``engine.generate`` call for its whole
 list (none for an empty list), whatever mix of loss prompts, templates or
-system prompts the items carry. Within the call, requests are ordered so that
+system prompts the items carry. What each item's request says is the prompt
+layout's business (``mtg_local.textgrad.layout``; default: TextGrad's own). Within the call, requests are ordered so that
 shared prefixes sit together (lexicographic order of the messages, which puts
 requests with a common prefix next to each other) for vLLM's prefix cache;
 results are mapped back to item order. An engine error for one item never
@@ -15,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 from engines.base import Engine, GenRequest, GenResult, SamplingConfig
 from mtg_local.prompts import textgrad_prompts as P
+from mtg_local.textgrad.layout import PromptLayout, get_layout
 from mtg_local.textgrad.variable import Gradient, LossContext, Variable
 
 Samplings = SamplingConfig | Sequence[SamplingConfig]
@@ -116,49 +118,58 @@ def loss(
     loss_prompts: Sequence[str],
     samplings: Samplings,
     ids: Sequence[str] | None = None,
+    system_prompts: Sequence[str | None] | None = None,
+    layout: PromptLayout | str = "textgrad",
 ) -> list[Variable]:
-    """Evaluates each answer with its loss prompt theta_L (no ground truth).
+    """Evaluates each answer with its loss prompt theta_L (no ground truth), in one engine call.
 
-    Built like TextGrad's test-time loss (``MultiChoiceTestTime``): the fixed
-    evaluator system prompt ``LOSS_SYSTEM_PROMPT``, and a user turn of theta_L
-    followed by the question and the answer (``LOSS_INPUT_TEMPLATE``).
+    In the default layout this is TextGrad's test-time loss
+    (``MultiChoiceTestTime``): its evaluator system prompt, and a user turn of
+    theta_L followed by the question and the answer.
 
     Args:
         engine: the evaluation engine.
         variables: the answers to judge.
         questions: the question each answer answers.
-        loss_prompts: one loss prompt theta_L per item (head of the user turn).
+        loss_prompts: one loss prompt theta_L per item.
         samplings: one config for all or one per item.
         ids: request ids (default "loss-<i>").
+        system_prompts: per item, the forward call's system prompt (the chained
+            layout extends that conversation; default: none).
+        layout: a ``PromptLayout`` or its name.
 
     Returns:
         One evaluation ``Variable`` per item (``requires_grad=False``) whose
         ``loss_context`` points back at the judged answer; ``error`` is set
         where the engine failed for that item.
     """
+    lay = _layout(layout)
     n = len(variables)
     _check_len("questions", questions, n)
     _check_len("loss_prompts", loss_prompts, n)
+    systems = list(system_prompts) if system_prompts is not None else [None] * n
+    _check_len("system_prompts", systems, n)
     sams = per_item(samplings, n)
     ids = list(ids) if ids is not None else [f"loss-{i}" for i in range(n)]
-    inputs = [
-        P.LOSS_INPUT_TEMPLATE.format(loss_prompt=lp, question=q, answer=v.value)
-        for lp, q, v in zip(loss_prompts, questions, variables)
+    built = [
+        lay.loss_request(v, question=q, loss_prompt=lp, system_prompt=s, sampling=sp, id=rid)
+        for v, q, lp, s, sp, rid in zip(variables, questions, loss_prompts, systems, sams, ids)
     ]
-    system = P.LOSS_SYSTEM_PROMPT
-    requests = [GenRequest.chat(u, system=system, sampling=sp, id=rid) for u, sp, rid in zip(inputs, sams, ids)]
-    results = generate_in_prefix_order(engine, requests)
-    return [
-        loss_output(LossContext(evaluated=v, loss_prompt=lp, loss_input=u, context=q, system_prompt=system), r)
-        for v, q, lp, u, r in zip(variables, questions, loss_prompts, inputs, results)
-    ]
+    results = generate_in_prefix_order(engine, [req for req, _ in built])
+    return [loss_output(ctx, r, role=lay.loss_role(ctx.evaluated)) for (_, ctx), r in zip(built, results)]
 
 
-def loss_output(context: LossContext, result: GenResult) -> Variable:
-    """The evaluation variable of one loss call (any prompt layout): no gradient, points back at the answer."""
+def loss_output(context: LossContext, result: GenResult, *, role: str | None = None) -> Variable:
+    """The evaluation variable of one loss call (any layout): no gradient, points back at the answer.
+
+    Args:
+        context: what the loss judged.
+        result: the loss call's result.
+        role: the output's role (default: the TextGrad layout's, "evaluation of the <answer role>").
+    """
     return Variable(
-        result.text, P.EVALUATION_ROLE, requires_grad=False, error=result.error, loss_context=context,
-        finish_reason=result.finish_reason,
+        result.text, role if role is not None else P.evaluation_role(context.evaluated.role_description),
+        requires_grad=False, error=result.error, loss_context=context, finish_reason=result.finish_reason,
     )
 
 
@@ -169,14 +180,15 @@ def backward(
     *,
     samplings: Samplings,
     ids: Sequence[str] | None = None,
+    layout: PromptLayout | str = "textgrad",
 ) -> list[str | None]:
-    """Computes d(evaluation)/d(answer) for each loss output and adds it to the answer.
+    """Computes d(evaluation)/d(answer) for each loss output and adds it to the answer (one call).
 
-    Like TextGrad's backward through an LLM call without a gradient on its
-    output (``_backward_through_llm_base``): the backward call sees the loss
-    call's conversation (system prompt, input, output), the objective and the
-    variable. The gradient keeps that conversation as its context, for the TGD
-    step (TextGrad's ``gradients_context``).
+    In the default layout this is TextGrad's backward through an LLM call
+    without a gradient on its output (``_backward_through_llm_base``): the
+    backward call sees the loss call's conversation (system prompt, input,
+    output), the objective and the variable; the gradient keeps that
+    conversation as its context for the TGD step (TextGrad's ``gradients_context``).
 
     Loss outputs that carry an error, or whose evaluated variable does not
     require a gradient, are skipped (no request).
@@ -186,24 +198,17 @@ def backward(
         losses: outputs of ``loss`` (each with a ``loss_context``).
         samplings: one config for all or one per loss output.
         ids: request ids (default "bwd-<i>").
+        layout: the ``PromptLayout`` (or its name) the losses were built with.
 
     Returns:
         Per loss output: None if a gradient was added to its variable, else why not.
     """
-
-    def build(i: int, lv: Variable, sampling: SamplingConfig, rid: str) -> GenRequest:
-        assert lv.loss_context is not None  # checked by backward_with
-        var = lv.loss_context.evaluated
-        user = P.BACKWARD_USER_TEMPLATE.format(
-            role=var.role_description, conversation=conversation(lv), variable=var.short_value()
-        )
-        return GenRequest.chat(user, system=P.BACKWARD_SYSTEM_PROMPT, sampling=sampling, id=rid)
-
-    def gradient(lv: Variable, request: GenRequest, result: GenResult) -> Gradient:
-        return Gradient(text=result.text, context=conversation(lv), response_role=lv.role_description,
-                        finish_reason=result.finish_reason)  # fmt: skip
-
-    return backward_with(engine, losses, samplings=samplings, ids=ids, build=build, gradient=gradient)
+    lay = _layout(layout)
+    return backward_with(
+        engine, losses, samplings=samplings, ids=ids,
+        build=lambda i, lv, sampling, rid: lay.backward_request(lv, sampling=sampling, id=rid),
+        gradient=lay.gradient,
+    )
 
 
 def backward_with(
@@ -258,11 +263,12 @@ def backward_with(
     return errors
 
 
+def _layout(layout: PromptLayout | str) -> PromptLayout:
+    return get_layout(layout) if isinstance(layout, str) else layout
+
+
 def conversation(loss_output: Variable) -> str:
-    """The loss call that produced ``loss_output``, as the backward and TGD steps show it."""
-    ctx = loss_output.loss_context
-    if ctx is None:
-        raise ValueError("not a loss output (no loss_context)")
-    return P.CONVERSATION_TEMPLATE.format(
-        system_prompt=ctx.system_prompt, input=ctx.loss_input, output=loss_output.value
-    )
+    """The loss call that produced ``loss_output`` as TextGrad quotes it (``CONVERSATION_TEMPLATE``)."""
+    from mtg_local.textgrad.textgrad_layout import _backward_info
+
+    return P.CONVERSATION_TEMPLATE.format(**_backward_info(loss_output))

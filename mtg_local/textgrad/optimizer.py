@@ -3,9 +3,12 @@
 Like TextGrad's ``TGD`` (``zero_grad()`` / ``step()``), but ``step()`` rewrites
 *all* its parameters in **one** engine call. Each parameter may carry its own
 constraints (e.g. the task's answer format) and context (the question it
-answers). An output without well-formed ``<IMPROVED_VARIABLE>`` tags, or an
-engine error, keeps that parameter's previous value and records why; the
-other parameters are still updated.
+answers). The prompt layout builds each request (default: TextGrad's
+``construct_tgd_prompt``). An output without well-formed
+``<IMPROVED_VARIABLE>`` tags, or an engine error, keeps that parameter's
+previous value and records why; the other parameters are still updated.
+TextGrad raises on such an output and stops; reading is more tolerant here
+(``update_parsing``) and never changes a request.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from collections.abc import Callable, Sequence
 
 from engines.base import Engine, GenRequest, SamplingConfig, is_cut_off
 from mtg_local.prompts import textgrad_prompts as P
+from mtg_local.textgrad.layout import PromptLayout, get_layout
 from mtg_local.textgrad.ops import Samplings, generate_in_prefix_order, per_item
-from mtg_local.textgrad.update_parsing import parse_improved_variable
-from mtg_local.textgrad.variable import Gradient, Variable
+from mtg_local.textgrad.update_parsing import UPDATE_PARSINGS, parse_update
+from mtg_local.textgrad.variable import Variable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +56,14 @@ class TextualGradientDescent:
             conversation it came from, precedes its feedback).
         prefill_tag: start the response with ``<IMPROVED_VARIABLE>`` where the
             engine can prefill the assistant turn (helps weak models keep the
-            format; the parser accepts outputs with or without it).
+            format; the parser accepts outputs with or without it). TextGrad
+            does not prefill (the protocol's ``prefill_update_tag`` is off by default).
         validate: optional ``validate(index, old_value, new_value)`` returning
             None to accept a parsed update or the reason to reject it (e.g.
             the new answer lost the task's answer format).
+        layout: the ``PromptLayout`` (or its name) that builds the requests.
+        parsing: how outputs are read, one of ``UPDATE_PARSINGS`` ("tolerant", or
+            "textgrad": TextGrad's split, which also takes an unclosed body).
     """
 
     def __init__(
@@ -67,6 +75,8 @@ class TextualGradientDescent:
         contexts: Sequence[str] | None = None,
         prefill_tag: bool = True,
         validate: Callable[[int, str, str], str | None] | None = None,
+        layout: PromptLayout | str = "textgrad",
+        parsing: str = "tolerant",
     ) -> None:
         self.parameters = list(parameters)
         self.engine = engine
@@ -84,6 +94,10 @@ class TextualGradientDescent:
         self.contexts = list(contexts) if contexts is not None else None
         self.prefill_tag = prefill_tag and engine.capabilities.response_prefix
         self.validate = validate
+        self.layout = get_layout(layout) if isinstance(layout, str) else layout
+        if parsing not in UPDATE_PARSINGS:
+            raise ValueError(f"parsing must be one of {', '.join(UPDATE_PARSINGS)}, got {parsing!r}")
+        self.parsing = parsing
 
     def zero_grad(self) -> None:
         """Drops the gradients of every parameter."""
@@ -122,7 +136,7 @@ class TextualGradientDescent:
                 outcomes[i] = StepOutcome(False, why, engine_error=True, finish_reason=fr)
                 continue
             raw = prefix + r.text
-            parsed = parse_improved_variable(raw, truncated=is_cut_off(fr))
+            parsed = parse_update(raw, parsing=self.parsing, truncated=is_cut_off(fr))
             if parsed.value is None:
                 outcomes[i] = StepOutcome(False, parsed.error, raw, finish_reason=fr)
                 continue
@@ -135,38 +149,9 @@ class TextualGradientDescent:
         return outcomes
 
     def _request(self, i: int, *, sampling: SamplingConfig, id: str, response_prefix: str) -> GenRequest:
-        """The update request of parameter ``i`` (a layout's subclass builds its own)."""
-        return GenRequest.chat(
-            self._user_message(i),
-            system=P.OPTIMIZER_SYSTEM_PROMPT,
-            sampling=sampling,
-            id=id,
-            response_prefix=response_prefix,
+        """The update request of parameter ``i``, as the layout builds it."""
+        return self.layout.update_request(
+            self.parameters[i], constraints=self.constraints[i],
+            context=self.contexts[i] if self.contexts is not None else None,
+            sampling=sampling, id=id, response_prefix=response_prefix,
         )
-
-    def _user_message(self, i: int) -> str:
-        """TextGrad's TGD prompt: role, variable, <CONTEXT> of context + feedback, constraints."""
-        var = self.parameters[i]
-        cons = self.constraints[i]
-        block = P.CONSTRAINTS_TEMPLATE.format(constraints="\n".join(cons)) if cons else ""
-        if self.contexts is not None:
-            context = P.PLAIN_CONTEXT_TEMPLATE.format(
-                context=self.contexts[i], feedback=var.gradient_text(P.FEEDBACK_SEPARATOR)
-            )
-        else:
-            context = P.FEEDBACK_SEPARATOR.join(_gradient_block(var, g) for g in var.gradients)
-        return P.OPTIMIZER_USER_TEMPLATE.format(
-            role=var.role_description, variable=var.short_value(), context=context, constraints_block=block
-        )
-
-
-def _gradient_block(var: Variable, g: Gradient) -> str:
-    """One gradient in <CONTEXT>: its conversation and feedback (TextGrad's GRADIENT_TEMPLATE)."""
-    if g.response_role:
-        return P.GRADIENT_CONTEXT_TEMPLATE.format(
-            conversation=g.context, response_role=g.response_role, variable_role=var.role_description,
-            feedback=g.text,
-        )
-    if g.context:
-        return P.PLAIN_CONTEXT_TEMPLATE.format(context=g.context, feedback=g.text)
-    return f"<FEEDBACK>{g.text}</FEEDBACK>"

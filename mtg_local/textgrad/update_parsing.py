@@ -1,10 +1,20 @@
-"""Parsing the improved variable out of a TGD step's output, robustly.
+"""Reading the improved variable out of a TGD step's output: TextGrad's rule or a tolerant one.
 
-Weak models break the tags in every possible way: no start tag, no end tag,
-the start tag twice (once prefilled, once written), odd case or spaces inside
-the brackets, an empty body, output cut off at ``max_tokens``. Parsing never
-raises: it returns the new value or the reason it found none, and the caller
-keeps the previous value.
+``UPDATE_PARSINGS`` (the protocol's ``update_parsing``):
+
+* ``textgrad`` -- TextGrad's ``TextualGradientDescent.step``:
+  ``text.split(start)[1].split(end)[0].strip()``. So an output whose end tag
+  is missing (or cut off at ``max_tokens``) still gives everything after the
+  start tag, and an empty body gives an empty value. Without a start tag
+  TextGrad raises ``IndexError`` (its solution-optimization script then
+  stops); here the previous value is kept.
+* ``tolerant`` -- weak models break the tags in every possible way: no start
+  tag, no end tag, the start tag twice (once prefilled, once written), odd case
+  or spaces inside the brackets, an empty body, output cut off at
+  ``max_tokens``. This rule takes only a complete, non-empty body.
+
+Parsing never raises: it returns the new value or the reason it found none,
+and the caller keeps the previous value.
 """
 
 from __future__ import annotations
@@ -41,6 +51,30 @@ class ParsedUpdate:
     @property
     def ok(self) -> bool:
         return self.value is not None
+
+
+#: How update outputs are read (see the module docstring).
+UPDATE_PARSINGS = ("textgrad", "tolerant")
+
+
+def parse_update(text: str, *, parsing: str = "tolerant", truncated: bool = False,
+                 start_tag: str = IMPROVED_VARIABLE_START, end_tag: str = IMPROVED_VARIABLE_END) -> ParsedUpdate:  # fmt: skip
+    """The improved variable of a TGD output under rule ``parsing`` ("textgrad" or "tolerant")."""
+    if parsing == "textgrad":
+        return parse_textgrad(text, start_tag=start_tag, end_tag=end_tag)
+    if parsing == "tolerant":
+        return parse_improved_variable(text, truncated=truncated, start_tag=start_tag, end_tag=end_tag)
+    raise ValueError(f"update_parsing must be one of {', '.join(UPDATE_PARSINGS)}, got {parsing!r}")
+
+
+def parse_textgrad(
+    text: str, *, start_tag: str = IMPROVED_VARIABLE_START, end_tag: str = IMPROVED_VARIABLE_END
+) -> ParsedUpdate:
+    """TextGrad's rule: ``text.split(start_tag)[1].split(end_tag)[0].strip()``; no start tag: no value."""
+    parts = text.split(start_tag)
+    if len(parts) < 2:
+        return ParsedUpdate(None, f"no {start_tag} tag in the update output (TextGrad raises IndexError here)")
+    return ParsedUpdate(parts[1].split(end_tag)[0].strip())
 
 
 def parse_improved_variable(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from engines.base import Message
+from mtg_local.prompts.textgrad_prompts import short_value as textgrad_short_value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,17 +96,13 @@ class Variable:
         self.gradients.clear()
 
     def short_value(self, n_words_offset: int = SHORT_VALUE_WORDS) -> str:
-        """The value as the backward and TGD prompts show it: TextGrad's ``get_short_value``.
+        """The value as the backward and TGD prompts show it: TextGrad's ``Variable.get_short_value``.
 
-        Values of more than ``2 * n_words_offset`` space-separated words become
-        their first and last ``n_words_offset`` words around ``" (...) "``;
-        shorter values are shown whole. The full value stays in the loss
-        call's conversation, which both prompts quote.
+        Long values become their first and last ``n_words_offset`` words (the
+        rule is TextGrad's, called, not copied). The full value stays in the
+        loss call's conversation, which both prompts quote.
         """
-        words = self.value.split(" ")
-        if len(words) <= 2 * n_words_offset:
-            return self.value
-        return " ".join(words[:n_words_offset]) + " (...) " + " ".join(words[-n_words_offset:])
+        return textgrad_short_value(self.value, n_words_offset)
 
     def gradient_text(self, separator: str = "\n\n") -> str:
         """The accumulated gradients' texts joined by ``separator``."""
