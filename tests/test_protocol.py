@@ -233,12 +233,12 @@ def test_a_one_step_tie_keeps_the_zero_shot_answer_like_textgrad(tmp_path: Path)
 
 # -- presets and the protocols recorded before issue 19 ----------------------------------------
 #: The default protocol as recorded before issue 19 (hash of the commit before it, 3b4ebda).
-OLD_DEFAULT = {k: v for k, v in DEFAULT_PROTOCOL.to_dict().items() if k not in ("prompts", "update_parsing")} | {
-    "prefill_update_tag": True}
+OLD_DEFAULT = {k: v for k, v in DEFAULT_PROTOCOL.to_dict().items()
+               if k not in ("prompts", "update_parsing", "meta_step")} | {"prefill_update_tag": True}
 
 
 def test_textgrad_preset_and_named_protocols_on_the_command_line(tmp_path: Path) -> None:
-    from mtg_local.commands.protocol_args import protocol_from_args
+    from mtg_local.protocol_flags import protocol_from_args
     from mtg_local.protocol import PRESETS, preset
 
     parser = build_parser()
@@ -284,7 +284,8 @@ def test_protocols_recorded_before_issue_19_are_another_protocol() -> None:
     assert protocol_hash(OLD_DEFAULT) == protocol_hash(old) == "29e6eb4adcc3"  # the hash those runs recorded
     assert protocol_hash(DEFAULT_PROTOCOL) != "29e6eb4adcc3"
     assert protocol_diff(DEFAULT_PROTOCOL.to_dict(), OLD_DEFAULT) == {
-        "prefill_update_tag": (False, True), "prompts": ("textgrad-0.1.8", None), "update_parsing": ("textgrad", None)}
+        "prefill_update_tag": (False, True), "prompts": ("textgrad-0.1.8", None), "update_parsing": ("textgrad", None),
+        "meta_step": ("backward", None)}
     with pytest.raises(UserError, match="prompts='mtg-reworded'.*cannot be run"):
         old.inner_config()
     # a hand-written, partial protocol is not an old record: its missing settings are today's defaults
@@ -292,7 +293,7 @@ def test_protocols_recorded_before_issue_19_are_another_protocol() -> None:
 
 
 def test_protocol_file_from_an_old_run_or_written_by_hand(tmp_path: Path) -> None:
-    from mtg_local.commands.protocol_args import read_protocol_file
+    from mtg_local.protocol_flags import read_protocol_file
 
     (tmp_path / "results.json").write_text(json.dumps({"protocol": OLD_DEFAULT}))
     (tmp_path / "protocol.json").write_text(json.dumps(OLD_DEFAULT))  # a complete object written by hand

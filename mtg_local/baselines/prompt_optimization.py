@@ -65,7 +65,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.base import Engine, GenRequest, SamplingConfig, is_cut_off
+from engines.base import FINISH_CONTEXT, Engine, GenRequest, SamplingConfig, is_cut_off
 from mtg_local.evaluation import evaluate, make_items
 from mtg_local.inner_loop import DEFAULT_TEMPLATE, derive_seed
 from mtg_local.protocol import Protocol
@@ -280,6 +280,7 @@ def _one_step(
         entry["error"] = f"TGD step engine error: {r.error}"
         return entry
     parsed = parse_update(prefix + r.text, parsing=protocol.update_parsing, truncated=is_cut_off(r.finish_reason),
+                          context_cut=r.finish_reason == FINISH_CONTEXT,
                           start_tag=start, end_tag=end)
     if parsed.value is None:
         entry["error"] = parsed.error

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
-from engines.base import Engine, GenRequest, SamplingConfig, is_cut_off
+from engines.base import FINISH_CONTEXT, Engine, GenRequest, SamplingConfig, is_cut_off
 from mtg_local.prompts import textgrad_prompts as P
 from mtg_local.textgrad.layout import PromptLayout, get_layout
 from mtg_local.textgrad.ops import Samplings, generate_in_prefix_order, per_item
@@ -136,7 +136,7 @@ class TextualGradientDescent:
                 outcomes[i] = StepOutcome(False, why, engine_error=True, finish_reason=fr)
                 continue
             raw = prefix + r.text
-            parsed = parse_update(raw, parsing=self.parsing, truncated=is_cut_off(fr))
+            parsed = parse_update(raw, parsing=self.parsing, truncated=is_cut_off(fr), context_cut=fr == FINISH_CONTEXT)
             if parsed.value is None:
                 outcomes[i] = StepOutcome(False, parsed.error, raw, finish_reason=fr)
                 continue

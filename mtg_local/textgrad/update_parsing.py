@@ -57,9 +57,17 @@ class ParsedUpdate:
 UPDATE_PARSINGS = ("textgrad", "tolerant")
 
 
-def parse_update(text: str, *, parsing: str = "tolerant", truncated: bool = False,
+def parse_update(text: str, *, parsing: str = "tolerant", truncated: bool = False, context_cut: bool = False,
                  start_tag: str = IMPROVED_VARIABLE_START, end_tag: str = IMPROVED_VARIABLE_END) -> ParsedUpdate:  # fmt: skip
-    """The improved variable of a TGD output under rule ``parsing`` ("textgrad" or "tolerant")."""
+    """The improved variable of a TGD output under rule ``parsing`` ("textgrad" or "tolerant").
+
+    ``context_cut``: the output ran into the context (finish reason "context_length"), where the
+    engine had lowered ``max_tokens`` to the room left. Never an answer under either rule: an API
+    such as OpenAI's refuses such a request outright, so TextGrad never reads one.
+    """
+    if context_cut:
+        return ParsedUpdate(None, "cut off by the context (max_model_len left less room than max_tokens): "
+                                  "kept the previous value")
     if parsing == "textgrad":
         return parse_textgrad(text, start_tag=start_tag, end_tag=end_tag)
     if parsing == "tolerant":
