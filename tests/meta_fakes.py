@@ -72,12 +72,27 @@ def meta_tgd_target(req: GenRequest) -> str | None:
     return None
 
 
-def tgd_variable(req: GenRequest, target: str) -> str:
-    """The variable a meta TGD request improves, in full (from the quoted meta prompt if shortened)."""
+def tgd_variable(req: GenRequest, target: str, seen: dict[str, str] | None = None) -> str:
+    """The variable a meta TGD request improves, in full.
+
+    TextGrad's update request shows a long variable shortened (first and last 10 words); the full
+    text is then the one the request quotes from the meta prompt (meta_step="backward"), or the one
+    an earlier meta evaluation quoted (``seen``: short value -> full value; meta_step="direct").
+    """
     text = request_text(req)
-    shown = _VARIABLE.search(text).group(1)
+    shown = _VARIABLE.search(text).group(1).strip()
+    if "(...)" not in shown:
+        return shown
     full = _FULL[target].search(text)
-    return full.group(1).strip() if "(...)" in shown and full else shown.strip()
+    if full:
+        return full.group(1).strip()
+    return (seen or {}).get(shown, shown)
+
+
+def _short(value: str) -> str:
+    """TextGrad's ``get_short_value`` (10 words each side)."""
+    words = value.split(" ")
+    return value if len(words) <= 20 else " ".join(words[:10]) + " (...) " + " ".join(words[-10:])
 
 
 def parse_good(text: str) -> set[tuple[int, str]]:
@@ -93,8 +108,14 @@ def parse_good(text: str) -> set[tuple[int, str]]:
 def scripted_responder(good: set[tuple[int, str]], on_meta_tgd: Callable[[int], None] | None = None):
     """The responder described in the module docstring."""
 
+    seen: dict[str, str] = {}
+
     def respond(req: GenRequest) -> str:
         if is_meta_eval(req):
+            for regex in _FULL.values():
+                m = regex.search(request_text(req))
+                if m:
+                    seen[_short(m.group(1).strip())] = m.group(1).strip()
             return META_FEEDBACK
         if is_meta_backward(req):
             return META_GRADIENT
@@ -105,7 +126,7 @@ def scripted_responder(good: set[tuple[int, str]], on_meta_tgd: Callable[[int], 
             step = req.sampling.seed
             if on_meta_tgd is not None:
                 on_meta_tgd(step)
-            variable = tgd_variable(req, target)
+            variable = tgd_variable(req, target, seen)
             new = f"{variable} [v{step}]" + (" GOOD" if (step, target) in good else "")
             return f"{open_tag}{new}{close}"
         text = request_text(req)

@@ -18,6 +18,7 @@ from mtg_local.textgrad.variable import LossContext, Variable
 from mtg_local.meta import MetaConfig, run_train
 from mtg_local.meta.outer_loop import OuterLoop, sample_minibatch
 from mtg_local.prompts import meta_prompts as P
+from mtg_local.prompts import textgrad_prompts as TP
 from mtg_local.tasks.word_sorting import INITIAL_LOSS_PROMPT
 
 N, SEEDS, M, T = 3, (0, 1), 2, 1  # questions per split, seeds, minibatch, inner steps
@@ -109,7 +110,8 @@ def test_meta_requests_carry_the_paper_prompts(tmp_path):
     assert "Question 1: Sort the following words alphabetically" in text and "Standard Answer 1: " in text
     assert f"must be improved: {INITIAL_LOSS_PROMPT}\n\n" in text
     assert META_FEEDBACK in tgds[0].messages[-1].content
-    assert tgds[0].response_prefix == P.IMPROVED_START_TAG and tgds[0].messages[0].content == P.TGD_SYSTEM_PROMPT
+    assert tgds[0].response_prefix == P.IMPROVED_START_TAG
+    assert tgds[0].messages[0].content == TP.OPTIMIZER_SYSTEM_PROMPT  # TextGrad's update request
 
 
 @pytest.mark.parametrize("method,target", [("learned_loss", "loss_prompt"), ("reptile", "template")])
@@ -192,9 +194,9 @@ def test_joint_maml_sends_both_tgd_steps_in_one_call(tmp_path):
     meta = [b for b in engine.batches if any(is_meta(r) for r in b)]
     assert [len(b) for b in meta] == [1, 1, 2]  # theta_meta evaluation, its backward, both TGD steps
     tgds = {meta_tgd_target(r): r for r in meta[2]}
-    assert tgds["template"].messages[0].content == P.TGD_SYSTEM_PROMPT
+    assert tgds["template"].messages[0].content == tgds["loss_prompt"].messages[0].content == TP.OPTIMIZER_SYSTEM_PROMPT
     assert "Here is the feedback we got for this response:" in tgds["template"].messages[-1].content
-    assert tgds["loss_prompt"].messages[0].content != P.TGD_SYSTEM_PROMPT  # the inner loop's TGD request
+    assert "Here is the feedback we got for this response:" not in tgds["loss_prompt"].messages[-1].content
     assert META_GRADIENT in tgds["loss_prompt"].messages[-1].content
     assert {h["label"] for h in res["history"] if h["step"] == 1} == {"loss_prompt", "template", "both"}
 

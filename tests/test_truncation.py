@@ -97,7 +97,7 @@ def _wrong_trajs(task: WordSortingTask):
 def _meta_responder(tgd_words: int, eval_words: int):
     def respond(req: GenRequest) -> str:
         system, text = _system(req), req.messages[-1].content
-        if system in (MP.TGD_SYSTEM_PROMPT, P.OPTIMIZER_SYSTEM_PROMPT):
+        if system == P.OPTIMIZER_SYSTEM_PROMPT:
             return "A new loss prompt " + " ".join(["more"] * tgd_words) + MP.IMPROVED_END_TAG
         if system == P.BACKWARD_SYSTEM_PROMPT:
             return "ask for the order letter by letter"

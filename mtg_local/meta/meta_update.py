@@ -26,7 +26,9 @@ the backward call: the TGD step's feedback is the meta evaluation itself
 (``META_FEEDBACK_CONTEXT``), one call fewer per outer step.
 
 A MAML-style update (eq. 7) has no meta evaluation: its TGD step reads the inner
-loop's last gradients directly, under either setting, in the same TGD call.
+loop's last gradients directly, under either setting, in the same TGD call. Every
+TGD step is TextGrad's own update request; a step without a backward call gets its
+<CONTEXT> text (``META_FEEDBACK_CONTEXT``, ``MAML_GRADIENT_CONTEXT``) as its feedback.
 
 A TGD output that was cut off (finish reason "length" or "context_length") is
 never a candidate, whatever its tags say; a cut-off meta evaluation or backward
@@ -216,22 +218,6 @@ def normalize_value(target: str, value: str) -> str:
     return value.rstrip() + " " if target == "template" else value
 
 
-class _MetaTGD(TextualGradientDescent):
-    """The TGD call of one meta step: TextGrad's update request for a variable whose
-    gradient came from the backward call, the given request (``direct``) for the others."""
-
-    def __init__(self, parameters: Sequence[Variable], direct: Sequence[str | None], *, engine: Engine) -> None:
-        super().__init__(parameters, engine=engine)
-        self.direct = list(direct)
-
-    def _request(self, i: int, *, sampling: SamplingConfig, id: str, response_prefix: str) -> GenRequest:
-        user = self.direct[i]
-        if user is None:
-            return super()._request(i, sampling=sampling, id=id, response_prefix=response_prefix)
-        return GenRequest.chat(user, system=P.TGD_SYSTEM_PROMPT, sampling=sampling, id=id,
-                               response_prefix=response_prefix)
-
-
 def _variable(u: MetaUpdate, current: Artifacts) -> Variable:
     """The learned artifact as a TextGrad variable; a template as theta_R shows it (no trailing space)."""
     value = getattr(current, u.target)
@@ -309,7 +295,6 @@ def propose(
             rec["meta_backward_truncated"] = is_cut_off(g.finish_reason)
             rec.setdefault("finish_reasons", {})["meta_backward"] = g.finish_reason
     stepped: list[MetaUpdate] = []
-    direct: list[str | None] = []
     for u in list(live):
         var = variables[u.target]
         if not var.gradients:  # no backward call: a TGD step straight from the context
@@ -317,15 +302,12 @@ def propose(
             if context is None:
                 info[u.target]["skipped"] = u.skip_reason()
                 continue
-            var.gradients.append(Gradient(text=context))
-            direct.append(P.TGD_STEP_PROMPT.format(role=u.role, variable=getattr(current, u.target), context=context))
-        else:
-            direct.append(None)
+            var.gradients.append(Gradient(text=context))  # TextGrad's update request, this as its feedback
         stepped.append(u)
     candidates: list[Candidate] = []
     if stepped:
         # The opening tag is prefilled where the engine can (small models then rarely lose it).
-        tgd = _MetaTGD([variables[u.target] for u in stepped], direct, engine=ctx.engine)
+        tgd = TextualGradientDescent([variables[u.target] for u in stepped], engine=ctx.engine)
         outcomes = tgd.step(samplings=sampling, ids=[f"meta-tgd-{step}-{u.target}" for u in stepped])
         for u, out in zip(stepped, outcomes):
             rec = info[u.target]

@@ -6,19 +6,20 @@
   "Question 1: ... (more Q&A pairs)" block is the ``{qa_pairs}`` field, filled
   with ``QA_PAIR`` once per wrong answer (numbered from 1) joined by
   ``QA_PAIR_SEPARATOR``.
-* ``TGD_*`` are the textual-gradient-descent step prompts of the steps that do
-  not go through a backward call: the MAML-style step (eq. 7) and, under
-  protocol ``meta_step="direct"``, the loss-prompt / Reptile steps (eqs. 6, 9).
-  They follow TextGrad's optimizer prompts (system prompt, ``<VARIABLE>``,
-  ``<CONTEXT>``/``<FEEDBACK>``, answer between ``<IMPROVED_VARIABLE>`` tags).
-  Under ``meta_step="backward"`` (the default) those steps use the inner loop's
-  backward and TGD texts (``mtg_local.textgrad``).
+* Every outer-loop TGD step is TextGrad's own update request, built by the inner
+  loop's ``TextualGradientDescent`` (texts from the installed ``textgrad``). What
+  its <CONTEXT> holds differs: under protocol ``meta_step="backward"`` (the
+  default) the meta-evaluation call and the backward call's feedback; for the
+  MAML-style step (eq. 7), and the loss-prompt / Reptile steps under
+  ``meta_step="direct"``, the ``*_CONTEXT`` texts below (ours) as the feedback.
 
 One deliberate deviation: the paper's PDF text reads "as general aspossible"
 (a lost space from the PDF extraction); it is written "as general as possible".
 """
 
 from __future__ import annotations
+
+from mtg_local.prompts import textgrad_prompts
 
 #: theta_meta (eq. 5). Fields: {qa_pairs}, {loss_prompt}.
 META_LOSS_PROMPT = (
@@ -47,40 +48,12 @@ REPTILE_LOSS_PROMPT = (
 QA_PAIR = "Question {i}: {question} Generated Wrong Answer {i}: {response}\n\nStandard Answer {i}: {answer}"
 QA_PAIR_SEPARATOR = "\n\n"
 
-# --- TGD step (TextGrad's optimizer prompts, for one variable) ---------------------------
+# --- TGD step ---------------------------------------------------------------------------
+# The outer loop's TGD step is TextGrad's own update request (``mtg_local.textgrad``, texts read
+# from the installed package); only the tags are named here, for the lenient meta parser.
 
-IMPROVED_START_TAG = "<IMPROVED_VARIABLE>"
-IMPROVED_END_TAG = "</IMPROVED_VARIABLE>"
-
-#: System prompt of every outer-loop TGD step (TextGrad's OPTIMIZER_SYSTEM_PROMPT).
-TGD_SYSTEM_PROMPT = (
-    "You are part of an optimization system that improves text (i.e., variable). "
-    "You will be asked to creatively and critically improve prompts, solutions to problems, code, "
-    "or any other text-based variable. "
-    "You will receive some feedback, and use the feedback to improve the variable. "
-    "The feedback may be noisy, identify what is important and what is correct. "
-    "Pay attention to the role description of the variable, and the context in which it is used. "
-    "This is very important: You MUST give your response by sending the improved variable between "
-    f"{IMPROVED_START_TAG} {{improved variable}} {IMPROVED_END_TAG} tags. "
-    "The text you send between the tags will directly replace the variable.\n\n"
-    "### Glossary of tags that will be sent to you:\n"
-    "# - <LM_INPUT>: The input to the language model.\n"
-    "# - <LM_OUTPUT>: The output of the language model.\n"
-    "# - <FEEDBACK>: The feedback to the variable.\n"
-    "# - <ROLE>: The role description of the variable."
-)
-
-#: The TGD update request. Fields: {role}, {variable}, {context}.
-TGD_STEP_PROMPT = (
-    "Here is the role of the variable you will improve: <ROLE>{role}</ROLE>.\n\n"
-    "The variable is the text within the following span: <VARIABLE> {variable} </VARIABLE>\n\n"
-    "Here is the context and feedback we got for the variable:\n\n"
-    "<CONTEXT>{context}</CONTEXT>\n\n"
-    "Improve the variable ({role}) using the feedback provided in <FEEDBACK> tags.\n"
-    "Send the improved variable in the following format:\n\n"
-    f"{IMPROVED_START_TAG}{{{{the improved variable}}}}{IMPROVED_END_TAG}\n\n"
-    f"Send ONLY the improved variable between the {IMPROVED_START_TAG} tags, and nothing else."
-)
+IMPROVED_START_TAG = textgrad_prompts.IMPROVED_VARIABLE_START
+IMPROVED_END_TAG = textgrad_prompts.IMPROVED_VARIABLE_END
 
 #: Role descriptions of the two learned variables.
 LOSS_PROMPT_ROLE = (
