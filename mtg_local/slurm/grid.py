@@ -4,7 +4,8 @@ Grid YAML (every key but ``tasks``, ``methods`` and ``engines`` optional)::
 
     name: paper-7b                 # runs land in RUNS_ROOT/name/<task>/<method>/<engine>
     runs_root: runs                # default: $MTG_RUNS, else ./runs (made absolute at submit)
-    tasks: [word_sorting, {name: mmlu_ml, data_file: data/mmlu_ml.jsonl, label: mmlu}]
+    tasks: [word_sorting, {name: mmlu_ml, data_file: data/mmlu_ml.jsonl, label: mmlu},
+            {tasks: [word_sorting, mmlu]}]   # multi-task: train methods only (mtg train --task A,B)
     methods: [zero_shot_cot, solution_opt, learned_loss, maml, reptile]
     engines:
       - vllm:Qwen/Qwen2.5-7B-Instruct
@@ -19,6 +20,8 @@ Grid YAML (every key but ``tasks``, ``methods`` and ``engines`` optional)::
     slurm: {template: slurm/mtg_array.sbatch, partition: gpu, time: "08:00:00", gpus: 1,
             cpus_per_task: 8, mem: 64G, max_parallel: 4, extra: [--account=abc],
             export: {HF_HOME: /scratch/hf}}
+    transfer:                      # cells applying what a train cell learned (mtg_local.slurm.transfers)
+      - {from: "*/learned_loss/vllm_Qwen_Qwen2.5-7B-Instruct", tasks: ["*"], engines: ["*"]}
 
 Protocol flags (``docs/protocol.md``: --steps, --seeds, --temperature, ...) may only appear
 under ``args.all`` (or ``seeds``): a per-method or per-command value would give the rows of
