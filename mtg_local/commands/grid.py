@@ -169,9 +169,8 @@ def cell_state(run: RunSpec) -> str:
     return "rerun" if RunDir(run.run_dir).results_path.exists() else "new"
 
 
-def select_runs(grid: Grid, entry: EngineEntry, stage: int | None) -> list[RunSpec]:
-    """The cells of one engine of the grid (of one stage, when given)."""
-    every = grid.expand()
+def select_runs(every: list[RunSpec], entry: EngineEntry, stage: int | None) -> list[RunSpec]:
+    """The cells of one engine among ``every`` cell of the grid (of one stage, when given)."""
     stages = engine_stages(every)
     if stage is not None and stage not in stages.values():
         raise UserError(f"--stage {stage}: the grid's cells have stages {sorted(set(stages.values()))}")
@@ -185,9 +184,10 @@ def run(args: argparse.Namespace) -> int:
     refuse_secrets(args.engine_opt, "--engine-opt")
     grid = load_grid(args.grid, runs_root=args.runs_root)
     entry = select_engine(grid, args.engine)
-    runs = select_runs(grid, entry, args.stage)
-    every = {r.name: r for r in grid.expand()}
-    cells = [build_cell(r, args.engine_opt, every) for r in runs]  # parses every cell's arguments up front
+    every = grid.expand()
+    runs = select_runs(every, entry, args.stage)
+    by_name = {r.name: r for r in every}
+    cells = [build_cell(r, args.engine_opt, by_name) for r in runs]  # parses every cell's arguments up front
     tail = "" if args.stage is None else f"-stage{args.stage}"  # a stage's own summary file
     opts_list = [*grid.engine_opts, *entry.opts, *args.engine_opt]
     optimizer_specs = {c.optimizer_spec: sum(d.optimizer_spec == c.optimizer_spec for d in cells)
