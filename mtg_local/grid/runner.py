@@ -363,7 +363,7 @@ def run_cells(
             for f in concurrent.futures.as_completed(remaining):
                 outcomes[futures[f]] = f.result()
             raise
-    for i in waiting:  # only after Ctrl-C: what never started
+    for i in waiting:  # none: release() settles every waiting cell once its sources end (every cell gets an outcome)
         outcomes[i] = CellOutcome(cells[i].name, str(cells[i].run_dir), "not_started")
     wall = time.perf_counter() - t0
     report = GridReport([outcomes[i] for i in range(len(cells))], wall, engine_figures(engine, wall), bool(stop))
