@@ -293,7 +293,8 @@ def transfer_grid(tmp_path: Path, **over) -> Path:
     grid = {"name": "lt", "runs_root": str(tmp_path / "runs"), "tasks": ["synthetic_word_sorting"],
             "methods": ["learned_loss"], "engines": ["fake"], "engine_opts": ["delay_s=0.2"], "seeds": [0],
             "args": {"all": ["--protocol", str(tmp_path / "protocol.json"), "--no-progress"]},
-            "slurm": {"gpus": 0, "time": "00:10:00", "cpus_per_task": 1, "mem": "1G"}, **over}
+            # 30 min: mtg_grid.sbatch's --signal=B:USR1@600 would fire at once under a 10-min limit
+            "slurm": {"gpus": 0, "time": "00:30:00", "cpus_per_task": 1, "mem": "1G"}, **over}
     gfile = tmp_path / "grid.json"
     gfile.write_text(json.dumps(grid))
     return gfile
