@@ -53,12 +53,24 @@ install_if_missing() {
 
 munge_ok() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
 
+# Runs a daemon without our open files (fds > 2): started under `flock LOCK scripts/slurm_local.sh
+# start`, it would otherwise inherit the lock and hold it as long as it lives (munged is left running).
+detached() {
+  (
+    for fd in /proc/$BASHPID/fd/*; do
+      fd=${fd##*/}
+      if (( fd > 2 && fd < 255 )); then eval "exec ${fd}<&-" 2>/dev/null || true; fi
+    done
+    exec "$@"
+  )
+}
+
 start_munge() {
   munge_ok && return 0
   need_root "starting munged"
   [[ -f /etc/munge/munge.key ]] || die "/etc/munge/munge.key missing (reinstall the munge package)"
   mkdir -p /run/munge && chown munge:munge /run/munge
-  runuser -u munge -- /usr/sbin/munged || true  # exits non-zero if one already runs
+  detached runuser -u munge -- /usr/sbin/munged || true  # exits non-zero if one already runs
   local t=0
   until munge_ok; do
     (( t++ < timeout_s * 5 )) || die "munged did not answer within ${timeout_s}s"
@@ -140,8 +152,8 @@ start() {
   need_root "starting slurmctld/slurmd"
   [[ -f "$conf" ]] || write_config
   export SLURM_CONF=$conf
-  pid_alive "$dir/run/slurmctld.pid" || slurmctld
-  pid_alive "$dir/run/slurmd.pid" || slurmd
+  pid_alive "$dir/run/slurmctld.pid" || detached slurmctld
+  pid_alive "$dir/run/slurmd.pid" || detached slurmd
   wait_idle
   log "cluster up: export SLURM_CONF=$conf"
 }

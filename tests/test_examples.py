@@ -88,6 +88,20 @@ def test_grid_example_cells_resolve(tmp_path: Path) -> None:
     assert len(protocols) == 1
 
 
+def test_transfer_grid_example_cells_resolve(tmp_path: Path) -> None:
+    from mtg_local.protocol_flags import protocol_from_args
+
+    grid = load_grid(REPO / "slurm" / "grid_transfer_example.yaml", runs_root=str(tmp_path))
+    runs = grid.expand()
+    names = {r.name for r in runs}
+    transfers = [r for r in runs if r.after]
+    assert transfers and all(set(r.after) <= names and "--from-run" in r.argv for r in transfers)
+    assert any(r.task.is_multi and r.command == "train" for r in runs)
+    for r in runs:
+        check_argv(list(r.argv), f"grid cell {r.name}")
+    assert len({protocol_from_args(build_parser().parse_args(list(r.argv))) for r in runs}) == 1
+
+
 def sbatch_examples() -> list[tuple[str, str, str]]:
     """(file, task, method) of every MTG_TASK/MTG_METHOD a template or doc names, plus the defaults."""
     default_task = re.search(r'MTG_TASK:=([^}"]+)', (REPO / "slurm/lib/single_run.sh").read_text()).group(1)

@@ -6,6 +6,9 @@
 * ``--shared``: ``mtg slurm submit --shared`` -> one job running ``mtg grid`` -> USR1 (SLURM's
   warning before the time limit) -> every cell in flight interrupted, exit 99 -> requeue ->
   the requeued job skips the complete cells and finishes the others;
+* learn-then-transfer in one submission: a transfer cell's job waits for its source's job
+  (array: ``afterok`` on the source's array task; ``--shared``: a later stage with ``afterany``),
+  then runs and records the source; a failed source's dependents are cancelled, never run;
 * the GPU templates are accepted on the fake-GPU node and run the CPU override;
 * run-dir lock and grid expansion (plain unit tests, no daemons).
 
@@ -89,6 +92,16 @@ def job_states(job: str, env: dict) -> dict[str, str]:
         key = f"{f['ArrayJobId']}_{f['ArrayTaskId']}" if "ArrayTaskId" in f else f.get("JobId", "?")
         states[key] = f.get("JobState", "?")
     return states
+
+
+def job_fields(job: str, env: dict) -> dict[str, dict[str, str]]:
+    """JobId (array tasks as ARRAY_TASK) -> every field scontrol shows for it."""
+    out = sh(["scontrol", "-o", "show", "job", job], env, check=False).stdout
+    jobs = {}
+    for line in out.splitlines():
+        f = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+        jobs[f"{f['ArrayJobId']}_{f['ArrayTaskId']}" if "ArrayTaskId" in f else f.get("JobId", "?")] = f
+    return jobs
 
 
 def wait_done(job: str, env: dict, timeout: float, release_requeued: bool = False) -> dict[str, str]:
@@ -271,6 +284,91 @@ def test_shared_grid_job_usr1_requeues_and_the_rerun_completes_every_cell(cluste
     summary = json.loads((tmp_path / "runs" / "shared" / "grid-fake.json").read_text())
     counts = summary["counts"]  # the rerun's: cells complete before USR1 were skipped
     assert set(counts) == {"skipped", "complete"} and counts["complete"] >= 1 and not summary["stopped"], counts
+
+
+def transfer_grid(tmp_path: Path, **over) -> Path:
+    """A learn-then-transfer grid on the fake engine (slowed so a source runs for seconds)."""
+    (tmp_path / "protocol.json").write_text(json.dumps({"limit": 2, "steps": 1, "max_tokens": 32, "outer_steps": 1,
+                                                         "minibatch": 1}))
+    grid = {"name": "lt", "runs_root": str(tmp_path / "runs"), "tasks": ["synthetic_word_sorting"],
+            "methods": ["learned_loss"], "engines": ["fake"], "engine_opts": ["delay_s=0.2"], "seeds": [0],
+            "args": {"all": ["--protocol", str(tmp_path / "protocol.json"), "--no-progress"]},
+            # 30 min: mtg_grid.sbatch's --signal=B:USR1@600 would fire at once under a 10-min limit
+            "slurm": {"gpus": 0, "time": "00:30:00", "cpus_per_task": 1, "mem": "1G"}, **over}
+    gfile = tmp_path / "grid.json"
+    gfile.write_text(json.dumps(grid))
+    return gfile
+
+
+def watch(jobs: list[str], env: dict, timeout: float) -> tuple[dict[str, dict[str, str]], set[tuple[str, str, str]]]:
+    """Polls ``jobs`` until none is pending or running; returns their last fields and every
+    (job, state, reason) seen on the way."""
+    seen: set[tuple[str, str, str]] = set()
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        fields = {k: v for j in jobs for k, v in job_fields(j, env).items()}
+        seen |= {(k.split("_")[0], f.get("JobState", "?"), f.get("Reason", "?")) for k, f in fields.items()}
+        if fields and all(f.get("JobState") not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING")
+                          for f in fields.values()):
+            return fields, seen
+        time.sleep(0.3)
+    raise AssertionError(f"jobs {jobs} not finished within {timeout}s: {seen}")
+
+
+def assert_applied(transfer_dir: Path, source_dir: Path) -> None:
+    from mtg_local.runs.transfer import run_id
+
+    body, source = (json.loads((d / "results.json").read_text()) for d in (transfer_dir, source_dir))
+    assert body["status"] == "complete" and source["status"] == "complete"
+    assert body["source"]["run_dir"] == str(source_dir) and body["source"]["run_id"] == run_id(source)
+    assert body["started_at"] >= source["finished_at"]
+
+
+@pytest.mark.slurm
+@needs_slurm
+def test_array_transfer_job_waits_for_its_source_task_then_runs(cluster, tmp_path):
+    bbh = FIXTURES / "tasks_bbh_word_sorting.jsonl"
+    gfile = transfer_grid(tmp_path, tasks=[
+        "synthetic_word_sorting", {"name": "word_sorting", "data_file": str(bbh), "label": "bbh"},
+        {"name": "word_sorting", "data_file": str(tmp_path / "missing.jsonl"), "label": "broken"}],
+        transfer=[{"from": "synthetic_word_sorting/learned_loss/fake", "tasks": ["bbh"]},
+                  {"from": "broken/learned_loss/fake", "tasks": ["synthetic_word_sorting"]}])
+    out = sh([MTG, "slurm", "submit", str(gfile)], cluster).stdout
+    ids = [line.split("submitted array job ")[1].split(":")[0] for line in out.splitlines()
+           if line.startswith("submitted array job")]
+    assert len(ids) == 3 and f", after {ids[0]}_0" in out and f", after {ids[0]}_2" in out, out
+    fields, seen = watch(ids, cluster, timeout=180)
+    logs = "\n".join(_log(p) for p in (tmp_path / "runs" / "lt" / "logs").glob("*"))
+    src, transfer, cancelled = fields[f"{ids[0]}_0"], fields[f"{ids[1]}_0"], fields[f"{ids[2]}_0"]
+    assert (ids[1], "PENDING", "Dependency") in seen, seen  # it waited ...
+    assert transfer["JobState"] == "COMPLETED" and transfer["StartTime"] >= src["EndTime"], (fields, logs)  # ... then ran
+    assert fields[f"{ids[0]}_2"]["JobState"] == "FAILED"  # the broken source
+    assert cancelled["JobState"] == "CANCELLED" and cancelled["Reason"] == "DependencyNeverSatisfied", cancelled
+    root = tmp_path / "runs" / "lt"
+    assert_applied(root / "bbh" / "solution_opt@synthetic_word_sorting.learned_loss.fake" / "fake",
+                   root / "synthetic_word_sorting" / "learned_loss" / "fake")
+    assert not (root / "synthetic_word_sorting" / "solution_opt@broken.learned_loss.fake").exists()
+
+
+@pytest.mark.slurm
+@needs_slurm
+def test_shared_transfer_to_another_engine_runs_in_a_later_job(cluster, tmp_path):
+    gfile = transfer_grid(tmp_path, engines=[{"spec": "fake", "label": "a"}, {"spec": "fake", "label": "b"}],
+                          transfer=[{"from": "synthetic_word_sorting/learned_loss/a", "engines": ["b"]}])
+    out = sh([MTG, "slurm", "submit", str(gfile), "--shared"], cluster).stdout
+    ids = [line.split("submitted grid job ")[1].split(":")[0] for line in out.splitlines()
+           if line.startswith("submitted grid job")]
+    assert len(ids) == 3 and f"(stage 1) on one engine, after {ids[0]}" in out, out
+    fields, seen = watch(ids, cluster, timeout=180)
+    logs = "\n".join(_log(p) for p in (tmp_path / "runs" / "lt" / "logs").glob("*"))
+    assert {f["JobState"] for f in fields.values()} == {"COMPLETED"}, (fields, logs)
+    assert (ids[2], "PENDING", "Dependency") in seen, seen
+    assert fields[ids[2]]["StartTime"] >= fields[ids[0]]["EndTime"]
+    assert f"mtg grid {gfile} --max-concurrent 32 --engine b --runs-root {tmp_path / 'runs'} --stage 1" in logs
+    root = tmp_path / "runs" / "lt"
+    assert_applied(root / "synthetic_word_sorting" / "solution_opt@synthetic_word_sorting.learned_loss.a" / "b",
+                   root / "synthetic_word_sorting" / "learned_loss" / "a")
+    assert json.loads((root / "grid-b-stage1.json").read_text())["counts"] == {"complete": 1}
 
 
 @pytest.mark.slurm

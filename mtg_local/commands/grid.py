@@ -15,10 +15,16 @@ complete, exit 99 ("requeue me"; 130 for SIGINT). Rerun the same command to
 continue: what the cells generated before is served from their caches. A
 signal while the shared engine starts ends the command at once (99/130).
 
+Transfer cells (the grid's ``transfer:``) wait for their source cell: each
+starts once its source is complete, and is recorded "not_run" with the reason
+when the source ends failed or interrupted. A source on another engine of the
+grid must be complete before its turn (run that engine first, or let ``mtg
+slurm submit --shared`` order the jobs; ``--stage K`` runs one stage of them).
+
 Exit status: 0 every cell complete (or skipped); 2 user error; 3 some cells
-failed (listed on stderr), or the engine is not there (its probe failed: a
-refused connection, a model the server does not serve; no cell was started);
-99 stopped on SIGUSR1/SIGTERM; 130 on SIGINT.
+failed or did not run (listed on stderr), or the engine is not there (its probe
+failed: a refused connection, a model the server does not serve; no cell was
+started); 99 stopped on SIGUSR1/SIGTERM; 130 on SIGINT.
 """
 
 from __future__ import annotations
@@ -33,10 +39,12 @@ from typing import Any
 from engines.base import Engine
 from engines.errors import UserError
 from mtg_local.grid import GridCell, is_complete, run_cells
+from mtg_local.grid.runner import CellRef
 from mtg_local.grid.engine import open_shared_engine, shared_spec
 from mtg_local.runs.interrupt import EXIT_REQUEUE, EXIT_SIGINT, StopFlag
 from mtg_local.runs.run_dir import RunDir, atomic_write_json
 from mtg_local.slurm.grid import EngineEntry, Grid, RunSpec, load_grid, refuse_secrets
+from mtg_local.slurm.transfers import engine_stages
 
 EXIT_FAILED = 3
 
@@ -58,6 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-concurrent", type=int, default=8, metavar="N",
                    help="most cells running at once (1 = one after another on the one engine; default: %(default)s)")
     p.add_argument("--runs-root", default=None, metavar="DIR", help="override the grid's runs_root / $MTG_RUNS")
+    p.add_argument("--stage", type=int, default=None, metavar="K",
+                   help="only the cells of stage K (0: cells that wait for no other engine's cell; K: cells "
+                        "that wait for a stage K-1 cell of another engine); mtg slurm submit --shared sets it")
     p.add_argument("--dry-run", action="store_true", help="print the cells and what would happen to each")
     p.set_defaults(func=run)
 
@@ -84,11 +95,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         raise UserError(f"grid cell arguments are not valid: mtg {' '.join(argv)}") from None
 
 
-def build_cell(run: RunSpec, extra_opts: list[str]) -> GridCell:
+def build_cell(run: RunSpec, extra_opts: list[str], cells: dict[str, RunSpec] | None = None) -> GridCell:
     """The cell of ``run``: its command line parsed as ``mtg`` would, run with ``engine=``.
 
     Progress bars are off (one line per cell instead); a train cell whose run
-    dir has a checkpoint resumes (``mtg train --resume``).
+    dir has a checkpoint resumes (``mtg train --resume``). ``cells`` (every cell
+    of the grid by name) gives the run dirs of the cells it waits for.
     """
     argv = list(run.argv)
     for o in extra_opts:
@@ -96,7 +108,7 @@ def build_cell(run: RunSpec, extra_opts: list[str]) -> GridCell:
     args = _parse(argv)
     args.no_progress = True
     cmd = argv[0]
-    name = f"{run.task.label}/{run.method}/{run.engine.label}"
+    name = run.name
     if cmd == "eval":
         from mtg_local.commands.eval import EvalConfig, run_eval
 
@@ -128,8 +140,9 @@ def build_cell(run: RunSpec, extra_opts: list[str]) -> GridCell:
         raise UserError(f"grid cell {name}: unknown sub-command {cmd!r}")
     # Another optimizer spec: the grid shares one engine per spec (cells alone would each start one).
     optimizer = args.optimizer_engine if args.optimizer_engine not in (None, run.engine.spec) else None
+    after = tuple(CellRef(a, (cells or {})[a].run_dir) for a in run.after)
     return GridCell(name=name, run_dir=run.run_dir, kind=cmd, execute=execute, spec=run.engine.spec,
-                    checkpoints=cmd == "train", optimizer_spec=optimizer)
+                    checkpoints=cmd == "train", optimizer_spec=optimizer, after=after)
 
 
 def _write_request_events(engine: Engine, path: Any) -> str | None:
@@ -151,7 +164,17 @@ def cell_state(run: RunSpec) -> str:
         return "complete (skip)"
     if RunDir(run.run_dir).checkpoint_path.exists():
         return "resume from checkpoint"
+    if run.after:
+        return "after its source"
     return "rerun" if RunDir(run.run_dir).results_path.exists() else "new"
+
+
+def select_runs(every: list[RunSpec], entry: EngineEntry, stage: int | None) -> list[RunSpec]:
+    """The cells of one engine among ``every`` cell of the grid (of one stage, when given)."""
+    stages = engine_stages(every)
+    if stage is not None and stage not in stages.values():
+        raise UserError(f"--stage {stage}: the grid's cells have stages {sorted(set(stages.values()))}")
+    return [r for r in every if r.engine.label == entry.label and stage in (None, stages[r.name])]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -161,18 +184,23 @@ def run(args: argparse.Namespace) -> int:
     refuse_secrets(args.engine_opt, "--engine-opt")
     grid = load_grid(args.grid, runs_root=args.runs_root)
     entry = select_engine(grid, args.engine)
-    runs = [r for r in grid.expand() if r.engine.label == entry.label]
-    cells = [build_cell(r, args.engine_opt) for r in runs]  # parses every cell's arguments up front
+    every = grid.expand()
+    runs = select_runs(every, entry, args.stage)
+    by_name = {r.name: r for r in every}
+    cells = [build_cell(r, args.engine_opt, by_name) for r in runs]  # parses every cell's arguments up front
+    tail = "" if args.stage is None else f"-stage{args.stage}"  # a stage's own summary file
     opts_list = [*grid.engine_opts, *entry.opts, *args.engine_opt]
     optimizer_specs = {c.optimizer_spec: sum(d.optimizer_spec == c.optimizer_spec for d in cells)
                        for c in cells if c.optimizer_spec}
     if args.dry_run:
-        print(f"# grid {grid.name}: {len(runs)} cells of {entry.spec} on one shared {shared_spec(entry.spec)} "
+        which = "" if args.stage is None else f" (stage {args.stage})"
+        print(f"# grid {grid.name}: {len(runs)} cells{which} of {entry.spec} on one shared {shared_spec(entry.spec)} "
               f"engine (options: {' '.join(opts_list) or 'none'}), at most {args.max_concurrent} at once")
         for spec, n in optimizer_specs.items():
             print(f"# optimizer engine {spec} (shared by {n} cells): one shared {shared_spec(spec)} engine")
         for r in runs:
-            print(f"{cell_state(r):<24} mtg {r.manifest_line()}")
+            after = f"  # after {', '.join(r.after)}" if r.after else ""
+            print(f"{cell_state(r):<24} mtg {r.manifest_line()}{after}")
         return 0
 
     from engines.registry import parse_engine_opts
@@ -204,13 +232,15 @@ def run(args: argparse.Namespace) -> int:
         with stop_on_signals(stop, abort_on=()):
             report = run_cells(cells, engine, max_concurrent=args.max_concurrent, stop=stop, log=log,
                                optimizer_engines=optimizers)
-        requests_log = _write_request_events(engine, grid.runs_root / grid.name / f"grid-{entry.label}-requests.jsonl")
+        requests_log = _write_request_events(engine, grid.runs_root / grid.name /
+                                             f"grid-{entry.label}{tail}-requests.jsonl")
     finally:
         for e in [*optimizers.values(), *([engine] if engine is not None else [])]:
             e.close()
     summary = {"grid": grid.name, "engine_spec": entry.spec, "shared_engine": shared_spec(entry.spec),
-               "max_concurrent": args.max_concurrent, **report.to_dict(), "request_events": requests_log}
-    out = grid.runs_root / grid.name / f"grid-{entry.label}.json"
+               "max_concurrent": args.max_concurrent, **({"stage": args.stage} if args.stage is not None else {}),
+               **report.to_dict(), "request_events": requests_log}
+    out = grid.runs_root / grid.name / f"grid-{entry.label}{tail}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, summary)
     print(json.dumps({k: summary[k] for k in ("grid", "engine_spec", "wall_s", "stopped", "counts")} | {"summary": str(out)}))
@@ -221,5 +251,8 @@ def run(args: argparse.Namespace) -> int:
         first = report.failed[0]
         print(f"mtg grid: {len(report.failed)} of {len(cells)} cells failed; first: {first.name}: {first.error}",
               file=sys.stderr)
-        return EXIT_FAILED
-    return 0
+    if report.not_run:
+        first = report.not_run[0]
+        print(f"mtg grid: {len(report.not_run)} of {len(cells)} cells did not run (a source is not complete); "
+              f"first: {first.name}: {first.error}", file=sys.stderr)
+    return EXIT_FAILED if report.failed or report.not_run else 0

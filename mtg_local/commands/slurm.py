@@ -5,7 +5,10 @@ slurm/mtg_array.sbatch). ``--shared``: one job per engine of the grid that runs
 ``mtg grid`` for all of that engine's cells concurrently on one engine on the node's GPUs
 (slurm/mtg_grid.sbatch). Prints the job id(s) and where results will land; ``--dry-run``
 prints the sbatch command(s) and the runs without writing or submitting anything (see
-slurm/README.md for when to use which).
+slurm/README.md for when to use which). Transfer cells (the grid's ``transfer:``) wait
+for their source cells through SLURM dependencies (``mtg_local.slurm.submit``), so a
+learn-then-transfer study is one submission; in a dry run ``${JOBk}`` stands for the id
+of the k-th job printed.
 """
 
 from __future__ import annotations
@@ -36,8 +39,10 @@ def run_submit(args: argparse.Namespace) -> int:
     n_runs = sum(len(j.runs) for j in jobs)
     results_dir = grid.runs_root / grid.name
     if args.dry_run:
-        for job in jobs:
-            print(f"# {len(job.runs)} runs -> manifest {job.manifest} (not written: dry run)")
+        for k, job in enumerate(jobs):
+            print(f"# job {k}: {len(job.runs)} runs -> manifest {job.manifest} (not written: dry run)")
+            for j, t in job.after:
+                print(f"# job {k} waits for array task {t} of job {j} ({jobs[j].runs[t].name}): afterok")
             print(shlex.join(job.sbatch))
             print("# manifest (array index: mtg arguments)")
             for i, run in enumerate(job.runs):
@@ -46,7 +51,8 @@ def run_submit(args: argparse.Namespace) -> int:
         return 0
     ids = submit(jobs)
     for job_id, job in zip(ids, jobs):
-        print(f"submitted array job {job_id}: {len(job.runs)} runs, manifest {job.manifest}")
+        waits = f", after {', '.join(f'{ids[j]}_{t}' for j, t in job.after)}" if job.after else ""
+        print(f"submitted array job {job_id}: {len(job.runs)} runs, manifest {job.manifest}{waits}")
     print(f"results: {results_dir}/<task>/<method>/<engine>/results.json  (logs: {results_dir}/logs)")
     print(f"when done: mtg report {results_dir} --out {results_dir}/report")
     return 0
@@ -57,16 +63,24 @@ def _submit_shared(args: argparse.Namespace, grid) -> int:
     results_dir = grid.runs_root / grid.name
     n_runs = sum(len(j.runs) for j in jobs)
     if args.dry_run:
-        for job in jobs:
-            print(f"# {len(job.runs)} runs of {job.engine.spec} in one job: mtg grid {args.grid} --engine {job.engine.label}")
+        for k, job in enumerate(jobs):
+            stage = f" --stage {job.stage}" if job.stage is not None else ""
+            print(f"# job {k}: {len(job.runs)} runs of {job.engine.spec} in one job: mtg grid {args.grid} "
+                  f"--engine {job.engine.label}{stage}")
+            if job.after:
+                print(f"# job {k} starts after job(s) {', '.join(map(str, job.after))} end (afterany; each cell "
+                      "checks that its source is complete)")
             print(shlex.join(job.sbatch))
             for run in job.runs:
-                print(f"  mtg {run.manifest_line()}")
+                after = f"  # after {', '.join(run.after)}" if run.after else ""
+                print(f"  mtg {run.manifest_line()}{after}")
         print(f"# {n_runs} runs in {len(jobs)} shared job(s); results would land under {results_dir}")
         return 0
     ids = submit_shared(jobs)
     for job_id, job in zip(ids, jobs):
-        print(f"submitted grid job {job_id}: {len(job.runs)} runs of {job.engine.spec} on one engine")
+        waits = f", after {', '.join(ids[j] for j in job.after)}" if job.after else ""
+        stage = f" (stage {job.stage})" if job.stage is not None else ""
+        print(f"submitted grid job {job_id}: {len(job.runs)} runs of {job.engine.spec}{stage} on one engine{waits}")
     print(f"results: {results_dir}/<task>/<method>/<engine>/results.json  (logs: {results_dir}/logs)")
     print(f"when done: mtg report {results_dir} --out {results_dir}/report")
     return 0

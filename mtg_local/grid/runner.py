@@ -14,6 +14,13 @@ the phases of all running cells together.
 Cells whose results.json says "complete" are skipped. A cell that fails is
 recorded and the others go on.
 
+Order: a cell may wait for others (``GridCell.after``: a transfer cell waits
+for the run whose learned prompts it applies). It starts once every one of
+them is complete; a source that ends failed, interrupted or not run means the
+cell never starts and is recorded "not_run" with the reason. A source that
+is not a cell of this call (another engine's cell) must already be complete
+when the cell's turn comes.
+
 Stopping: one ``StopFlag`` (set by the command's SIGUSR1 / SIGTERM / SIGINT
 handler) reaches every cell. No new cell starts, and every running cell's
 engine call in flight is abandoned at once (its view polls the flag; the
@@ -35,10 +42,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from engines.base import Engine
+from engines.errors import UserError
 from engines.shared import EngineView
+from mtg_local.grid.order import dependency_order
 from mtg_local.meta.outer_loop import Preempted
 from mtg_local.runs.health import DEGRADED_SHARE, assess
 from mtg_local.runs.interrupt import Interrupted, StopFlag, signal_name
@@ -53,6 +62,13 @@ class CellStopped(Preempted):
     a train cell keeps its last checkpoint, and every cell's cache replays what
     it generated on rerun.
     """
+
+
+class CellRef(NamedTuple):
+    """A cell another one waits for: its name and run dir."""
+
+    name: str
+    run_dir: Path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +87,7 @@ class GridCell:
         checkpoints: True if the run checkpoints (train): a rerun resumes it.
         optimizer_spec: another engine for the cell's optimizer phases
             (``--optimizer-engine``); the grid shares one engine per such spec.
+        after: the cells that must be complete before this one starts (its sources).
     """
 
     name: str
@@ -80,11 +97,13 @@ class GridCell:
     spec: str = ""
     checkpoints: bool = False
     optimizer_spec: str | None = None
+    after: tuple[CellRef, ...] = ()
 
 
 @dataclasses.dataclass
 class CellOutcome:
-    """What happened to one cell: "complete", "skipped", "failed", "interrupted" or "not_started"."""
+    """What happened to one cell: "complete", "skipped", "failed", "interrupted", "not_started" or
+    "not_run" (a source it waits for did not complete; ``error`` says which and why)."""
 
     name: str
     run_dir: str
@@ -110,6 +129,10 @@ class GridReport:
     @property
     def failed(self) -> list[CellOutcome]:
         return [c for c in self.cells if c.status == "failed"]
+
+    @property
+    def not_run(self) -> list[CellOutcome]:
+        return [c for c in self.cells if c.status == "not_run"]
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -165,6 +188,44 @@ def _accuracy(results: dict[str, Any] | None) -> float | None:
     return acc.get("mean") if isinstance(acc, dict) else None
 
 
+class _Order:
+    """Which cells of one ``run_cells`` call wait for which (sources outside the call are read from disk)."""
+
+    def __init__(self, cells: Sequence[GridCell]) -> None:
+        names = [c.name for c in cells]
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise UserError(f"two grid cells are named {dup}")
+        self.cells = cells
+        by_dir = {Path(c.run_dir): i for i, c in enumerate(cells)}
+        self.inside = {i: [by_dir[Path(r.run_dir)] for r in c.after if Path(r.run_dir) in by_dir]
+                       for i, c in enumerate(cells)}
+        dependency_order({cells[i].name: [cells[j].name for j in deps] for i, deps in self.inside.items()})
+        self._by_dir = by_dir
+
+    def blocked(self, i: int, outcomes: dict[int, CellOutcome]) -> str | None:
+        """Why cell ``i`` cannot start (a source that is not complete), or None."""
+        for ref in self.cells[i].after:
+            j = self._by_dir.get(Path(ref.run_dir))
+            if j is not None:
+                o = outcomes[j]
+                if o.status not in ("complete", "skipped"):
+                    return f"source {ref.name} ended {o.status.replace('_', ' ')}" + (f" ({o.error})" if o.error else "")
+            elif not is_complete(ref.run_dir):
+                return f"source {ref.name} is not complete ({_state(ref.run_dir)})"
+        return None
+
+
+def _state(run_dir: str | Path) -> str:
+    rd = RunDir(run_dir)
+    if not rd.results_path.exists():
+        return f"no results.json in {rd.path}"
+    try:
+        return f"{rd.path}: status {read_json(rd.results_path).get('status')!r}"
+    except (OSError, ValueError, AttributeError):
+        return f"{rd.path}: results.json unreadable"
+
+
 def run_cells(
     cells: Sequence[GridCell],
     engine: Engine,
@@ -177,7 +238,8 @@ def run_cells(
     """Runs ``cells`` on the shared ``engine``, at most ``max_concurrent`` at once.
 
     Args:
-        cells: the grid's cells (any order; started in this order).
+        cells: the grid's cells (started in this order; a cell that waits for
+            others starts when they are complete, see the module docstring).
         engine: the shared engine; it must serve concurrent calls (see
             ``engines.shared.shareable``). Not closed here.
         optimizer_engines: ``optimizer_spec`` -> the shared engine of the
@@ -189,9 +251,13 @@ def run_cells(
 
     Returns:
         Every cell's outcome (in ``cells`` order) and the engine's totals.
+
+    Raises:
+        UserError: two cells share a name, or cells wait for each other in a cycle.
     """
     if max_concurrent < 1:
         raise ValueError(f"max_concurrent must be >= 1, got {max_concurrent}")
+    order = _Order(cells)
     stop = stop if stop is not None else StopFlag()
     t0 = time.perf_counter()
     outcomes: dict[int, CellOutcome] = {}
@@ -202,6 +268,10 @@ def run_cells(
             log(f"[grid] skip   {cell.name}: results.json is complete")
         else:
             pending.append(i)
+    waiting = [i for i in pending if cells[i].after]  # started (or not) by release() below
+    for i in waiting:
+        if order.inside[i]:
+            log(f"[grid] wait   {cells[i].name}: after {', '.join(r.name for r in cells[i].after)}")
     running = [0]
     lock = threading.Lock()
 
@@ -256,7 +326,27 @@ def run_cells(
         return out
 
     with concurrent.futures.ThreadPoolExecutor(max_concurrent, thread_name_prefix="mtg-grid-cell") as pool:
-        futures = {pool.submit(one, i): i for i in pending}
+        futures = {pool.submit(one, i): i for i in pending if not cells[i].after}
+
+        def release() -> None:
+            """Starts or settles each waiting cell whose sources in this call have all ended."""
+            settled = True
+            while settled:  # a cell settled "not_run" may settle the cells that wait for it
+                settled = False
+                for i in [i for i in waiting if all(j in outcomes for j in order.inside[i])]:
+                    waiting.remove(i)
+                    cell = cells[i]
+                    why = None if stop else order.blocked(i, outcomes)
+                    if stop or why:
+                        outcomes[i] = CellOutcome(cell.name, str(cell.run_dir), "not_started" if stop else "not_run",
+                                                  error=why)
+                        settled = True
+                        if why:
+                            log(f"[grid] not run {cell.name}: {why}")
+                    else:
+                        futures[pool.submit(one, i)] = i
+
+        release()
         remaining = set(futures)
         try:
             while remaining:
@@ -264,11 +354,17 @@ def run_cells(
                 done, remaining = concurrent.futures.wait(remaining, timeout=0.2)
                 for f in done:
                     outcomes[futures[f]] = f.result()
+                if done and waiting:
+                    started = set(futures)
+                    release()
+                    remaining |= set(futures) - started
         except KeyboardInterrupt:
             stop.set(2)  # SIGINT: stop the cells like SIGTERM, then let the caller exit 130
             for f in concurrent.futures.as_completed(remaining):
                 outcomes[futures[f]] = f.result()
             raise
+    for i in waiting:  # none: release() settles every waiting cell once its sources end (every cell gets an outcome)
+        outcomes[i] = CellOutcome(cells[i].name, str(cells[i].run_dir), "not_started")
     wall = time.perf_counter() - t0
     report = GridReport([outcomes[i] for i in range(len(cells))], wall, engine_figures(engine, wall), bool(stop))
     log(f"[grid] {report.counts()} in {wall:.1f}s; engine: {report.engine}")

@@ -4,7 +4,8 @@ Grid YAML (every key but ``tasks``, ``methods`` and ``engines`` optional)::
 
     name: paper-7b                 # runs land in RUNS_ROOT/name/<task>/<method>/<engine>
     runs_root: runs                # default: $MTG_RUNS, else ./runs (made absolute at submit)
-    tasks: [word_sorting, {name: mmlu_ml, data_file: data/mmlu_ml.jsonl, label: mmlu}]
+    tasks: [word_sorting, {name: mmlu_ml, data_file: data/mmlu_ml.jsonl, label: mmlu},
+            {tasks: [word_sorting, mmlu]}]   # multi-task: train methods only (mtg train --task A,B)
     methods: [zero_shot_cot, solution_opt, learned_loss, maml, reptile]
     engines:
       - vllm:Qwen/Qwen2.5-7B-Instruct
@@ -19,6 +20,8 @@ Grid YAML (every key but ``tasks``, ``methods`` and ``engines`` optional)::
     slurm: {template: slurm/mtg_array.sbatch, partition: gpu, time: "08:00:00", gpus: 1,
             cpus_per_task: 8, mem: 64G, max_parallel: 4, extra: [--account=abc],
             export: {HF_HOME: /scratch/hf}}
+    transfer:                      # cells applying what a train cell learned (mtg_local.slurm.transfers)
+      - {from: "*/learned_loss/vllm_Qwen_Qwen2.5-7B-Instruct", tasks: ["*"], engines: ["*"]}
 
 Protocol flags (``docs/protocol.md``: --steps, --seeds, --temperature, ...) may only appear
 under ``args.all`` (or ``seeds``): a per-method or per-command value would give the rows of
@@ -52,7 +55,7 @@ METHOD_COMMANDS: dict[str, str] = {
     "miprov2": "baseline",
     "gepa": "baseline",
 }
-_GRID_KEYS = {"name", "runs_root", "tasks", "methods", "engines", "engine_opts", "seeds", "args", "slurm"}
+_GRID_KEYS = {"name", "runs_root", "tasks", "methods", "engines", "engine_opts", "seeds", "args", "slurm", "transfer"}
 
 
 class GridError(UserError):
@@ -76,23 +79,52 @@ def _str_list(value: Any, key: str) -> tuple[str, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class TaskEntry:
-    """One task column: registry name, optional local data file, label for the run dir."""
+    """One task column: registry name, optional local data file, label for the run dir.
+
+    A multi-task entry (``{tasks: [A, B], label: ...}``) holds several tasks in
+    ``members``: its train cells meta-train one prompt across them (``mtg train
+    --task A,B --data-file A=FILE ...``); eval and baseline methods run one task
+    and skip it.
+    """
 
     name: str
     label: str
     data_file: str | None = None
     args: tuple[str, ...] = ()
+    members: tuple[TaskEntry, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name:
             raise GridError("every grid task needs a non-empty name")
+        if self.members and len(self.members) < 2:
+            raise GridError(f"grid task {self.label!r}: 'tasks' needs two or more tasks, got {len(self.members)}")
+
+    @property
+    def is_multi(self) -> bool:
+        return bool(self.members)
+
+    def task_argv(self) -> list[str]:
+        """``--task`` and ``--data-file`` arguments of its cells."""
+        if not self.members:
+            return ["--task", self.name, *(["--data-file", self.data_file] if self.data_file else [])]
+        argv = ["--task", self.name]
+        for m in self.members:
+            argv += ["--data-file", f"{m.name}={m.data_file}"] if m.data_file else []
+        return argv
+
+    def datasets(self) -> set[tuple[str, str | None]]:
+        """(task name, data file) of each task it holds."""
+        return {(m.name, m.data_file) for m in (self.members or (self,))}
 
     @classmethod
-    def parse(cls, raw: Any) -> TaskEntry:
+    def parse(cls, raw: Any, known: dict[str, TaskEntry] | None = None) -> TaskEntry:
+        """One ``tasks`` item; ``known`` (label -> entry) resolves the members of a multi-task entry."""
         if isinstance(raw, str):
             return cls(name=raw, label=label_of(raw))
+        if isinstance(raw, dict) and "tasks" in raw:
+            return cls._parse_multi(raw, known or {})
         if not isinstance(raw, dict) or "name" not in raw:
-            raise GridError(f"a grid task must be a name or a mapping with 'name', got {raw!r}")
+            raise GridError(f"a grid task must be a name or a mapping with 'name' (or 'tasks'), got {raw!r}")
         unknown = set(raw) - {"name", "label", "data_file", "args"}
         if unknown:
             raise GridError(f"unknown keys {sorted(unknown)} in grid task {raw!r} (name, label, data_file, args)")
@@ -103,6 +135,28 @@ class TaskEntry:
             label=label_of(str(raw.get("label") or default_label)),
             data_file=data_file,
             args=_str_list(raw.get("args"), f"tasks[{raw['name']}].args"),
+        )
+
+    @classmethod
+    def _parse_multi(cls, raw: dict[str, Any], known: dict[str, TaskEntry]) -> TaskEntry:
+        unknown = set(raw) - {"tasks", "label", "args"}
+        if unknown:
+            raise GridError(f"unknown keys {sorted(unknown)} in multi-task grid task {raw!r} (tasks, label, args)")
+        if not isinstance(raw["tasks"], list):
+            raise GridError(f"grid task {raw!r}: 'tasks' must be a list of task labels, names or mappings")
+        members = []
+        for item in raw["tasks"]:
+            # The label of another grid task (its name and data file), else a task of its own.
+            m = known[item] if isinstance(item, str) and item in known else cls.parse(item)
+            if m.is_multi or m.args:
+                raise GridError(f"grid task {raw!r}: member {m.label!r} has {'several tasks' if m.is_multi else 'args'}; "
+                                "a multi-task entry takes plain tasks and its own 'args'")
+            members.append(m)
+        return cls(
+            name=",".join(m.name for m in members),
+            label=label_of(str(raw["label"])) if raw.get("label") else "+".join(m.label for m in members),
+            args=_str_list(raw.get("args"), f"tasks[{raw.get('label') or raw['tasks']}].args"),
+            members=tuple(members),
         )
 
 
@@ -144,13 +198,24 @@ class EngineEntry:
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
-    """One grid cell = one run dir = one array task."""
+    """One grid cell = one run dir = one array task.
+
+    ``name`` is its run dir under ``RUNS_ROOT/NAME`` (``task/method/engine`` labels);
+    ``after`` names the cells it waits for (a transfer cell: its source, whose run
+    dir its ``--from-run`` names).
+    """
 
     task: TaskEntry
     method: str
     engine: EngineEntry
     run_dir: Path
     argv: tuple[str, ...]
+    name: str = ""
+    after: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", f"{self.task.label}/{self.method}/{self.engine.label}")
 
     @property
     def command(self) -> str:
@@ -162,11 +227,13 @@ class RunSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "name": self.name,
             "task": self.task.label,
             "method": self.method,
             "engine": self.engine.spec,
             "run_dir": str(self.run_dir),
             "argv": list(self.argv),
+            **({"after": list(self.after)} if self.after else {}),
         }
 
 
@@ -183,6 +250,7 @@ class Grid:
     engine_opts: tuple[str, ...] = ()
     args: tuple[tuple[str, tuple[str, ...]], ...] = ()
     slurm: tuple[tuple[str, Any], ...] = ()
+    transfers: tuple[Any, ...] = ()  # mtg_local.slurm.transfers.TransferEntry
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9._-]+", self.name):
@@ -214,29 +282,42 @@ class Grid:
             if bad:
                 raise GridError(f"grid task {t.name!r} sets protocol flag {bad[0]} in its args; put it under "
                                 "'args.all' (docs/protocol.md)")
+        multi = [t.label for t in self.tasks if t.is_multi]
+        if multi and not any(METHOD_COMMANDS[m] == "train" for m in self.methods):
+            raise GridError(f"grid task {multi[0]!r} holds several tasks: only train methods run on it, and the "
+                            "grid has none")
+        if self.transfers:
+            self.expand()  # the transfer cells' sources and targets resolve (GridError naming the cell otherwise)
 
     def args_for(self, key: str) -> tuple[str, ...]:
         return dict(self.args).get(key, ())
 
+    def cell(self, task: TaskEntry, method: str, engine: EngineEntry, *, run_dir: Path | None = None,
+             extra: tuple[str, ...] = (), name: str = "", after: tuple[str, ...] = ()) -> RunSpec:
+        """The cell running ``method`` on ``task`` with ``engine`` (default run dir: ``task/method/engine``)."""
+        cmd = METHOD_COMMANDS[method]
+        run_dir = run_dir or self.runs_root / self.name / task.label / method / engine.label
+        argv = [cmd, *task.task_argv(), *task.args, "--method", method, "--engine", engine.spec]
+        for o in (*self.engine_opts, *engine.opts):
+            argv += ["--engine-opt", o]
+        if self.seeds is not None:
+            argv += ["--seeds", ",".join(str(s) for s in self.seeds)]
+        argv += [*self.args_for("all"), *self.args_for(cmd), *self.args_for(method), *extra]
+        argv += ["--out", str(run_dir)]
+        return RunSpec(task, method, engine, run_dir, tuple(argv), name=name, after=after)
+
     def expand(self) -> list[RunSpec]:
-        """Every (task, method, engine) cell, tasks outermost, in file order."""
-        runs = []
-        for task in self.tasks:
-            for method in self.methods:
-                for engine in self.engines:
-                    cmd = METHOD_COMMANDS[method]
-                    run_dir = self.runs_root / self.name / task.label / method / engine.label
-                    argv = [cmd, "--task", task.name]
-                    if task.data_file:
-                        argv += ["--data-file", task.data_file]
-                    argv += [*task.args, "--method", method, "--engine", engine.spec]
-                    for o in (*self.engine_opts, *engine.opts):
-                        argv += ["--engine-opt", o]
-                    if self.seeds is not None:
-                        argv += ["--seeds", ",".join(str(s) for s in self.seeds)]
-                    argv += [*self.args_for("all"), *self.args_for(cmd), *self.args_for(method)]
-                    argv += ["--out", str(run_dir)]
-                    runs.append(RunSpec(task, method, engine, run_dir, tuple(argv)))
+        """Every (task, method, engine) cell, tasks outermost, in file order; then the transfer cells.
+
+        A multi-task entry gets the train methods only. Transfer cells
+        (``mtg_local.slurm.transfers``) follow, each after its source in the list.
+        """
+        runs = [self.cell(task, method, engine) for task in self.tasks for method in self.methods
+                if not (task.is_multi and METHOD_COMMANDS[method] != "train") for engine in self.engines]
+        if self.transfers:
+            from mtg_local.slurm.transfers import transfer_cells
+
+            runs += transfer_cells(self, runs)
         return runs
 
 
@@ -288,17 +369,31 @@ def parse_grid(raw: Any, *, source: str = "grid", runs_root: str | None = None) 
     if not isinstance(slurm, dict):
         raise GridError(f"{source}: 'slurm' must be a mapping, got {slurm!r}")
     root = runs_root or raw.get("runs_root") or os.environ.get("MTG_RUNS") or "runs"
+    transfers = raw.get("transfer") or []
+    if not isinstance(transfers, list):
+        raise GridError(f"{source}: 'transfer' must be a list of mappings (from, tasks, methods, engines), "
+                        f"got {transfers!r}")
+    from mtg_local.slurm.transfers import TransferEntry
+
     return Grid(
         name=str(raw.get("name") or Path(source).stem),
         runs_root=Path(root).expanduser().absolute(),
-        tasks=tuple(TaskEntry.parse(t) for t in raw["tasks"]),
+        tasks=_parse_tasks(raw["tasks"]),
         methods=tuple(str(m) for m in raw["methods"]),
         engines=tuple(EngineEntry.parse(e) for e in raw["engines"]),
         seeds=tuple(seeds) if seeds is not None else None,
         engine_opts=refuse_secrets(raw.get("engine_opts"), "engine_opts"),
         args=tuple(sorted((str(k), _str_list(v, f"args.{k}")) for k, v in args.items())),
         slurm=tuple(sorted(slurm.items())),
+        transfers=tuple(TransferEntry.parse(t, i) for i, t in enumerate(transfers)),
     )
+
+
+def _parse_tasks(raw: list[Any]) -> tuple[TaskEntry, ...]:
+    """The ``tasks`` list; a multi-task entry may name the other entries by label (so it parses after them)."""
+    single = {i: TaskEntry.parse(t) for i, t in enumerate(raw) if not (isinstance(t, dict) and "tasks" in t)}
+    known = {t.label: t for t in single.values()}
+    return tuple(single[i] if i in single else TaskEntry.parse(t, known) for i, t in enumerate(raw))
 
 
 def load_grid(path: str | os.PathLike[str], *, runs_root: str | None = None) -> Grid:

@@ -127,12 +127,14 @@ mtg_run() {
 }
 
 # mtg_run_grid GRID.yaml : runs `mtg grid GRID.yaml --engine $MTG_GRID_ENGINE` (all cells of one engine on
-# one shared engine) with the GPU layout of the job, signal forwarding and requeue (see mtg_grid.sbatch).
+# one shared engine; only stage $MTG_GRID_STAGE when set) with the GPU layout of the job, signal forwarding and
+# requeue (see mtg_grid.sbatch).
 mtg_run_grid() {
   local grid=$1
   local -a argv=(grid "$grid" --max-concurrent "${MTG_MAX_CONCURRENT:-32}")
   [[ -n "${MTG_GRID_ENGINE:-}" ]] && argv+=(--engine "$MTG_GRID_ENGINE")
   [[ -n "${MTG_GRID_RUNS_ROOT:-}" ]] && argv+=(--runs-root "$MTG_GRID_RUNS_ROOT")
+  [[ -n "${MTG_GRID_STAGE:-}" ]] && argv+=(--stage "$MTG_GRID_STAGE")
   if [[ "${MTG_GRID_BACKEND:-vllm}" == vllm ]]; then
     local gpus tp dp
     gpus=$(mtg_gpu_count)
