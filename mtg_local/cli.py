@@ -41,15 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     stop = StopFlag()
+    command = "mtg"
     try:
         # Until a command installs its own handlers (around its run, after the engine has
         # started), a stop signal ends the command at once as an interruption: exit 99 (SIGINT:
-        # 130) so a SLURM job requeues, not the default death by signal (143, 138).
+        # 130) so a SLURM job requeues, not the default death by signal (143, 138). The window
+        # covers the imports of the sub-commands too (seconds): a job's --signal can land there.
         try:
             with stop_on_signals(stop, abort_on=ALL_STOP_SIGNALS):
+                args = build_parser().parse_args(argv)
+                command = f"mtg {args.command}"
                 rc = args.func(args)
         except Exception as e:
             # e.g. vLLM's start-up wrapped the Interrupted our handler raised inside it
@@ -58,17 +60,17 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             raise intr from e
     except Interrupted as e:
-        print(f"mtg {args.command}: stopped by {signal_name(e.signum)} (exit {e.exit_code}); what had finished "
+        print(f"{command}: stopped by {signal_name(e.signum)} (exit {e.exit_code}); what had finished "
               f"is kept: run the same command again", file=sys.stderr)
         return e.exit_code
     except UserError as e:
-        print(f"mtg {args.command}: error: {e}", file=sys.stderr)
+        print(f"{command}: error: {e}", file=sys.stderr)
         return 2
     except EngineUnreachableError as e:  # the engine's probe before the first phase: nothing was run
-        print(f"mtg {args.command}: error: {e}", file=sys.stderr)
+        print(f"{command}: error: {e}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
-        print(f"mtg {args.command}: interrupted", file=sys.stderr)
+        print(f"{command}: interrupted", file=sys.stderr)
         return 130
     return int(rc or 0)
 

@@ -240,3 +240,42 @@ def test_signal_while_the_engine_starts_is_an_interruption_and_a_rerun_completes
     res = json.loads((run / "results.json").read_text())
     assert res["status"] == "complete"
     assert {k: res[k] for k in COMPARED} == {k: reference[k] for k in COMPARED}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM], ids=lambda s: s.name)
+def test_signal_while_the_commands_are_imported_is_an_interruption(sig):
+    # A job's --signal=B:USR1@T can land while mtg is still importing its sub-commands (seconds, before
+    # any command code runs): that too ends as an interruption SLURM requeues, not a death by signal.
+    # (In a child process: without the handler the signal would kill the test run itself.)
+    program = textwrap.dedent(f"""
+        import os, sys, time
+        import mtg_local.cli as cli
+        real = cli.build_parser
+        def signalled_while_importing():
+            os.kill(os.getpid(), {int(sig)})
+            time.sleep(0.5)  # the handler raises before this returns
+            return real()
+        cli.build_parser = signalled_while_importing
+        sys.exit(cli.main(["eval", "--help"]))
+    """)
+    p = subprocess.run([sys.executable, "-c", program], cwd=Path(__file__).resolve().parents[1],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 99, (p.returncode, p.stderr[-2000:])
+    assert f"mtg: stopped by {sig.name} (exit 99)" in p.stderr
+
+
+def test_job_shell_requeues_when_the_signal_kills_mtg_while_it_starts(tmp_path):
+    # slurm/lib/mtg_job.sh forwards SIGUSR1 to mtg; if mtg dies of it (still starting up, no handler
+    # yet), the job shell treats that as a checkpointed stop (99) so the job is requeued, not failed.
+    repo = Path(__file__).resolve().parents[1]
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "mtg").write_text("#!/bin/bash\nexec sleep 30\n")  # a process with SIGUSR1's default action
+    (fake_bin / "mtg").chmod(0o755)
+    script = (f'source {repo / "slurm" / "lib" / "mtg_job.sh"}; (sleep 1; kill -USR1 $$) & '
+              'mtg_exec "" eval --task x; echo "rc=$?"')
+    env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}"}
+    env.pop("SLURM_JOB_ID", None)
+    p = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert "rc=99" in p.stdout, (p.stdout, p.stderr)
+    assert "stopped by SIGUSR1 while starting up" in p.stderr

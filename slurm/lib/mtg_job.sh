@@ -69,8 +69,10 @@ mtg_manifest_line() {
 
 _mtg_child=""
 _mtg_pending_signal=""
+_mtg_forwarded=""
 _mtg_forward() {
   local sig=$1
+  _mtg_forwarded=$sig
   mtg_log "received SIG$sig; forwarding to mtg (pid ${_mtg_child:-not started}) to checkpoint"
   if [[ -n "$_mtg_child" ]]; then kill -s "$sig" "$_mtg_child" 2>/dev/null || true
   else _mtg_pending_signal=$sig; fi
@@ -186,6 +188,13 @@ mtg_exec() {
   trap - USR1 TERM
   _mtg_child=""
   mtg_log "mtg exited with $rc"
+  if [[ -n "$_mtg_forwarded" ]] && (( rc == 128 + 10 || rc == 128 + 15 )); then
+    # The forwarded signal killed mtg before it had installed its handlers (Python still
+    # starting): nothing of this attempt is lost, so requeue it like a checkpointed stop.
+    mtg_log "mtg was stopped by SIG$_mtg_forwarded while starting up; treating it as exit 99"
+    rc=99
+  fi
+  _mtg_forwarded=""
   if (( rc == 99 )); then
     local jid=${SLURM_JOB_ID:-}
     [[ -n "${SLURM_ARRAY_JOB_ID:-}" && -n "${SLURM_ARRAY_TASK_ID:-}" ]] && jid=${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}
