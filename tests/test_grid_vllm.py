@@ -163,8 +163,10 @@ def test_grid_on_vllm_async_kill_stop_resume_equals_cells_alone(tmp_path, async_
         assert g.proc.returncode == 0, g.text()[-3000:]
         assert "[grid] skip" in g.text()  # the zero-shot cell, complete since B
         usage = {m: results(cell(tmp_path, m))["engine_usage"] for m in ("solution_opt", "prompt_opt")}
+        # solution_opt had rows when B's signal landed (the wait above); prompt_opt may have had none yet
+        assert rows_b["solution_opt"] > 0
         for m, u in usage.items():
-            assert u["cache_hits"] >= rows_b[m] > 0, (m, u, rows_b)
+            assert u["cache_hits"] >= rows_b[m], (m, u, rows_b)
         events_c = [json.loads(x) for x in events_file.read_text().splitlines()]
         figures["C"] = (f"rerun complete in {time.time() - g.t0:.1f} s: "
                         + "; ".join(f"{m} {u['cache_hits']} from cache, {u['requests'] - u['cache_hits']} generated"
