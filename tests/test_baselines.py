@@ -216,11 +216,11 @@ def test_prompt_opt_tiny_real_run(vllm_engine, tmp_path):  # noqa: ANN001
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.parametrize("method", ["copro", "miprov2"])
 def test_dspy_methods_smallest_real_run(vllm_engine, tmp_path, method):  # noqa: ANN001
-    common = dict(max_tokens=96, prompt_max_tokens=128, num_threads=8)
+    common = dict(max_tokens=64, prompt_max_tokens=96, num_threads=8)
     mc = (CoproConfig(breadth=2, depth=1, **common) if method == "copro" else
           MiproConfig(auto=None, num_candidates=2, num_trials=1, max_bootstrapped_demos=1, max_labeled_demos=1,
                       data_aware_proposer=False, **common))
-    protocol = Protocol(seeds=(0, 1), limit=3, max_tokens=96, optimizer_max_tokens=128)  # CI-sized test call
+    protocol = Protocol(seeds=(0,), limit=3, max_tokens=64, optimizer_max_tokens=96)  # CI-sized test call
     cfg = BaselineConfig(out=str(tmp_path / method), method=method, method_config=mc, protocol=protocol,
                          no_cache=True)
     res = run_baseline(cfg, engine=vllm_engine)

@@ -220,15 +220,17 @@ def test_signal_while_the_engine_starts_is_an_interruption_and_a_rerun_completes
     # Before the run's own handlers exist (a model load takes minutes on a cluster), a stop signal
     # must still end as an interruption SLURM requeues (99; SIGINT 130), not a death by signal.
     run = tmp_path / "run"
-    argv = [a if not a.startswith("scripted:") else "scripted:good=2;start=30" for a in TRAIN]
+    argv = [a if not a.startswith("scripted:") else "scripted:good=2;start=8" for a in TRAIN]
     proc = mtg(tmp_path, "train", *argv, "--out", str(run))
     deadline = time.time() + 60
-    while not (run / "events.jsonl").exists():  # config written; the engine is "starting" for 30 s
+    while not (run / "events.jsonl").exists():  # config written; the engine is "starting" for 8 s
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.01)
     time.sleep(0.2)
+    sent = time.time()
     os.killpg(proc.pid, sig)
-    _, err = proc.communicate(timeout=20)  # at once, not after the 30 s start
+    _, err = proc.communicate(timeout=20)
+    assert time.time() - sent < 6, "waited for the engine start to finish"  # at once, not after the 8 s start
     assert proc.returncode == (130 if sig == signal.SIGINT else 99), err
     assert f"stopped by {sig.name}" in err and "Traceback" not in err
     assert not (run / "checkpoint.json").exists()
