@@ -144,12 +144,46 @@ def test_sigkill_during_model_load_leaves_no_engine(tmp_path):
           f"left: {len(left)}")
 
 
-def test_sigkill_mid_step_leaves_no_engine_and_resume_replays_the_cache(tmp_path, reference):
+def test_group_sigterm_then_kill9_mid_step_then_resume_equals_uninterrupted(tmp_path, reference):
+    """One run, stopped twice mid-step and resumed twice (each leg pays an engine start, so they share a run):
+
+    1. SIGTERM to the whole process group (the engine core gets it too and may die first): exit 99,
+       results.json "interrupted" (not "failed"), no engine process left;
+    2. the resumed run is killed with ``kill -9`` mid-step (the watchdog stops vLLM's processes);
+    3. the second resume completes with the uninterrupted run's results, and no request is generated
+       twice: what the killed legs finished is served from the cache.
+    SIGINT (exit 130) takes the path of SIGTERM; it is tested with a scripted engine (tests/test_interrupt.py).
+    """
     run = tmp_path / "run"
+    # 1. group SIGTERM mid-step
     proc = mtg_train(*TRAIN, "--out", str(run))
     tree = Tree(proc)
     try:
-        kill = wait_mid_step(proc, run, tree)
+        mid = wait_mid_step(proc, run, tree)
+        tree.record()
+        assert engine_started(tree), f"no EngineCore among {tree.seen}"
+        os.killpg(proc.pid, signal.SIGTERM)  # the whole group: the engine core gets it too
+        proc.wait(timeout=120)
+        assert proc.returncode == 99, stderr_of(proc)[-3000:]
+        assert not tree.wait_gone(10), "engine processes outlived an interrupted run"
+    finally:
+        tree.cleanup()
+    res = json.loads((run / "results.json").read_text())
+    assert res["status"] == "interrupted", res
+    assert res["signal"] == "SIGTERM" and f"mtg train --resume {run}" in res["message"]
+    assert "EngineError" not in json.dumps(res.get("error")), res
+    log = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    assert log[-1]["event"] == "interrupted" and "failed" not in [e["event"] for e in log]
+    # The signal lands a poll after a request of step mid+1 was seen; on 2 cores that step
+    # (tiny here) may finish first. Either way no step past the one in flight is recorded.
+    assert json.loads((run / "checkpoint.json").read_text())["completed_step"] in (mid["step"], mid["step"] + 1)
+    print(f"\nvLLM group SIGTERM mid-step {mid['step'] + 1}: exit {proc.returncode}; {res['message']}")
+
+    # 2. kill -9 of the resumed run, mid-step
+    proc = mtg_train("--resume", str(run), "--no-progress")
+    tree = Tree(proc)
+    try:
+        kill = wait_mid_step(proc, run, tree, cache_rows(run / "cache.sqlite"))
         tree.record()
         assert engine_started(tree), f"no EngineCore among {tree.seen}"
         proc.kill()  # kill -9 of the main process, mid-step
@@ -159,58 +193,21 @@ def test_sigkill_mid_step_leaves_no_engine_and_resume_replays_the_cache(tmp_path
         left = tree.wait_gone(10)
         assert not left, f"engine processes still alive 10 s after kill -9: {left}"
         gone_s = time.time() - t_kill
-        rows = cache_rows(run / "cache.sqlite")
-        assert rows > kill["rows_at_checkpoint"]
-
-        resumed = mtg_train("--resume", str(run), "--no-progress")
-        finish(resumed)
     finally:
         tree.cleanup()
+    rows = cache_rows(run / "cache.sqlite")
+    assert rows > kill["rows_at_checkpoint"]
+
+    # 3. the second resume completes as the uninterrupted run
+    finish(mtg_train("--resume", str(run), "--no-progress"))
     res = json.loads((run / "results.json").read_text())
     assert res["status"] == "complete" and res["resumed"] is True
     assert compared(res) == compared(reference)
+    assert (run / "learned_loss_prompt.txt").read_text().strip() == reference["learned"]["loss_prompt"].strip()
     before, after, hits = rows, generated(res["engine_usage"]), res["engine_usage"]["cache_hits"]
     total = generated(reference["engine_usage"])
     print(f"\nvLLM SIGKILL mid-step {kill['step'] + 1}: engine processes gone {gone_s:.1f} s after the kill; "
-          f"requests generated before the kill {before} ({before - kill['rows_at_checkpoint']}+ after the "
-          f"checkpoint), served from the cache after {hits}, generated after {after}; total {before + after} "
-          f"vs uninterrupted {total} (requests {reference['engine_usage']['requests']}, "
-          f"cache hits {reference['engine_usage']['cache_hits']})")
+          f"requests generated before the kill {before}, served from the cache after {hits}, generated after "
+          f"{after}; total {before + after} vs uninterrupted {total}")
     assert before + after == total
     assert hits >= before - kill["rows_at_checkpoint"] > 0
-
-
-def test_group_sigterm_is_an_interruption_and_resume_equals_uninterrupted(tmp_path, reference):
-    # SIGINT (exit 130) takes the same path; it is tested with a scripted engine (tests/test_interrupt.py).
-    run = tmp_path / "run"
-    rows_floor = 0
-    for sig, code in ((signal.SIGTERM, 99),):
-        proc = mtg_train(*TRAIN, "--out", str(run)) if sig == signal.SIGTERM else \
-            mtg_train("--resume", str(run), "--no-progress")
-        tree = Tree(proc)
-        try:
-            mid = wait_mid_step(proc, run, tree, rows_floor)
-            tree.record()
-            assert engine_started(tree), f"no EngineCore among {tree.seen}"
-            os.killpg(proc.pid, sig)  # the whole group: the engine core gets it too
-            proc.wait(timeout=120)
-            assert proc.returncode == code, stderr_of(proc)[-3000:]
-            assert not tree.wait_gone(10), "engine processes outlived an interrupted run"
-        finally:
-            tree.cleanup()
-        res = json.loads((run / "results.json").read_text())
-        assert res["status"] == "interrupted", res
-        assert res["signal"] == sig.name and f"mtg train --resume {run}" in res["message"]
-        assert "EngineError" not in json.dumps(res.get("error")), res
-        log = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
-        assert log[-1]["event"] == "interrupted" and "failed" not in [e["event"] for e in log]
-        # The signal lands a poll after a request of step mid+1 was seen; on 2 cores that step
-        # (tiny here) may finish first. Either way no step past the one in flight is recorded.
-        assert json.loads((run / "checkpoint.json").read_text())["completed_step"] in (mid["step"], mid["step"] + 1)
-        rows_floor = cache_rows(run / "cache.sqlite")
-        print(f"\nvLLM group {sig.name} mid-step {mid['step'] + 1}: exit {proc.returncode}; {res['message']}")
-    finish(mtg_train("--resume", str(run), "--no-progress"))
-    res = json.loads((run / "results.json").read_text())
-    assert res["status"] == "complete"
-    assert compared(res) == compared(reference)
-    assert (run / "learned_loss_prompt.txt").read_text().strip() == reference["learned"]["loss_prompt"].strip()
