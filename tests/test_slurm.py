@@ -250,7 +250,9 @@ def test_shared_grid_job_usr1_requeues_and_the_rerun_completes_every_cell(cluste
         "engine_opts": ["delay_s=0.5"], "seeds": [0, 1],
         # one protocol for every cell, train-only fields included: a --protocol file
         "args": {"all": ["--protocol", str(tmp_path / "protocol.json"), "--no-progress"]},
-        "slurm": {"gpus": 1, "time": "00:10:00", "cpus_per_task": 1, "mem": "1G"},
+        # 30 min: mtg_grid.sbatch asks for USR1 600 s before the limit, so a 10 min limit would have
+        # SLURM signal the requeued job again on its own
+        "slurm": {"gpus": 1, "time": "00:30:00", "cpus_per_task": 1, "mem": "1G"},
     }
     (tmp_path / "protocol.json").write_text(json.dumps({"limit": 2, "steps": 1, "max_tokens": 32, "outer_steps": 2,
                                                          "minibatch": 1}))
