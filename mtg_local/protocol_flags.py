@@ -53,7 +53,8 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     return tuple(seeds)
 
 
-def _bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
+    """Reads a flag value: true/false, yes/no, on/off, 1/0 (any case)."""
     t = str(text).strip().lower()
     if t in ("1", "true", "yes", "on"):
         return True
@@ -85,7 +86,7 @@ def add_protocol_args(parser: argparse.ArgumentParser, *, meta: bool = False) ->
     g.add_argument("--majority-vote", action="store_const", const="majority_vote", dest="answer_selection",
                    help="same as --answer-selection majority_vote")
     g.add_argument("--vote-tie", default=None, choices=VOTE_TIES, help=f"default: {_D.vote_tie}")
-    g.add_argument("--vote-counts-none", default=None, type=_bool, metavar="BOOL",
+    g.add_argument("--vote-counts-none", default=None, type=parse_bool, metavar="BOOL",
                    help=f"an answer with nothing extractable votes (default: {_D.vote_counts_none})")
     g.add_argument("--temperature", type=float, default=None, help=f"forward; default: {_D.temperature}")
     g.add_argument("--optimizer-temperature", type=float, default=None,
@@ -109,7 +110,7 @@ def add_protocol_args(parser: argparse.ArgumentParser, *, meta: bool = False) ->
     g.add_argument("--forward-system-prompt", default=None, choices=tuple(FORWARD_SYSTEM_PROMPTS),
                    help="forward system prompt of methods without their own: none, or simple-evals (TextGrad's "
                         f"script) (default: {_D.forward_system_prompt})")
-    g.add_argument("--inference-template", default=None, type=_bool, metavar="BOOL",
+    g.add_argument("--inference-template", default=None, type=parse_bool, metavar="BOOL",
                    help="start answers with the inference template (false: no template, as TextGrad's script) "
                         f"(default: {str(_D.inference_template).lower()})")
     g.add_argument("--freeze-when", default=None,

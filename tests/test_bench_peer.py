@@ -182,9 +182,14 @@ def _sent(body: dict[str, Any]) -> tuple:
     return (json.dumps(body["messages"]), body["temperature"], body["top_p"], body["max_tokens"])
 
 
-@pytest.mark.parametrize("protocol", ["textgrad", "default"])
+@pytest.mark.parametrize("protocol", ["textgrad", "default", "default-no-template"])
 def test_under_the_textgrad_protocol_textgrad_and_ours_send_the_same_requests(protocol: str) -> None:
-    config = PeerBenchConfig(workload=workload(), widths=(1,), variants=("textgrad", "ours-server"), protocol=protocol)
+    if protocol == "default-no-template":  # the template is the one text TextGrad cannot send
+        config = PeerBenchConfig(workload=workload(), widths=(1,), variants=("textgrad", "ours-server"),
+                                 protocol="default", inference_template=False)  # fmt: skip
+    else:
+        config = PeerBenchConfig(workload=workload(), widths=(1,), variants=("textgrad", "ours-server"),
+                                 protocol=protocol)  # fmt: skip
     if protocol == "textgrad":
         config = PeerBenchConfig(workload=dataclasses.replace(workload(), temperature=0.0), widths=(1,),
                                  variants=("textgrad", "ours-server"), protocol=protocol)  # fmt: skip
@@ -196,7 +201,11 @@ def test_under_the_textgrad_protocol_textgrad_and_ours_send_the_same_requests(pr
     # ours reach the server once per distinct request (identical greedy ones of a phase are folded)
     assert len(ours) == rec["variants"]["ours-server"]["requests"] <= items
     assert rec["variants"]["textgrad-w1"]["item_errors"] == 0 and rec["variants"]["ours-server"]["errors"] == 0
-    if protocol == "textgrad":
+    assert rec["inference_template"] is (protocol == "default")
+    if protocol == "default-no-template":
+        assert set(map(_sent, textgrad)) == set(map(_sent, ours))
+        assert {b["temperature"] for b in ours if b["messages"][0]["role"] == "user"} == {0.7}
+    elif protocol == "textgrad":
         assert set(map(_sent, textgrad)) == set(map(_sent, ours))
         assert {b["messages"][0]["content"] for b in ours} == {
             P.SIMPLE_EVALS_SYSTEM_PROMPT, P.LOSS_SYSTEM_PROMPT, P.BACKWARD_SYSTEM_PROMPT, P.OPTIMIZER_SYSTEM_PROMPT}

@@ -107,6 +107,10 @@ class PeerBenchConfig:
             included), for both TextGrad's client and our ``openai:`` engine.
         protocol: the named protocol (``mtg_local.protocol.PRESETS``) both sides run
             under; the workload sets its steps, token caps and forward temperature.
+        inference_template: overrides the protocol's ``inference_template`` (None:
+            the protocol's). ``False`` under ``default`` removes the one request
+            text TextGrad cannot send (it cannot prefill the template), so the two
+            sides differ by sampling only.
     """
 
     workload: InnerLoopBenchConfig = InnerLoopBenchConfig()
@@ -115,6 +119,7 @@ class PeerBenchConfig:
     server_concurrency: tuple[int | None, ...] = (None,)
     server_timeout_s: float = 3600.0
     protocol: str = "default"
+    inference_template: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.widths or any(w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1)
@@ -135,8 +140,9 @@ class PeerBenchConfig:
     def run_protocol(self) -> RunProtocol:
         """The protocol of every variant: the named one with the workload's steps, caps and temperature."""
         w = self.workload
-        return PRESETS[self.protocol].replace(steps=w.steps, max_tokens=w.max_tokens, optimizer_max_tokens=w.max_tokens,
-                                              temperature=w.temperature, freeze_when="never")  # fmt: skip
+        p = PRESETS[self.protocol].replace(steps=w.steps, max_tokens=w.max_tokens, optimizer_max_tokens=w.max_tokens,
+                                           temperature=w.temperature, freeze_when="never")  # fmt: skip
+        return p if self.inference_template is None else p.replace(inference_template=self.inference_template)
 
 
 def inner_config(protocol: RunProtocol, workload: InnerLoopBenchConfig) -> InnerLoopConfig:
@@ -340,6 +346,7 @@ def summarize(config: PeerBenchConfig, variants: dict[str, dict[str, Any]], *, n
         "workload": {**dataclasses.asdict(config.workload), "items": n_items,
                      "requests_per_item": 1 + 3 * config.workload.steps},  # fmt: skip
         "protocol": config.protocol,
+        "inference_template": config.run_protocol().inference_template,
         "protocol_hash": protocol_hash(config.run_protocol()),
         "server_engine": server_spec,
         "textgrad_best": best["variant"] if best else None,

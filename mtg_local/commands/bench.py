@@ -22,6 +22,7 @@ from engines.registry import parse_engine_opts
 from mtg_local.bench.grid_bench import add_grid_bench
 from mtg_local.bench.inner_loop_bench import add_inner_loop_bench
 from mtg_local.commands.common import build_engine
+from mtg_local.protocol_flags import parse_bool
 from mtg_local.runs.secrets import public_engine_opts
 
 _TOPICS = (
@@ -191,6 +192,9 @@ def add_peer_bench(bench_sub: argparse._SubParsersAction) -> None:
                         "solution_optimization.py; then both send the same requests) (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=None,
                    help="forward phase (default: the protocol's: 0.7 default, 0 textgrad)")
+    p.add_argument("--inference-template", default=None, type=parse_bool, metavar="BOOL",
+                   help="start our answers with the inference template (default: the protocol's: true default, "
+                        "false textgrad); false under default leaves TextGrad and ours differing by sampling only")
     p.add_argument("--task", default=d.task, choices=task_names(), help="default: %(default)s")
     p.add_argument("--split", default=d.split, choices=("train", "val", "test"), help="default: %(default)s")
     p.add_argument("--widths", default="1,16,32,all",
@@ -218,6 +222,7 @@ def run_peer_bench_cli(args: argparse.Namespace) -> int:
                 temperature=temperature, task=args.task, split=args.split,
             ),
             protocol=args.protocol,
+            inference_template=args.inference_template,
             widths=peer_bench.parse_widths(args.widths),
             variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
             server_concurrency=peer_bench.parse_concurrency(args.server_concurrency),
