@@ -131,7 +131,10 @@ def _textgrad_sample(task_name: str, task: Any, ex: Any, engine: Any) -> tuple[s
 
     question = task.format_question(ex)  # no TextGrad task: the question is ours on both sides
     loss = MultiChoiceTestTime(task.initial_loss_prompt, engine=engine)
-    return question, lambda instance: loss(question, instance), P.WORD_SORTING_ROLE, WORD_SORTING_CONSTRAINT
+    # TextGrad's script has no word-sorting task: its multiple-choice role with the kind of question
+    # changed (docs/protocol.md), derived here so a change to our copy is caught
+    role = P.MULTIPLE_CHOICE_ROLE.replace("multiple choice", "word sorting")
+    return question, lambda instance: loss(question, instance), role, WORD_SORTING_CONSTRAINT
 
 
 # -- the preset: every request ---------------------------------------------------------------
@@ -213,6 +216,19 @@ def test_texts_of_textgrads_script_are_the_scripts(name: str) -> None:
     import hashlib
 
     assert hashlib.sha256(getattr(P, name).encode()).hexdigest() == SCRIPT_TEXT_SHA256[name], name
+
+
+#: sha256 of this project's word-sorting format line, the word-sorting TGD constraint on both sides
+#: of the identity tests (TextGrad has no word-sorting script to compare it with): a change to it
+#: is a change of the protocol's requests and must be made here too.
+WORD_SORTING_CONSTRAINT_SHA256 = "3fe0ebdadd0f233a58e9cbac85234642c0ebabf7c2dc4fa645b5937814ea7358"
+
+
+def test_word_sorting_role_and_constraint_are_pinned() -> None:
+    import hashlib
+
+    assert P.WORD_SORTING_ROLE == P.MULTIPLE_CHOICE_ROLE.replace("multiple choice", "word sorting")
+    assert hashlib.sha256(WORD_SORTING_CONSTRAINT.encode()).hexdigest() == WORD_SORTING_CONSTRAINT_SHA256
 
 
 def test_texts_come_from_the_installed_package() -> None:
