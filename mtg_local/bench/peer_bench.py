@@ -33,7 +33,8 @@ or ``textgrad``), which gives every other setting -- top_p, optimizer
 temperature, forward system prompt, template, prefill, update reading -- to
 TextGrad and to our variants alike: under ``textgrad`` both send the same
 requests; under ``default`` TextGrad's answers lack the inference template
-(it cannot prefill). The server gets the
+(it cannot prefill; ``--inference-template false`` leaves it out of ours too, so the
+two sides differ by sampling only). The server gets the
 in-process engine's own ``vllm.LLM`` settings (``mtg_local.bench.vllm_server``).
 Each engine gets the same warm-up batch before its first variant (TextGrad
 also one untimed item); the prefix cache is reset before every variant.
