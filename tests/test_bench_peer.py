@@ -184,15 +184,12 @@ def _sent(body: dict[str, Any]) -> tuple:
 
 @pytest.mark.parametrize("protocol", ["textgrad", "default", "default-no-template"])
 def test_under_the_textgrad_protocol_textgrad_and_ours_send_the_same_requests(protocol: str) -> None:
-    if protocol == "default-no-template":  # the template is the one text TextGrad cannot send
-        config = PeerBenchConfig(workload=workload(), widths=(1,), variants=("textgrad", "ours-server"),
-                                 protocol="default", inference_template=False)  # fmt: skip
-    else:
-        config = PeerBenchConfig(workload=workload(), widths=(1,), variants=("textgrad", "ours-server"),
-                                 protocol=protocol)  # fmt: skip
-    if protocol == "textgrad":
-        config = PeerBenchConfig(workload=dataclasses.replace(workload(), temperature=0.0), widths=(1,),
-                                 variants=("textgrad", "ours-server"), protocol=protocol)  # fmt: skip
+    setting = {  # default-no-template: without the template, the one text TextGrad cannot send
+        "textgrad": {"protocol": "textgrad", "workload": dataclasses.replace(workload(), temperature=0.0)},
+        "default": {"protocol": "default"},
+        "default-no-template": {"protocol": "default", "inference_template": False},
+    }[protocol]
+    config = PeerBenchConfig(**{"workload": workload(), **setting}, widths=(1,), variants=("textgrad", "ours-server"))
     rec, srv, _ = run(config, answer=scripted_answer)
     bodies = [c.body for c in srv.calls if c.body is not None]
     bodies = [b for b in bodies if not b["messages"][-1]["content"].startswith("Request ")]  # not the warm-up

@@ -117,6 +117,11 @@ def textgrad(task_name: str, protocol: Protocol) -> dict[Key, Sent]:
     return out
 
 
+#: TextGrad's script has no word-sorting task: its multiple-choice role with the kind of question
+#: changed (docs/protocol.md), derived here from the script's role so a change to our copy is caught.
+TEXTGRAD_SIDE_WORD_SORTING_ROLE = P.MULTIPLE_CHOICE_ROLE.replace("multiple choice", "word sorting")
+
+
 def _textgrad_sample(task_name: str, task: Any, ex: Any, engine: Any) -> tuple[str, Any, str, str]:
     """(question, test-time objective, role, constraint) of one question, TextGrad's way."""
     if task_name == "mmlu_machine_learning":
@@ -131,10 +136,7 @@ def _textgrad_sample(task_name: str, task: Any, ex: Any, engine: Any) -> tuple[s
 
     question = task.format_question(ex)  # no TextGrad task: the question is ours on both sides
     loss = MultiChoiceTestTime(task.initial_loss_prompt, engine=engine)
-    # TextGrad's script has no word-sorting task: its multiple-choice role with the kind of question
-    # changed (docs/protocol.md), derived here so a change to our copy is caught
-    role = P.MULTIPLE_CHOICE_ROLE.replace("multiple choice", "word sorting")
-    return question, lambda instance: loss(question, instance), role, WORD_SORTING_CONSTRAINT
+    return question, lambda instance: loss(question, instance), TEXTGRAD_SIDE_WORD_SORTING_ROLE, WORD_SORTING_CONSTRAINT
 
 
 # -- the preset: every request ---------------------------------------------------------------
@@ -227,7 +229,7 @@ WORD_SORTING_CONSTRAINT_SHA256 = "3fe0ebdadd0f233a58e9cbac85234642c0ebabf7c2dc4f
 def test_word_sorting_role_and_constraint_are_pinned() -> None:
     import hashlib
 
-    assert P.WORD_SORTING_ROLE == P.MULTIPLE_CHOICE_ROLE.replace("multiple choice", "word sorting")
+    assert P.WORD_SORTING_ROLE == TEXTGRAD_SIDE_WORD_SORTING_ROLE
     assert hashlib.sha256(WORD_SORTING_CONSTRAINT.encode()).hexdigest() == WORD_SORTING_CONSTRAINT_SHA256
 
 

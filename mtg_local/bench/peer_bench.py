@@ -342,13 +342,14 @@ def summarize(config: PeerBenchConfig, variants: dict[str, dict[str, Any]], *, n
     inproc, server = variants.get("ours-inproc"), variants.get("ours-server")
     best_wall = best["wall_s"] if best else None
     ours = {k: _ratio(best_wall, v["wall_s"]) for k, v in variants.items() if k.startswith("ours-")}
+    protocol = config.run_protocol()
     return {
         "bench": "peer",
         "workload": {**dataclasses.asdict(config.workload), "items": n_items,
                      "requests_per_item": 1 + 3 * config.workload.steps},  # fmt: skip
         "protocol": config.protocol,
-        "inference_template": config.run_protocol().inference_template,
-        "protocol_hash": protocol_hash(config.run_protocol()),
+        "inference_template": protocol.inference_template,
+        "protocol_hash": protocol_hash(protocol),
         "server_engine": server_spec,
         "textgrad_best": best["variant"] if best else None,
         "speedup_vs_textgrad_best": _ratio(best_wall, inproc["wall_s"] if inproc else None),
