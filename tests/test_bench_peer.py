@@ -179,15 +179,17 @@ def test_textgrad_requests_carry_the_workload_sampling_and_its_cache_never_serve
 
 
 def _sent(body: dict[str, Any]) -> tuple:
-    return (json.dumps(body["messages"]), body["temperature"], body["top_p"], body["max_tokens"])
+    return (json.dumps(body["messages"]), body["temperature"], body["top_p"], body["max_tokens"],
+            body.get("continue_final_message"), body.get("add_generation_prompt"))  # fmt: skip
 
 
-@pytest.mark.parametrize("protocol", ["textgrad", "default", "default-no-template"])
-def test_under_the_textgrad_protocol_textgrad_and_ours_send_the_same_requests(protocol: str) -> None:
-    setting = {  # default-no-template: without the template, the one text TextGrad cannot send
+@pytest.mark.parametrize("protocol", ["textgrad", "default", "default-no-template", "default-no-prefill"])
+def test_under_every_protocol_textgrad_and_ours_send_the_same_requests(protocol: str) -> None:
+    setting = {  # default-no-prefill: TextGrad as it ships, its answers without the template
         "textgrad": {"protocol": "textgrad", "workload": dataclasses.replace(workload(), temperature=0.0)},
         "default": {"protocol": "default"},
         "default-no-template": {"protocol": "default", "inference_template": False},
+        "default-no-prefill": {"protocol": "default", "textgrad_prefill": False},
     }[protocol]
     config = PeerBenchConfig(**{"workload": workload(), **setting}, widths=(1,), variants=("textgrad", "ours-server"))
     rec, srv, _ = run(config, answer=scripted_answer)
@@ -198,16 +200,28 @@ def test_under_the_textgrad_protocol_textgrad_and_ours_send_the_same_requests(pr
     # ours reach the server once per distinct request (identical greedy ones of a phase are folded)
     assert len(ours) == rec["variants"]["ours-server"]["requests"] <= items
     assert rec["variants"]["textgrad-w1"]["item_errors"] == 0 and rec["variants"]["ours-server"]["errors"] == 0
-    assert rec["inference_template"] is (protocol == "default")
-    if protocol == "default-no-template":
+    assert rec["inference_template"] is (protocol in ("default", "default-no-prefill"))
+    assert rec["textgrad_prefill"] is (protocol == "default")
+    if protocol in ("default", "default-no-template"):
         assert set(map(_sent, textgrad)) == set(map(_sent, ours))
-        assert {b["temperature"] for b in ours if b["messages"][0]["role"] == "user"} == {0.7}
+        forward = [b for b in ours if b["messages"][0]["role"] == "user"]
+        assert len(forward) == N * S and {b["temperature"] for b in forward} == {0.7}
+        prefilled = [b for b in forward if b["messages"][-1]["role"] == "assistant"]
+        if protocol == "default":  # the template, prefilled, then quoted in every later request of the item
+            template = prefilled[0]["messages"][-1]["content"]
+            assert len(prefilled) == N * S and template.startswith("Let's break this down step by step.")
+            assert all(b["continue_final_message"] is True and b["add_generation_prompt"] is False for b in prefilled)
+            later = [b for b in textgrad if b["messages"][0]["role"] == "system"]
+            assert later and all(template in b["messages"][-1]["content"] for b in later)
+        else:
+            assert prefilled == []
     elif protocol == "textgrad":
         assert set(map(_sent, textgrad)) == set(map(_sent, ours))
         assert {b["messages"][0]["content"] for b in ours} == {
             P.SIMPLE_EVALS_SYSTEM_PROMPT, P.LOSS_SYSTEM_PROMPT, P.BACKWARD_SYSTEM_PROMPT, P.OPTIMIZER_SYSTEM_PROMPT}
-    else:  # ours start their answers with the template, which TextGrad cannot prefill
+    else:  # ours start their answers with the template, TextGrad's (as it ships) do not
         assert set(map(_sent, textgrad)) != set(map(_sent, ours))
+        assert all(b["messages"][-1]["role"] == "user" for b in textgrad if b["messages"][0]["role"] == "user")
         forward = [b for b in ours if b["messages"][0]["role"] == "user"]
         assert len(forward) == N * S and all(b["temperature"] == 0.7 for b in forward)
 

@@ -32,10 +32,14 @@ token caps, forward temperature) under a protocol (``--protocol``: ``default``
 or ``textgrad``), which gives every other setting -- top_p, optimizer
 temperature, forward system prompt, template, prefill, update reading -- to
 TextGrad and to our variants alike: under ``textgrad`` both send the same
-requests; under ``default`` TextGrad's answers lack the inference template
-(it cannot prefill; ``--inference-template false`` leaves it out of ours too, so the
-two sides differ by sampling only). The server gets the
-in-process engine's own ``vllm.LLM`` settings (``mtg_local.bench.vllm_server``).
+requests. Under ``default`` our answers start with the paper's inference
+template, which TextGrad's API cannot ask for: its client wrapper prefills the
+forward call with it as our ``openai:`` engine does on vLLM, so both sides
+send the same requests there too (``--textgrad-prefill false``: TextGrad as it
+ships, whose answers lack the template, so every later request differs;
+``--inference-template false`` leaves the template out of both). The server
+gets the in-process engine's own ``vllm.LLM`` settings
+(``mtg_local.bench.vllm_server``).
 Each engine gets the same warm-up batch before its first variant (TextGrad
 also one untimed item); the prefix cache is reset before every variant.
 Tokens come from vLLM: the server's ``/metrics`` counters around each
@@ -109,9 +113,10 @@ class PeerBenchConfig:
         protocol: the named protocol (``mtg_local.protocol.PRESETS``) both sides run
             under; the workload sets its steps, token caps and forward temperature.
         inference_template: overrides the protocol's ``inference_template`` (None:
-            the protocol's). ``False`` under ``default`` removes the one request
-            text TextGrad cannot send (it cannot prefill the template), so the two
-            sides differ by sampling only.
+            the protocol's), for TextGrad and ours alike.
+        textgrad_prefill: TextGrad's forward calls start the answer with the
+            template (prefilled by its client wrapper, as our ``openai:`` engine
+            does). False: TextGrad as it ships, answers without the template.
     """
 
     workload: InnerLoopBenchConfig = InnerLoopBenchConfig()
@@ -121,6 +126,7 @@ class PeerBenchConfig:
     server_timeout_s: float = 3600.0
     protocol: str = "default"
     inference_template: bool | None = None
+    textgrad_prefill: bool = True
 
     def __post_init__(self) -> None:
         if not self.widths or any(w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1)
@@ -238,8 +244,10 @@ def outputs_differ(base: list[Trajectory], other: list[Trajectory]) -> dict[str,
 
 
 def _run_textgrad(width: int, server: Server, task: Task, config: InnerLoopBenchConfig, protocol: RunProtocol,
-                  timeout_s: float, *, quiet: bool = False) -> dict[str, Any]:  # fmt: skip
-    items = [(task.format_question(it.example), it.seed) for it in build_items(task, config)]
+                  timeout_s: float, *, prefill: bool, quiet: bool = False) -> dict[str, Any]:  # fmt: skip
+    templates = protocol.inference_template and prefill
+    items = [(task.format_question(it.example), it.seed, it.template if templates else "")
+             for it in build_items(task, config)]  # fmt: skip
     ok = server.reset_prefix_cache()
     before = server.counters()
     res = run_textgrad(
@@ -247,7 +255,7 @@ def _run_textgrad(width: int, server: Server, task: Task, config: InnerLoopBench
         temperature=protocol.temperature, max_tokens=protocol.max_tokens, loss_prompt=task.initial_loss_prompt,
         constraint=task.tgd_constraint or None, role=task.answer_role, top_p=protocol.top_p,
         system_prompt=FORWARD_SYSTEM_PROMPTS[protocol.forward_system_prompt],
-        optimizer_temperature=protocol.optimizer_temperature, timeout_s=timeout_s,
+        optimizer_temperature=protocol.optimizer_temperature, timeout_s=timeout_s, prefill=prefill,
     )  # fmt: skip
     if quiet:
         return res
@@ -294,10 +302,11 @@ def run_peer_bench(
                     # One untimed item first: TextGrad's lazy imports and first connection are
                     # paid once, not by whichever width runs first.
                     _run_textgrad(1, server, task, dataclasses.replace(w, questions=1, seeds=1), protocol,
-                                  config.server_timeout_s, quiet=True)  # fmt: skip
+                                  config.server_timeout_s, prefill=config.textgrad_prefill, quiet=True)  # fmt: skip
                     # "all" may equal a listed width (e.g. 32 items): run each width once.
                     for width in dict.fromkeys(wd or n_items for wd in config.widths):
-                        rec = _run_textgrad(width, server, task, w, protocol, config.server_timeout_s)
+                        rec = _run_textgrad(width, server, task, w, protocol, config.server_timeout_s,
+                                            prefill=config.textgrad_prefill)  # fmt: skip
                         variants[rec["variant"]] = rec
                 if "ours-server" in config.variants:
                     for c in dict.fromkeys(config.server_concurrency):
@@ -349,6 +358,7 @@ def summarize(config: PeerBenchConfig, variants: dict[str, dict[str, Any]], *, n
                      "requests_per_item": 1 + 3 * config.workload.steps},  # fmt: skip
         "protocol": config.protocol,
         "inference_template": protocol.inference_template,
+        "textgrad_prefill": config.textgrad_prefill and protocol.inference_template,
         "protocol_hash": protocol_hash(protocol),
         "server_engine": server_spec,
         "textgrad_best": best["variant"] if best else None,

@@ -27,14 +27,21 @@ Engines: TextGrad's ``ChatExternalClient`` (its ``ChatOpenAI`` on a caller's
   protocol's top_p and capped at ``max_tokens``;
 * with no forward system prompt (the default protocol) the client wrapper
   drops the empty system message TextGrad's engine would send, as our
-  requests have none.
+  requests have none;
+* with ``prefill`` and an item template (the paper's inference template of
+  the default protocol), the client wrapper prefills the forward call's
+  assistant turn with it the way our ``openai:`` engine does on a vLLM server
+  (a trailing assistant message, ``continue_final_message=True,
+  add_generation_prompt=False``) and returns template + continuation as the
+  answer's text: TextGrad has no parameter for an answer's start, and this is
+  how a TextGrad user on a vLLM server gives it one.
 
-So under ``--protocol textgrad`` TextGrad and our inner loop send the same
-requests. Under the default protocol one difference stays: TextGrad cannot
-prefill the answer's start, so its answers lack the paper's inference
-template. A TGD step whose output lacks the ``<IMPROVED_VARIABLE>`` start tag
-raises in TextGrad (weak models do this); the driver then keeps the previous
-answer and goes on, as our inner loop does, so both send 1 + 3T requests per item.
+So under either protocol TextGrad and our inner loop send the same requests
+(with ``prefill`` off, TextGrad's answers lack the template and the two
+sides' answers, hence every later request, differ). A TGD step whose output
+lacks the ``<IMPROVED_VARIABLE>`` start tag raises in TextGrad (weak models
+do this); the driver then keeps the previous answer and goes on, as our inner
+loop does, so both send 1 + 3T requests per item.
 """
 
 from __future__ import annotations
@@ -56,12 +63,14 @@ class CountingClient:
     """The part of ``openai.OpenAI`` TextGrad's engine calls, counting requests and tokens.
 
     ``chat.completions.create`` forwards to ``client``; with ``seeded`` it adds
-    the calling thread's item seed, and it drops an empty system message (what
+    the calling thread's item seed, with ``prefill`` it prefills the assistant
+    turn with the calling thread's item template (the answer's text is then
+    template + continuation), and it drops an empty system message (what
     TextGrad's engine sends for "no system prompt").
     """
 
-    def __init__(self, client: Any, *, seeded: bool) -> None:
-        self._client, self._seeded = client, seeded
+    def __init__(self, client: Any, *, seeded: bool, prefill: bool = False) -> None:
+        self._client, self._seeded, self._prefill = client, seeded, prefill
         self.api_key = client.api_key
         self.chat = SimpleNamespace(completions=SimpleNamespace(create=self._create))
         self._lock = threading.Lock()
@@ -73,8 +82,16 @@ class CountingClient:
             kwargs["seed"] = seed
         messages = kwargs.get("messages") or []
         if messages and messages[0].get("role") == "system" and not messages[0].get("content"):
-            kwargs["messages"] = messages[1:]
+            kwargs["messages"] = messages = messages[1:]
+        template = getattr(_item, "template", "") if self._prefill else ""
+        if template:  # the request our openai: engine sends for a response prefix on vLLM
+            kwargs["messages"] = [*messages, {"role": "assistant", "content": template}]
+            kwargs["extra_body"] = {**(kwargs.get("extra_body") or {}), "continue_final_message": True,
+                                    "add_generation_prompt": False}  # fmt: skip
         resp = self._client.chat.completions.create(**kwargs)
+        if template:
+            for choice in resp.choices:
+                choice.message.content = template + (choice.message.content or "")
         usage = getattr(resp, "usage", None)
         with self._lock:
             self.requests += 1
@@ -134,16 +151,18 @@ def make_engine(client: CountingClient, model: str, *, temperature: float, max_t
         return UncachedExternalClient(client=client, model_string=model, **extra)  # type: ignore[arg-type]
 
 
-def run_item(question: str, seed: int, *, steps: int, loss_prompt: str, constraint: str | None, role: str,
+def run_item(question: str, seed: int, template: str, *, steps: int, loss_prompt: str, constraint: str | None, role: str,
              system_prompt: str | None, forward_engine: Any, optimizer_engine: Any) -> list[str]:  # fmt: skip
     """One item, TextGrad's way; returns the errors it met (empty when none).
 
     ``system_prompt`` None: the forward call has none (the engine's empty default).
+    ``template``: the answer's start, prefilled by a forward engine on a
+    ``CountingClient`` with ``prefill`` ("" or another client: none).
     """
     tg = import_textgrad()
     from textgrad.loss import MultiChoiceTestTime
 
-    _item.seed = seed
+    _item.seed, _item.template = seed, template
     errors: list[str] = []
     system = None if system_prompt is None else tg.Variable(system_prompt, requires_grad=False,
                                                             role_description="system prompt")  # fmt: skip
@@ -165,7 +184,7 @@ def run_item(question: str, seed: int, *, steps: int, loss_prompt: str, constrai
 
 
 def run_textgrad(
-    items: Sequence[tuple[str, int]],
+    items: Sequence[tuple[str, int, str]],
     *,
     width: int,
     base_url: str,
@@ -180,11 +199,13 @@ def run_textgrad(
     top_p: float,
     optimizer_temperature: float = 0.0,
     timeout_s: float = 3600.0,
+    prefill: bool = True,
 ) -> dict[str, Any]:
-    """Runs every (question, seed) item on a thread pool of ``width``.
+    """Runs every (question, seed, template) item on a thread pool of ``width``.
 
     Sampling, system prompt, role and constraint are those of the protocol our
-    variants run under (see the module docstring).
+    variants run under (see the module docstring). ``prefill``: start each
+    answer with its item's template ("": none) by prefilling the forward call.
 
     Returns:
         ``wall_s``, client-side ``requests``/``prompt_tokens``/``completion_tokens``,
@@ -195,13 +216,13 @@ def run_textgrad(
     import openai
 
     raw = openai.OpenAI(base_url=base_url, api_key="EMPTY", timeout=timeout_s, max_retries=0)
-    fwd_client, opt_client = CountingClient(raw, seeded=True), CountingClient(raw, seeded=False)
+    fwd_client, opt_client = CountingClient(raw, seeded=True, prefill=prefill), CountingClient(raw, seeded=False)
     fwd = make_engine(fwd_client, model, temperature=temperature, max_tokens=max_tokens, top_p=top_p,
                       system_prompt="" if system_prompt is None else None)  # fmt: skip
     opt = make_engine(opt_client, model, temperature=optimizer_temperature, max_tokens=max_tokens, top_p=top_p)
 
-    def one(item: tuple[str, int]) -> list[str]:
-        return run_item(item[0], item[1], steps=steps, loss_prompt=loss_prompt, constraint=constraint, role=role,
+    def one(item: tuple[str, int, str]) -> list[str]:
+        return run_item(*item, steps=steps, loss_prompt=loss_prompt, constraint=constraint, role=role,
                         system_prompt=system_prompt, forward_engine=fwd, optimizer_engine=opt)  # fmt: skip
 
     failed: list[str] = []

@@ -193,8 +193,12 @@ def add_peer_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=None,
                    help="forward phase (default: the protocol's: 0.7 default, 0 textgrad)")
     p.add_argument("--inference-template", default=None, type=parse_bool, metavar="BOOL",
-                   help="start our answers with the inference template (default: the protocol's: true default, "
-                        "false textgrad); false under default leaves TextGrad and ours differing by sampling only")
+                   help="start every answer, TextGrad's and ours, with the inference template (default: the "
+                        "protocol's: true default, false textgrad)")
+    p.add_argument("--textgrad-prefill", default=True, type=parse_bool, metavar="BOOL",
+                   help="TextGrad's answers start with the template too, its forward call prefilled by its client "
+                        "wrapper as our openai: engine does on vLLM, so both sides send the same requests; false: "
+                        "TextGrad as it ships, answers without the template (default: true)")
     p.add_argument("--task", default=d.task, choices=task_names(), help="default: %(default)s")
     p.add_argument("--split", default=d.split, choices=("train", "val", "test"), help="default: %(default)s")
     p.add_argument("--widths", default="1,16,32,all",
@@ -223,6 +227,7 @@ def run_peer_bench_cli(args: argparse.Namespace) -> int:
             ),
             protocol=args.protocol,
             inference_template=args.inference_template,
+            textgrad_prefill=args.textgrad_prefill,
             widths=peer_bench.parse_widths(args.widths),
             variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
             server_concurrency=peer_bench.parse_concurrency(args.server_concurrency),
