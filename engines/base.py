@@ -274,6 +274,8 @@ class Usage:
     served from its prefix cache (0 where the backend does not report it).
     ``context_truncated`` counts the results cut off by the context
     (finish_reason ``FINISH_CONTEXT``), not served from the cache.
+    ``deduplicated_prompt_tokens`` are the prompt tokens of the deduplicated
+    copies: ``prompt_tokens`` plus them is what callers asked for.
     """
 
     calls: int = 0
@@ -287,6 +289,7 @@ class Usage:
     deduplicated: int = 0
     cached_prompt_tokens: int = 0
     context_truncated: int = 0
+    deduplicated_prompt_tokens: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -440,6 +443,7 @@ class Engine(abc.ABC):
                     self._first_error = r.error
                 if r.deduplicated:
                     u.deduplicated += 1
+                    u.deduplicated_prompt_tokens += r.prompt_tokens
                     continue
                 u.prompt_tokens += r.prompt_tokens
                 u.cached_prompt_tokens += r.cached_tokens

@@ -202,6 +202,9 @@ def test_under_every_protocol_textgrad_and_ours_send_the_same_requests(protocol:
     assert rec["variants"]["textgrad-w1"]["item_errors"] == 0 and rec["variants"]["ours-server"]["errors"] == 0
     assert rec["inference_template"] is (protocol in ("default", "default-no-prefill"))
     assert rec["textgrad_prefill"] is (protocol == "default")
+    # what ours asked for, folded copies included, is what TextGrad sent
+    asked = rec["variants"]["ours-server"]["logical_prompt_tokens"]
+    assert (asked == rec["variants"]["textgrad-w1"]["prompt_tokens"]) is (protocol != "default-no-prefill")
     if protocol in ("default", "default-no-template"):
         assert set(map(_sent, textgrad)) == set(map(_sent, ours))
         forward = [b for b in ours if b["messages"][0]["role"] == "user"]

@@ -30,6 +30,8 @@ def test_identical_requests_reach_the_backend_once_and_fan_out_in_order() -> Non
     # requests count what the caller sent; tokens count the two generations actually made
     assert (u.requests, u.deduplicated, u.calls) == (6, 4, 1)
     assert u.prompt_tokens == 3 + 2 and u.completion_tokens == 5 + 4
+    # the copies' prompt tokens: what the caller asked for, folded into one generation
+    assert u.deduplicated_prompt_tokens == 4 * 3
 
 
 def test_differing_seeds_are_not_merged_above_temperature_zero() -> None:

@@ -227,6 +227,7 @@ def _run_ours(name: str, engine: Engine, task: Task, config: InnerLoopBenchConfi
     after = _settled(counters, before, backend)
     rec = _record(name, wall, start_s, client, before, after, ok, engine=engine.spec,
                   prompt_layout=inner.prompt_layout, schedule=inner.schedule, logical_requests=u.requests,
+                  logical_prompt_tokens=u.prompt_tokens + u.deduplicated_prompt_tokens,
                   deduplicated=u.deduplicated, errors=u.errors, items=len(trajs),
                   accuracy=round(sum(t.score for t in trajs) / len(trajs), 4) if trajs else None)  # fmt: skip
     return rec, trajs
