@@ -65,6 +65,7 @@ from engines.loop_thread import BackgroundLoop, CallerTasks
 from engines.openai_support import (
     MalformedResponse,
     Redactor,
+    prefilled_chat,
     probe_models,
     retry_after_s,
     retryable,
@@ -380,8 +381,7 @@ class OpenAIEngine(Engine):
         messages = req.messages_as_dicts()
         if req.response_prefix:
             if prefill:
-                messages.append({"role": "assistant", "content": req.response_prefix})
-                kw["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
+                messages, kw["extra_body"] = prefilled_chat(messages, req.response_prefix)
             else:
                 messages = with_prefix_instruction(messages, req.response_prefix)
         kw["messages"] = messages

@@ -58,6 +58,16 @@ def strip_repeated_prefix(text: str, prefix: str) -> str:
     return rest.lstrip() if prefix != prefix.rstrip() else rest
 
 
+def prefilled_chat(messages: list[dict[str, str]], prefix: str) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """The chat request whose answer continues ``prefix`` on vLLM: its messages and ``extra_body``.
+
+    The prefix is a trailing assistant turn that vLLM's chat template leaves
+    open (``continue_final_message``) instead of starting a new one.
+    """
+    messages = [*messages, {"role": "assistant", "content": prefix}]
+    return messages, {"continue_final_message": True, "add_generation_prompt": False}
+
+
 def with_prefix_instruction(messages: list[dict[str, str]], prefix: str) -> list[dict[str, str]]:
     """``messages`` with an instruction to begin with ``prefix`` added to the last user turn."""
     instruction = PREFIX_INSTRUCTION.format(prefix=prefix)

@@ -256,7 +256,7 @@ def _run_textgrad(width: int, server: Server, task: Task, config: InnerLoopBench
         temperature=protocol.temperature, max_tokens=protocol.max_tokens, loss_prompt=task.initial_loss_prompt,
         constraint=task.tgd_constraint or None, role=task.answer_role, top_p=protocol.top_p,
         system_prompt=FORWARD_SYSTEM_PROMPTS[protocol.forward_system_prompt],
-        optimizer_temperature=protocol.optimizer_temperature, timeout_s=timeout_s, prefill=prefill,
+        optimizer_temperature=protocol.optimizer_temperature, timeout_s=timeout_s,
     )  # fmt: skip
     if quiet:
         return res

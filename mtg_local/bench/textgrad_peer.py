@@ -28,17 +28,18 @@ Engines: TextGrad's ``ChatExternalClient`` (its ``ChatOpenAI`` on a caller's
 * with no forward system prompt (the default protocol) the client wrapper
   drops the empty system message TextGrad's engine would send, as our
   requests have none;
-* with ``prefill`` and an item template (the paper's inference template of
-  the default protocol), the client wrapper prefills the forward call's
-  assistant turn with it the way our ``openai:`` engine does on a vLLM server
-  (a trailing assistant message, ``continue_final_message=True,
-  add_generation_prompt=False``) and returns template + continuation as the
-  answer's text: TextGrad has no parameter for an answer's start, and this is
-  how a TextGrad user on a vLLM server gives it one.
+* with an item template (the paper's inference template of the default
+  protocol, unless the bench's ``--textgrad-prefill false``), the client
+  wrapper prefills the forward call's assistant turn with it as our
+  ``openai:`` engine does on a vLLM server (the same
+  ``engines.openai_support.prefilled_chat`` request) and returns template +
+  continuation as the answer's text: TextGrad has no parameter for an
+  answer's start, and this is how a TextGrad user on a vLLM server gives it
+  one.
 
 So under either protocol TextGrad and our inner loop send the same requests
-(with ``prefill`` off, TextGrad's answers lack the template and the two
-sides' answers, hence every later request, differ). A TGD step whose output
+(with no item template, TextGrad's answers lack it and the two sides'
+answers, hence every later request, differ). A TGD step whose output
 lacks the ``<IMPROVED_VARIABLE>`` start tag raises in TextGrad (weak models
 do this); the driver then keeps the previous answer and goes on, as our inner
 loop does, so both send 1 + 3T requests per item.
@@ -57,20 +58,21 @@ from types import SimpleNamespace
 from typing import Any
 
 from engines.adapters.common import import_textgrad
+from engines.openai_support import prefilled_chat
 
 
 class CountingClient:
     """The part of ``openai.OpenAI`` TextGrad's engine calls, counting requests and tokens.
 
-    ``chat.completions.create`` forwards to ``client``; with ``seeded`` it adds
-    the calling thread's item seed, with ``prefill`` it prefills the assistant
-    turn with the calling thread's item template (the answer's text is then
-    template + continuation), and it drops an empty system message (what
-    TextGrad's engine sends for "no system prompt").
+    ``chat.completions.create`` forwards to ``client``; for the ``forward``
+    (answer) calls it adds the calling thread's item seed and prefills the
+    assistant turn with the calling thread's item template, if any (the
+    answer's text is then template + continuation), and it drops an empty
+    system message (what TextGrad's engine sends for "no system prompt").
     """
 
-    def __init__(self, client: Any, *, seeded: bool, prefill: bool = False) -> None:
-        self._client, self._seeded, self._prefill = client, seeded, prefill
+    def __init__(self, client: Any, *, forward: bool) -> None:
+        self._client, self._forward = client, forward
         self.api_key = client.api_key
         self.chat = SimpleNamespace(completions=SimpleNamespace(create=self._create))
         self._lock = threading.Lock()
@@ -78,16 +80,15 @@ class CountingClient:
 
     def _create(self, **kwargs: Any) -> Any:
         seed = getattr(_item, "seed", None)
-        if self._seeded and seed is not None:
+        if self._forward and seed is not None:
             kwargs["seed"] = seed
         messages = kwargs.get("messages") or []
         if messages and messages[0].get("role") == "system" and not messages[0].get("content"):
             kwargs["messages"] = messages = messages[1:]
-        template = getattr(_item, "template", "") if self._prefill else ""
+        template = getattr(_item, "template", "") if self._forward else ""
         if template:  # the request our openai: engine sends for a response prefix on vLLM
-            kwargs["messages"] = [*messages, {"role": "assistant", "content": template}]
-            kwargs["extra_body"] = {**(kwargs.get("extra_body") or {}), "continue_final_message": True,
-                                    "add_generation_prompt": False}  # fmt: skip
+            kwargs["messages"], extra = prefilled_chat(messages, template)
+            kwargs["extra_body"] = {**(kwargs.get("extra_body") or {}), **extra}
         resp = self._client.chat.completions.create(**kwargs)
         if template:
             for choice in resp.choices:
@@ -157,7 +158,7 @@ def run_item(question: str, seed: int, template: str, *, steps: int, loss_prompt
 
     ``system_prompt`` None: the forward call has none (the engine's empty default).
     ``template``: the answer's start, prefilled by a forward engine on a
-    ``CountingClient`` with ``prefill`` ("" or another client: none).
+    ``CountingClient`` ("": none).
     """
     tg = import_textgrad()
     from textgrad.loss import MultiChoiceTestTime
@@ -199,13 +200,12 @@ def run_textgrad(
     top_p: float,
     optimizer_temperature: float = 0.0,
     timeout_s: float = 3600.0,
-    prefill: bool = True,
 ) -> dict[str, Any]:
     """Runs every (question, seed, template) item on a thread pool of ``width``.
 
     Sampling, system prompt, role and constraint are those of the protocol our
-    variants run under (see the module docstring). ``prefill``: start each
-    answer with its item's template ("": none) by prefilling the forward call.
+    variants run under (see the module docstring). Each answer starts with
+    its item's template ("": none), prefilled in the forward call.
 
     Returns:
         ``wall_s``, client-side ``requests``/``prompt_tokens``/``completion_tokens``,
@@ -216,7 +216,7 @@ def run_textgrad(
     import openai
 
     raw = openai.OpenAI(base_url=base_url, api_key="EMPTY", timeout=timeout_s, max_retries=0)
-    fwd_client, opt_client = CountingClient(raw, seeded=True, prefill=prefill), CountingClient(raw, seeded=False)
+    fwd_client, opt_client = CountingClient(raw, forward=True), CountingClient(raw, forward=False)
     fwd = make_engine(fwd_client, model, temperature=temperature, max_tokens=max_tokens, top_p=top_p,
                       system_prompt="" if system_prompt is None else None)  # fmt: skip
     opt = make_engine(opt_client, model, temperature=optimizer_temperature, max_tokens=max_tokens, top_p=top_p)
