@@ -13,18 +13,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from engines.base import GenRequest, Message
+from engines.errors import EngineUnreachableError
 from engines.fake_engine import FakeEngine
+from mtg_local.bench import peer_bench
 from mtg_local.bench.inner_loop_bench import InnerLoopBenchConfig
 from mtg_local.bench.peer_bench import PeerBenchConfig, parse_widths, run_peer_bench, table
-from engines.base import GenRequest, Message
 from mtg_local.bench.vllm_server import parse_metrics, server_args
 from mtg_local.cli import main
 from mtg_local.prompts import textgrad_prompts as P
+from mtg_local.protocol import PRESETS, protocol_hash
 from tests.fault_server import FaultServer
 from tests.textgrad_script import script
 
@@ -62,13 +66,18 @@ class FakeVLLMServer:
 
 
 def scripted_answer(body: dict[str, Any]) -> str:
-    """``textgrad_script.script`` for a chat body: an answer from the messages alone (not seeds)."""
-    return script(GenRequest(messages=tuple(Message(m["role"], m["content"]) for m in body["messages"])))
+    """``textgrad_script.script`` for a chat body; a sampled call's answer also depends on its seed.
+
+    As a sampler's would: at temperature > 0 two seeds give two answers, so the later
+    (greedy) requests of two seeds of one question differ too and nothing repeats.
+    """
+    text = script(GenRequest(messages=tuple(Message(m["role"], m["content"]) for m in body["messages"])))
+    return f"(sample {body['seed']}) {text}" if body.get("temperature") and "seed" in body else text
 
 
-def run(config: PeerBenchConfig, *, with_counters: bool = True,
-        answer: Any = None) -> tuple[dict[str, Any], FaultServer, FakeVLLMServer]:  # fmt: skip
-    srv = FaultServer(fault_rate=0.0, owned_by="vllm", answer=answer).start()
+def run(config: PeerBenchConfig, *, with_counters: bool = True, answer: Any = None,
+        owned_by: str = "vllm") -> tuple[dict[str, Any], FaultServer, FakeVLLMServer]:  # fmt: skip
+    srv = FaultServer(fault_rate=0.0, owned_by=owned_by, answer=answer).start()
     handle = FakeVLLMServer(srv, with_counters=with_counters)
 
     @contextlib.contextmanager
@@ -109,12 +118,17 @@ def test_all_variants_report_their_figures_and_ratios() -> None:
     assert inproc["wall_with_start_s"] == pytest.approx(inproc["wall_s"] + 1.25, abs=1e-3)
     best = min(rec["variants"][k]["wall_s"] for k in rec["order"] if k.startswith("textgrad"))
     assert rec["textgrad_best"] in ("textgrad-w1", f"textgrad-w{items}")
-    assert rec["speedup_vs_textgrad_best"] == round(best / inproc["wall_s"], 3)
-    assert rec["speedup_one_off"] == round(best / inproc["wall_with_start_s"], 3)
-    assert rec["speedup_vs_textgrad_best_via_server"] == round(best / ours["wall_s"], 3)
+    # The headline is the like-for-like ratio: ours through the same server, the same requests.
+    head = rec["headline"]
+    assert head["name"] == "like_for_like" and head["ours"] == "ours-server" and head["textgrad"] == rec["textgrad_best"]
+    assert head["value"] == rec["speedup_like_for_like"] == round(best / ours["wall_s"], 3)
+    assert head["same_requests"] is True and head["includes_folding"] is False
+    assert rec["speedup_inproc_vs_textgrad_best"] == round(best / inproc["wall_s"], 3)
+    assert rec["speedup_inproc_one_off"] == round(best / inproc["wall_with_start_s"], 3)
     ratios = rec["speedups_vs_textgrad_best"]
-    assert ratios == {"ours-server": rec["speedup_vs_textgrad_best_via_server"], "ours-inproc": rec["speedup_vs_textgrad_best"]}
+    assert ratios == {"ours-server": head["value"], "ours-inproc": rec["speedup_inproc_vs_textgrad_best"]}
     assert rec["fastest_ours"] == max(ratios, key=lambda k: ratios[k])
+    assert rec["requests_match"]["textgrad_requests"] == rec["requests_match"]["ours_logical_requests"] == items * PER_ITEM
     assert table(rec).count("\n") == 2 + len(rec["order"]) - 1
 
 
@@ -156,6 +170,7 @@ def test_layout_schedule_and_concurrency_variants_keep_accounting_and_compare_ou
     assert chained["prompt_tokens"] < rec["variants"]["ours-inproc"]["prompt_tokens"]
     # No TextGrad variant ran: no ratio to report.
     assert rec["speedups_vs_textgrad_best"] == {k: None for k in rec["order"]} and rec["fastest_ours"] is None
+    assert rec["headline"]["value"] is None
 
 
 def test_textgrad_requests_carry_the_workload_sampling_and_its_cache_never_serves() -> None:
@@ -179,14 +194,17 @@ def test_textgrad_requests_carry_the_workload_sampling_and_its_cache_never_serve
 
 
 def _sent(body: dict[str, Any]) -> tuple:
-    return (json.dumps(body["messages"]), body["temperature"], body["top_p"], body["max_tokens"],
-            body.get("continue_final_message"), body.get("add_generation_prompt"))  # fmt: skip
+    """Everything of a request body that decides its output: every message (role and text), the sampling
+    (the seed where it matters, at temperature > 0) and the prefill flags."""
+    seed = body.get("seed") if body["temperature"] > 0 else None
+    return (json.dumps(body["messages"]), body["temperature"], body["top_p"], body["max_tokens"], seed,
+            body.get("stop"), body.get("continue_final_message"), body.get("add_generation_prompt"))  # fmt: skip
 
 
 @pytest.mark.parametrize("protocol", ["textgrad", "default", "default-no-template", "default-no-prefill"])
 def test_under_every_protocol_textgrad_and_ours_send_the_same_requests(protocol: str) -> None:
     setting = {  # default-no-prefill: TextGrad as it ships, its answers without the template
-        "textgrad": {"protocol": "textgrad", "workload": dataclasses.replace(workload(), temperature=0.0)},
+        "textgrad": {"protocol": "textgrad", "workload": dataclasses.replace(workload(), seeds=1, temperature=0.0)},
         "default": {"protocol": "default"},
         "default-no-template": {"protocol": "default", "inference_template": False},
         "default-no-prefill": {"protocol": "default", "textgrad_prefill": False},
@@ -195,18 +213,20 @@ def test_under_every_protocol_textgrad_and_ours_send_the_same_requests(protocol:
     rec, srv, _ = run(config, answer=scripted_answer)
     bodies = [c.body for c in srv.calls if c.body is not None]
     bodies = [b for b in bodies if not b["messages"][-1]["content"].startswith("Request ")]  # not the warm-up
-    items = N * S * PER_ITEM
+    items = rec["workload"]["items"] * PER_ITEM
     textgrad, ours = bodies[PER_ITEM:][:items], bodies[PER_ITEM:][items:]  # after TextGrad's untimed item
-    # ours reach the server once per distinct request (identical greedy ones of a phase are folded)
-    assert len(ours) == rec["variants"]["ours-server"]["requests"] <= items
+    # nothing repeats, so nothing is folded: ours send every request TextGrad sends
+    assert len(ours) == rec["variants"]["ours-server"]["requests"] == items
+    assert rec["variants"]["ours-server"]["deduplicated"] == 0 and rec["folding"]["folded_requests"]["ours-server"] == 0
     assert rec["variants"]["textgrad-w1"]["item_errors"] == 0 and rec["variants"]["ours-server"]["errors"] == 0
+    assert rec["headline"]["same_requests"] is (protocol != "default-no-prefill")
     assert rec["inference_template"] is (protocol in ("default", "default-no-prefill"))
     assert rec["textgrad_prefill"] is (protocol == "default")
     # what ours asked for, folded copies included, is what TextGrad sent
     asked = rec["variants"]["ours-server"]["logical_prompt_tokens"]
     assert (asked == rec["variants"]["textgrad-w1"]["prompt_tokens"]) is (protocol != "default-no-prefill")
     if protocol in ("default", "default-no-template"):
-        assert set(map(_sent, textgrad)) == set(map(_sent, ours))
+        assert Counter(map(_sent, textgrad)) == Counter(map(_sent, ours))
         forward = [b for b in ours if b["messages"][0]["role"] == "user"]
         assert len(forward) == N * S and {b["temperature"] for b in forward} == {0.7}
         prefilled = [b for b in forward if b["messages"][-1]["role"] == "assistant"]
@@ -219,14 +239,88 @@ def test_under_every_protocol_textgrad_and_ours_send_the_same_requests(protocol:
         else:
             assert prefilled == []
     elif protocol == "textgrad":
-        assert set(map(_sent, textgrad)) == set(map(_sent, ours))
+        assert Counter(map(_sent, textgrad)) == Counter(map(_sent, ours)) and rec["seeds"] == [0]
         assert {b["messages"][0]["content"] for b in ours} == {
             P.SIMPLE_EVALS_SYSTEM_PROMPT, P.LOSS_SYSTEM_PROMPT, P.BACKWARD_SYSTEM_PROMPT, P.OPTIMIZER_SYSTEM_PROMPT}
     else:  # ours start their answers with the template, TextGrad's (as it ships) do not
-        assert set(map(_sent, textgrad)) != set(map(_sent, ours))
+        assert Counter(map(_sent, textgrad)) != Counter(map(_sent, ours))
         assert all(b["messages"][-1]["role"] == "user" for b in textgrad if b["messages"][0]["role"] == "user")
         forward = [b for b in ours if b["messages"][0]["role"] == "user"]
         assert len(forward) == N * S and all(b["temperature"] == 0.7 for b in forward)
+
+
+def test_the_textgrad_protocol_runs_its_seed_and_folding_needs_asking() -> None:
+    greedy = dataclasses.replace(workload(), temperature=0.0)
+    # Two seeds at temperature 0 send every request twice: refused unless folding is asked for.
+    with pytest.raises(ValueError, match="--fold-seeds"):
+        PeerBenchConfig(workload=greedy, protocol="textgrad")
+    assert main(["bench", "peer", "--protocol", "textgrad", "--seeds", "2"]) == 2
+    # One seed: the protocol's, recorded as what ran; nothing folded.
+    config = PeerBenchConfig(workload=dataclasses.replace(greedy, seeds=1), protocol="textgrad", widths=(1,),
+                             variants=("textgrad", "ours-server", "ours-inproc"))  # fmt: skip
+    rec, _, _ = run(config, answer=scripted_answer)
+    ran = PRESETS["textgrad"].replace(steps=T, max_tokens=M, optimizer_max_tokens=M)
+    assert rec["seeds"] == rec["preset_seeds"] == [0] and rec["protocol_hash"] == protocol_hash(ran)
+    assert rec["workload"]["items"] == N and rec["variants"]["textgrad-w1"]["requests"] == N * PER_ITEM
+    assert rec["folding"] == {**rec["folding"], "asked": False, "folded_requests": {"ours-server": 0, "ours-inproc": 0}}
+    # Asked to fold: it runs; what was folded is reported beside, not inside, the headline's name.
+    folded = PeerBenchConfig(workload=greedy, protocol="textgrad", fold_seeds=True, widths=(1,),
+                             variants=("textgrad", "ours-server"))  # fmt: skip
+    rec, _, _ = run(folded, answer=scripted_answer)
+    assert rec["seeds"] == [0, 1] and rec["protocol_hash"] == protocol_hash(ran.replace(seeds=(0, 1)))
+    ours = rec["variants"]["ours-server"]
+    assert ours["deduplicated"] == N * PER_ITEM and ours["requests"] == N * PER_ITEM  # seed 1's copies
+    assert rec["variants"]["textgrad-w1"]["requests"] == 2 * N * PER_ITEM
+    assert rec["folding"]["asked"] is True and rec["folding"]["folded_requests"] == {"ours-server": N * PER_ITEM}
+    assert rec["headline"]["includes_folding"] is True
+
+
+def test_default_seeds_are_the_protocols(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[PeerBenchConfig] = []
+
+    def fake_run(config: PeerBenchConfig, **_: Any) -> dict[str, Any]:
+        seen.append(config)
+        return {"variants": {}}
+
+    monkeypatch.setattr(peer_bench, "run_peer_bench", fake_run)
+    monkeypatch.setattr(peer_bench, "table", lambda record: "")
+    assert main(["bench", "peer", "--protocol", "textgrad", "--questions", "2"]) == 0
+    assert main(["bench", "peer", "--questions", "2"]) == 0
+    assert main(["bench", "peer", "--protocol", "textgrad", "--seeds", "2", "--fold-seeds", "--repeats", "3"]) == 0
+    assert [c.run_protocol().seeds for c in seen] == [(0,), PRESETS["default"].seeds, (0, 1)]
+    assert [c.repeats for c in seen] == [1, 1, 3] and seen[2].fold_seeds
+    assert main(["bench", "peer", "--repeats", "0"]) == 2
+
+
+def test_repeats_alternate_the_order_and_give_median_and_spread() -> None:
+    config = PeerBenchConfig(workload=workload(), widths=(1, 2), variants=("textgrad", "ours-server", "ours-inproc"),
+                             repeats=3)  # fmt: skip
+    rec, _, _ = run(config)
+    server = ["textgrad-w1", "textgrad-w2", "ours-server"]
+    assert rec["run_order"] == ([[0, n] for n in server] + [[1, n] for n in reversed(server)] + [[2, n] for n in server]
+                                + [[r, "ours-inproc"] for r in range(3)])  # fmt: skip
+    assert rec["repeats"] == 3
+    for name, v in rec["variants"].items():
+        walls = [r["wall_s"] for r in v["runs"]]
+        assert [r["repeat"] for r in v["runs"]] == [0, 1, 2], name
+        assert v["wall_s"] == v["wall_s_median"] == sorted(walls)[1], name
+        assert (v["wall_s_min"], v["wall_s_max"]) == (min(walls), max(walls)), name
+        assert v["wall_s_spread_pct"] == round(100 * (max(walls) - min(walls)) / v["wall_s"], 1), name
+        assert v["logical_requests"] == rec["workload"]["items"] * PER_ITEM, name  # the median run's figures
+    assert [r["position"] for r in rec["variants"]["textgrad-w1"]["runs"]] == [0, 2, 0]
+    best = min(rec["variants"][k]["wall_s"] for k in ("textgrad-w1", "textgrad-w2"))
+    assert rec["headline"]["value"] == round(best / rec["variants"]["ours-server"]["wall_s"], 3)
+
+
+def test_the_server_engine_prefills_and_a_server_that_is_not_vllm_stops_the_bench() -> None:
+    config = PeerBenchConfig(workload=workload(), widths=(1,), variants=("textgrad", "ours-server"))
+    with pytest.raises(EngineUnreachableError, match="vLLM"):
+        run(config, owned_by="fault-server")
+    rec, srv, _ = run(config)
+    assert rec["server_prefill"] == {"prefill": True, "mode": "continue_final_message", "server": "vllm"}
+    forward = [c.body for c in srv.calls if c.body is not None and c.body["messages"][0]["role"] == "user"
+               and not c.body["messages"][-1]["content"].startswith("Request ")]  # fmt: skip
+    assert forward and all(b["messages"][-1]["role"] == "assistant" and b["continue_final_message"] for b in forward)
 
 
 def test_bad_arguments_are_user_errors() -> None:

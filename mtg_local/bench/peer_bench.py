@@ -30,35 +30,52 @@ answers differ from ``ours-inproc`` and its accuracy beside ours-inproc's.
 The workload is ``mtg bench inner-loop``'s (N questions x S seeds, T steps,
 token caps, forward temperature) under a protocol (``--protocol``: ``default``
 or ``textgrad``), which gives every other setting -- top_p, optimizer
-temperature, forward system prompt, template, prefill, update reading -- to
-TextGrad and to our variants alike: under ``textgrad`` both send the same
-requests. Under ``default`` our answers start with the paper's inference
-template, which TextGrad's API cannot ask for: its client wrapper prefills the
-forward call with it as our ``openai:`` engine does on vLLM, so both sides
-send the same requests there too (``--textgrad-prefill false``: TextGrad as it
-ships, whose answers lack the template, so every later request differs;
-``--inference-template false`` leaves the template out of both). The server
+temperature, forward system prompt, template, prefill, update reading, the
+task's initial loss prompt -- to TextGrad and to our variants alike: under
+``textgrad`` both send the same requests. The seeds are the protocol's
+(``--seeds`` unset: ``textgrad`` runs seed 0, ``default`` seeds 0-5); ``--seeds S``
+runs seeds 0..S-1 and the recorded protocol and ``protocol_hash`` say so. At
+forward temperature 0 several seeds send identical copies of every request,
+which our engine generates once (``engines.dedup``) and TextGrad sends each
+time: the bench refuses S > 1 there unless ``--fold-seeds`` asks for it, and
+the record lists the folded requests apart from the speed figures.
+
+Under ``default`` our answers start with the paper's inference template,
+which TextGrad's API cannot ask for: its client wrapper prefills the forward
+call with it as our ``openai:`` engine does on vLLM, so both sides send the
+same requests there too (``--textgrad-prefill false``: TextGrad as it ships,
+whose answers lack the template, so every later request differs;
+``--inference-template false`` leaves the template out of both). Our
+``openai:`` engine is built with ``prefill=true`` (vLLM's
+``continue_final_message``); the bench first checks that the server lists
+the model as vLLM's and stops with one line if not, instead of the engine's
+fallback (an added instruction, other requests than TextGrad's). The server
 gets the in-process engine's own ``vllm.LLM`` settings
 (``mtg_local.bench.vllm_server``).
-Each engine gets the same warm-up batch before its first variant (TextGrad
-also one untimed item); the prefix cache is reset before every variant.
-Tokens come from vLLM: the server's ``/metrics`` counters around each
-server variant; for in-process variants the engine's own usage, whose cached
-prompt tokens are vLLM's ``num_cached_tokens`` of each request (exact per
-variant): prompt tokens, prefix-cache hit tokens ("cached"), generated
-tokens, requests.
 
-``speedup_vs_textgrad_best`` = wall of the fastest TextGrad width / wall of
-``ours-inproc``, both without engine start-up (the server is already running
-for TextGrad; our engine is already built). ``speedup_one_off`` charges our
-engine's start-up to us and none to TextGrad.
+Order and repeats: each engine gets the same warm-up batch before its first
+variant (TextGrad also one untimed item); the prefix cache is reset before
+every run. ``--repeats N`` runs every variant N times; each engine's variants
+run in the listed order on even repeats and in reverse on odd ones (ABBA...), so
+no variant always runs first; the record gives each variant's median wall,
+its spread and every run (``mtg_local.bench.peer_record``). Tokens come from
+vLLM: the server's ``/metrics`` counters around each server run; for
+in-process variants the engine's own usage, whose cached prompt tokens are
+vLLM's ``num_cached_tokens`` of each request: prompt tokens, prefix-cache hit
+tokens ("cached"), generated tokens, requests.
+
+The headline, ``like_for_like``, is the median wall of the fastest TextGrad
+width over the median wall of ``ours-server``: the same server, the same
+requests. ``speedup_inproc_vs_textgrad_best`` puts our in-process engine
+against TextGrad on the server (different engines), and
+``speedup_inproc_one_off`` charges our engine's start-up to us and none to
+TextGrad.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -66,13 +83,15 @@ from typing import Any, Protocol
 
 from engines import create_engine
 from engines.base import Engine
-from engines.errors import UserError
+from engines.errors import EngineUnreachableError, UserError
 from mtg_local.bench.inner_loop_bench import InnerLoopBenchConfig, _warmup_requests, build_items, reset_prefix_cache
+from mtg_local.bench.peer_record import aggregate, run_record, summarize
+from mtg_local.bench.peer_record import table as table  # re-exported: the command prints it
 from mtg_local.bench.textgrad_peer import run_textgrad
 from mtg_local.inner_loop import InnerLoopConfig, Trajectory, solution_optimization
-from mtg_local.protocol import FORWARD_SYSTEM_PROMPTS, PRESETS, protocol_hash
+from mtg_local.protocol import FORWARD_SYSTEM_PROMPTS, PRESETS, load_task, protocol_hash
 from mtg_local.protocol import Protocol as RunProtocol
-from mtg_local.tasks import Task, get_task
+from mtg_local.tasks import Task
 
 VARIANTS = ("textgrad", "ours-server", "ours-inproc", "ours-inproc-chained", "ours-async-item",
             "ours-async-item-chained")
@@ -84,6 +103,9 @@ INPROC = {
     "ours-async-item-chained": ("vllm-async", {"schedule": "item", "prompt_layout": "chained"}),
 }
 DEFAULT_WIDTHS = (1, 16, 32, None)  # None: one thread per item
+#: How our openai: engine starts an answer with its template: vLLM's chat API continues a
+#: trailing assistant turn (``engines.openai_support.prefilled_chat``), as TextGrad's client wrapper.
+SERVER_PREFILL = "continue_final_message"
 
 
 class Server(Protocol):
@@ -102,7 +124,8 @@ class PeerBenchConfig:
     """What ``mtg bench peer`` runs (validated in ``__post_init__``).
 
     Attributes:
-        workload: the inner-loop workload (shared with ``mtg bench inner-loop``).
+        workload: the inner-loop workload (shared with ``mtg bench inner-loop``);
+            its ``seeds`` S become the protocol's seeds 0..S-1.
         widths: TextGrad thread-pool widths, each >= 1, or None for one
             thread per item.
         variants: a non-empty subset of ``VARIANTS``.
@@ -111,12 +134,15 @@ class PeerBenchConfig:
         server_timeout_s: limit of one request to the server (queueing
             included), for both TextGrad's client and our ``openai:`` engine.
         protocol: the named protocol (``mtg_local.protocol.PRESETS``) both sides run
-            under; the workload sets its steps, token caps and forward temperature.
+            under; the workload sets its seeds, steps, token caps and forward temperature.
         inference_template: overrides the protocol's ``inference_template`` (None:
             the protocol's), for TextGrad and ours alike.
         textgrad_prefill: TextGrad's forward calls start the answer with the
             template (prefilled by its client wrapper, as our ``openai:`` engine
             does). False: TextGrad as it ships, answers without the template.
+        fold_seeds: allow S > 1 at forward temperature 0, where every seed sends
+            the same requests (ours generate each once, TextGrad each time).
+        repeats: timed runs of every variant (order alternating, see the module docstring).
     """
 
     workload: InnerLoopBenchConfig = InnerLoopBenchConfig()
@@ -127,6 +153,8 @@ class PeerBenchConfig:
     protocol: str = "default"
     inference_template: bool | None = None
     textgrad_prefill: bool = True
+    fold_seeds: bool = False
+    repeats: int = 1
 
     def __post_init__(self) -> None:
         if not self.widths or any(w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1)
@@ -143,13 +171,36 @@ class PeerBenchConfig:
             raise ValueError(f"server_timeout_s must be > 0, got {self.server_timeout_s!r}")
         if self.protocol not in PRESETS:
             raise ValueError(f"protocol must be one of {', '.join(PRESETS)}, got {self.protocol!r}")
+        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
+            raise ValueError(f"repeats must be an integer >= 1, got {self.repeats!r}")
+        s = self.workload.seeds
+        if s > 1 and self.workload.temperature == 0 and not self.fold_seeds:
+            raise ValueError(
+                f"--seeds {s} at forward temperature 0 sends every request {s} times, identical: our engine "
+                f"generates each once and TextGrad sends each, so the bench would time folding, not speed; "
+                f"use --seeds 1 (the textgrad protocol's) with more --questions, or --fold-seeds to time it anyway "
+                f"(the folded requests are reported apart)"
+            )
 
     def run_protocol(self) -> RunProtocol:
-        """The protocol of every variant: the named one with the workload's steps, caps and temperature."""
+        """The protocol of every variant: the named one with the workload's seeds, steps, caps and temperature."""
         w = self.workload
-        p = PRESETS[self.protocol].replace(steps=w.steps, max_tokens=w.max_tokens, optimizer_max_tokens=w.max_tokens,
-                                           temperature=w.temperature, freeze_when="never")  # fmt: skip
+        p = PRESETS[self.protocol].replace(seeds=tuple(range(w.seeds)), steps=w.steps, max_tokens=w.max_tokens,
+                                           optimizer_max_tokens=w.max_tokens, temperature=w.temperature,
+                                           freeze_when="never")  # fmt: skip
         return p if self.inference_template is None else p.replace(inference_template=self.inference_template)
+
+    def same_requests(self) -> bool:
+        """Whether TextGrad and ours send the same requests by construction (``tests/test_bench_peer.py``).
+
+        Not with TextGrad's answers left without the template ours start with, nor
+        with a prefilled update tag (TextGrad's ``TextualGradientDescent`` prefills none).
+        """
+        p = self.run_protocol()
+        return (self.textgrad_prefill or not p.inference_template) and not p.prefill_update_tag
+
+    def workload_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.workload)
 
 
 def inner_config(protocol: RunProtocol, workload: InnerLoopBenchConfig) -> InnerLoopConfig:
@@ -157,9 +208,43 @@ def inner_config(protocol: RunProtocol, workload: InnerLoopBenchConfig) -> Inner
     return dataclasses.replace(protocol.inner_config(schedule=workload.schedule), prompt_layout=workload.prompt_layout)
 
 
+def alternating(names: list[str], repeat: int) -> list[str]:
+    """``names`` in order on even repeats, reversed on odd ones (each variant's mean position is the same)."""
+    return list(names) if repeat % 2 == 0 else list(reversed(names))
+
+
+def require_vllm_server(server: Server, timeout_s: float = 30.0) -> None:
+    """Stops the bench unless the server lists its model as vLLM's (``owned_by: "vllm"``).
+
+    Our ``openai:`` engine prefills answers with vLLM's ``continue_final_message``
+    and TextGrad's client wrapper does the same; another server would not honour it.
+
+    Raises:
+        EngineUnreachableError: the model list does not answer, or does not say vLLM (one line).
+    """
+    import openai
+
+    client = openai.OpenAI(base_url=server.base_url, api_key="EMPTY", timeout=timeout_s, max_retries=2)
+    try:
+        models = list(client.models.list().data)
+    except openai.OpenAIError as e:
+        raise EngineUnreachableError(
+            f"mtg bench peer: cannot list the models of {server.base_url} ({type(e).__name__}), so cannot check that "
+            f"it is vLLM, whose {SERVER_PREFILL} both sides' prefilled answers need"
+        ) from None
+    finally:
+        client.close()
+    owners = {str(getattr(m, "id", "")): getattr(m, "owned_by", None) for m in models}
+    if owners.get(server.served_name) != "vllm":
+        raise EngineUnreachableError(
+            f"mtg bench peer: {server.base_url} does not list {server.served_name!r} as a vLLM model (owned_by "
+            f"{owners.get(server.served_name)!r}); the bench needs vLLM's {SERVER_PREFILL} to prefill answers"
+        )
+
+
 def _settled(read: Callable[[], dict[str, float] | None], before: dict[str, float] | None,
              requests: int) -> dict[str, float] | None:  # fmt: skip
-    """Counters after a variant; waits (up to 10 s) until the server has counted its requests."""
+    """Counters after a run; waits (up to 10 s) until the server has counted its requests."""
     after = read()
     for _ in range(20):
         if before is None or after is None or after["requests"] - before["requests"] >= requests:
@@ -167,46 +252,6 @@ def _settled(read: Callable[[], dict[str, float] | None], before: dict[str, floa
         time.sleep(0.5)
         after = read()
     return after
-
-
-def _record(name: str, wall: float, start_s: float | None, client: dict[str, Any],
-            before: dict[str, float] | None, after: dict[str, float] | None, reset: bool | None,
-            **extra: Any) -> dict[str, Any]:  # fmt: skip
-    """One variant's figures; logged to stderr at once, so a run cut short keeps them."""
-    if before is not None and after is not None:
-        d = {k: after[k] - before[k] for k in after}
-        tokens = {
-            "token_source": "vllm counters",
-            "requests": int(d["requests"]),
-            "prompt_tokens": int(d["prompt_tokens"]),
-            "cached_tokens": int(d["cached_tokens"]),
-            "completion_tokens": int(d["completion_tokens"]),
-            "preemptions": int(d["preemptions"]),
-        }
-    else:  # no counters (in-process engines, a test server): the client's usage
-        tokens = {
-            "token_source": "client usage",
-            "requests": client["requests"],
-            "prompt_tokens": client["prompt_tokens"],
-            "cached_tokens": client.get("cached_tokens"),
-            "completion_tokens": client["completion_tokens"],
-            "preemptions": None,
-        }
-    cached, prompt = tokens["cached_tokens"], tokens["prompt_tokens"]
-    out = {
-        "variant": name,
-        "wall_s": round(wall, 3),
-        "start_s": None if start_s is None else round(start_s, 1),
-        "wall_with_start_s": None if start_s is None else round(wall + start_s, 3),
-        **tokens,
-        "uncached_prompt_tokens": None if cached is None else prompt - cached,
-        "prefix_cache_hit_rate": round(cached / prompt, 4) if cached is not None and prompt else None,
-        "prefix_cache_reset": reset,
-        "client": {k: client[k] for k in ("requests", "prompt_tokens", "completion_tokens")},
-        **extra,
-    }
-    print(f"[bench peer] {json.dumps(out)}", file=sys.stderr, flush=True)
-    return out
 
 
 def _run_ours(name: str, engine: Engine, task: Task, config: InnerLoopBenchConfig, start_s: float | None,
@@ -225,11 +270,11 @@ def _run_ours(name: str, engine: Engine, task: Task, config: InnerLoopBenchConfi
     client = {"requests": backend, "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
               "cached_tokens": u.cached_prompt_tokens if u.cached_prompt_tokens else None}  # fmt: skip
     after = _settled(counters, before, backend)
-    rec = _record(name, wall, start_s, client, before, after, ok, engine=engine.spec,
-                  prompt_layout=inner.prompt_layout, schedule=inner.schedule, logical_requests=u.requests,
-                  logical_prompt_tokens=u.prompt_tokens + u.deduplicated_prompt_tokens,
-                  deduplicated=u.deduplicated, errors=u.errors, items=len(trajs),
-                  accuracy=round(sum(t.score for t in trajs) / len(trajs), 4) if trajs else None)  # fmt: skip
+    rec = run_record(name, wall, start_s, client, before, after, ok, engine=engine.spec,
+                     prompt_layout=inner.prompt_layout, schedule=inner.schedule, logical_requests=u.requests,
+                     logical_prompt_tokens=u.prompt_tokens + u.deduplicated_prompt_tokens,
+                     deduplicated=u.deduplicated, errors=u.errors, items=len(trajs),
+                     accuracy=round(sum(t.score for t in trajs) / len(trajs), 4) if trajs else None)  # fmt: skip
     return rec, trajs
 
 
@@ -261,14 +306,10 @@ def _run_textgrad(width: int, server: Server, task: Task, config: InnerLoopBench
     if quiet:
         return res
     after = _settled(server.counters, before, res["requests"])
-    return _record(f"textgrad-w{width}", res["wall_s"], server.start_s, res, before, after, ok,
-                   engine="textgrad ChatExternalClient", width=width, cache_lookups=res["cache_lookups"],
-                   item_errors=res["item_errors"], update_errors=res["update_errors"],
-                   first_error=res["first_error"], items=len(items))  # fmt: skip
-
-
-def _ratio(x: float | None, y: float | None) -> float | None:
-    return round(x / y, 3) if x and y else None
+    return run_record(f"textgrad-w{width}", res["wall_s"], server.start_s, res, before, after, ok,
+                      engine="textgrad ChatExternalClient", width=width, logical_requests=res["requests"],
+                      deduplicated=0, cache_lookups=res["cache_lookups"], item_errors=res["item_errors"],
+                      update_errors=res["update_errors"], first_error=res["first_error"], items=len(items))  # fmt: skip
 
 
 def run_peer_bench(
@@ -278,27 +319,46 @@ def run_peer_bench(
     inproc_factory: Callable[[str], tuple[Engine, float]],
     task: Task | None = None,
 ) -> dict[str, Any]:
-    """Runs the chosen variants, one engine at a time, and returns the JSON record.
+    """Runs the chosen variants, one engine at a time, ``config.repeats`` times each; returns the JSON record.
 
     Args:
-        config: workload, widths, variants.
+        config: workload, widths, variants, repeats.
         server_factory: starts the server (context manager; stopped on exit).
         inproc_factory: builds the in-process engine of a backend ("vllm" or
             "vllm-async"); returns it and its start-up seconds.
-        task: default ``get_task(config.workload.task)``.
+        task: default: the workload's task under the run's protocol (``load_task``).
+
+    Raises:
+        EngineUnreachableError: the server is not vLLM (``require_vllm_server``).
     """
     w = config.workload
     protocol = config.run_protocol()
-    task = task or get_task(w.task)
+    task = task or load_task(w.task, protocol)
     n_items = len(build_items(task, w))
-    variants: dict[str, dict[str, Any]] = {}
-    server_spec = None
+    runs: dict[str, list[dict[str, Any]]] = {}
+    run_order: list[list[Any]] = []
+    server_spec = server_prefill = None
+
+    def timed(name: str, repeat: int, position: int, rec: dict[str, Any]) -> None:
+        runs.setdefault(name, []).append({**rec, "repeat": repeat, "position": position})
+        run_order.append([repeat, name])
+
     if "textgrad" in config.variants or "ours-server" in config.variants:
         with server_factory() as server:
-            ours = create_engine(f"openai:{server.served_name}", base_url=server.base_url, timeout_s=config.server_timeout_s)
-            server_spec = ours.spec
+            require_vllm_server(server)
+            engines: dict[str, Engine] = {}
             try:
-                ours.generate(_warmup_requests())  # same warm-up as the in-process engine gets
+                for c in dict.fromkeys(config.server_concurrency if "ours-server" in config.variants else (None,)):
+                    opts = {} if c is None else {"max_concurrency": c}
+                    engines["ours-server" if c is None else f"ours-server-c{c}"] = create_engine(
+                        f"openai:{server.served_name}", base_url=server.base_url, timeout_s=config.server_timeout_s,
+                        prefill=True, **opts)  # fmt: skip
+                first = next(iter(engines.values()))
+                server_spec = first.spec
+                server_prefill = {"prefill": first.identity()["prefill"], "mode": SERVER_PREFILL, "server": "vllm"}
+                first.generate(_warmup_requests())  # same warm-up as the in-process engine gets
+                names: list[str] = []
+                widths: dict[str, int] = {}
                 if "textgrad" in config.variants:
                     # One untimed item first: TextGrad's lazy imports and first connection are
                     # paid once, not by whichever width runs first.
@@ -306,84 +366,47 @@ def run_peer_bench(
                                   config.server_timeout_s, prefill=config.textgrad_prefill, quiet=True)  # fmt: skip
                     # "all" may equal a listed width (e.g. 32 items): run each width once.
                     for width in dict.fromkeys(wd or n_items for wd in config.widths):
-                        rec = _run_textgrad(width, server, task, w, protocol, config.server_timeout_s,
-                                            prefill=config.textgrad_prefill)  # fmt: skip
-                        variants[rec["variant"]] = rec
+                        widths[f"textgrad-w{width}"] = width
+                    names += list(widths)
                 if "ours-server" in config.variants:
-                    for c in dict.fromkeys(config.server_concurrency):
-                        name = "ours-server" if c is None else f"ours-server-c{c}"
-                        eng = ours if c is None else create_engine(
-                            f"openai:{server.served_name}", base_url=server.base_url,
-                            timeout_s=config.server_timeout_s, max_concurrency=c)  # fmt: skip
-                        try:
+                    names += list(engines)
+                for repeat in range(config.repeats):
+                    for pos, name in enumerate(alternating(names, repeat)):
+                        if name in widths:
+                            rec = _run_textgrad(widths[name], server, task, w, protocol, config.server_timeout_s,
+                                                prefill=config.textgrad_prefill)  # fmt: skip
+                        else:
+                            eng = engines[name]
                             rec, _ = _run_ours(name, eng, task, w, server.start_s, server.counters,
                                                server.reset_prefix_cache, protocol)  # fmt: skip
-                        finally:
-                            if eng is not ours:
-                                eng.close()
-                        rec["max_concurrency"] = eng.config.max_concurrency  # type: ignore[attr-defined]
-                        variants[name] = rec
+                            rec["max_concurrency"] = eng.config.max_concurrency  # type: ignore[attr-defined]
+                        timed(name, repeat, pos, rec)
             finally:
-                ours.close()
-    base: list[Trajectory] | None = None
+                for eng in engines.values():
+                    eng.close()
+    trajectories: dict[str, list[Trajectory]] = {}
     for backend in dict.fromkeys(INPROC[v][0] for v in INPROC if v in config.variants):
         engine, start_s = inproc_factory(backend)
         try:
             engine.generate(_warmup_requests())
-            for name in (v for v in INPROC if v in config.variants and INPROC[v][0] == backend):
-                workload = dataclasses.replace(w, **INPROC[name][1])
-                rec, trajs = _run_ours(name, engine, task, workload, start_s, lambda: None,
-                                       lambda e=engine: reset_prefix_cache(e), protocol)  # fmt: skip
-                if name == "ours-inproc":
-                    base = trajs
-                elif base is not None:
-                    rec["vs_ours_inproc"] = outputs_differ(base, trajs)
-                variants[name] = rec
+            names = [v for v in INPROC if v in config.variants and INPROC[v][0] == backend]
+            for repeat in range(config.repeats):
+                for pos, name in enumerate(alternating(names, repeat)):
+                    workload = dataclasses.replace(w, **INPROC[name][1])
+                    rec, trajs = _run_ours(name, engine, task, workload, start_s, lambda: None,
+                                           lambda e=engine: reset_prefix_cache(e), protocol)  # fmt: skip
+                    trajectories.setdefault(name, trajs)  # the first repeat's texts
+                    timed(name, repeat, pos, rec)
         finally:
             engine.close()
-    return summarize(config, variants, n_items=n_items, server_spec=server_spec)
-
-
-def summarize(config: PeerBenchConfig, variants: dict[str, dict[str, Any]], *, n_items: int,
-              server_spec: str | None) -> dict[str, Any]:  # fmt: skip
-    """The JSON record: per-variant figures and the ratios against the fastest TextGrad width."""
-    tg = [v for k, v in variants.items() if k.startswith("textgrad-")]
-    best = min(tg, key=lambda v: v["wall_s"]) if tg else None
-    inproc, server = variants.get("ours-inproc"), variants.get("ours-server")
-    best_wall = best["wall_s"] if best else None
-    ours = {k: _ratio(best_wall, v["wall_s"]) for k, v in variants.items() if k.startswith("ours-")}
-    protocol = config.run_protocol()
-    return {
-        "bench": "peer",
-        "workload": {**dataclasses.asdict(config.workload), "items": n_items,
-                     "requests_per_item": 1 + 3 * config.workload.steps},  # fmt: skip
-        "protocol": config.protocol,
-        "inference_template": protocol.inference_template,
-        "textgrad_prefill": config.textgrad_prefill and protocol.inference_template,
-        "protocol_hash": protocol_hash(protocol),
-        "server_engine": server_spec,
-        "textgrad_best": best["variant"] if best else None,
-        "speedup_vs_textgrad_best": _ratio(best_wall, inproc["wall_s"] if inproc else None),
-        "speedup_vs_textgrad_best_via_server": _ratio(best_wall, server["wall_s"] if server else None),
-        "speedup_one_off": _ratio(best_wall, inproc["wall_with_start_s"] if inproc else None),
-        "speedups_vs_textgrad_best": ours,
-        "fastest_ours": max((k for k in ours if ours[k]), key=lambda k: ours[k], default=None),
-        "speedup_definition": "wall(fastest TextGrad width) / wall(ours), no engine start-up; "
-        "one_off: ours with its engine start, TextGrad on a running server",
-        "order": list(variants),
-        "variants": variants,
-    }
-
-
-def table(record: dict[str, Any]) -> str:
-    """The per-variant figures as a Markdown table (for the README / closing notes)."""
-    rows = ["| variant | wall s | with start-up s | requests | prompt tok | cached tok | uncached tok "
-            "| generated tok |", "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for v in record["variants"].values():
-        cells = [v["variant"], v["wall_s"], v["wall_with_start_s"], v["requests"], v["prompt_tokens"],
-                 v["cached_tokens"], v["uncached_prompt_tokens"], v["completion_tokens"]]  # fmt: skip
-        rows.append("| " + " | ".join("-" if c is None else str(c) for c in cells) + " |")
-    return "\n".join(rows)
+    variants = {name: aggregate(rs) for name, rs in runs.items()}
+    base = trajectories.get("ours-inproc")
+    for name, trajs in trajectories.items():
+        if base is not None and name != "ours-inproc":
+            variants[name]["vs_ours_inproc"] = outputs_differ(base, trajs)
+    return summarize(config, variants, n_items=n_items, server_spec=server_spec, run_order=run_order,
+                     protocol=protocol, protocol_hash=protocol_hash(protocol),
+                     preset_seeds=PRESETS[config.protocol].seeds, server_prefill=server_prefill)  # fmt: skip
 
 
 # -- command line ---------------------------------------------------------------

@@ -183,7 +183,15 @@ def add_peer_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="vLLM option (VLLMConfig), applied to the server and the in-process engine alike")
     p.add_argument("--questions", type=int, default=d.questions, metavar="N", help="default: %(default)s")
-    p.add_argument("--seeds", type=int, default=d.seeds, metavar="S", help="default: %(default)s")
+    p.add_argument("--seeds", type=int, default=None, metavar="S",
+                   help="seeds 0..S-1 (default: the protocol's: 6 default, 1 textgrad); more than 1 at forward "
+                        "temperature 0 needs --fold-seeds")
+    p.add_argument("--fold-seeds", action="store_true",
+                   help="allow S > 1 at temperature 0, where every seed sends the same requests: ours generate "
+                        "each once, TextGrad sends each; the record lists the folded requests apart")
+    p.add_argument("--repeats", type=int, default=1, metavar="N",
+                   help="timed runs of every variant, order reversed on every other run; the record has each "
+                        "variant's median wall and spread (default: %(default)s)")
     p.add_argument("--steps", type=int, default=d.steps, metavar="T", help="default: %(default)s")
     p.add_argument("--max-tokens", type=int, default=d.max_tokens, metavar="M",
                    help="per request, all phases (default: %(default)s)")
@@ -218,16 +226,20 @@ def run_peer_bench_cli(args: argparse.Namespace) -> int:
     from mtg_local.bench.inner_loop_bench import InnerLoopBenchConfig
     from mtg_local.protocol import PRESETS
 
-    temperature = args.temperature if args.temperature is not None else PRESETS[args.protocol].temperature
+    preset = PRESETS[args.protocol]
+    temperature = args.temperature if args.temperature is not None else preset.temperature
+    seeds = args.seeds if args.seeds is not None else len(preset.seeds)
     try:
         config = peer_bench.PeerBenchConfig(
             workload=InnerLoopBenchConfig(
-                questions=args.questions, seeds=args.seeds, steps=args.steps, max_tokens=args.max_tokens,
+                questions=args.questions, seeds=seeds, steps=args.steps, max_tokens=args.max_tokens,
                 temperature=temperature, task=args.task, split=args.split,
             ),
             protocol=args.protocol,
             inference_template=args.inference_template,
             textgrad_prefill=args.textgrad_prefill,
+            fold_seeds=args.fold_seeds,
+            repeats=args.repeats,
             widths=peer_bench.parse_widths(args.widths),
             variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
             server_concurrency=peer_bench.parse_concurrency(args.server_concurrency),
