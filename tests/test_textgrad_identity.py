@@ -299,18 +299,36 @@ def test_a_loss_prompt_with_braces_is_kept_as_written() -> None:
     assert user == 'Reply as JSON {"ok": true}.\nQuestion: Q?\nAnswer by the language model: A.'
 
 
-def test_a_different_textgrad_wording_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def _clear_text_caches() -> None:
+    for fn in (P.textgrad, P.tgd, P.loss_format):
+        fn.cache_clear()
+
+
+#: Every way into TextGrad's texts: each must go through the fingerprint check.
+TEXT_ENTRIES = {
+    "textgrad": lambda: P.textgrad(),
+    "loss_user": lambda: P.loss_user("L", "Q", "A"),
+    "loss_format": lambda: P.loss_format(),
+    "short_value": lambda: P.short_value("a b c"),
+    "tgd": lambda: P.tgd(),
+    "task_loss_prompt": lambda: P.task_loss_prompt("gpqa_diamond"),
+}
+
+
+@pytest.mark.parametrize("entry", list(TEXT_ENTRIES))
+def test_a_different_textgrad_wording_is_refused(entry: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import textgrad.loss
 
-    P.textgrad.cache_clear()
+    _clear_text_caches()
     monkeypatch.setattr(textgrad.loss, "DEFAULT_TEST_TIME", textgrad.loss.DEFAULT_TEST_TIME + " Be brief.")
     try:
         with pytest.raises(RuntimeError, match="words the TextGrad layout's prompts differently"):
-            P.textgrad()
+            TEXT_ENTRIES[entry]()
     finally:
         monkeypatch.undo()
-        P.textgrad.cache_clear()
+        _clear_text_caches()
     assert P.textgrad() is textgrad
+    TEXT_ENTRIES[entry]()  # the package as installed passes
 
 
 def test_engine_adapter_default_system_prompt_is_textgrads() -> None:

@@ -15,13 +15,19 @@ so importing this module does not import it):
   turn is ``construct_tgd_prompt`` over ``get_gradient_and_context_text``;
 * ``QUERY_TEMPLATE_MULTICHOICE`` -- ``textgrad.tasks.mmlu`` (simple-evals'
   multiple-choice question);
-* ``short_value`` -- ``Variable.get_short_value``.
+* ``short_value`` -- ``Variable.get_short_value``;
+* ``task_loss_prompt`` -- the evaluation instruction of TextGrad's instance
+  tasks (``textgrad.tasks.load_instance_task``: MMLU, GPQA), the loss prompt
+  its ``evaluation/solution_optimization.py`` runs with.
 
 A few texts exist only in TextGrad's evaluation scripts, not in the package,
 so they cannot be imported; they are kept below with their source. On first
 use the rendered texts are checked against ``PROMPTS_FINGERPRINT``: another
 textgrad version that words them differently stops with an error instead of
 silently sending other prompts under the same ``prompts`` protocol setting.
+Every public function and name of this module that reads the package goes
+through that check (``textgrad()``); the ``_``-prefixed readers the check
+itself renders do not.
 """
 
 from __future__ import annotations
@@ -67,9 +73,16 @@ PLAIN_CONTEXT_TEMPLATE = "{context}\n\n<FEEDBACK>{feedback}</FEEDBACK>"
 #: Separator between several feedbacks folded into one plain context.
 FEEDBACK_SEPARATOR = "\n\n---\n\n"
 
+#: TextGrad's instance tasks by this project's task name: (module, class) of the dataset whose
+#: ``_get_instance_test_time_objective`` holds the task's loss prompt (``task_loss_prompt``).
+INSTANCE_TASKS = {
+    "mmlu_machine_learning": ("textgrad.tasks.mmlu", "MMLUInstanceDataset"),
+    "gpqa_diamond": ("textgrad.tasks.gpqa", "GPQAInstanceDataset"),
+}
+
 #: sha256 of the texts this module reads from textgrad 0.1.8, rendered on a fixed probe
 #: (``_fingerprint``); recomputed and compared on first use.
-PROMPTS_FINGERPRINT = "983d553e41effea85b13df4581dee94f5900e27d299e21ea0dda657f08f92c3c"
+PROMPTS_FINGERPRINT = "bc6055c495faf425190ad139792925d0a0868294381b4e957c003a1a035b8a99"
 
 #: Starts the instruction slot of ``loss_format``'s probe (no text of a real loss prompt).
 _SLOT = "\x00theta_L\x00"
@@ -117,6 +130,11 @@ def _module(name: str) -> ModuleType:
 @functools.cache
 def tgd(constraints: tuple[str, ...] = ()) -> Any:
     """A ``textgrad.TextualGradientDescent`` with these constraints (its texts only; never stepped)."""
+    textgrad()
+    return _tgd(constraints)
+
+
+def _tgd(constraints: tuple[str, ...]) -> Any:
     opt = _module("textgrad.optimizer.optimizer")
     return opt.TextualGradientDescent(parameters=[], engine=_engine(), constraints=list(constraints))
 
@@ -134,6 +152,11 @@ def loss_format() -> str:
     ``str.format`` fields ``question`` and ``prediction``; the text starts with
     the slot, which ``loss_user`` replaces by the loss prompt.
     """
+    textgrad()
+    return _loss_format()
+
+
+def _loss_format() -> str:
     loss = _module("textgrad.loss")
     fmt = loss.MultiChoiceTestTime(_SLOT, engine=_engine()).format_string
     if not fmt.startswith(_SLOT):
@@ -151,6 +174,10 @@ def loss_user(loss_prompt: str, question: str, prediction: str) -> str:
     return loss_prompt + loss_format().format(question=question, prediction=prediction)[len(_SLOT):]
 
 
+def _loss_user(loss_prompt: str, question: str, prediction: str) -> str:
+    return loss_prompt + _loss_format().format(question=question, prediction=prediction)[len(_SLOT):]
+
+
 def evaluation_role(role: str) -> str:
     """The role of a loss output judging a variable of role ``role`` (``MultiChoiceTestTime.forward``)."""
     return f"evaluation of the {role}"
@@ -158,8 +185,58 @@ def evaluation_role(role: str) -> str:
 
 def short_value(text: str, n_words_offset: int = 10) -> str:
     """``textgrad.Variable(text).get_short_value(n_words_offset)``: first and last words of a long text."""
+    textgrad()
+    return _short_value(text, n_words_offset)
+
+
+def _short_value(text: str, n_words_offset: int = 10) -> str:
     variable = _module("textgrad.variable")
     return variable.Variable(text, requires_grad=False, role_description="").get_short_value(n_words_offset)
+
+
+def task_loss_prompt(task_name: str) -> str | None:
+    """The loss prompt TextGrad's instance task ``task_name`` runs with, or None if TextGrad has none.
+
+    ``load_instance_task`` (what ``evaluation/solution_optimization.py`` loads) gives
+    each question a ``MultiChoiceTestTime`` whose evaluation instruction is this text
+    (``INSTANCE_TASKS``); TextGrad's solution optimization has no word-sorting task.
+    """
+    textgrad()
+    return _task_loss_prompt(task_name)
+
+
+class _Recorder:
+    """An engine for TextGrad's loss modules that records the prompts it is sent and answers nothing."""
+
+    system_prompt = ""
+    model_string = "mtg-local/recorder"
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+
+    def generate(self, prompt: str, system_prompt: str | None = None, **kwargs: Any) -> str:
+        self.prompts.append(prompt)
+        return ""
+
+    __call__ = generate
+
+
+def _task_loss_prompt(task_name: str) -> str | None:
+    if task_name not in INSTANCE_TASKS:
+        return None
+    module, name = INSTANCE_TASKS[task_name]
+    cls = getattr(_module(module), name)
+    base = _module("textgrad.engine.base")
+    recorder = type("Recorder", (_Recorder, base.EngineLM), {})()
+    dataset = cls.__new__(cls)  # its rows are not needed: only its test-time objective
+    dataset.evaluation_api = recorder
+    objective = dataset._get_instance_test_time_objective("")
+    objective(_module("textgrad.variable").Variable("", requires_grad=False, role_description=""))
+    (prompt,) = recorder.prompts
+    tail = _loss_user("", "", "")  # what MultiChoiceTestTime puts after its instruction, on an empty probe
+    if not prompt.endswith(tail):
+        raise RuntimeError(f"textgrad's {name} no longer sends its instruction as MultiChoiceTestTime's head")
+    return prompt[: len(prompt) - len(tail)]
 
 
 def _fingerprint() -> str:
@@ -170,9 +247,9 @@ def _fingerprint() -> str:
     mmlu = _module("textgrad.tasks.mmlu")
     info = {"response_desc": "R", "response_value": "V", "prompt": "P", "system_prompt": "S",
             "variable_desc": "D", "variable_short": "X"}  # fmt: skip
-    opt = tgd(("C1", "C2"))
+    opt = _tgd(("C1", "C2"))
     parts = [
-        _module("textgrad.loss").DEFAULT_TEST_TIME, loss_user("L", "Q", "A"), evaluation_role("D"),
+        _module("textgrad.loss").DEFAULT_TEST_TIME, _loss_user("L", "Q", "A"), evaluation_role("D"),
         bp.BACKWARD_SYSTEM_PROMPT, llm_ops.LLMCall._construct_llm_base_backward_prompt(info),
         bp.CONVERSATION_TEMPLATE.format(**info), opt.optimizer_system_prompt, opt.constraint_text,
         *opt.new_variable_tags,
@@ -180,7 +257,8 @@ def _fingerprint() -> str:
                                 variable_short="X", constraint_text="C", new_variable_start_tag="<S>",
                                 new_variable_end_tag="</S>", in_context_examples="", gradient_memory=""),
         op.GRADIENT_TEMPLATE.format(context="C", response_desc="R", variable_desc="D", feedback="F"),
-        mmlu.QUERY_TEMPLATE_MULTICHOICE, short_value(" ".join(str(i) for i in range(30))),
+        mmlu.QUERY_TEMPLATE_MULTICHOICE, _short_value(" ".join(str(i) for i in range(30))),
+        *(str(_task_loss_prompt(name)) for name in INSTANCE_TASKS),
     ]
     return hashlib.sha256("\x1e".join(parts).encode()).hexdigest()
 
