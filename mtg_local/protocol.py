@@ -56,6 +56,10 @@ FORWARD_SYSTEM_PROMPTS: dict[str, str | None] = {
     "none": None,
     "simple-evals": textgrad_prompts.SIMPLE_EVALS_SYSTEM_PROMPT,
 }
+#: Where a task's initial loss prompt theta_L comes from when the method brings none: "paper"
+#: (appendix C, the task's ``initial_loss_prompt``) or "textgrad" (the evaluation instruction of
+#: TextGrad's instance task, ``textgrad_prompts.task_loss_prompt``, where TextGrad has one).
+LOSS_PROMPT_SOURCES = ("paper", "textgrad")
 #: Settings added after runs were first recorded, with the value every earlier run used.
 #: ``to_dict`` leaves such a setting out while it has that value, and ``from_dict`` gives it
 #: that value when a complete earlier record lacks it, so the canonical JSON, ``protocol_hash``
@@ -69,6 +73,8 @@ LATER_DEFAULTS: dict[str, Any] = {
     "inference_template": True,
     "update_parsing": "tolerant",
     "meta_step": "direct",
+    "loss_prompt_source": "paper",
+    "meta_prefill_update_tag": True,
 }
 
 
@@ -123,6 +129,11 @@ class Protocol:
             (``FORWARD_SYSTEM_PROMPTS``: "none" or TextGrad's script's "simple-evals").
         inference_template: the forward answer starts with the method's inference template
             y_T (the paper); false: the model starts the answer itself (TextGrad's script).
+        loss_prompt_source: the task's initial loss prompt for methods that start from it
+            (``LOSS_PROMPT_SOURCES``: the paper's appendix C, or TextGrad's instance task).
+        meta_prefill_update_tag: prefill ``<IMPROVED_VARIABLE>`` in the meta TGD step where the
+            engine can (ours; TextGrad's TGD prefills nothing). The inner loop's updates follow
+            ``prefill_update_tag``.
     """
 
     steps: int = 3
@@ -153,6 +164,8 @@ class Protocol:
     forward_system_prompt: str = "none"
     inference_template: bool = True
     update_parsing: str = "textgrad"
+    loss_prompt_source: str = "paper"
+    meta_prefill_update_tag: bool = True
 
     def __post_init__(self) -> None:
         seeds = self.seeds
@@ -177,10 +190,12 @@ class Protocol:
         for name, allowed in (("answer_selection", ANSWER_SELECTIONS), ("vote_tie", VOTE_TIES),
                               ("scoring", SCORINGS), ("prompt_layout", PROMPT_LAYOUTS),
                               ("prompts", PROMPT_SOURCES), ("forward_system_prompt", tuple(FORWARD_SYSTEM_PROMPTS)),
-                              ("update_parsing", UPDATE_PARSINGS), ("meta_step", META_STEPS)):
+                              ("update_parsing", UPDATE_PARSINGS), ("meta_step", META_STEPS),
+                              ("loss_prompt_source", LOSS_PROMPT_SOURCES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("vote_counts_none", "keep_answer_format", "prefill_update_tag", "inference_template"):
+        for name in ("vote_counts_none", "keep_answer_format", "prefill_update_tag", "inference_template",
+                     "meta_prefill_update_tag"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.limit is not None and (not _is_int(self.limit) or self.limit < 1):
@@ -280,10 +295,11 @@ PRESETS: dict[str, Protocol] = {
     "default": DEFAULT_PROTOCOL,
     # TextGrad's evaluation/solution_optimization.py: the zero-shot answer under simple-evals'
     # system prompt, no template, every call at its engine's defaults (temperature 0, top_p
-    # 0.99, 2000 tokens), one run per question, TextGrad's update reading, no prefill.
+    # 0.99, 2000 tokens), one run per question, TextGrad's update reading, no prefill, the
+    # loss prompts of its instance tasks.
     "textgrad": DEFAULT_PROTOCOL.replace(
         forward_system_prompt="simple-evals", inference_template=False, temperature=0.0, seeds=(0,),
-        prefill_update_tag=False, update_parsing="textgrad",
+        prefill_update_tag=False, update_parsing="textgrad", loss_prompt_source="textgrad",
     ),
 }
 
@@ -345,7 +361,16 @@ def check_context(protocol: Protocol, engines: dict[str, Any], *, meta: bool = F
 
 
 def load_task(name: str, protocol: Protocol, *, data_file: str | None = None) -> Any:
-    """``get_task(name, data_file=..., **protocol.task_kwargs())``."""
+    """``get_task(name, data_file=..., **protocol.task_kwargs())``, its initial loss prompt the protocol's.
+
+    Under ``loss_prompt_source="textgrad"`` a task TextGrad has an instance task for
+    starts from that task's loss prompt (``textgrad_prompts.task_loss_prompt``).
+    """
     from mtg_local.tasks import get_task
 
-    return get_task(name, data_file=data_file, **protocol.task_kwargs())
+    task = get_task(name, data_file=data_file, **protocol.task_kwargs())
+    if protocol.loss_prompt_source == "textgrad":
+        text = textgrad_prompts.task_loss_prompt(task.name)
+        if text is not None:
+            task.initial_loss_prompt = text
+    return task

@@ -28,6 +28,7 @@ from mtg_local.protocol import (
     ANSWER_SELECTIONS,
     DEFAULT_PROTOCOL,
     FORWARD_SYSTEM_PROMPTS,
+    LOSS_PROMPT_SOURCES,
     META_STEPS,
     PRESETS,
     SCORINGS,
@@ -113,6 +114,9 @@ def add_protocol_args(parser: argparse.ArgumentParser, *, meta: bool = False) ->
     g.add_argument("--inference-template", default=None, type=parse_bool, metavar="BOOL",
                    help="start answers with the inference template (false: no template, as TextGrad's script) "
                         f"(default: {str(_D.inference_template).lower()})")
+    g.add_argument("--loss-prompt-source", default=None, choices=LOSS_PROMPT_SOURCES,
+                   help="the task's initial loss prompt: paper (appendix C) or textgrad (TextGrad's instance task's, "
+                        f"where it has one: MMLU, GPQA) (default: {_D.loss_prompt_source})")
     g.add_argument("--freeze-when", default=None,
                    help=f"never, or a comma list of {', '.join(FREEZE_CONDITIONS)} (default: {_D.freeze_when})")
     g.add_argument("--prompt-layout", default=None, choices=PROMPT_LAYOUTS,
@@ -140,6 +144,9 @@ def add_protocol_args(parser: argparse.ArgumentParser, *, meta: bool = False) ->
                    help="backward: a backward call on the loss prompt / template through the meta evaluation, "
                         "then a TGD step (the paper's eqs. 6 and 9); direct: a TGD step straight from the meta "
                         f"evaluation (default: {_D.meta_step}{unused})")
+    g.add_argument("--meta-prefill-tag", default=None, type=parse_bool, metavar="BOOL", dest="meta_prefill_update_tag",
+                   help="prefill <IMPROVED_VARIABLE> in the meta TGD step where the engine can (TextGrad prefills "
+                        f"none) (default: {str(_D.meta_prefill_update_tag).lower()}{unused})")
 
 def _seeds(seeds: tuple[int, ...]) -> str:
     return ",".join(str(s) for s in seeds)
@@ -150,7 +157,7 @@ _FIELDS = ("steps", "answer_selection", "vote_tie", "vote_counts_none", "tempera
            "top_p", "max_tokens", "optimizer_max_tokens", "keep_answer_format", "prefill_update_tag", "freeze_when",
            "task_seed", "limit", "scoring", "meta_temperature", "meta_max_tokens", "outer_steps", "minibatch",
            "max_meta_pairs", "sample_seed", "prompt_layout", "update_parsing", "forward_system_prompt",
-           "inference_template", "meta_step")
+           "inference_template", "meta_step", "loss_prompt_source", "meta_prefill_update_tag")
 
 
 def read_protocol_file(path: str) -> Protocol:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -236,3 +237,93 @@ def test_occupied_run_dir_and_bad_config(tmp_path):
         config(tmp_path, "sgd")
     with pytest.raises(ValueError, match="seeds"):  # a bad Protocol; the CLI turns it into a UserError
         config(tmp_path, "maml", seeds=())
+
+
+@pytest.mark.parametrize("prefill", [True, False])
+def test_meta_tgd_prefill_is_the_protocols_meta_prefill_update_tag(tmp_path, prefill):
+    """The meta TGD step prefills <IMPROVED_VARIABLE> under meta_prefill_update_tag (default on, ours);
+    the inner loop's updates follow prefill_update_tag (default off, as TextGrad)."""
+    engine = ScriptedMetaEngine({(1, "loss_prompt")})
+    res = run_train(config(tmp_path, "learned_loss", outer_steps=1, meta_prefill_update_tag=prefill), engine=engine)
+    tgds = [r for b in engine.batches for r in b if meta_tgd_target(r)]
+    assert len(tgds) == 1 and tgds[0].response_prefix == (P.IMPROVED_START_TAG if prefill else "")
+    inner_updates = [r for b in engine.batches for r in b
+                     if r.messages[0].content == TP.OPTIMIZER_SYSTEM_PROMPT and not meta_tgd_target(r)]  # fmt: skip
+    assert inner_updates and {r.response_prefix for r in inner_updates} == {""}
+    assert res["history"][1]["accepted"] is True  # the step works either way
+    assert res["protocol"].get("meta_prefill_update_tag", True) is prefill  # recorded (left out at its default)
+
+
+# -- the meta step against TextGrad's own backward and TGD -----------------------------------------
+def _textgrad_meta_step(ev_text: str, target: str, sampling) -> list:
+    """TextGrad's own ``FormattedLLMCall`` (the meta evaluation), backward and TGD step on a recording
+    engine; returns the requests it sent (meta evaluation, backward, TGD)."""
+    from engines.adapters.common import import_textgrad
+    from engines.adapters.textgrad_engine import TextGradEngine
+    from engines.coalescer import CoalescerConfig
+    from tests.textgrad_script import ScriptedEngine
+
+    tg = import_textgrad()
+    from textgrad.autograd.llm_ops import FormattedLLMCall
+
+    def respond(req):
+        system = req.messages[0].content if req.messages[0].role == "system" else None
+        if system == TP.BACKWARD_SYSTEM_PROMPT:
+            return META_GRADIENT
+        if system == TP.OPTIMIZER_SYSTEM_PROMPT:
+            return f"{TP.IMPROVED_VARIABLE_START}new value{TP.IMPROVED_VARIABLE_END}"
+        return META_FEEDBACK
+
+    fake = ScriptedEngine()
+    fake.responder = respond
+    engine = TextGradEngine(fake, temperature=sampling.temperature, top_p=sampling.top_p,
+                            max_tokens=sampling.max_tokens, coalescer_config=CoalescerConfig(window_s=0))  # fmt: skip
+    fmt, field, start = ((P.META_LOSS_PROMPT, "loss_prompt", INITIAL_LOSS_PROMPT) if target == "loss_prompt" else
+                         (P.REPTILE_LOSS_PROMPT, "template", DEFAULT_TEMPLATE.strip()))  # fmt: skip
+    head, rest = fmt.split("{qa_pairs}")
+    block = ev_text[len(head):ev_text.index(rest.split("{")[0])]  # the wrong answers ours showed
+    role = P.LOSS_PROMPT_ROLE if target == "loss_prompt" else P.TEMPLATE_ROLE
+    variable = tg.Variable(start, requires_grad=True, role_description=role)
+    pairs = tg.Variable(block, requires_grad=False, role_description="wrong answers and standard answers")
+    call = FormattedLLMCall(engine, fmt, {"qa_pairs": None, field: None})
+    evaluation = call({"qa_pairs": pairs, field: variable}, response_role_description=P.META_EVALUATION_ROLE)
+    evaluation.backward(engine)
+    tg.TextualGradientDescent(engine=engine, parameters=[variable]).step()
+    engine.close()
+    return list(fake.sent)
+
+
+@pytest.mark.parametrize("method,target", [("learned_loss", "loss_prompt"), ("reptile", "template")])
+def test_meta_step_sends_textgrads_backward_and_tgd_but_for_the_named_differences(tmp_path, method, target):
+    """The meta step under meta_step="backward" against real TextGrad's backward and TGD through the same
+    meta-evaluation call: every request equal once the differences docs/protocol.md names as ours are
+    undone -- (1) the meta evaluation has no system message (TextGrad's engine sends its default one),
+    (2) so the backward and TGD calls quote its system prompt as empty (TextGrad's ``FormattedLLMCall``
+    quotes Python's ``None``), (3) the TGD answer starts with the prefilled tag (meta_prefill_update_tag)."""
+    from engines.adapters.textgrad_engine import DEFAULT_SYSTEM_PROMPT
+    from tests.textgrad_script import assert_same_requests
+
+    engine = ScriptedMetaEngine()
+    run_train(config(tmp_path, method, outer_steps=1), engine=engine)
+    (ev,), (bwd,), (tgd,) = [b for b in engine.batches if any(is_meta(r) for r in b)]
+    theirs = _textgrad_meta_step(ev.messages[-1].content, target, ev.sampling)
+    assert len(theirs) == 3
+
+    # (1) the meta evaluation: TextGrad's call carries its engine's default system prompt
+    assert [m.role for m in ev.messages] == ["user"]
+    assert [(m.role, m.content) for m in theirs[0].messages] == [("system", DEFAULT_SYSTEM_PROMPT),
+                                                                 ("user", ev.messages[-1].content)]  # fmt: skip
+    # (2) the quoted system prompt: ours empty, TextGrad's "None"
+    none, empty = "<LM_SYSTEM_PROMPT> None </LM_SYSTEM_PROMPT>", "<LM_SYSTEM_PROMPT>  </LM_SYSTEM_PROMPT>"
+    assert all(none in r.messages[-1].content and empty not in r.messages[-1].content for r in theirs[1:])
+    assert all(empty in r.messages[-1].content for r in (bwd, tgd))
+
+    def undone(req, prefix=""):
+        msgs = tuple(dataclasses.replace(m, content=m.content.replace(none, empty)) for m in req.messages)
+        return dataclasses.replace(req, messages=msgs, response_prefix=prefix)
+
+    # (3) the prefilled tag; everything else -- texts, roles, sampling -- is TextGrad's
+    assert tgd.response_prefix == P.IMPROVED_START_TAG
+    assert_same_requests([ev], [dataclasses.replace(theirs[0], messages=theirs[0].messages[1:])], "meta evaluation")
+    assert_same_requests([bwd], [undone(theirs[1])], "meta backward")
+    assert_same_requests([tgd], [undone(theirs[2], P.IMPROVED_START_TAG)], "meta TGD step")

@@ -3,18 +3,23 @@
 TextGrad's ``evaluation/prompt_optimization.py`` loop (``tests/prompt_opt_script.py``,
 real ``textgrad`` objects on ``TextGradEngine`` over a recording ``FakeEngine``) and
 ours (phase-batched, on a ``FakeEngine``) run on the same questions with the same
-scripted model. Every phase of every step must send byte-identical (system, user)
-messages: the forward answers, the backward through each loss to its answer, the
+scripted model, TextGrad's engines at the protocol's sampling. Every phase of every
+step must send the same full requests, each as many times (``textgrad_script.full``:
+every message with its role, the response prefix, temperature, top_p, max_tokens,
+stop): the forward answers, the backward through each loss to its answer, the
 backward through each forward call to the system prompt, the one TGD step with all
 B feedbacks, and the validation pass; the kept prompt and validation accuracy after
-each step (the revert rule) and the 12 steps must agree too.
+each step (the revert rule) and the 12 steps must agree too. One named difference:
+with the paper's template, our answers start with it as a response prefix (protocol
+``inference_template``), which TextGrad cannot send; TextGrad's forward requests are
+compared with that prefix added. Seeds are each side's own (TextGrad's calls carry none).
 """
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
 import hashlib
-import itertools
+from typing import Any
 
 import pytest
 
@@ -26,6 +31,7 @@ from mtg_local.prompts import baseline_prompts as BP
 from mtg_local.protocol import Protocol
 from mtg_local.tasks import get_task
 from tests.prompt_opt_script import continuing, flat, pairs, textgrad_prompt_optimization, words_in
+from tests.textgrad_script import assert_same_requests
 
 from engines.adapters.textgrad_engine import TextGradEngine  # noqa: E402  (sets TEXTGRAD_LOG_DIR first)
 import textgrad as tg  # noqa: E402
@@ -59,7 +65,22 @@ def _tgd_system_prompt() -> str:
     return tg.TextualGradientDescent(parameters=[variable], engine=object()).optimizer_system_prompt
 
 
-def _model(template: str):
+class _Sending(FakeEngine):
+    """A ``FakeEngine`` that also records every call's requests as the caller sent them (``.sent``).
+
+    (``.batches`` holds what reached the backend: identical requests of one call are generated once.)
+    """
+
+    def __init__(self, respond: Any) -> None:
+        super().__init__(respond)
+        self.sent: list[list[GenRequest]] = []
+
+    def generate(self, requests: Any, /, **kwargs: Any) -> Any:
+        self.sent.append(list(requests))
+        return super().generate(requests, **kwargs)
+
+
+def _model(template: str) -> _Sending:
     """The scripted model both sides talk to (a fresh one per side: the TGD outputs are consumed in order)."""
     steps = iter(CANDIDATES)
     tgd_system = _tgd_system_prompt()
@@ -74,22 +95,12 @@ def _model(template: str):
         right = "GOOD" in system or ("HALF" in system and len(ws) % 2 == 0)
         return f"{template}we compare the words.\nAnswer: " + " ".join(ws if right else ws[::-1])
 
-    return FakeEngine(continuing(full))
+    return _Sending(continuing(full))
 
 
-def assert_same(ours: list[GenRequest], theirs: list[GenRequest], where: str) -> None:
-    """The two phases send the same (system, user) messages, in any order (a readable diff if not)."""
-    a, b = sorted(pairs(ours)), sorted(pairs(theirs))
-    if a == b:
-        return
-    if len(a) != len(b):
-        raise AssertionError(f"{where}: ours sent {len(a)} requests, TextGrad {len(b)}")
-    for (sa, ua), (sb, ub) in zip(a, b):
-        for part, x, y in (("system", sa, sb), ("user", ua, ub)):
-            if x != y:
-                diff = "\n".join(itertools.islice(difflib.unified_diff(
-                    y.splitlines(), x.splitlines(), "textgrad", "ours", n=1, lineterm=""), 40))
-                raise AssertionError(f"{where}: {part} message differs from TextGrad's\n{diff}")
+def _with_prefix(requests: list[GenRequest], prefix: str) -> list[GenRequest]:
+    """TextGrad's answer requests as ours send them: the template as the response prefix (``inference_template``)."""
+    return [dataclasses.replace(r, response_prefix=prefix) for r in requests]
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +132,11 @@ def test_prompt_opt_sends_textgrads_requests(task, template):
     )
     tg_fwd, tg_opt = _model(template), _model(template)
     fast = CoalescerConfig(window_s=0)
-    test_engine = TextGradEngine(tg_fwd, coalescer_config=fast)
-    eval_engine = TextGradEngine(tg_opt, coalescer_config=fast)
+    # TextGrad's engines at the protocol's sampling (its script: ChatOpenAI's per-call defaults)
+    test_engine = TextGradEngine(tg_fwd, coalescer_config=fast, temperature=protocol.temperature,
+                                 top_p=protocol.top_p, max_tokens=protocol.max_tokens)  # fmt: skip
+    eval_engine = TextGradEngine(tg_opt, coalescer_config=fast, temperature=protocol.optimizer_temperature,
+                                 top_p=protocol.top_p, max_tokens=protocol.optimizer_max_tokens)  # fmt: skip
     xy = lambda examples: [(task.format_question(ex), ex.answer) for ex in examples]  # noqa: E731
     try:
         results = textgrad_prompt_optimization(
@@ -138,24 +152,24 @@ def test_prompt_opt_sends_textgrads_requests(task, template):
     # engine, loss backward + prompt backward + TGD on the optimizer engine -- one call per phase for us.
     h = res.history
     assert [e["step"] for e in h] == list(range(STEPS + 1)) and len(results["prompt"]) == STEPS + 1
-    assert [len(b) for b in ours_fwd.batches] == [N_VAL] + [B, N_VAL] * STEPS
-    assert [len(b) for b in ours_opt.batches] == [B, B, 1] * STEPS
-    theirs_f, theirs_o = flat(tg_fwd.batches), flat(tg_opt.batches)
+    assert [len(b) for b in ours_fwd.sent] == [N_VAL] + [B, N_VAL] * STEPS
+    assert [len(b) for b in ours_opt.sent] == [B, B, 1] * STEPS
+    theirs_f, theirs_o = flat(tg_fwd.sent), flat(tg_opt.sent)
     assert len(theirs_f) == N_VAL + STEPS * (B + N_VAL) and len(theirs_o) == STEPS * (2 * B + 1)
 
-    assert_same(ours_fwd.batches[0], theirs_f[:N_VAL], "initial validation")
+    assert_same_requests(ours_fwd.sent[0], _with_prefix(theirs_f[:N_VAL], template), "initial validation")
     for s in range(STEPS):
-        f = theirs_f[N_VAL + s * (B + N_VAL):][: B + N_VAL]
+        f = _with_prefix(theirs_f[N_VAL + s * (B + N_VAL):][: B + N_VAL], template)
         o = theirs_o[s * (2 * B + 1):][: 2 * B + 1]  # TextGrad interleaves: loss bwd, prompt bwd per example
         phases = {
-            "forward": (ours_fwd.batches[1 + 2 * s], f[:B]),
-            "loss backward": (ours_opt.batches[3 * s], o[0:2 * B:2]),
-            "prompt backward": (ours_opt.batches[3 * s + 1], o[1:2 * B:2]),
-            "TGD step": (ours_opt.batches[3 * s + 2], o[2 * B:]),
-            "validation": (ours_fwd.batches[2 + 2 * s], f[B:]),
+            "forward": (ours_fwd.sent[1 + 2 * s], f[:B]),
+            "loss backward": (ours_opt.sent[3 * s], o[0:2 * B:2]),
+            "prompt backward": (ours_opt.sent[3 * s + 1], o[1:2 * B:2]),
+            "TGD step": (ours_opt.sent[3 * s + 2], o[2 * B:]),
+            "validation": (ours_fwd.sent[2 + 2 * s], f[B:]),
         }
         for name, (ours, theirs) in phases.items():
-            assert_same(ours, theirs, f"step {s + 1} {name}")
+            assert_same_requests(ours, theirs, f"step {s + 1} {name}")
 
     # The revert rule: the same prompt kept and the same validation accuracy after every step.
     kept, acc = [], []
@@ -174,12 +188,14 @@ def test_prompt_opt_sends_textgrads_requests(task, template):
 
     # Sampling comes from the protocol; the answer starts with the template; the TGD tag is not
     # prefilled (the protocol's default, as TextGrad).
-    for r in flat(ours_fwd.batches):
+    for r in flat(ours_fwd.sent):
         assert (r.sampling.temperature, r.sampling.top_p, r.sampling.max_tokens) == (0.3, 0.9, 300)
         assert r.response_prefix == template
-    for r in flat(ours_opt.batches):
+    for r in flat(ours_opt.sent):
         assert (r.sampling.temperature, r.sampling.top_p, r.sampling.max_tokens) == (0.1, 0.9, 400)
-    assert {r.response_prefix for b in ours_opt.batches[2::3] for r in b} == {""}
+    assert {r.response_prefix for b in ours_opt.sent[2::3] for r in b} == {""}
+    # Every request has a system message (the prompt being optimized, TextGrad's backward / TGD ones).
+    assert all(r.messages[0].role == "system" and r.messages[0].content for r in [*theirs_f, *theirs_o])
 
 
 def test_texts_textgrad_holds_outside_constants(tmp_path):

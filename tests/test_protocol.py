@@ -254,6 +254,10 @@ def test_textgrad_preset_and_named_protocols_on_the_command_line(tmp_path: Path)
     # flags apply on top of a preset; a name that is neither a preset nor a file is one clear error
     args = parser.parse_args(["train", *common, "--protocol", "textgrad", "--seeds", "0-2", "--prefill-tag"])
     assert protocol_from_args(args) == tg.replace(seeds=(0, 1, 2), prefill_update_tag=True)
+    args = parser.parse_args(["eval", *common, "--protocol", "textgrad", "--loss-prompt-source", "paper",
+                              "--meta-prefill-tag", "false"])  # fmt: skip
+    assert protocol_from_args(args) == tg.replace(loss_prompt_source="paper", meta_prefill_update_tag=False)
+    assert tg.loss_prompt_source == "textgrad" and DEFAULT_PROTOCOL.loss_prompt_source == "paper"
     with pytest.raises(UserError, match="neither a protocol name .*default, textgrad.* nor an existing file"):
         protocol_from_args(parser.parse_args(["eval", *common, "--protocol", "textgard"]))
     with pytest.raises(ValueError, match="unknown protocol preset 'x'"):
@@ -271,7 +275,13 @@ def test_eval_with_the_textgrad_preset_sends_its_forward_call(tmp_path: Path) ->
     assert all(r.response_prefix == "" and r.sampling.temperature == 0.0 for r in fwd)
     assert res["protocol_hash"] == protocol_hash(DEFAULT_PROTOCOL.replace(
         forward_system_prompt="simple-evals", inference_template=False, temperature=0.0, seeds=(0,), steps=1,
-        limit=2))  # fmt: skip
+        limit=2, loss_prompt_source="textgrad"))  # fmt: skip
+    # the preset as recorded before it took TextGrad's loss prompts reads as that protocol, with its hash
+    from mtg_local.protocol import PRESETS
+
+    earlier = {k: v for k, v in PRESETS["textgrad"].to_dict().items() if k != "loss_prompt_source"}
+    assert Protocol.from_dict(earlier).loss_prompt_source == "paper"
+    assert protocol_hash(earlier) == "dcb1b755d0cd" != protocol_hash(PRESETS["textgrad"])
     trajs = [json.loads(x) for x in (tmp_path / "r" / "trajectories.jsonl").read_text().splitlines()]
     assert all(t["template"] == "" and not t["answers"][0].startswith("Let's") for t in trajs)
 

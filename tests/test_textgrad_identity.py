@@ -42,6 +42,7 @@ from mtg_local.tasks.word_sorting import FORMAT_INSTRUCTION as WORD_SORTING_CONS
 from tests.textgrad_script import (  # noqa: E402
     Sent,
     assert_same,
+    assert_same_requests,
     compare,
     requests,
     run_test_time_training,
@@ -53,9 +54,10 @@ from tests.textgrad_script import (  # noqa: E402
 FIX = Path(__file__).parent / "fixtures"
 MMLU_FILE = FIX / "tasks_mmlu_machine_learning.jsonl"
 WORDS_FILE = FIX / "tasks_bbh_word_sorting.jsonl"
+GPQA_FILE = FIX / "tasks_gpqa_diamond.csv"
 STEPS = 2  # T
 QUESTIONS = 3
-TASKS = {"mmlu_machine_learning": MMLU_FILE, "word_sorting": WORDS_FILE}
+TASKS = {"mmlu_machine_learning": MMLU_FILE, "word_sorting": WORDS_FILE, "gpqa_diamond": GPQA_FILE}
 Key = tuple[str, int, int]  # (phase, step, item)
 PHASE_OF_ID = {"fwd": "forward", "loss": "loss", "bwd": "backward", "upd": "update"}
 
@@ -66,8 +68,12 @@ def _key(request_id: str) -> Key:
     return (PHASE_OF_ID[parts[0]], 0, int(parts[1])) if len(parts) == 2 else (PHASE_OF_ID[parts[0]], int(parts[1]), int(parts[2]))
 
 
-def ours(task_name: str, protocol_args: list[str], out: Path, *, task: Any = None) -> tuple[dict[Key, Sent], dict]:
-    """``mtg eval --method solution_opt`` on the first questions of the test split, on the scripted engine."""
+def ours(task_name: str, protocol_args: list[str], out: Path, *, task: Any = None,
+         raw: list | None = None) -> tuple[dict[Key, Sent], dict]:  # fmt: skip
+    """``mtg eval --method solution_opt`` on the first questions of the test split, on the scripted engine.
+
+    ``raw`` gets every request as sent.
+    """
     fake = scripted_engine()
     args = build_parser().parse_args([
         "eval", "--method", "solution_opt", "--task", task_name, "--data-file", str(TASKS[task_name]),
@@ -85,11 +91,17 @@ def ours(task_name: str, protocol_args: list[str], out: Path, *, task: Any = Non
             res = run_eval(args, engine=fake)
         finally:
             eval_cmd.load_task = orig
+    if raw is not None:
+        raw += requests(fake)
     return {_key(r.id): sent(r) for r in requests(fake)}, res
 
 
-def textgrad(task_name: str, protocol: Protocol) -> dict[Key, Sent]:
-    """Real TextGrad's ``run_test_time_training`` on the same items (question-major, as ``make_items``)."""
+def textgrad(task_name: str, protocol: Protocol, *, raw: list | None = None) -> dict[Key, Sent]:
+    """Real TextGrad's ``run_test_time_training`` on the same items (question-major, as ``make_items``).
+
+    Its loss prompt is TextGrad's instance task's under ``loss_prompt_source="textgrad"`` (the
+    preset), and the protocol's otherwise (the paper's, put in TextGrad's ``MultiChoiceTestTime``).
+    """
     task = get_task(task_name, data_file=TASKS[task_name], **protocol.task_kwargs())
     examples = task.splits().limited(protocol.limit).test[:QUESTIONS]
     fake = scripted_engine()
@@ -98,7 +110,7 @@ def textgrad(task_name: str, protocol: Protocol) -> dict[Key, Sent]:
     item = 0
     try:
         for ex in examples:
-            question, objective, role, constraint = _textgrad_sample(task_name, task, ex, engine)
+            question, objective, role, constraint = _textgrad_sample(task_name, task, ex, engine, protocol)
             for _seed in protocol.seeds:
                 before = len(requests(fake))
                 run_test_time_training(
@@ -114,6 +126,8 @@ def textgrad(task_name: str, protocol: Protocol) -> dict[Key, Sent]:
                 item += 1
     finally:
         engine.close()
+    if raw is not None:
+        raw += requests(fake)
     return out
 
 
@@ -122,9 +136,11 @@ def textgrad(task_name: str, protocol: Protocol) -> dict[Key, Sent]:
 TEXTGRAD_SIDE_WORD_SORTING_ROLE = P.MULTIPLE_CHOICE_ROLE.replace("multiple choice", "word sorting")
 
 
-def _textgrad_sample(task_name: str, task: Any, ex: Any, engine: Any) -> tuple[str, Any, str, str]:
+def _textgrad_sample(task_name: str, task: Any, ex: Any, engine: Any,
+                     protocol: Protocol) -> tuple[str, Any, str, str]:  # fmt: skip
     """(question, test-time objective, role, constraint) of one question, TextGrad's way."""
-    if task_name == "mmlu_machine_learning":
+    own_loss = protocol.loss_prompt_source == "textgrad"
+    if task_name == "mmlu_machine_learning" and own_loss:
         from textgrad.tasks.mmlu import MMLUInstanceDataset
 
         rows = [json.loads(line) for line in MMLU_FILE.read_text().splitlines()]
@@ -132,7 +148,23 @@ def _textgrad_sample(task_name: str, task: Any, ex: Any, engine: Any) -> tuple[s
         dataset.data, dataset.evaluation_api = rows, engine
         question, _answer, objective, _eval_fn = dataset[ex.meta["row"]]
         return question, objective, P.MULTIPLE_CHOICE_ROLE, P.MULTIPLE_CHOICE_CONSTRAINT
+    if task_name == "gpqa_diamond" and own_loss:
+        from textgrad.tasks.gpqa import GPQAInstanceDataset
+
+        # The question is ours (TextGrad's loader gives every row one option order: docs/protocol.md);
+        # the test-time objective is its GPQA_diamond instance task's.
+        question = task.format_question(ex)
+        dataset = GPQAInstanceDataset.__new__(GPQAInstanceDataset)
+        dataset.evaluation_api = engine
+        return question, dataset._get_instance_test_time_objective(question), P.MULTIPLE_CHOICE_ROLE, \
+            P.MULTIPLE_CHOICE_CONSTRAINT
     from textgrad.loss import MultiChoiceTestTime
+
+    if task_name != "word_sorting":  # a multiple-choice task under the paper's loss prompt
+        question = task.format_question(ex)
+        loss = MultiChoiceTestTime(task.initial_loss_prompt, engine=engine)
+        return question, lambda instance: loss(question, instance), P.MULTIPLE_CHOICE_ROLE, \
+            P.MULTIPLE_CHOICE_CONSTRAINT
 
     question = task.format_question(ex)  # no TextGrad task: the question is ours on both sides
     loss = MultiChoiceTestTime(task.initial_loss_prompt, engine=engine)
@@ -142,13 +174,33 @@ def _textgrad_sample(task_name: str, task: Any, ex: Any, engine: Any) -> tuple[s
 # -- the preset: every request ---------------------------------------------------------------
 @pytest.mark.parametrize("task_name", list(TASKS))
 def test_textgrad_preset_sends_textgrads_requests(task_name: str, tmp_path: Path) -> None:
-    mine, res = ours(task_name, ["--protocol", "textgrad"], tmp_path / "run")
-    theirs = textgrad(task_name, PRESETS["textgrad"].replace(steps=STEPS))
+    raw_mine: list = []
+    raw_theirs: list = []
+    mine, res = ours(task_name, ["--protocol", "textgrad"], tmp_path / "run", raw=raw_mine)
+    theirs = textgrad(task_name, PRESETS["textgrad"].replace(steps=STEPS), raw=raw_theirs)
     assert len(theirs) == QUESTIONS * len(PRESETS["textgrad"].seeds) * (1 + 3 * STEPS)
     assert_same(mine, theirs)
+    assert_same_requests(raw_mine, raw_theirs, "every request")  # full requests, as a multiset
     first = mine[("forward", 0, 0)]
     assert first.system == P.SIMPLE_EVALS_SYSTEM_PROMPT and first.response_prefix == "" and first.temperature == 0
     assert res["protocol"]["forward_system_prompt"] == "simple-evals" and res["protocol"]["inference_template"] is False
+    assert res["protocol"]["loss_prompt_source"] == "textgrad"
+
+
+def test_textgrads_gpqa_loss_prompt_is_the_papers_but_for_one_line_break() -> None:
+    """TextGrad's GPQA instruction has a newline before "Use the Janusian Process", the paper's appendix C
+    text a space (its PDF's line joined): the default protocol sends the paper's, the preset TextGrad's."""
+    from mtg_local.protocol import load_task
+    from mtg_local.tasks.gpqa import INITIAL_LOSS_PROMPT
+
+    theirs = P.task_loss_prompt("gpqa_diamond")
+    assert theirs != INITIAL_LOSS_PROMPT and theirs.replace("\nUse the Janusian", " Use the Janusian") == INITIAL_LOSS_PROMPT
+    assert load_task("gpqa_diamond", PRESETS["default"], data_file=GPQA_FILE).initial_loss_prompt == INITIAL_LOSS_PROMPT
+    assert load_task("gpqa_diamond", PRESETS["textgrad"], data_file=GPQA_FILE).initial_loss_prompt == theirs
+    mmlu = load_task("mmlu_machine_learning", PRESETS["textgrad"], data_file=MMLU_FILE)
+    assert mmlu.initial_loss_prompt == get_task("mmlu_machine_learning", data_file=MMLU_FILE).initial_loss_prompt
+    words = load_task("word_sorting", PRESETS["textgrad"], data_file=WORDS_FILE)  # TextGrad has none: the paper's
+    assert words.initial_loss_prompt == get_task("word_sorting", data_file=WORDS_FILE).initial_loss_prompt
 
 
 # -- the default protocol: loss, backward, update; the forward call by its named fields ---------

@@ -15,8 +15,11 @@ TextGrad scripts (prompt optimization) get their re-expression here too.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
-from collections.abc import Callable, Iterable
+import itertools
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from engines.base import GenRequest
@@ -110,6 +113,54 @@ def sent(req: GenRequest) -> Sent:
     system = req.messages[0].content if roles[0] == "system" else None
     s = req.sampling
     return Sent(system, req.messages[-1].content, req.response_prefix, s.temperature, s.top_p, s.max_tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class Full:
+    """Everything of a request the model's output depends on, but the seed.
+
+    Every message with its role (no system message is no entry, not an empty one),
+    the response prefix, and the sampling. The seed is left out: each side derives
+    its own (TextGrad's OpenAI calls carry none), and where it matters (temperature
+    > 0) the tests check ours against the protocol separately.
+    """
+
+    messages: tuple[tuple[str, str], ...]
+    response_prefix: str
+    temperature: float
+    top_p: float
+    max_tokens: int
+    stop: tuple[str, ...]
+
+
+def full(req: GenRequest) -> Full:
+    """The ``Full`` record of a chat request."""
+    assert req.messages is not None
+    s = req.sampling
+    return Full(tuple((m.role, m.content) for m in req.messages), req.response_prefix, s.temperature, s.top_p,
+                s.max_tokens, tuple(s.stop or ()))  # fmt: skip
+
+
+def assert_same_requests(ours: Sequence[GenRequest], theirs: Sequence[GenRequest], where: str) -> None:
+    """The two sides sent the same full requests, each as many times (a multiset; order aside)."""
+    a, b = Counter(map(full, ours)), Counter(map(full, theirs))
+    if a == b:
+        return
+    only_ours, only_theirs = list((a - b).elements()), list((b - a).elements())
+    lines = [f"{where}: ours sent {sum(a.values())} requests, TextGrad {sum(b.values())}; "
+             f"{len(only_ours)} of ours and {len(only_theirs)} of TextGrad's have no match"]  # fmt: skip
+    if only_ours and only_theirs:
+        x, y = only_ours[0], only_theirs[0]
+        for name in ("response_prefix", "temperature", "top_p", "max_tokens", "stop"):
+            if getattr(x, name) != getattr(y, name):
+                lines.append(f"{name}: ours {getattr(x, name)!r}, TextGrad {getattr(y, name)!r}")
+        if x.messages != y.messages:
+            lines.append(f"roles: ours {[r for r, _ in x.messages]}, TextGrad {[r for r, _ in y.messages]}")
+            ours_text = "\n".join(f"[{r}] {c}" for r, c in x.messages).splitlines()
+            their_text = "\n".join(f"[{r}] {c}" for r, c in y.messages).splitlines()
+            lines += itertools.islice(difflib.unified_diff(their_text, ours_text, "textgrad", "ours", n=1,
+                                                           lineterm=""), 40)  # fmt: skip
+    raise AssertionError("\n".join(lines))
 
 
 def requests(fake: ScriptedEngine) -> list[GenRequest]:

@@ -29,6 +29,11 @@ A MAML-style update (eq. 7) has no meta evaluation: its TGD step reads the inner
 loop's last gradients directly, under either setting, in the same TGD call. Every
 TGD step is TextGrad's own update request; a step without a backward call gets its
 <CONTEXT> text (``META_FEEDBACK_CONTEXT``, ``MAML_GRADIENT_CONTEXT``) as its feedback.
+Under the protocol's ``meta_prefill_update_tag`` (on by default; ours, TextGrad
+prefills nothing) the step's answer starts with ``<IMPROVED_VARIABLE>`` where
+the engine can prefill. How these requests differ from what TextGrad's own
+backward and TGD send through the same meta-evaluation call is listed in
+docs/protocol.md (``meta_step``) and tested in ``tests/test_meta_outer_loops.py``.
 
 A TGD output that was cut off (finish reason "length" or "context_length") is
 never a candidate, whatever its tags say; a cut-off meta evaluation or backward
@@ -114,6 +119,8 @@ class MetaContext:
 
     ``meta_step`` is the protocol's: "backward" (a backward call through the meta
     evaluation, then the TGD step) or "direct" (the TGD step from the evaluation).
+    ``prefill_tag`` is the protocol's ``meta_prefill_update_tag``: the TGD step's
+    answer starts with ``<IMPROVED_VARIABLE>`` where the engine can prefill.
     """
 
     task: Task
@@ -123,6 +130,7 @@ class MetaContext:
     max_pairs: int
     top_p: float = 1.0
     meta_step: str = "backward"
+    prefill_tag: bool = True
 
 
 class MetaUpdate(abc.ABC):
@@ -306,8 +314,10 @@ def propose(
         stepped.append(u)
     candidates: list[Candidate] = []
     if stepped:
-        # The opening tag is prefilled where the engine can (small models then rarely lose it).
-        tgd = TextualGradientDescent([variables[u.target] for u in stepped], engine=ctx.engine)
+        # The protocol's meta_prefill_update_tag (default on, ours: small models then rarely lose
+        # the tag) prefills the opening tag where the engine can; TextGrad's TGD prefills nothing.
+        tgd = TextualGradientDescent([variables[u.target] for u in stepped], engine=ctx.engine,
+                                     prefill_tag=ctx.prefill_tag)
         outcomes = tgd.step(samplings=sampling, ids=[f"meta-tgd-{step}-{u.target}" for u in stepped])
         for u, out in zip(stepped, outcomes):
             rec = info[u.target]

@@ -265,7 +265,7 @@ class OuterLoop:
         train_acc = mean_score(minibatch)  # over the minibatch's items, whatever their task
         ctx = MetaContext(self.task, self.optimizer_engine, self.config.meta_max_tokens,
                           self.config.meta_temperature, self.config.max_meta_pairs, top_p=self.config.top_p,
-                          meta_step=self.config.meta_step)
+                          meta_step=self.config.meta_step, prefill_tag=self.config.protocol.meta_prefill_update_tag)
         candidates, info = propose(self.updates, ctx, self.state.best, minibatch, step=step, combine=self.combine)
         self._check_stop(f"after the meta step of step {step}")
         base = {"step": step, "minibatch": ids, "train_accuracy": train_acc, "best_val_before": self.state.best_val,
