@@ -384,8 +384,9 @@ def test_report_puts_gepa_with_a_reflection_engine_in_its_task_models_table(tmp_
     task_model, reflection = "vllm:Qwen/Qwen2.5-7B-Instruct", "openai:gpt-4o-mini"
     write_run(tmp_path / "a", "ws/copro", results(method="copro"))
     write_run(tmp_path / "a", "ws/gepa", results(method="gepa", per_seed={"0": 0.6}))
-    write_run(tmp_path / "a", "ws/gepa-r", results(method="gepa", per_seed={"0": 0.9}) | {"optimizer_engine": reflection})
-    write_run(tmp_path / "a", "ws/copro-r", results(method="copro", per_seed={"0": 0.2}) | {"optimizer_engine": reflection})
+    other = {"optimizer_engine": reflection}
+    write_run(tmp_path / "a", "ws/gepa-r", results(method="gepa", per_seed={"0": 0.9}) | other)
+    write_run(tmp_path / "a", "ws/copro-r", results(method="copro", per_seed={"0": 0.2}) | other)
     col = collect([tmp_path / "a"])
     md = markdown_report(col)
     assert [line for line in md.splitlines() if line.startswith("## ")][:1] == [f"## {task_model}"]

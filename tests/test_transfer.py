@@ -190,7 +190,8 @@ def test_from_run_under_another_protocol_warns_records_and_labels_the_row(tmp_pa
     assert res["source"]["protocol_diff"] == {"seeds": [[0, 1], [0]], "steps": [1, 2]}
     assert res["source"]["kept_initial"] is True and res["protocol_hash"] != learned["protocol_hash"]
     events = [json.loads(x) for x in (root / "other" / "events.jsonl").read_text().splitlines()]
-    assert next(e for e in events if e["event"] == "eval_start")["source_protocol_diff"] == res["source"]["protocol_diff"]
+    start = next(e for e in events if e["event"] == "eval_start")
+    assert start["source_protocol_diff"] == res["source"]["protocol_diff"]
     same, _ = run_cli_eval(eval_argv(root / "same", src, "--from-run", str(src)))
     assert same["source"]["protocol_diff"] == {} and "warning" not in capsys.readouterr().err
 

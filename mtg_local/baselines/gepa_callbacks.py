@@ -161,7 +161,8 @@ class RetryingInstructionProposer(InstructionProposer):
         self.stop = stop
         self._attempts: dict[tuple[int, tuple[tuple[str, str], ...]], int] = {}
 
-    def __call__(self, candidate: dict[str, str], reflective_dataset: Any, components_to_update: list[str]) -> dict[str, str]:
+    def __call__(self, candidate: dict[str, str], reflective_dataset: Any,
+                 components_to_update: list[str]) -> dict[str, str]:
         if self.stop:  # a stop signal: no new request (GEPA catches the exception and the stopper ends the run)
             raise Interrupted(f"stopped by {signal_name(self.stop.signal)}", self.stop.signal)
         key = (self.recorder.iteration, tuple(sorted(candidate.items())))
