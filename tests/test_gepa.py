@@ -299,6 +299,116 @@ def test_report_puts_gepa_beside_copro_and_miprov2_with_no_paper_number(tmp_path
     assert gepa[1].startswith("70.0 ± 14.1 (n=2)") and gepa[2] == "—"  # our cell; the paper has no GEPA number
 
 
+def test_a_failed_reflection_is_recorded_and_retried_with_another_seed(tmp_path):
+    """The first reflection on the seed instruction comes back empty (DSPy's proposer raises); GEPA retries it.
+    The retry goes out with another seed, so the run's cache cannot answer it with the empty reply; the
+    failure is in the history, the counts and the event log, and the run goes on with the retry's proposal."""
+    replies = {"GOOD 1": "GOOD 2", "GOOD 2": "GOOD 3", "GOOD 3": "GOOD 4"}
+    seed_text = "Given the fields `question`, produce the fields `answer`."
+    reflections: list[GenRequest] = []
+
+    def reflect(req: GenRequest) -> str:
+        reflections.append(req)
+        current = re.search(r"\[\[ ## current_instruction ## \]\]\n(.*?)\n\n\[\[", req.messages[-1].content, re.S)
+        if current.group(1).strip() == seed_text:
+            return "" if len(reflections) == 1 else '{"new_instruction": "GOOD 1"}'
+        return replies[current.group(1).strip()]
+
+    engine = FakeEngine(one_engine(scripted_task_model({"GOOD": _keys([SPLITS.train[0], *SPLITS.val, *SPLITS.test])}),
+                                   reflect))
+    out = tmp_path / "gepa"
+    res = run_baseline(BaselineConfig(out=str(out), method="gepa", protocol=Protocol(seeds=(0, 1), limit=3),
+                                      engine="fake", method_config=GepaConfig(auto=None, max_metric_calls=12,
+                                                                              num_threads=4)), engine=engine)
+    assert res["status"] == "complete"
+    first, retry = reflections[:2]
+    assert first.messages == retry.messages and first.sampling.seed != retry.sampling.seed
+    failed, proposed = res["history"][1:3]
+    assert failed == {"step": 1, "source": "reflection", "candidate": None, "accepted": False, "val_accuracy": None,
+                      "failed": True, "attempt": 0, "kept": False,
+                      "error": "ValueError: The reflection LM returned an empty instruction for component "
+                               "'prog.predict'."}
+    assert proposed["step"] == 1 and proposed["candidate"] == "GOOD 1" and proposed["attempt"] == 1
+    assert res["learned"]["system_prompt"].startswith("GOOD") and res["test_accuracy"]["mean"] == 1.0
+    counts = res["optimizer_details"]["reflections"]
+    assert counts["failed"] == 1 and counts["retries"] == 1 and counts["attempts"] == len(reflections)
+    events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
+    (event,) = [e for e in events if e["event"] == "gepa_reflection_failed"]
+    assert event["step"] == 1 and event["error"] == failed["error"]
+
+
+@pytest.mark.parametrize("json_fallback", [True, False])
+def test_the_test_parses_completions_as_the_optimization_does(json_fallback):
+    """A completion without DSPy's field markers: during optimization DSPy's program re-asks it through the
+    JSON adapter (``--no-json-fallback``: it does not); the test sends the same re-asks (same messages and
+    sampling; the seed is the test's) and scores what they parse to, or the raw text where nothing parses."""
+    from mtg_local.baselines.dspy_program import DSPyRunConfig, dspy_session, evaluate_program, make_program
+
+    ex = SPLITS.test[0]
+
+    def respond(req: GenRequest) -> str:  # never DSPy's markers; JSON when the JSON adapter asks for it
+        if "Respond with a JSON object" in req.messages[-1].content:
+            return json.dumps({"reasoning": "r", "answer": ex.answer})
+        return "no markers here, Answer: " + " ".join(ex.answer.split()[::-1])
+
+    optimizing = FakeEngine(respond)
+    with dspy_session(optimizing, None, DSPyRunConfig(temperature=0.7, max_tokens=64, json_fallback=json_fallback,
+                                                      window_s=0.0)):
+        pred = make_program(TASK)(question=TASK.format_question(ex))
+    testing = FakeEngine(respond)
+    ev = evaluate_program(TASK, make_program(TASK), [ex], seeds=[5], engine=testing, temperature=0.7, max_tokens=64,
+                          json_fallback=json_fallback)
+    sent = [r for b in optimizing.batches for r in b]
+    tested = [r for b in testing.batches for r in b]
+    assert [r.messages for r in tested] == [r.messages for r in sent]
+    assert [r.sampling.replace(seed=None) for r in tested] == [r.sampling.replace(seed=None) for r in sent]
+    assert len(sent) == 1 + json_fallback and {r.sampling.seed for r in tested} == {5}
+    (rec,) = ev.records
+    if json_fallback:  # both read the JSON reply's answer: the gold one
+        assert pred.answer == ex.answer and rec["parsed_by"] == "json" and rec["score"] == 1.0
+    else:  # both score the raw text: the reversed words
+        assert pred.answer is None and rec["parsed_by"] is None and rec["score"] == 0.0
+        assert rec["scored_text"] == pred.raw
+
+
+def test_report_puts_gepa_with_a_reflection_engine_in_its_task_models_table(tmp_path, capsys):
+    """GEPA's reflection model (and COPRO's prompt model) is a row label in the task model's table, beside
+    COPRO on that model; its runs and cost still count under both engines. --help states the overshoot."""
+    import csv
+    import io
+
+    from mtg_local.report import collect
+    from mtg_local.report.tables import cells_csv, markdown_report
+    from tests.test_report import results, write_run
+
+    task_model, reflection = "vllm:Qwen/Qwen2.5-7B-Instruct", "openai:gpt-4o-mini"
+    write_run(tmp_path / "a", "ws/copro", results(method="copro"))
+    write_run(tmp_path / "a", "ws/gepa", results(method="gepa", per_seed={"0": 0.6}))
+    other = {"optimizer_engine": reflection}
+    write_run(tmp_path / "a", "ws/gepa-r", results(method="gepa", per_seed={"0": 0.9}) | other)
+    write_run(tmp_path / "a", "ws/copro-r", results(method="copro", per_seed={"0": 0.2}) | other)
+    col = collect([tmp_path / "a"])
+    md = markdown_report(col)
+    assert [line for line in md.splitlines() if line.startswith("## ")][:1] == [f"## {task_model}"]
+    assert f"## {task_model} / {reflection}" not in md  # no table of its own
+    rows = [x.split(" | ")[0].lstrip("| ") for x in md.splitlines() if x.startswith("| ")]
+    i = rows.index("COPRO")
+    assert rows[i:i + 5] == ["COPRO", f"COPRO · prompt model: {reflection}", "MIPROv2", "GEPA (DSPy)",
+                             f"GEPA (DSPy) · reflection: {reflection}"]
+    line = next(x for x in md.splitlines() if x.startswith(f"| GEPA (DSPy) · reflection: {reflection} |"))
+    assert "| 90.0 ± 0.0 (n=1) |" in line
+    csv_rows = {(r["method"], r["optimizer_engine"]): r for r in csv.DictReader(io.StringIO(cells_csv(col)))}
+    assert csv_rows[("gepa", reflection)]["method_label"] == f"GEPA (DSPy) · reflection: {reflection}"
+    assert csv_rows[("gepa", "")]["mean_pct"] == "60.00" and csv_rows[("gepa", reflection)]["mean_pct"] == "90.00"
+    assert f"| {task_model} / {reflection} | 2 |" in md  # the totals: every engine the runs used
+
+    with pytest.raises(SystemExit):
+        cli.main(["baseline", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "it can overshoot: the seed's validation (one call per validation question) is always spent, and the " \
+           "last iteration may pass N by up to 2 x --reflection-minibatch-size + the validation size" in help_text
+
+
 # -- the bundled model --------------------------------------------------------------
 @pytest.mark.vllm  # ~1 min on the quiet 2-core machine (the engine start is the session's)
 def test_gepa_smallest_budget_on_the_bundled_model(vllm_engine, tmp_path):  # noqa: ANN001

@@ -171,6 +171,9 @@ def test_runner_chains_sources_and_refuses_cycles(tmp_path):
      r"transfer\[1\]: transfer cell bbh/solution_opt@synthetic_word_sorting.learned_loss.fake/fake is also made by "
      r"transfer\[0\]"),
     ({"transfer": [{"tasks": ["bbh"]}]}, r"transfer\[0\]: a transfer must be a mapping with 'from'"),
+    ({"transfer": [{"from": "*/learned_loss/fake", "methods": ["dspy_program"]}]},
+     r"transfer\[0\]: method dspy_program applies a copro, miprov2, gepa cell's DSPy program; source cell "
+     rf"{WS}/learned_loss/fake is a learned_loss run"),
     ({"transfer": [{"from": "*/learned_loss/fake", "to": "bbh"}]}, r"transfer\[0\]: unknown keys \['to'\]"),
     ({"methods": ["solution_opt"], "transfer": []}, r"grid task 'synthetic_word_sorting\+bbh' holds several tasks: "
                                                     "only train methods run on it, and the grid has none"),
@@ -181,6 +184,37 @@ def test_grid_file_errors_name_the_cell(tmp_path, change, match):
     raw.update(change)
     with pytest.raises(GridError, match=match):
         parse_grid(raw, runs_root=str(tmp_path))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_dspy_source_is_applied_as_its_program_or_refused(tmp_path, capsys):
+    """A GEPA cell's transfers are ``mtg eval --method dspy_program`` cells (the default), skipping its own
+    test; asking another method of it is a grid error naming the cell. The grid runs them on the fake engine."""
+    raw = {"name": "d", "runs_root": str(tmp_path / "runs"), "engines": ["fake"], "methods": ["gepa"],
+           "tasks": [WS, {"name": "word_sorting", "data_file": str(BBH), "label": "bbh"}],
+           "args": {"all": ["--limit", "2", "--seeds", "0", "--max-tokens", "32"],
+                    "gepa": ["--max-metric-calls", "3", "--num-threads", "2"]},
+           "transfer": [{"from": "*/gepa/fake"}]}
+    path = tmp_path / "d.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    runs = {r.name: r for r in load_grid(path).expand()}
+    transfers = sorted(n for n, r in runs.items() if r.after)
+    assert transfers == ["bbh/dspy_program@synthetic_word_sorting.gepa.fake/fake",
+                         f"{WS}/dspy_program@bbh.gepa.fake/fake"]  # not the sources' own tests
+    assert runs[transfers[0]].argv[:5] == ("eval", "--task", "word_sorting", "--data-file", str(BBH))
+    assert "--method" in runs[transfers[0]].argv and "dspy_program" in runs[transfers[0]].argv
+    for methods in (["solution_opt"], ["zero_shot_cot", "dspy_program"]):
+        with pytest.raises(GridError, match=rf"transfer\[0\]: source cell bbh/gepa/fake is a gepa run, whose prompt "
+                                            rf"is a DSPy program \(instruction and demos\); method '{methods[0]}' "
+                                            r"does not run it: use dspy_program"):
+            parse_grid({**raw, "transfer": [{"from": "bbh/gepa/fake", "methods": methods}]}, runs_root=str(tmp_path))
+
+    assert cli.main(["grid", str(path)]) == 0
+    capsys.readouterr()
+    for name in transfers:
+        body, (src,) = results(runs[name].run_dir), runs[name].after
+        assert body["status"] == "complete" and body["method"] == "dspy_program"
+        assert body["source"]["method"] == "gepa" and body["source"]["run_dir"] == str(runs[src].run_dir)
 
 
 def test_slurm_dry_runs_print_the_dependencies(tmp_path, capsys):

@@ -10,9 +10,14 @@
 * ``evaluate_program``: the compiled program on N test questions x S seeds
   in **one** ``engine.generate`` call: the prompts are built with DSPy's own
   ``ChatAdapter.format`` from the optimized signature and demos, and the
-  completions parsed with ``ChatAdapter.parse``. (DSPy would retry an
-  unparsable completion through its JSON adapter, one more call per failure;
-  here such a completion is scored on its raw text instead.)
+  completions parsed with ``ChatAdapter.parse``. The completions it cannot
+  parse are asked again as DSPy does during optimization (its JSON-adapter
+  fallback, ``json_fallback``): the JSON adapter's prompt, same sampling and
+  seed, all of them in one more engine call, parsed with ``JSONAdapter.parse``.
+  A completion neither adapter parses is scored on its raw text (the last
+  one), as ``TaskProgram`` scores it during optimization;
+* ``program_from``: the task's program with a given instruction and demos (a
+  finished run's, for ``mtg eval --method dspy_program --from-run``).
 * ``DSPyRunConfig`` / ``dspy_session``: the settings both optimizers share
   and the DSPy context (task and prompt LMs over request coalescers, so
   DSPy's evaluation threads reach the engine as batched calls; each LM
@@ -93,6 +98,21 @@ def make_program(task: Task, *, trace_failed_parses: bool = False) -> TaskProgra
     return TaskProgram(make_signature(task), trace_failed_parses=trace_failed_parses)
 
 
+def program_from(task: Task, instruction: str | None = None, demos: Sequence[dict[str, Any]] = ()) -> TaskProgram:
+    """The task's program with ``instruction`` (None: DSPy's default) and ``demos`` (plain dicts, as DSPy loads them).
+
+    The answer field keeps this task's description (its answer format): what an
+    optimizer learned is the instruction and the demos, as GEPA, COPRO and MIPROv2
+    set them (``signature.with_instructions``, ``predictor.demos``).
+    """
+    program = make_program(task)
+    predictor = program.predictors()[0]
+    if instruction:
+        predictor.signature = predictor.signature.with_instructions(instruction)
+    predictor.demos = [dict(d) for d in demos]
+    return program
+
+
 def response_text(task: Task, answer: str | None, raw: str = "") -> str:
     """The response text scored for a prediction.
 
@@ -156,6 +176,16 @@ class ProgramEvaluation:
     accuracy: dict[str, Any]
 
 
+def _parse(adapter: Any, signature: Any, text: str) -> dict[str, Any] | None:
+    """The adapter's parse of ``text``, or None where it raises (as DSPy's ``_call_postprocess``: empty text fails)."""
+    if not text:
+        return None
+    try:
+        return adapter.parse(signature, text)
+    except AdapterParseError:
+        return None
+
+
 def evaluate_program(
     task: Task,
     program: dspy.Module,
@@ -165,8 +195,15 @@ def evaluate_program(
     engine: Engine,
     temperature: float,
     max_tokens: int,
+    json_fallback: bool = True,
 ) -> ProgramEvaluation:
     """Answers every (question, seed) with the program's prompt in one engine call and scores it.
+
+    Parsing is the optimization's (``TaskProgram`` under ``dspy_session``): DSPy's
+    ChatAdapter, then -- with ``json_fallback``, as DSPy's ChatAdapter falls back --
+    its JSONAdapter on the completions the chat adapter could not parse (one more
+    engine call for all of them: the JSON adapter's prompt, the same sampling and
+    seed), then the raw text of the last completion.
 
     Args:
         task: scores the answers.
@@ -174,33 +211,44 @@ def evaluate_program(
             demos make the prompt.
         examples: the questions.
         seeds: one request per question per seed (the seed is the request's).
-        engine: the forward engine (one ``generate`` call).
+        engine: the forward engine (one ``generate`` call, two with the JSON fallback).
         temperature / max_tokens: sampling.
+        json_fallback: re-ask unparsable completions through DSPy's JSON adapter.
 
     Returns:
-        Records, accuracy per seed and its summary.
+        Records (``parsed_by``: "chat", "json" or None), accuracy per seed and its summary.
     """
     predictor = program.predictors()[0]
     signature, demos = predictor.signature, list(predictor.demos)
-    adapter = dspy.ChatAdapter()
+    chat = dspy.ChatAdapter()
+    # DSPy's ChatAdapter builds its fallback as JSONAdapter with its own function-calling settings.
+    json_adapter = dspy.JSONAdapter(use_native_function_calling=chat.use_native_function_calling,
+                                    parallel_tool_calls=chat.parallel_tool_calls)
     requests, keys = [], []
     for ex in examples:
-        messages = adapter.format(signature, demos, {"question": task.format_question(ex)})
+        messages = chat.format(signature, demos, {"question": task.format_question(ex)})
         for s in seeds:
             sampling = SamplingConfig(temperature=temperature, max_tokens=max_tokens, seed=int(s))
             requests.append(GenRequest(messages=tuple(messages), sampling=sampling, id=f"test-{ex.id}-s{s}"))
             keys.append((ex, int(s)))
-    results = engine.generate(requests)
+    results = list(engine.generate(requests))
+    parsed: list[dict[str, Any] | None] = [_parse(chat, signature, r.text) if r.ok else None for r in results]
+    parsed_by: list[str | None] = ["chat" if p is not None else None for p in parsed]
+    retry = [i for i, r in enumerate(results) if r.ok and parsed[i] is None] if json_fallback else []
+    if retry:
+        again = engine.generate([
+            GenRequest(messages=tuple(json_adapter.format(signature, demos,
+                                                          {"question": task.format_question(keys[i][0])})),
+                       sampling=requests[i].sampling, id=f"{requests[i].id}-json") for i in retry])
+        for i, r in zip(retry, again):
+            results[i] = r
+            parsed[i] = _parse(json_adapter, signature, r.text) if r.ok else None
+            parsed_by[i] = "json" if parsed[i] is not None else None
     records: list[dict[str, Any]] = []
     scores: dict[int, list[float]] = {int(s): [] for s in seeds}
-    for (ex, s), r in zip(keys, results):
-        answer, parsed = None, False
-        if r.ok:
-            try:
-                answer = adapter.parse(signature, r.text).get("answer")
-                parsed = True
-            except AdapterParseError:
-                pass
+    retried = set(retry)
+    for k, ((ex, s), r) in enumerate(zip(keys, results)):
+        answer = parsed[k].get("answer") if parsed[k] is not None else None
         text = response_text(task, answer, r.text) if r.ok else ""
         score = task.score(text, ex) if r.ok else 0.0
         scores[s].append(score)
@@ -211,7 +259,9 @@ def evaluate_program(
                 "gold": ex.answer,
                 "seed": s,
                 "final_answer": r.text,
-                "parsed": parsed,
+                "parsed": parsed[k] is not None,
+                "parsed_by": parsed_by[k],
+                "json_retry": k in retried,
                 "scored_text": text,
                 "extracted": task.extract_answer(text, ex) if text else None,
                 "score": score,
@@ -243,7 +293,8 @@ class DSPyRunConfig:
             batches, so more threads mean bigger engine batches.
         max_errors: DSPy's error budget before it aborts (None: effectively
             unlimited -- a weak local model should lower the score, not abort).
-        json_fallback: let DSPy retry unparsable completions with its JSON adapter.
+        json_fallback: let DSPy retry unparsable completions with its JSON adapter
+            (``evaluate_program`` does the same at test).
         seed: base seed of every optimization request.
         window_s: coalescing window in seconds.
     """

@@ -34,6 +34,13 @@ Where GEPA's defaults and this project's protocol differ, we chose:
 * **Unparsable reflections**: DSPy's proposer asks for JSON; a reply that is
   not JSON is read as the instruction itself (``TolerantJSONAdapter``), as
   the ``gepa`` package's own proposer reads a reply without a fenced block.
+* **Failed reflections**: a reflection that raises (an empty instruction, a
+  failed request) is recorded -- a history entry with ``failed`` and the error,
+  a ``gepa_reflection_failed`` event, ``optimizer_details.reflections`` counts --
+  and GEPA's own retry of it is sent with another seed (DSPy's ``rollout_id``),
+  so the run's cache cannot answer the retry with the reply that failed
+  (``RetryingInstructionProposer``). At reflection temperature 0 the retry
+  gets the same text from the model and only helps against a failed request.
 * **Resumption**: GEPA's ``log_dir`` (pickled state) is not used; a rerun of
   the same command replays GEPA from the run's generation cache.
 * **A dead engine**: when every task request of a GEPA iteration failed, GEPA
@@ -64,10 +71,8 @@ from mtg_local.baselines.dspy_program import (
 )
 
 import dspy  # noqa: E402  (dspy_program set the offline environment first)
-from dspy.teleprompt.gepa.instruction_proposal import InstructionProposer  # noqa: E402
-
-from engines.adapters.dspy_lm import LMCounters  # noqa: E402
 from engines.base import Engine  # noqa: E402
+from mtg_local.baselines.gepa_callbacks import AllFailedStopper, HistoryRecorder, RetryingInstructionProposer  # noqa: E402
 from mtg_local.runs.interrupt import Interrupted, StopFlag, signal_name  # noqa: E402
 from mtg_local.baselines.tolerant_chat_adapter import TolerantJSONAdapter  # noqa: E402
 from mtg_local.prompts import gepa_prompts as GP  # noqa: E402
@@ -93,8 +98,12 @@ class GepaConfig(DSPyRunConfig):
         auto: "light", "medium" or "heavy" (DSPy derives the number of metric
             calls from it and the validation size), or None with ``max_metric_calls``.
         max_metric_calls: the budget in program evaluations on single examples
-            (only with auto=None). GEPA checks it between iterations, so a run
-            may pass it by one iteration's evaluations.
+            (only with auto=None). GEPA checks it before each iteration, so a run
+            may pass it: the seed's validation (one evaluation per validation
+            example) is always spent, and the last iteration may add up to
+            2 x ``reflection_minibatch_size`` + the validation size (the parent and
+            the proposal on a minibatch, then the validation of an accepted one;
+            a merge: up to 5 + the validation size).
         reflection_minibatch_size: train examples per reflection.
         candidate_selection: "pareto" (sample parents from the Pareto front)
             or "current_best".
@@ -164,105 +173,6 @@ def make_feedback_metric(task: Task, examples: Sequence[Example]):
     return metric
 
 
-class AllFailedStopper:
-    """GEPA stop condition: every task request since the last check failed (a dead engine).
-
-    GEPA checks its stoppers before each iteration; an iteration evaluates at
-    least one minibatch, so "every request since the last check failed" means
-    a whole iteration (or the seed's validation) got nothing back.
-    """
-
-    def __init__(self, counters: LMCounters) -> None:
-        self.counters = counters
-        self._seen = (0, 0)
-        self.fired = False
-
-    def __call__(self, state: Any) -> bool:
-        c = self.counters.to_dict()
-        requests, errors = c["requests"] - self._seen[0], c["errors"] - self._seen[1]
-        self._seen = (c["requests"], c["errors"])
-        self.fired = self.fired or (requests > 0 and errors >= requests)
-        return self.fired
-
-
-class HistoryRecorder:
-    """A GEPA callback that keeps one history entry per candidate (the seed, proposals, merges).
-
-    Entries: ``step`` (GEPA iteration; 0 = the seed), ``source`` (seed, reflection
-    or merge), ``candidate`` (instruction),
-    ``minibatch_accuracy`` (the proposal on its train minibatch; before it, the
-    parent's), ``accepted`` (went on to the validation split), ``val_accuracy``
-    and ``candidate_idx`` (accepted ones). ``on_entry`` is called with each
-    finished entry (the run's event log).
-    """
-
-    def __init__(self, on_entry: Callable[[dict[str, Any]], None] | None = None) -> None:
-        self.history: list[dict[str, Any]] = []
-        self._on_entry = on_entry
-        self._pending: dict[str, Any] | None = None
-        self._val: dict[int, float] = {}
-        self._parent_scores: list[float] | None = None
-
-    def _done(self, entry: dict[str, Any]) -> None:
-        self.history.append(entry)
-        if self._on_entry is not None:
-            self._on_entry(entry)
-
-    @staticmethod
-    def _text(components: dict[str, str]) -> str:
-        return "\n\n".join(components.values())
-
-    @staticmethod
-    def _mean(scores: Sequence[float] | None) -> float | None:
-        return sum(scores) / len(scores) if scores else None
-
-    def on_valset_evaluated(self, e: dict[str, Any]) -> None:
-        self._val[e["candidate_idx"]] = e["average_score"]
-        if e["candidate_idx"] == 0 and e["iteration"] == 0:
-            self._done({"step": 0, "candidate": self._text(e["candidate"]), "accepted": True, "candidate_idx": 0,
-                        "val_accuracy": e["average_score"], "source": "seed"})
-
-    def on_evaluation_end(self, e: dict[str, Any]) -> None:
-        if e.get("candidate_idx") is not None:  # the parent on the minibatch
-            self._parent_scores = list(e["scores"])
-        elif self._pending is not None:  # the proposal on the same minibatch
-            self._pending["minibatch_accuracy_before"] = self._mean(self._parent_scores)
-            self._pending["minibatch_accuracy"] = self._mean(e["scores"])
-
-    def on_proposal_end(self, e: dict[str, Any]) -> None:
-        self._flush()
-        self._pending = {"step": e["iteration"], "candidate": self._text(e["new_instructions"]), "source": "reflection"}
-
-    def on_candidate_accepted(self, e: dict[str, Any]) -> None:
-        if self._pending is None:
-            return
-        idx = e["new_candidate_idx"]
-        self._pending.update(accepted=True, candidate_idx=idx, val_accuracy=self._val.get(idx),
-                             parents=list(e["parent_ids"]))
-        self._flush()
-
-    def on_candidate_rejected(self, e: dict[str, Any]) -> None:
-        if self._pending is not None:
-            self._pending.update(accepted=False, val_accuracy=None, reason=e.get("reason"))
-            self._flush()
-
-    def on_merge_accepted(self, e: dict[str, Any]) -> None:
-        idx = e["new_candidate_idx"]
-        self._done({"step": e["iteration"], "candidate": None, "source": "merge", "accepted": True,
-                    "candidate_idx": idx, "val_accuracy": self._val.get(idx), "parents": list(e["parent_ids"])})
-
-    def _flush(self) -> None:
-        entry, self._pending = self._pending, None
-        if entry is not None:
-            entry.setdefault("accepted", False)
-            entry.setdefault("val_accuracy", None)
-            self._done(entry)
-
-    def finish(self) -> list[dict[str, Any]]:
-        self._flush()
-        return self.history
-
-
 def optimize_gepa(
     task: Task,
     train: Sequence[Example],
@@ -291,8 +201,9 @@ def optimize_gepa(
 
     Returns:
         The program with the best validation score; ``details`` holds the
-        budget, every candidate with its validation score, and the usage of the
-        task and reflection LMs (``usage_by_role``).
+        budget, every candidate with its validation score, the reflection
+        attempts (``reflections``: attempts, failed, retries), and the usage of
+        the task and reflection LMs (``usage_by_role``).
     """
     if not train or not val:
         raise ValueError("GEPA needs training and validation examples")
@@ -310,7 +221,7 @@ def optimize_gepa(
             reflection_lm=session.prompt_lm,
             skip_perfect_score=config.skip_perfect_score,
             add_format_failure_as_feedback=config.format_failure_feedback,
-            instruction_proposer=InstructionProposer(adapter=TolerantJSONAdapter()),
+            instruction_proposer=RetryingInstructionProposer(recorder, stop, adapter=TolerantJSONAdapter()),
             use_merge=config.use_merge,
             max_merge_invocations=config.max_merge_invocations,
             num_threads=config.num_threads,
@@ -354,6 +265,7 @@ def optimize_gepa(
             "metric_calls": results.total_metric_calls,
             "full_val_evals": results.num_full_val_evals,
             "stopped_by_failures": stopper.fired,
+            "reflections": dict(recorder.reflections),
             "usage_by_role": session.usage_by_role(("task", "reflection")),
         },
     )

@@ -43,6 +43,7 @@ from mtg_local.runs.engine_events import log_engines
 from mtg_local.runs.lock import RunDirLock
 from mtg_local.runs.run_dir import RunDir
 from mtg_local.runs.secrets import public_engine_opts
+from mtg_local.runs.transfer import prompt_pair_record
 from mtg_local.tasks import task_names
 
 METHODS = ("prompt_opt", "copro", "miprov2", "gepa")
@@ -123,7 +124,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("DSPy (copro, miprov2, gepa)")
     g.add_argument("--num-threads", type=int, default=16, help="DSPy threads, coalesced into batches (default: %(default)s)")
     g.add_argument("--max-errors", type=int, default=None, help="DSPy error budget (default: unlimited)")
-    g.add_argument("--no-json-fallback", action="store_true", help="no JSON-adapter retry of unparsable outputs")
+    g.add_argument("--no-json-fallback", action="store_true",
+                   help="no JSON-adapter re-ask of unparsable task-model outputs (optimization and test alike)")
     g.add_argument("--breadth", type=int, default=10, help="COPRO; default: %(default)s")
     g.add_argument("--depth", type=int, default=3, help="COPRO; default: %(default)s")
     g.add_argument("--init-temperature", type=float, default=None, help="COPRO 1.4 / MIPROv2 1.0 by default")
@@ -139,7 +141,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--reflection-engine", default=None, metavar="SPEC",
                    help="engine of GEPA's reflection model (default: the --engine one)")
     g.add_argument("--max-metric-calls", type=int, default=None, metavar="N",
-                   help="GEPA budget in single-example program evaluations (instead of --auto)")
+                   help="GEPA budget in single-example program evaluations (instead of --auto). GEPA checks it "
+                        "before each iteration, so it can overshoot: the seed's validation (one call per validation "
+                        "question) is always spent, and the last iteration may pass N by up to 2 x "
+                        "--reflection-minibatch-size + the validation size (a merge: 5 + the validation size)")
     g.add_argument("--reflection-minibatch-size", type=int, default=3, help="train examples per reflection; default: %(default)s")
     g.add_argument("--candidate-selection", default="pareto", choices=("pareto", "current_best"),
                    help="how GEPA picks the parent to improve; default: %(default)s")
@@ -344,9 +349,15 @@ def _prompt_opt(cfg, task, splits, run_dir: RunDir, fwd: Engine, opt: Engine) ->
                        config=cfg.protocol.inner_config(system_prompt=res.system_prompt), template=mc.template,
                        group="test")
     write_trajectories(run_dir, outcome.trajectories, split="test", method="prompt_opt")
+    initial = res.history[0]["candidate"] if res.history else None
     return {
         "accuracy": outcome.accuracy,
         "learned": {"loss_prompt": None, "template": mc.template, "system_prompt": res.system_prompt},
+        # the template is the fixed half: given by hand unless it is the default
+        "prompt_pair": prompt_pair_record({"template": mc.template, "system_prompt": res.system_prompt},
+                                          learned=("system_prompt",),
+                                          given=("template",) if mc.template != DEFAULT_TEMPLATE else ()),
+        "kept_initial": res.system_prompt == initial,
         "history": res.history,
         "val_accuracy": res.val_accuracy,
         "truncated": truncation_summary(outcome.trajectories),
@@ -355,7 +366,7 @@ def _prompt_opt(cfg, task, splits, run_dir: RunDir, fwd: Engine, opt: Engine) ->
 
 def _dspy_method(cfg, task, splits, run_dir: RunDir, fwd: Engine, opt: Engine, specs: dict[str, str],
                  stop: StopFlag) -> dict[str, Any]:
-    from mtg_local.baselines.dspy_program import evaluate_program
+    from mtg_local.baselines.dspy_program import evaluate_program, instruction_of, make_program
 
     mc = cfg.method_config
     prompt_engine = None if opt is fwd else opt
@@ -370,7 +381,8 @@ def _dspy_method(cfg, task, splits, run_dir: RunDir, fwd: Engine, opt: Engine, s
         from mtg_local.baselines.gepa import optimize_gepa
 
         res = optimize_gepa(task, splits.train, splits.val, engine=fwd, reflection_engine=prompt_engine, config=mc,
-                            on_candidate=lambda h: run_dir.log_event("gepa_candidate", **h), stop=stop)
+                            on_candidate=lambda h: run_dir.log_event(
+                                "gepa_reflection_failed" if h.get("failed") else "gepa_candidate", **h), stop=stop)
         history = res.details.pop("history")
     else:
         from mtg_local.baselines.miprov2 import optimize_miprov2
@@ -389,7 +401,8 @@ def _dspy_method(cfg, task, splits, run_dir: RunDir, fwd: Engine, opt: Engine, s
     # All test questions x seeds in one engine call (see dspy_program.evaluate_program).
     test_meter = UsageMeter(fwd)
     ev = evaluate_program(task, res.program, splits.test, seeds=cfg.seeds, engine=fwd,
-                          temperature=cfg.protocol.temperature, max_tokens=cfg.protocol.max_tokens)
+                          temperature=cfg.protocol.temperature, max_tokens=cfg.protocol.max_tokens,
+                          json_fallback=mc.json_fallback)
     run_dir.write_trajectories([{"split": "test", "method": cfg.method, **r} for r in ev.records])
     extra = {}
     if "usage_by_role" in res.details:  # GEPA: optimization requests by role, then the test call
@@ -403,6 +416,8 @@ def _dspy_method(cfg, task, splits, run_dir: RunDir, fwd: Engine, opt: Engine, s
         **extra,
         "accuracy": ev.accuracy,
         "learned": {"loss_prompt": None, "template": None, "system_prompt": res.instruction, "demos": res.demos},
+        "prompt_pair": prompt_pair_record({"system_prompt": res.instruction}, learned=("system_prompt",), given=()),
+        "kept_initial": res.instruction == instruction_of(make_program(task)) and not res.demos,
         "history": history,
         "optimization_wall_s": round(res.wall_s, 3),
         "coalescer": res.coalescer,

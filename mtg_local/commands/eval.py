@@ -1,4 +1,4 @@
-"""``mtg eval``: evaluate zero-shot CoT or TextGrad solution optimization on a task split.
+"""``mtg eval``: evaluate zero-shot CoT, TextGrad solution optimization or a DSPy program on a task split.
 
 Writes RUN_DIR/config.json (resolved config), RUN_DIR/events.jsonl,
 RUN_DIR/results.json (schema: docs/results_schema.md) and
@@ -8,8 +8,12 @@ a rerun of the same evaluation makes no backend calls. SIGUSR1/SIGTERM/SIGINT
 (also to the whole process group) stop it at once with results.json status
 "interrupted" and exit 99 (130 for SIGINT): rerun the same command to finish. ``--loss-prompt`` and
 ``--template`` (TEXT or @FILE) evaluate learned artifacts; ``--from-run RUN_DIR`` applies the
-ones a finished run learned (on another task, model or engine) and records where they came
-from as results.json ``source`` (``mtg_local.runs.transfer``).
+whole prompt pair of a finished run (what it learned, and what it was given by hand; on another
+task, model or engine) and records where it came from as results.json ``source``
+(``mtg_local.runs.transfer``); a source under another protocol gets one warning line.
+``--method dspy_program`` evaluates DSPy's chain-of-thought program as the COPRO/MIPROv2/GEPA
+baselines test theirs: with ``--from-run`` of such a run, its instruction and demos; without,
+DSPy's starting instruction (the reference row of their transfer table).
 
 Tests call ``run_eval(args_or_config, engine=..., optimizer_engine=...)`` to
 reuse a session engine instead of building one.
@@ -41,10 +45,12 @@ from mtg_local.runs.engine_events import log_engines
 from mtg_local.runs.lock import RunDirLock
 from mtg_local.runs.run_dir import RunDir
 from mtg_local.runs.secrets import public_engine_opts
-from mtg_local.runs.transfer import read_source_run
+from mtg_local.runs.transfer import DSPY_METHODS, dspy_applied, dspy_program_of, protocol_warning, read_source_run
 from mtg_local.tasks import task_names
 
 _RERUN_HINT = "the same command (finished generations are served from the run's cache)"
+#: What ``mtg eval`` runs: the inner-loop methods, and the DSPy program of the DSPy baselines.
+EVAL_METHODS = (*METHODS, "dspy_program")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,14 +78,26 @@ class EvalConfig:
     progress: bool = True
     schedule: str = "phase"  # inner-loop schedule (not in the protocol: same requests either way)
     from_run: str | None = None  # a finished run whose learned texts to apply (read when the run starts)
+    # --method dspy_program: {"instruction", "demos", "json_fallback"} (set by --from-run); None: DSPy's
+    # starting program (its default instruction, no demos, JSON-adapter fallback on as in DSPy)
+    program: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise UserError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if not self.out:
             raise UserError("--out RUN_DIR is required")
-        if self.method not in METHODS:
-            raise UserError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method not in EVAL_METHODS:
+            raise UserError(f"--method must be one of {', '.join(EVAL_METHODS)}, got {self.method!r}")
+        if self.method == "dspy_program":
+            given = [flag for k, flag in _FLAGS.items() if _given_by_hand(self)[k]]
+            if given:
+                raise UserError(f"--method dspy_program's prompt is DSPy's chat prompt of the program's instruction "
+                                f"and demos; drop {' and '.join(given)}")
+            if self.optimizer_engine not in (None, self.engine):
+                raise UserError("--method dspy_program runs only the task model; drop --optimizer-engine")
+        elif self.program is not None:
+            raise UserError(f"a DSPy program is evaluated with --method dspy_program, not {self.method}")
         if self.split not in ("train", "val", "test"):
             raise UserError(f"--split must be train, val or test, got {self.split!r}")
         if not isinstance(self.protocol, Protocol):
@@ -126,35 +144,84 @@ class EvalConfig:
         return d
 
 
-#: The learned texts each method uses, and the flag that sets each by hand.
-_USES = {"solution_opt": ("loss_prompt", "template", "system_prompt"), "zero_shot_cot": ("template", "system_prompt")}
+#: The texts each method uses, and the flag that sets each by hand.
+_USES = {"solution_opt": ("loss_prompt", "template", "system_prompt"), "zero_shot_cot": ("template", "system_prompt"),
+         "dspy_program": ()}
 _FLAGS = {"loss_prompt": "--loss-prompt", "template": "--template", "system_prompt": "--system-prompt"}
 
 
-def apply_from_run(cfg: EvalConfig) -> tuple[EvalConfig, dict[str, Any] | None]:
-    """``cfg`` with the learned texts of ``cfg.from_run`` in place, and the ``source`` record.
+def _given_by_hand(cfg: EvalConfig) -> dict[str, bool]:
+    return {"loss_prompt": cfg.loss_prompt is not None, "template": cfg.template != DEFAULT_TEMPLATE,
+            "system_prompt": cfg.system_prompt is not None}
 
-    Read when the run starts, not when the config is built, so a grid can build a
-    transfer cell before its source has finished.
+
+def apply_from_run(cfg: EvalConfig) -> tuple[EvalConfig, dict[str, Any] | None]:
+    """``cfg`` with the prompts of ``cfg.from_run`` in place, and the ``source`` record.
+
+    The whole prompt pair of the source is applied (``mtg_local.runs.transfer``): its
+    learned texts, and those it was given by hand; a text it left at its default stays
+    this run's default. A COPRO/MIPROv2/GEPA source is a DSPy program: only
+    ``--method dspy_program`` runs it. Read when the run starts, not when the config is
+    built, so a grid can build a transfer cell before its source has finished.
 
     Raises:
         UserError: the source is not a complete run with a learned text this method
-            uses, or a text it supplies was also given by hand.
+            uses, it needs another method, or a text of the pair was also given by hand.
     """
     if not cfg.from_run:
         return cfg, None
     src = read_source_run(cfg.from_run)
-    applied = {k: v for k, v in src.texts.items() if k in _USES[cfg.method]}
-    if not applied:
-        raise UserError(f"--from-run {cfg.from_run}: its learned {', '.join(src.texts)} is not used by "
+    protocol = cfg.protocol.to_dict()
+    if cfg.method == "dspy_program" or src.is_dspy:
+        if cfg.method != "dspy_program":
+            raise UserError(f"--from-run {cfg.from_run}: a {src.method} run learned a DSPy program (its instruction "
+                            f"and demos in DSPy's chat prompt, parsed by DSPy's adapters), which --method {cfg.method} "
+                            "does not run; evaluate it with --method dspy_program")
+        if not src.is_dspy:
+            raise UserError(f"--from-run {cfg.from_run}: --method dspy_program applies a {', '.join(DSPY_METHODS)} "
+                            f"run's DSPy program; a {src.method} run's prompts are applied with --method "
+                            "solution_opt or zero_shot_cot")
+        program = dspy_program_of(src.results)
+        return dataclasses.replace(cfg, program=program), src.record(dspy_applied(program), protocol=protocol)
+    uses = _USES[cfg.method]
+    applied = {k: v for k, v in src.texts.items() if k in uses}
+    origin = src.origin
+    if not any(origin[k] == "learned" for k in applied):
+        learned = [k for k in src.texts if origin[k] == "learned"]
+        raise UserError(f"--from-run {cfg.from_run}: its learned {', '.join(learned)} is not used by "
                         f"--method {cfg.method}")
-    given = {"loss_prompt": cfg.loss_prompt is not None, "template": cfg.template != DEFAULT_TEMPLATE,
-             "system_prompt": cfg.system_prompt is not None}
-    clash = [_FLAGS[k] for k in applied if given[k]]
+    given = _given_by_hand(cfg)
+    clash = [k for k in uses if given[k]]
     if clash:
-        raise UserError(f"--from-run {cfg.from_run} supplies the {', '.join(k for k in applied if given[k])}; "
-                        f"drop {' and '.join(clash)}")
-    return dataclasses.replace(cfg, **applied), src.record(applied)
+        pair = ", ".join(f"{origin[k]} {k}" for k in uses)
+        raise UserError(f"--from-run {cfg.from_run} supplies the {', '.join(clash)}: a transfer applies the "
+                        f"source's whole prompt pair ({pair}); drop {' and '.join(_FLAGS[k] for k in clash)}")
+    return dataclasses.replace(cfg, **applied), src.record(applied, protocol=protocol)
+
+
+def _import_dspy_program() -> Any:
+    try:
+        from mtg_local.baselines import dspy_program
+    except ImportError as e:
+        raise UserError(f"--method dspy_program needs {e.name or e}; install it with: pip install -e '.[dspy]'") from e
+    return dspy_program
+
+
+def _evaluate_dspy_program(cfg: EvalConfig, task: Any, examples: list, engine: Engine,
+                           run_dir: RunDir) -> tuple[dict[str, Any], None]:
+    """The DSPy program of ``cfg.program`` on ``examples`` x seeds, as the DSPy baselines test theirs.
+
+    Returns:
+        The accuracy summary, and None for ``truncated`` (DSPy programs have no inner-loop calls).
+    """
+    dp = _import_dspy_program()
+    spec = cfg.program or {}
+    program = dp.program_from(task, spec.get("instruction") or None, spec.get("demos") or ())
+    ev = dp.evaluate_program(task, program, examples, seeds=cfg.seeds, engine=engine,
+                             temperature=cfg.protocol.temperature, max_tokens=cfg.protocol.max_tokens,
+                             json_fallback=bool(spec.get("json_fallback", True)))
+    run_dir.write_trajectories([{"split": cfg.split, "method": cfg.method, **r} for r in ev.records])
+    return ev.accuracy, None
 
 
 def read_text_arg(value: str | None, flag: str) -> str | None:
@@ -168,9 +235,12 @@ def read_text_arg(value: str | None, flag: str) -> str | None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate zero-shot CoT or TextGrad solution optimization on a task split")
+    p = sub.add_parser("eval", help="evaluate zero-shot CoT, TextGrad solution optimization or a DSPy program on a "
+                                    "task split")
     p.add_argument("--task", default="synthetic_word_sorting", help=f"task name ({', '.join(task_names())})")
-    p.add_argument("--method", default="solution_opt", choices=METHODS, help="default: %(default)s")
+    p.add_argument("--method", default="solution_opt", choices=EVAL_METHODS,
+                   help="default: %(default)s; dspy_program: DSPy's chain-of-thought program as the copro/miprov2/"
+                        "gepa baselines test it (with --from-run of such a run: its instruction and demos)")
     p.add_argument("--data-file", default=None, metavar="FILE", help="load the task from a local file")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="default: %(default)s")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
@@ -180,9 +250,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--system-prompt", default=None, metavar="TEXT|@FILE", help="forward system prompt (default: none)")
     p.add_argument("--from-run", default=None, metavar="RUN_DIR",
-                   help="apply the loss prompt / template / system prompt that this finished run learned "
-                        "(e.g. on another task, model or engine); recorded as results.json 'source'. The protocol "
-                        "stays this command's: to match the source's, add --protocol RUN_DIR/results.json")
+                   help="apply the prompt pair of this finished run: what it learned (loss prompt, template, "
+                        "system prompt; a copro/miprov2/gepa run's DSPy program with --method dspy_program) and "
+                        "what it was given by hand, e.g. on another task, model or engine; recorded as "
+                        "results.json 'source'. The protocol stays this command's (a difference is warned about "
+                        "and recorded): to match the source's, add --protocol RUN_DIR/results.json")
     add_protocol_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_engine_args(p, optimizer=True, schedule=True)
@@ -219,6 +291,10 @@ def run_eval(
     """
     cfg = args_or_config if isinstance(args_or_config, EvalConfig) else EvalConfig.from_args(args_or_config)
     cfg, source = apply_from_run(cfg)  # before a model is loaded: a bad source costs no engine start
+    if source and source["protocol_diff"]:
+        print(f"mtg eval: {protocol_warning(cfg.from_run, source)}", file=sys.stderr)
+    if cfg.method == "dspy_program":
+        _import_dspy_program()  # before a model is loaded
     if cfg.schedule == "item" and cfg.method == "solution_opt":  # before a model is loaded
         check_item_schedule(engine or cfg.engine, optimizer_engine or cfg.optimizer_engine)
     task = load_task(cfg.task, cfg.protocol, data_file=cfg.data_file)
@@ -232,10 +308,13 @@ def run_eval(
     with open_run_engines(cfg.engine, cfg.optimizer_engine, cfg.engine_opts, cache_path=cache_path,
                           engine=engine, optimizer_engine=optimizer_engine) as engines:
         context_check(cfg.protocol, engines)
-        config = {**cfg.to_dict(), **engines.specs, "loss_prompt": cfg.loss_prompt or task.initial_loss_prompt}
+        config = {**cfg.to_dict(), **engines.specs}
+        if cfg.method != "dspy_program":  # the loss prompt (None above: the task's); a DSPy program has none
+            config["loss_prompt"] = cfg.loss_prompt or task.initial_loss_prompt
         run_dir.write_config(config)
         run_dir.log_event("eval_start", method=cfg.method, n_questions=len(examples), seeds=list(cfg.seeds),
-                          **({"source_run_id": source["run_id"]} if source else {}))
+                          **({"source_run_id": source["run_id"], "source_protocol_diff": source["protocol_diff"]}
+                             if source else {}))
         log_engines(run_dir, forward=engines.forward, optimizer=engines.optimizer)
         meter = UsageMeter(engines.forward_run, engines.optimizer_run)
         common = dict(
@@ -247,17 +326,22 @@ def run_eval(
         try:
             with stop_on_signals(stop, abort_on=ALL_STOP_SIGNALS):  # no boundary to wait for
                 engines.probe()  # an engine that is not there: failed in seconds, not after every retry
-                outcome = evaluate(
-                    task, examples, method=cfg.method, seeds=cfg.seeds, forward_engine=engines.forward_run,
-                    optimizer_engine=engines.optimizer_run, config=cfg.inner, loss_prompt=cfg.loss_prompt, template=cfg.template, progress=cfg.progress,
-                )
-            write_trajectories(run_dir, outcome.trajectories, split=cfg.split, method=cfg.method)
+                if cfg.method == "dspy_program":
+                    accuracy, truncated = _evaluate_dspy_program(cfg, task, examples, engines.forward_run, run_dir)
+                else:
+                    outcome = evaluate(
+                        task, examples, method=cfg.method, seeds=cfg.seeds, forward_engine=engines.forward_run,
+                        optimizer_engine=engines.optimizer_run, config=cfg.inner, loss_prompt=cfg.loss_prompt,
+                        template=cfg.template, progress=cfg.progress,
+                    )
+                    write_trajectories(run_dir, outcome.trajectories, split=cfg.split, method=cfg.method)
+                    accuracy, truncated = outcome.accuracy, truncation_summary(outcome.trajectories)
             results = results_record(
-                accuracy=outcome.accuracy, engine_usage=meter.report(), wall_s=time.perf_counter() - t0,
-                truncated=truncation_summary(outcome.trajectories), **common
+                accuracy=accuracy, engine_usage=meter.report(), wall_s=time.perf_counter() - t0,
+                truncated=truncated, **common
             )
             run_dir.write_results(results)
-            run_dir.log_event("eval_done", accuracy=outcome.accuracy["mean"], calls=results["engine_usage"]["calls"])
+            run_dir.log_event("eval_done", accuracy=accuracy["mean"], calls=results["engine_usage"]["calls"])
             return results
         except BaseException as e:
             intr = interruption(e, stop)

@@ -3,8 +3,10 @@
 Sets up the run dir (config.json, events.jsonl), the task splits, the engines
 (wrapped in ``RUN_DIR/cache.sqlite`` unless the cache is off), stop signals
 (``mtg_local.runs.interrupt``), runs ``OuterLoop`` and writes results.json (the core fields of
-``mtg eval``, docs/results_schema.md, plus "learned", "artifacts" and
-"history") and the learned artifacts as plain text files:
+``mtg eval``, docs/results_schema.md, plus "learned", "artifacts", "prompt_pair" (the
+whole pair the test used: each text learned, given by hand or the default, which
+``mtg eval --from-run`` carries over), "kept_initial" and "history") and the learned
+artifacts as plain text files:
 ``RUN_DIR/learned_loss_prompt.txt`` / ``RUN_DIR/learned_template.txt``.
 A multi-task run (``task`` "A,B") adds "tasks" and "per_task" (each task's test
 accuracy) to results.json; its "test_accuracy" is the mean over tasks per seed.
@@ -30,6 +32,7 @@ from mtg_local.runs.engine_events import log_engines
 from mtg_local.runs.interrupt import Interrupted, interruption, record_interruption, stop_on_signals
 from mtg_local.protocol import check_context, load_task, protocol_diff, protocol_hash
 from mtg_local.runs.run_dir import RESULTS_SCHEMA_VERSION, RunDir, read_json
+from mtg_local.runs.transfer import prompt_pair_record
 from mtg_local.tasks.base import Splits, Task
 from mtg_local.tasks.multi_task import MultiTask
 
@@ -234,6 +237,11 @@ def run_train(
         },
         history=state.history,
         artifacts=state.best.to_dict(),
+        prompt_pair=prompt_pair_record(
+            state.best.to_dict(), learned=tuple(k for k, v in learns.items() if v),
+            given=tuple(k for k, v in (("loss_prompt", config.initial_loss_prompt),
+                                       ("template", config.initial_template)) if v is not None)),
+        kept_initial=state.best_step == 0,
         initial_val_accuracy=next((h["val_accuracy"] for h in state.history if h["step"] == 0), None),
         best_val_accuracy=state.best_val,
         best_step=state.best_step,

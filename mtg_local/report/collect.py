@@ -21,12 +21,17 @@ A run's column is its task *and* dataset: the paper's task names are aliased
 is the column ``synthetic_word_sorting`` whatever its recorded name, and one task
 name with several datasets (data files, hub sets) gets one column per dataset.
 
+A prompt optimizer's test runs the task model only (``PROMPT_OPTIMIZERS``: COPRO, MIPROv2,
+GEPA, TextGrad's prompt optimization): its prompt / reflection / optimizer model is
+``RunRecord.optimizer``, shown in the row label of the task model's table, not a table of
+its own (``mtg_local.report.tables.row_key``).
+
 Transfer (``mtg_local.report.transfer``): a run records where its prompts were learned
 (``RunRecord.learned_from``): an ``mtg eval --from-run`` run its results.json ``source``,
-a meta-training run itself. Such an eval and a multi-task training run (one result per
-task, ``RunRecord.per_task``) are ``transfer_only``: they go to the transfer table, not to
-the Table-2 cells of the method they ran (a solution_opt eval with a learned loss prompt is
-not the solution_opt baseline).
+a meta-training or prompt-optimization run itself (its own test). Such an eval and a
+multi-task training run (one result per task, ``RunRecord.per_task``) are
+``transfer_only``: they go to the transfer table, not to the Table-2 cells of the method
+they ran (a solution_opt eval with a learned loss prompt is not the solution_opt baseline).
 """
 
 from __future__ import annotations
@@ -69,6 +74,13 @@ class LearnedFrom:
     protocol_hash: str
     prompts_hash: str
     run_dir: str
+    kept_initial: bool | None = None  # the source kept nothing it tried (its starting prompt); None: unknown
+    protocol_diff: tuple[str, ...] = ()  # protocol fields in which the applying run differs from the source
+
+    @property
+    def key(self) -> str:
+        """A transfer-table row: one source run with one set of applied texts."""
+        return f"{self.run_id}/{self.prompts_hash}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +90,7 @@ class RunRecord:
     path: Path  # the run dir
     task: str  # column key (task name, + data-file stem when variants of one task differ)
     method: str
-    engine: str  # forward engine spec (" / optimizer" appended when it differs)
+    engine: str  # forward engine spec (" / optimizer" appended when it differs, except for PROMPT_OPTIMIZERS)
     per_seed: dict[str, float]
     mean: float
     std: float
@@ -95,10 +107,16 @@ class RunRecord:
     learned_from: LearnedFrom | None = None  # where the prompts it ran with were learned (transfer)
     transfer_only: bool = False  # not a Table-2 cell: an eval with another run's prompts, or a multi-task run
     per_task: tuple[TaskResult, ...] = ()  # a multi-task run's result on each task
+    optimizer: str = ""  # a prompt optimizer's prompt/reflection model when it is not the task model
 
     @property
     def n_seeds(self) -> int:
         return len(self.per_seed)
+
+    @property
+    def engines_label(self) -> str:
+        """Every engine the run used (the task model, then " / " the optimizer's when it differs)."""
+        return f"{self.engine} / {self.optimizer}" if self.optimizer else self.engine
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,8 +189,12 @@ def parse_results(data: Any, path: Path) -> RunRecord | Problem:
             per_seed = {"?": mean}
         engine = data["engine"]
         opt = data.get("optimizer_engine")
+        optimizer = ""
         if opt and opt != engine:
-            engine = f"{engine} / {opt}"
+            if data["method"] in PROMPT_OPTIMIZERS:
+                optimizer = str(opt)
+            else:
+                engine = f"{engine} / {opt}"
         config = data.get("config") if isinstance(data.get("config"), dict) else {}
         history = data.get("history") or []
         info = data.get("task_info") if isinstance(data.get("task_info"), dict) else {}
@@ -200,6 +222,7 @@ def parse_results(data: Any, path: Path) -> RunRecord | Problem:
             learned_from=learned_from,
             transfer_only=isinstance(data.get("source"), dict) or bool(per_task),
             per_task=per_task,
+            optimizer=optimizer,
         )
     except (ValueError, TypeError, KeyError) as e:
         return Problem(path, "corrupt", str(e))
@@ -207,6 +230,12 @@ def parse_results(data: Any, path: Path) -> RunRecord | Problem:
 
 #: Methods whose own test applies what they learned with solution optimization (transfer diagonal).
 META_METHODS = ("learned_loss", "maml", "reptile", "joint")
+#: Methods whose test runs only the task model (their optimizer model is a row label, not a table).
+PROMPT_OPTIMIZERS = ("prompt_opt", "copro", "miprov2", "gepa")
+#: How each learning method's own test applied what it learned: the ``mtg eval`` method of its
+#: transfer table (its own test is that table's cell where it learned).
+OWN_TEST_METHOD = {**{m: "solution_opt" for m in META_METHODS}, "prompt_opt": "zero_shot_cot",
+                   "copro": "dspy_program", "miprov2": "dspy_program", "gepa": "dspy_program"}
 
 
 def _engine_label(engine: Any, optimizer: Any) -> str:
@@ -228,22 +257,27 @@ def _learned_from(source: dict[str, Any]) -> LearnedFrom:
     for key in ("run_id", "task", "method", "engine"):
         if not isinstance(source.get(key), str) or not source[key]:
             raise ValueError(f"source.{key} must be a non-empty string, got {source.get(key)!r}")
+    kept = source.get("kept_initial")
+    diff = source.get("protocol_diff")
     return LearnedFrom(run_id=source["run_id"], tasks=_learned_tasks(source),
                        engine=_engine_label(source["engine"], source.get("optimizer_engine")), method=source["method"],
                        protocol_hash=str(source.get("protocol_hash") or ""),
-                       prompts_hash=str(source.get("prompts_hash") or ""), run_dir=str(source.get("run_dir") or ""))
+                       prompts_hash=str(source.get("prompts_hash") or ""), run_dir=str(source.get("run_dir") or ""),
+                       kept_initial=kept if isinstance(kept, bool) else None,
+                       protocol_diff=tuple(str(k) for k in diff) if isinstance(diff, dict) else ())
 
 
 def _transfer_fields(data: dict[str, Any], run_dir: Path) -> tuple[LearnedFrom | None, tuple[TaskResult, ...]]:
     """``learned_from`` and ``per_task`` of a results.json body (see the module docstring)."""
-    from mtg_local.runs.transfer import learned_texts, source_record
+    from mtg_local.runs import transfer as T
 
     if isinstance(data.get("source"), dict):
         return _learned_from(data["source"]), ()
-    texts = learned_texts(data)
-    if data.get("method") not in META_METHODS or not texts:
+    if data.get("method") not in OWN_TEST_METHOD or not T.learned_texts(data):
         return None, ()
-    own = _learned_from(source_record(data, run_dir, texts))
+    # the texts a transfer of this run applies (so its own test and its transfers share a row)
+    applied = T.dspy_applied(T.dspy_program_of(data)) if data["method"] in T.DSPY_METHODS else T.transferable(data)
+    own = _learned_from(T.source_record(data, run_dir, applied))
     per_task = data.get("per_task")
     if not isinstance(per_task, dict):
         return own, ()

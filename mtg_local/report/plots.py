@@ -24,7 +24,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from mtg_local.report.collect import RunRecord  # noqa: E402
 from mtg_local.report.paper_reference import PAPER_LABEL, paper_accuracy  # noqa: E402
-from mtg_local.report.tables import METHOD_LABELS, merge_cells, ordered_methods, ordered_tasks  # noqa: E402
+from mtg_local.report.tables import METHOD_LABELS, base_method, merge_cells, method_label, ordered_methods  # noqa: E402
+from mtg_local.report.tables import ordered_tasks, row_key  # noqa: E402
 from mtg_local.report.tables import table_runs, task_label  # noqa: E402
 from mtg_local.report.transfer import TransferTable, transfer_tables  # noqa: E402
 from mtg_local.slurm.grid import label_of  # noqa: E402
@@ -57,7 +58,7 @@ def accuracy_plot(runs: list[RunRecord], engine: str, out: Path) -> Path:
     runs = [r for r in table_runs(runs) if r.engine == engine]
     cells = merge_cells(runs)
     tasks = ordered_tasks(runs)
-    methods = ordered_methods(r.method for r in runs)
+    methods = ordered_methods(row_key(r) for r in runs)
     n = max(len(methods), 1)
     width = 0.84 / n
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 + len(tasks) * max(1.8, 0.42 * n)), 4.4))
@@ -68,11 +69,11 @@ def accuracy_plot(runs: list[RunRecord], engine: str, out: Path) -> Path:
         present = [(pos[t], cells[(engine, t, m)]) for t in tasks if (engine, t, m) in cells]
         ax.bar([x for x, _ in present], [100 * c.mean for _, c in present], width * 0.92,
                       yerr=[100 * c.std for _, c in present], capsize=2, color=cmap(j % 10), error_kw={"lw": 0.8},
-                      label=METHOD_LABELS.get(m, m))
+                      label=method_label(m))
         for x, c in present:  # above the error bar, so a 0 % bar still shows its number
             ax.text(x, 100 * (c.mean + c.std) + 1.0, f"{100 * c.mean:.0f}", ha="center", va="bottom", fontsize=6)
         for t in tasks:
-            p = paper_accuracy(m, t)
+            p = paper_accuracy(base_method(m), t)
             if p is not None:
                 ax.scatter([pos[t]], [p], marker="D", s=26, facecolors="none", edgecolors="black", linewidths=1.0,
                            zorder=3, label=None if paper_drawn else f"{PAPER_LABEL} (quoted, not run here)")
@@ -104,11 +105,11 @@ def transfer_heatmap(table: TransferTable, out: Path) -> Path:
     initial-prompt reference as the first row above a line; blank (grey) where nothing ran."""
     import numpy as np
 
-    row_names = ["Initial prompt (reference)"] + [table.row_labels[s.run_id] for s in table.rows]
+    row_names = ["Initial prompt (reference)"] + [table.row_labels[s.key] for s in table.rows]
     grid = np.full((len(row_names), len(table.columns)), np.nan)
     text = [["" for _ in table.columns] for _ in row_names]
     for j, c in enumerate(table.columns):
-        cells = [table.reference.get(c)] + [table.cells.get((s.run_id, c)) for s in table.rows]
+        cells = [table.reference.get(c)] + [table.cells.get((s.key, c)) for s in table.rows]
         for i, cell in enumerate(cells):
             if cell is not None:
                 grid[i, j] = 100 * cell.mean

@@ -7,6 +7,10 @@ run wins for a seed present in both). The paper's GPT-4o-mini numbers appear in 
 labelled columns, quoted from the paper, and only beside the paper's tasks (never beside a
 synthetic one). Runs are tabulated per protocol (``protocol_hash``): one set of tables per
 protocol, the most common first; runs of two protocols never share a table or a cell.
+
+A table is one task model: a prompt optimizer run with its own prompt / reflection model
+(``RunRecord.optimizer``) is a row of its method labelled with that model (``row_key``),
+beside the same method's runs without one, in the task model's table.
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ from mtg_local.report.paper_reference import PAPER_LABEL, PAPER_SOURCE, PAPER_TA
 
 #: (group heading, methods) in the paper's row order; "joint" and "gepa" are this project's additions.
 ROW_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Zero-shot", ("zero_shot_cot",)),
+    ("Zero-shot", ("zero_shot_cot", "dspy_program")),
     ("Prompt optimizers", ("copro", "miprov2", "gepa", "prompt_opt")),
     ("Inference time optimizers", ("solution_opt",)),
     ("Meta-learned inference time optimizers", ("learned_loss", "maml", "reptile", "joint")),
 )
 METHOD_LABELS = {
     "zero_shot_cot": "Zero-Shot CoT",
+    "dspy_program": "Zero-Shot CoT (DSPy program)",
     "copro": "COPRO",
     "miprov2": "MIPROv2",
     "gepa": "GEPA (DSPy)",
@@ -42,7 +47,10 @@ METHOD_LABELS = {
 }
 _METHOD_ORDER = [m for _, ms in ROW_GROUPS for m in ms]
 #: Rows the paper does not have: printed only when a run of them is present (paper column "—").
-_NOT_IN_PAPER = ("joint", "gepa")
+_NOT_IN_PAPER = ("joint", "gepa", "dspy_program")
+#: The role of a prompt optimizer's own model, in its row label.
+_OPTIMIZER_ROLES = {"gepa": "reflection", "copro": "prompt model", "miprov2": "prompt model", "prompt_opt": "optimizer"}
+_ROW_SEP = " · "
 _TASK_ORDER = list(PAPER_TASKS)
 
 
@@ -62,11 +70,29 @@ class Cell:
         return f"{100 * self.mean:.1f} ± {100 * self.std:.1f} (n={self.n_seeds})"
 
 
+def row_key(r: RunRecord) -> str:
+    """A run's row: its method, with the optimizer's own model when it has one ("gepa · reflection: SPEC")."""
+    if not r.optimizer:
+        return r.method
+    return f"{r.method}{_ROW_SEP}{_OPTIMIZER_ROLES.get(r.method, 'optimizer')}: {r.optimizer}"
+
+
+def base_method(key: str) -> str:
+    """The method of a row key."""
+    return key.split(_ROW_SEP, 1)[0]
+
+
+def method_label(key: str) -> str:
+    """A row's label: the method's, and the optimizer's model of a ``row_key`` that has one."""
+    base, sep, rest = key.partition(_ROW_SEP)
+    return METHOD_LABELS.get(base, base) + (f"{_ROW_SEP}{rest}" if sep else "")
+
+
 def merge_cells(runs: Iterable[RunRecord]) -> dict[tuple[str, str, str], Cell]:
-    """Groups runs by (engine, task, method) and merges their per-seed accuracies."""
+    """Groups runs by (engine, task, row key: the method, ``row_key``) and merges their per-seed accuracies."""
     groups: dict[tuple[str, str, str], list[RunRecord]] = {}
     for r in runs:
-        groups.setdefault((r.engine, r.task, r.method), []).append(r)
+        groups.setdefault((r.engine, r.task, row_key(r)), []).append(r)
     cells = {}
     for key, rs in groups.items():
         rs = sorted(rs, key=lambda r: r.finished_at)
@@ -106,17 +132,24 @@ def table_runs(runs: Iterable[RunRecord]) -> list[RunRecord]:
 
 
 def ordered_methods(methods: Iterable[str]) -> list[str]:
+    """Row keys in the paper's method order; a method's optimizer variants right after it."""
     ms = set(methods)
-    return [m for m in _METHOD_ORDER if m in ms] + sorted(ms - set(_METHOD_ORDER))
+    order = {m: i for i, m in enumerate(_METHOD_ORDER)}
+    return sorted(ms, key=lambda k: (order.get(base_method(k), len(order)), base_method(k), k != base_method(k), k))
 
 
 def _row_methods(present: set[str]) -> list[tuple[str, list[str]]]:
-    """Groups to print: every paper method, joint/gepa/others only when present."""
+    """Groups to print: every paper method, joint/gepa/others only when present; each method's
+    optimizer variants (``row_key``) after it."""
     groups = []
     for heading, methods in ROW_GROUPS:
-        ms = [m for m in methods if m in present or m not in _NOT_IN_PAPER]
+        ms = []
+        for m in methods:
+            if m in present or m not in _NOT_IN_PAPER:
+                ms.append(m)
+            ms += ordered_methods(k for k in present if k != m and base_method(k) == m)
         groups.append((heading, ms))
-    extra = sorted(present - set(_METHOD_ORDER))
+    extra = ordered_methods(k for k in present if base_method(k) not in _METHOD_ORDER)
     if extra:
         groups.append(("Other", extra))
     return groups
@@ -129,7 +162,7 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _paper(method: str, task: str) -> str:
-    v = paper_accuracy(method, task)
+    v = paper_accuracy(base_method(method), task)
     return f"{v:.1f}" if v is not None else "—"
 
 
@@ -145,7 +178,7 @@ def engine_table(cells: dict, engine: str, tasks: list[str]) -> str:
     for heading, methods in _row_methods(present):
         rows.append([f"*{heading}*"] + [""] * (len(header) - 1))
         for m in methods:
-            row = [METHOD_LABELS.get(m, m)]
+            row = [method_label(m)]
             for t in tasks:
                 c = cells.get((engine, t, m))
                 row.append(c.text() if c else "—")
@@ -167,7 +200,7 @@ def side_by_side_table(cells: dict, engines: list[str], tasks: list[str]) -> str
     for heading, methods in _row_methods(present):
         rows.append([f"*{heading}*"] + [""] * (len(header) - 1))
         for m in methods:
-            row = [METHOD_LABELS.get(m, m)]
+            row = [method_label(m)]
             for t in tasks:
                 for e in engines:
                     c = cells.get((e, t, m))
@@ -179,10 +212,10 @@ def side_by_side_table(cells: dict, engines: list[str], tasks: list[str]) -> str
 
 
 def totals(runs: list[RunRecord]) -> list[dict[str, Any]]:
-    """Token, wall-clock and dollar totals per engine (cost None when no run has one)."""
+    """Token, wall-clock and dollar totals per engine (all a run used; cost None when no run has one)."""
     out: dict[str, dict[str, Any]] = {}
     for r in runs:
-        t = out.setdefault(r.engine, {"engine": r.engine, "runs": 0, "requests": 0, "prompt_tokens": 0,
+        t = out.setdefault(r.engines_label, {"engine": r.engines_label, "runs": 0, "requests": 0, "prompt_tokens": 0,
                                       "completion_tokens": 0, "wall_s": 0.0, "cost_usd": None})
         t["runs"] += 1
         for k in ("requests", "prompt_tokens", "completion_tokens"):
@@ -252,18 +285,21 @@ def cells_csv(col: Collection) -> str:
     """One row per (engine, task, method): accuracy in %, seeds, paper value, totals."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["protocol_hash", "engine", "task", "dataset", "method", "method_label", "mean_pct", "std_pct", "n_seeds",
-                "n_questions", "paper_gpt4omini_pct", "requests", "prompt_tokens", "completion_tokens", "wall_s",
-                "cost_usd", "run_dirs"])
+    w.writerow(["protocol_hash", "engine", "task", "dataset", "method", "method_label", "optimizer_engine", "mean_pct",
+                "std_pct", "n_seeds", "n_questions", "paper_gpt4omini_pct", "requests", "prompt_tokens",
+                "completion_tokens", "wall_s", "cost_usd", "run_dirs"])
     rows = []
     for h, runs in protocol_groups(col.runs):
-        for (e, t, m), c in sorted(merge_cells(table_runs(runs)).items(), key=lambda kv: (
-                kv[0][0], ordered_tasks(kv[1].runs)[0], _METHOD_ORDER.index(kv[0][2]) if kv[0][2] in _METHOD_ORDER else 99)):
+        cells = merge_cells(table_runs(runs))
+        order = {k: i for i, k in enumerate(ordered_methods(k for _, _, k in cells))}
+        for (e, t, m), c in sorted(cells.items(), key=lambda kv: (kv[0][0], ordered_tasks(kv[1].runs)[0],
+                                                                 order[kv[0][2]])):
             rows.append((h, e, t, m, c))
     for h, e, t, m, c in rows:
         tot = totals(list(c.runs))[0]
-        paper = paper_accuracy(m, t)
-        w.writerow([h, e, t, c.runs[0].dataset, m, METHOD_LABELS.get(m, m), f"{100 * c.mean:.2f}", f"{100 * c.std:.2f}", c.n_seeds,
+        paper = paper_accuracy(base_method(m), t)
+        w.writerow([h, e, t, c.runs[0].dataset, base_method(m), method_label(m), c.runs[0].optimizer,
+                    f"{100 * c.mean:.2f}", f"{100 * c.std:.2f}", c.n_seeds,
                     max(r.n_questions for r in c.runs), "" if paper is None else f"{paper:.1f}", tot["requests"],
                     tot["prompt_tokens"], tot["completion_tokens"], f"{tot['wall_s']:.1f}",
                     "" if tot["cost_usd"] is None else f"{tot['cost_usd']:.4f}", ";".join(str(r.path) for r in c.runs)])

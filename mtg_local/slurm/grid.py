@@ -20,7 +20,7 @@ Grid YAML (every key but ``tasks``, ``methods`` and ``engines`` optional)::
     slurm: {template: slurm/mtg_array.sbatch, partition: gpu, time: "08:00:00", gpus: 1,
             cpus_per_task: 8, mem: 64G, max_parallel: 4, extra: [--account=abc],
             export: {HF_HOME: /scratch/hf}}
-    transfer:                      # cells applying what a train cell learned (mtg_local.slurm.transfers)
+    transfer:                      # cells applying what a train/baseline cell learned (mtg_local.slurm.transfers)
       - {from: "*/learned_loss/vllm_Qwen_Qwen2.5-7B-Instruct", tasks: ["*"], engines: ["*"]}
 
 Protocol flags (``docs/protocol.md``: --steps, --seeds, --temperature, ...) may only appear
@@ -46,6 +46,7 @@ from mtg_local.runs.secrets import is_secret_key
 METHOD_COMMANDS: dict[str, str] = {
     "zero_shot_cot": "eval",
     "solution_opt": "eval",
+    "dspy_program": "eval",
     "learned_loss": "train",
     "maml": "train",
     "reptile": "train",

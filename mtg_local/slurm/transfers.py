@@ -6,7 +6,8 @@ Grid YAML (a list; every key but ``from`` optional)::
       - from: word_sorting/learned_loss/qwen7b   # source cell(s): TASK/METHOD/ENGINE labels; * and ? match
         tasks: ["*"]                             # where to apply: task labels (default: every single-task entry)
         engines: [qwen7b, llama8b]               # engine labels (default: the source's own engine)
-        methods: [solution_opt]                  # mtg eval methods (default: solution_opt)
+        methods: [solution_opt]                  # mtg eval methods (default: solution_opt; a
+                                                 # copro/miprov2/gepa source: dspy_program)
 
 Each (source, task, method, engine) is one ``mtg eval --from-run SOURCE_RUN_DIR`` cell, in
 ``RUNS_ROOT/NAME/<task>/<method>@<source task>.<source method>.<source engine>/<engine>``,
@@ -16,9 +17,13 @@ with the grid's arguments (so the grid's one protocol). It waits for its source
 expresses the order as SLURM dependencies (``mtg_local.slurm.submit``).
 
 A source is a train cell (learned loss prompt / template) or a baseline cell (learned
-system prompt): an eval cell learns nothing to apply. A transfer that would repeat a
-train source's own test (solution_opt on a task it learned on, with its own engine) is
-left out: the transfer table's cell there is that run's own test.
+system prompt; COPRO, MIPROv2, GEPA: a DSPy program): an eval cell learns nothing to
+apply. What applies what is checked here, when the grid is read (``GridError`` naming the
+cell): a COPRO/MIPROv2/GEPA source only with ``dspy_program`` (its instruction and demos
+in DSPy's prompt, as its own test ran them), ``dspy_program`` only with such a source.
+A transfer that would repeat a source's own test (its test's method on a task it learned
+on, with its own engine) is left out: the transfer table's cell there is that run's own
+test.
 """
 
 from __future__ import annotations
@@ -29,10 +34,34 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from mtg_local.grid.order import dependency_order
+from mtg_local.runs.transfer import DSPY_METHODS
 from mtg_local.slurm.grid import METHOD_COMMANDS, Grid, GridError, RunSpec, _str_list
 
 EVAL_METHODS = tuple(m for m, c in METHOD_COMMANDS.items() if c == "eval")  # --from-run is an mtg eval option
 _KEYS = {"from", "tasks", "engines", "methods"}
+#: The method a source's own test applied its prompts with (a transfer there repeats that test).
+_OWN_TEST = {"prompt_opt": "zero_shot_cot", **{m: "dspy_program" for m in DSPY_METHODS}}
+
+
+def _methods_for(entry: TransferEntry, src: RunSpec) -> tuple[str, ...]:
+    """The eval methods that apply ``src``'s prompts (see the module docstring).
+
+    Raises:
+        GridError: an entry's method cannot apply this source's prompts.
+    """
+    dspy = src.method in DSPY_METHODS
+    if entry.methods is None:
+        return ("dspy_program",) if dspy else ("solution_opt",)
+    for m in entry.methods:
+        if dspy and m != "dspy_program":
+            raise GridError(f"{entry.where}: source cell {src.name} is a {src.method} run, whose prompt is a DSPy "
+                            f"program (instruction and demos); method {m!r} does not run it: use dspy_program "
+                            "(mtg eval --method dspy_program)")
+        if not dspy and m == "dspy_program":
+            raise GridError(f"{entry.where}: method dspy_program applies a {', '.join(DSPY_METHODS)} cell's DSPy "
+                            f"program; source cell {src.name} is a {src.method} run (methods: solution_opt, "
+                            "zero_shot_cot)")
+    return entry.methods
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,13 +71,13 @@ class TransferEntry:
     sources: tuple[str, ...]
     tasks: tuple[str, ...] | None = None  # None: every single-task entry
     engines: tuple[str, ...] | None = None  # None: each source's own engine
-    methods: tuple[str, ...] = ("solution_opt",)
+    methods: tuple[str, ...] | None = None  # None: solution_opt (a DSPy source: dspy_program)
     where: str = "transfer"
 
     def __post_init__(self) -> None:
         if not self.sources:
             raise GridError(f"{self.where}: 'from' names no source cell")
-        for m in self.methods:
+        for m in self.methods or ():
             if m not in EVAL_METHODS:
                 raise GridError(f"{self.where}: method {m!r} cannot apply a learned prompt (--from-run is an "
                                 f"mtg eval option; methods: {', '.join(EVAL_METHODS)})")
@@ -64,7 +93,7 @@ class TransferEntry:
             raise GridError(f"{where}: unknown keys {sorted(unknown)} ({', '.join(sorted(_KEYS))})")
         opt = lambda key: _str_list(raw[key], f"{where}.{key}") if raw.get(key) is not None else None  # noqa: E731
         return cls(sources=_str_list(raw["from"], f"{where}.from"), tasks=opt("tasks"), engines=opt("engines"),
-                   methods=opt("methods") or ("solution_opt",), where=where)
+                   methods=opt("methods") or None, where=where)
 
 
 def _match(patterns: Sequence[str], names: Sequence[str], what: str, where: str) -> list[str]:
@@ -97,7 +126,8 @@ def transfer_cells(grid: Grid, base: Sequence[RunSpec]) -> list[RunSpec]:
 
     Raises:
         GridError: a source, task or engine names nothing in the grid, a source is an
-            eval cell, a target is a multi-task entry, or two entries make one cell.
+            eval cell, a method cannot apply a source's prompts, a target is a multi-task
+            entry, or two entries make one cell.
     """
     single = [t.label for t in grid.tasks if not t.is_multi]
     tasks = {t.label: t for t in grid.tasks}
@@ -112,12 +142,13 @@ def transfer_cells(grid: Grid, base: Sequence[RunSpec]) -> list[RunSpec]:
         for src in _sources(entry, base):
             on = _match(entry.engines, list(engines), "engine", entry.where) if entry.engines is not None \
                 else [src.engine.label]
+            methods = _methods_for(entry, src)
+            own = "solution_opt" if src.command == "train" else _OWN_TEST.get(src.method)
             for label in targets:
                 task = tasks[label]
-                for method in entry.methods:
+                for method in methods:
                     for e in on:
-                        if src.command == "train" and method == "solution_opt" and e == src.engine.label \
-                                and task.datasets() <= src.task.datasets():
+                        if method == own and e == src.engine.label and task.datasets() <= src.task.datasets():
                             continue  # the source's own test
                         slot = f"{method}@{src.task.label}.{src.method}.{src.engine.label}"
                         name = f"{label}/{slot}/{e}"

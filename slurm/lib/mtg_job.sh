@@ -39,7 +39,7 @@ mtg_setup() {
 # Prints the sub-command (eval|train|baseline) that runs METHOD.
 mtg_command_for() {
   case "$1" in
-    zero_shot_cot|solution_opt) echo eval ;;
+    zero_shot_cot|solution_opt|dspy_program) echo eval ;;
     learned_loss|maml|reptile|joint) echo train ;;
     prompt_opt|copro|miprov2|gepa) echo baseline ;;
     *) return 1 ;;

@@ -8,7 +8,7 @@
 : "${MTG_SEEDS:=}"   # empty: the protocol's seeds (0-5, docs/protocol.md)
 : "${MTG_ARGS:=}"
 : "${MTG_RUN_DIR:=$MTG_RUNS/$MTG_TASK/$MTG_METHOD/${MTG_ENGINE//[\/:]/_}}"
-mtg_cmd=$(mtg_command_for "$MTG_METHOD") || mtg_die "unknown MTG_METHOD=$MTG_METHOD (zero_shot_cot|solution_opt|learned_loss|maml|reptile|joint|prompt_opt|copro|miprov2|gepa)"
+mtg_cmd=$(mtg_command_for "$MTG_METHOD") || mtg_die "unknown MTG_METHOD=$MTG_METHOD (zero_shot_cot|solution_opt|dspy_program|learned_loss|maml|reptile|joint|prompt_opt|copro|miprov2|gepa)"
 # shellcheck disable=SC2086  # MTG_ARGS is a word list on purpose
 seed_args=()
 [[ -n "$MTG_SEEDS" ]] && seed_args=(--seeds "${MTG_SEEDS// /,}")
