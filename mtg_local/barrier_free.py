@@ -136,7 +136,16 @@ def solution_optimization_by_item(
         before_call()  # a queued item starts nothing once stopping
         fwd = EngineView(forward_engine, before_call=before_call)
         opt = fwd if opt_engine is forward_engine else EngineView(opt_engine, before_call=before_call)
-        (traj,) = run_phases(task, [items[i]], forward_engine=fwd, optimizer_engine=opt, config=config, id_offset=i)
+        try:
+            (traj,) = run_phases(task, [items[i]], forward_engine=fwd, optimizer_engine=opt, config=config,
+                                 id_offset=i)
+        except ItemCancelled:
+            raise
+        except BaseException:
+            # Set here, not only when the main thread sees the failure: it may wake later than
+            # the others' requests in flight return, and they must not start their next call.
+            cancel.set()
+            raise
         return traj
 
     bar = tqdm(total=len(items), desc="solution_opt", unit="item", disable=not progress)

@@ -206,13 +206,24 @@ def test_cached_item_schedule_counts_calls_per_thread_and_replays_from_the_cache
 
 
 def test_a_stop_in_one_item_stops_the_others_at_their_next_call():
-    class Stopping(TimedEngine):
+    # Item 0's request raises once the other five items' requests are in flight; those return
+    # after the stop, and none of them may start its next phase. Events, not fixed delays, order
+    # this, so a loaded machine cannot reorder it.
+    in_flight, stopped = threading.Semaphore(0), threading.Event()
+
+    class Stopping(FakeEngine):
         def _generate(self, requests, **kwargs):
             if requests[0].id == "fwd-0":
+                assert all(in_flight.acquire(timeout=30) for _ in range(5)), "the other items never started"
+                stopped.set()
                 raise Interrupted("stop requested", 10)
+            if requests[0].id.startswith("fwd-"):
+                in_flight.release()
+                assert stopped.wait(timeout=30)
+                time.sleep(0.3)  # a margin for item 0's exception to leave its thread
             return super()._generate(requests, **kwargs)
 
-    engine = Stopping(Script(), slow_items={1, 2, 3, 4, 5}, delay=0.2)
+    engine = Stopping(Script())
     with pytest.raises(Interrupted, match="stop requested"):
         run("item", engine)
     sent = [r.id for b in engine.batches for r in b]
