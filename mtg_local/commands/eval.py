@@ -42,7 +42,7 @@ from mtg_local.runs.lock import RunDirLock
 from mtg_local.runs.run_dir import RunDir
 from mtg_local.runs.secrets import public_engine_opts
 from mtg_local.runs.transfer import read_source_run
-from mtg_local.tasks import task_names
+from mtg_local.tasks import normalize_task_spec, task_names
 
 _RERUN_HINT = "the same command (finished generations are served from the run's cache)"
 
@@ -66,7 +66,7 @@ class EvalConfig:
     cache: str | None = None  # None: RUN_DIR/cache.sqlite
     no_cache: bool = False
     loss_prompt: str | None = None  # None: the task's initial loss prompt
-    template: str = DEFAULT_TEMPLATE
+    template: str | None = None  # None: the task's inference template, else the paper's
     system_prompt: str | None = None  # forward system prompt (an artifact, e.g. from prompt_opt)
     protocol: Protocol = DEFAULT_PROTOCOL
     progress: bool = True
@@ -84,6 +84,7 @@ class EvalConfig:
             raise UserError(f"--split must be train, val or test, got {self.split!r}")
         if not isinstance(self.protocol, Protocol):
             raise UserError(f"protocol must be a Protocol, got {type(self.protocol).__name__}")
+        object.__setattr__(self, "task", normalize_task_spec(self.task))  # a task file: its absolute path
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -109,7 +110,7 @@ class EvalConfig:
             cache=args.cache,
             no_cache=args.no_cache,
             loss_prompt=read_text_arg(args.loss_prompt, "--loss-prompt"),
-            template=read_text_arg(args.template, "--template") or DEFAULT_TEMPLATE,
+            template=read_text_arg(args.template, "--template") or None,
             system_prompt=read_text_arg(args.system_prompt, "--system-prompt"),
             protocol=protocol_from_args(args),
             progress=not args.no_progress,
@@ -148,13 +149,21 @@ def apply_from_run(cfg: EvalConfig) -> tuple[EvalConfig, dict[str, Any] | None]:
     if not applied:
         raise UserError(f"--from-run {cfg.from_run}: its learned {', '.join(src.texts)} is not used by "
                         f"--method {cfg.method}")
-    given = {"loss_prompt": cfg.loss_prompt is not None, "template": cfg.template != DEFAULT_TEMPLATE,
+    given = {"loss_prompt": cfg.loss_prompt is not None, "template": cfg.template is not None,
              "system_prompt": cfg.system_prompt is not None}
     clash = [_FLAGS[k] for k in applied if given[k]]
     if clash:
         raise UserError(f"--from-run {cfg.from_run} supplies the {', '.join(k for k in applied if given[k])}; "
                         f"drop {' and '.join(clash)}")
     return dataclasses.replace(cfg, **applied), src.record(applied)
+
+
+def task_help(*, several: bool = False) -> str:
+    """``--task`` help: the registered names, or a task file (and, for train, several)."""
+    more = ("; or A,B[,C]: one loss prompt / template meta-trained across several tasks (starting from the "
+            "first task's loss prompt)") if several else ""
+    return (f"task name ({', '.join(task_names())}) or a task file (path/to/task.yaml: docs/tasks.md, "
+            f"'Your own task'){more}; default: %(default)s")
 
 
 def read_text_arg(value: str | None, flag: str) -> str | None:
@@ -169,14 +178,15 @@ def read_text_arg(value: str | None, flag: str) -> str | None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate zero-shot CoT or TextGrad solution optimization on a task split")
-    p.add_argument("--task", default="synthetic_word_sorting", help=f"task name ({', '.join(task_names())})")
+    p.add_argument("--task", default="synthetic_word_sorting", metavar="NAME|FILE.yaml", help=task_help())
     p.add_argument("--method", default="solution_opt", choices=METHODS, help="default: %(default)s")
     p.add_argument("--data-file", default=None, metavar="FILE", help="load the task from a local file")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="default: %(default)s")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
     p.add_argument("--loss-prompt", default=None, metavar="TEXT|@FILE", help="loss prompt (default: the task's)")
     p.add_argument(
-        "--template", default=None, metavar="TEXT|@FILE", help=f"inference template (default: {DEFAULT_TEMPLATE!r})"
+        "--template", default=None, metavar="TEXT|@FILE",
+        help=f"inference template (default: the task's, else {DEFAULT_TEMPLATE!r})"
     )
     p.add_argument("--system-prompt", default=None, metavar="TEXT|@FILE", help="forward system prompt (default: none)")
     p.add_argument("--from-run", default=None, metavar="RUN_DIR",
@@ -223,6 +233,7 @@ def run_eval(
         check_item_schedule(engine or cfg.engine, optimizer_engine or cfg.optimizer_engine)
     task = load_task(cfg.task, cfg.protocol, data_file=cfg.data_file)
     examples = list(task.splits().limited(cfg.protocol.limit).get(cfg.split))
+    template = cfg.template or task.inference_template or DEFAULT_TEMPLATE
     if not examples:
         raise UserError(f"the {cfg.split} split of {cfg.task} has no questions")
     run_dir = RunDir(cfg.out).create()
@@ -232,7 +243,8 @@ def run_eval(
     with open_run_engines(cfg.engine, cfg.optimizer_engine, cfg.engine_opts, cache_path=cache_path,
                           engine=engine, optimizer_engine=optimizer_engine) as engines:
         context_check(cfg.protocol, engines)
-        config = {**cfg.to_dict(), **engines.specs, "loss_prompt": cfg.loss_prompt or task.initial_loss_prompt}
+        config = {**cfg.to_dict(), **engines.specs, "loss_prompt": cfg.loss_prompt or task.initial_loss_prompt,
+                  "template": template}
         run_dir.write_config(config)
         run_dir.log_event("eval_start", method=cfg.method, n_questions=len(examples), seeds=list(cfg.seeds),
                           **({"source_run_id": source["run_id"]} if source else {}))
@@ -249,7 +261,7 @@ def run_eval(
                 engines.probe()  # an engine that is not there: failed in seconds, not after every retry
                 outcome = evaluate(
                     task, examples, method=cfg.method, seeds=cfg.seeds, forward_engine=engines.forward_run,
-                    optimizer_engine=engines.optimizer_run, config=cfg.inner, loss_prompt=cfg.loss_prompt, template=cfg.template, progress=cfg.progress,
+                    optimizer_engine=engines.optimizer_run, config=cfg.inner, loss_prompt=cfg.loss_prompt, template=template, progress=cfg.progress,
                 )
             write_trajectories(run_dir, outcome.trajectories, split=cfg.split, method=cfg.method)
             results = results_record(

@@ -23,13 +23,15 @@ rule: "reference" (TextGrad's, the default) or "lenient"
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from mtg_local.tasks.base import SCORINGS, Example, ScoreResult, Splits, Task
 from mtg_local.tasks.errors import TaskDataError, TaskDefinitionError
 from mtg_local.tasks.registry import REGISTRY, register_task
 from mtg_local.tasks.task_file import TaskDefinition, is_task_file
 
 __all__ = ["SCORINGS", "Example", "ScoreResult", "Splits", "Task", "TaskDataError", "TaskDefinition",
-           "TaskDefinitionError", "get_task", "is_task_file", "normalize_task_spec", "register_task",
+           "TaskDefinitionError", "check_task_files", "get_task", "is_task_file", "normalize_task_spec", "register_task",
            "resolve_task_name", "task_names"]
 
 _SOURCES = ("builtin", "hub")
@@ -64,6 +66,19 @@ def normalize_task_spec(spec: str) -> str:
             part = str(p)
         parts.append(part)
     return ",".join(parts)
+
+
+def check_task_files(pairs: Iterable[tuple[str, str | None]]) -> None:
+    """Loads the splits of every task file among ``(task, data_file)`` pairs (a grid's tasks), so a
+    wrong key, a field the data lacks or an empty split stops a grid before any engine starts
+    or job is submitted. Registered names are not loaded (a Hub download can be slow).
+
+    Raises:
+        TaskDefinitionError / TaskDataError: the first task file that is wrong.
+    """
+    for spec, data_file in sorted(set(pairs), key=str):
+        if is_task_file(spec):
+            get_task(spec, data_file=data_file).splits()
 
 
 def get_task(

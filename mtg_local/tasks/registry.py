@@ -255,6 +255,9 @@ def build_task(spec: str, *, data_file: str | None, seed: int, strict: bool) -> 
     """
     if is_task_file(spec):
         definition = TaskDefinition.load(spec)
+        if definition.name in REGISTRY.builtins() or definition.name in REGISTRY._aliases():
+            raise TaskDefinitionError(definition.where, "name", f"{definition.name!r} is a built-in task's name "
+                                      "(the report shows the paper's numbers beside it); choose another")
         source = TaskSource(definition.name, "file", str(definition.path), lambda: definition)
     else:
         source = REGISTRY.lookup(spec)

@@ -201,7 +201,15 @@ class TaskDefinition:
             for key, types in _TYPE_KEYS.items():
                 if key in raw and answer_type not in types:
                     v.fail(key, f"is read only by answer_type {' / '.join(types)}, not {answer_type}")
-            fields.update(answer_type=answer_type, question=v.required_text("question"),
+            question = v.required_text("question")
+            if "{" in question:
+                try:
+                    names = template_fields(question)
+                    if not names or any(not f or f.isdigit() or "." in f or "[" in f for f in names):
+                        raise ValueError("a template's fields are field names in braces, e.g. '{question}'")
+                except ValueError as e:
+                    v.fail("question", f"is not a valid template ({e}); a literal brace is written '{{{{' or '}}}}'")
+            fields.update(answer_type=answer_type, question=question,
                           answer=v.required_text("answer"), **v.data_and_splits(),
                           meta_fields=v.names("meta_fields", pattern=None),
                           **{k: v.optional_text(k) for k in _TEXT_KEYS})
