@@ -187,6 +187,8 @@ def _load_file(datasets: Any, source: DataSource) -> Any:
         field, data_path = _json_layout(path, source.json_field)
         if field is not None:
             kwargs["field"] = field
+    shown = not datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()  # a local file of a few rows: no "Generating train split" bar on stderr
     try:
         return datasets.load_dataset(builder, data_files=str(data_path), split="train", **kwargs)
     except (datasets.exceptions.DatasetsError, ValueError, OSError) as exc:
@@ -194,6 +196,8 @@ def _load_file(datasets: Any, source: DataSource) -> Any:
         detail = f"{exc}" + (f" ({type(cause).__name__}: {cause})" if cause else "")
         raise TaskDataError(f"{source.label}: cannot be read as {builder}: {detail}") from exc
     finally:
+        if shown:
+            datasets.enable_progress_bars()
         if data_path != path:  # the normalised temporary copy; the dataset lives in the Arrow cache
             shutil.rmtree(data_path.parent, ignore_errors=True)
 
