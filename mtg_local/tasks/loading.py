@@ -128,6 +128,8 @@ def load_rows(source: DataSource, *, info: dict[str, Any] | None = None) -> tupl
     import datasets  # heavy import, only when data is actually loaded
 
     if source.data_file is not None:
+        if _holds_no_rows(Path(source.data_file)):  # datasets stumbles on these: say "no rows" instead
+            return [], []
         ds = _load_file(datasets, source)
         rows = ds.to_list()
         return rows, ["file"] * len(rows)
@@ -174,6 +176,14 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _holds_no_rows(path: Path) -> bool:
+    """An empty file, or a CSV with its header line only."""
+    if not path.is_file() or path.suffix.lower() not in (".json", ".jsonl", ".csv") or path.stat().st_size > 1 << 16:
+        return False
+    lines = [ln for ln in path.read_bytes().splitlines() if ln.strip()]
+    return not lines or (path.suffix.lower() == ".csv" and len(lines) == 1)
 
 
 def _load_file(datasets: Any, source: DataSource) -> Any:

@@ -18,7 +18,6 @@ Built-in names are reserved: nothing registers over them, so a column named
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 import logging
 import threading
@@ -28,7 +27,7 @@ from typing import Any
 
 from mtg_local.tasks.base import Task, short_hash
 from mtg_local.tasks.errors import TaskDataError, TaskDefinitionError
-from mtg_local.tasks.task_file import TaskDefinition, is_task_file, sha256_hex
+from mtg_local.tasks.task_file import TaskDefinition, import_module_near, is_task_file, sha256_hex
 
 logger = logging.getLogger(__name__)
 
@@ -58,30 +57,31 @@ class TaskSource:
     generated: bool = False
 
 
-def _builtin_sources() -> dict[str, TaskSource]:
+def _builtin_sources(folder: Path) -> dict[str, TaskSource]:
+    """The built-ins in ``folder``: ``NAME.yaml`` task files and ``NAME.py`` files defining ``TASK``."""
     out: dict[str, TaskSource] = {}
-    for path in sorted(BUILTIN_DIR.iterdir()):
+    for path in sorted(folder.iterdir()):
+        source = f"mtg_local/tasks/builtin/{path.name}" if folder == BUILTIN_DIR else str(path)
         if path.suffix == ".yaml":
             d = TaskDefinition.load(path)
             if d.name != path.stem:
                 raise TaskDefinitionError(d.where, "name", f"a built-in's name must be its file name {path.stem!r}")
-            out[d.name] = TaskSource(d.name, "builtin", f"mtg_local/tasks/builtin/{path.name}", lambda d=d: d,
-                                     d.aliases, d.generated)
+            out[d.name] = TaskSource(d.name, "builtin", source, lambda d=d: d, d.aliases, d.generated)
         elif path.suffix == ".py" and not path.name.startswith("_"):
-            module = importlib.import_module(f"mtg_local.tasks.builtin.{path.stem}")
+            module, _ = import_module_near(path.name, folder)
             if not hasattr(module, "TASK"):
                 raise TaskDefinitionError(f"built-in task file {path}", "TASK", "missing: define TASK, a Task "
                                           "subclass or a callable returning a Task")
-            out[path.stem] = TaskSource(path.stem, "builtin", f"mtg_local/tasks/builtin/{path.name}",
-                                        lambda m=module: m.TASK, tuple(getattr(module, "ALIASES", ())),
-                                        bool(getattr(module, "GENERATED", False)))
+            out[path.stem] = TaskSource(path.stem, "builtin", source, lambda m=module: m.TASK,
+                                        tuple(getattr(module, "ALIASES", ())), bool(getattr(module, "GENERATED", False)))
     return out
 
 
 class Registry:
     """Names -> ``TaskSource`` (see the module docstring); built-ins and entry points are read on first use."""
 
-    def __init__(self) -> None:
+    def __init__(self, builtin_dir: Path = BUILTIN_DIR) -> None:
+        self.builtin_dir = builtin_dir
         self._lock = threading.RLock()
         self._builtins: dict[str, TaskSource] | None = None
         self._registered: dict[str, TaskSource] = {}
@@ -90,7 +90,7 @@ class Registry:
     def builtins(self) -> dict[str, TaskSource]:
         with self._lock:
             if self._builtins is None:
-                self._builtins = _builtin_sources()
+                self._builtins = _builtin_sources(self.builtin_dir)
             return self._builtins
 
     def entry_points(self) -> dict[str, TaskSource]:
@@ -246,7 +246,7 @@ def _call(factory: Callable[..., Any], name: str, options: dict[str, Any], gener
                       not (k == "data_file" and v is None)})
 
 
-def build_task(spec: str, *, data_file: str | None, seed: int, strict: bool) -> Task:
+def build_task(spec: str, *, data_file: str | None, seed: int, strict: bool, registry: Registry = REGISTRY) -> Task:
     """The task ``spec`` names (a registered name, an alias, or a task file path), with ``origin`` set.
 
     Raises:
@@ -255,12 +255,12 @@ def build_task(spec: str, *, data_file: str | None, seed: int, strict: bool) -> 
     """
     if is_task_file(spec):
         definition = TaskDefinition.load(spec)
-        if definition.name in REGISTRY.builtins() or definition.name in REGISTRY._aliases():
+        if definition.name in registry.builtins() or definition.name in registry._aliases():
             raise TaskDefinitionError(definition.where, "name", f"{definition.name!r} is a built-in task's name "
                                       "(the report shows the paper's numbers beside it); choose another")
         source = TaskSource(definition.name, "file", str(definition.path), lambda: definition)
     else:
-        source = REGISTRY.lookup(spec)
+        source = registry.lookup(spec)
     obj = source.load()
     options = {"data_file": data_file, "seed": seed, "strict": strict}
     if isinstance(obj, TaskDefinition):
@@ -282,8 +282,11 @@ def build_task(spec: str, *, data_file: str | None, seed: int, strict: bool) -> 
         raise TaskDefinitionError(source.source, None, f"is {type(obj).__name__}, not a task")
     if not isinstance(task, Task):
         raise TaskDefinitionError(source.source, None, f"built a {type(task).__name__}, not a mtg_local Task")
-    if source.kind == "builtin":
+    kind, where = source.kind, source.source
+    if kind == "builtin":
         definition_hash = short_hash({"builtin": source.name})
+    elif isinstance(obj, TaskDefinition) and obj.path is not None:  # a task file however it was registered
+        kind, where = "file", str(obj.path)
     task.name = source.name  # results, reports and multi-task ids use the name it was asked by
-    task.origin = {"kind": source.kind, "source": source.source, "definition_hash": definition_hash[:12]}
+    task.origin = {"kind": kind, "source": where, "definition_hash": definition_hash[:12]}
     return task
