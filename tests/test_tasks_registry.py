@@ -136,3 +136,25 @@ def test_evaluate_a_python_task_object(tmp_path):
     assert res["status"] == "complete" and res["task"] == "doubling" and res["n_questions"] == 2
     assert res["task_info"]["identity"]["kind"] == "python"
     assert any("What is twice 4?" in s for s in model.seen)
+
+
+def test_a_grid_runs_task_files_and_the_report_tables_them_by_name(tmp_path, capsys):
+    import yaml
+
+    from mtg_local import cli
+    from mtg_local.slurm import load_grid
+    from tests.task_fakes import example_tasks
+
+    example_tasks(tmp_path)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({
+        "name": "mine", "runs_root": str(tmp_path / "runs"), "engines": ["fake"], "methods": ["zero_shot_cot"],
+        "tasks": ["tasks/sums.yaml", {"name": "tasks/capitals.yaml", "label": "caps"}],
+        "args": {"all": ["--limit", "2", "--seeds", "0", "--no-progress"]}}))
+    g = load_grid(grid)
+    assert [t.label for t in g.tasks] == ["sums", "caps"]
+    assert g.expand()[0].argv[:3] == ("eval", "--task", str((tmp_path / "tasks" / "sums.yaml").resolve()))
+    assert cli.main(["grid", str(grid)]) == 0
+    assert cli.main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "report"), "--no-plots"]) == 0
+    header = next(ln for ln in (tmp_path / "report" / "report.md").read_text().splitlines() if ln.startswith("| Method"))
+    assert [c.strip() for c in header.strip("|").split("|")] == ["Method", "capitals", "sums"]
