@@ -24,9 +24,11 @@ def no_engine(monkeypatch):
 
     import engines.registry
     import mtg_local.commands.common
+    import mtg_local.grid.engine
     import mtg_local.meta.train_run
 
-    for module in (engines.registry, mtg_local.commands.common, mtg_local.meta.train_run):
+    # every module that binds create_engine is imported first, so none keeps the trap after the test
+    for module in (engines.registry, mtg_local.commands.common, mtg_local.grid.engine, mtg_local.meta.train_run):
         monkeypatch.setattr(module, "create_engine", trap)
 
 
