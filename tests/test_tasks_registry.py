@@ -154,6 +154,8 @@ def test_a_grid_runs_task_files_and_the_report_tables_them_by_name(tmp_path, cap
     g = load_grid(grid)
     assert [t.label for t in g.tasks] == ["sums", "caps"]
     assert g.expand()[0].argv[:3] == ("eval", "--task", str((tmp_path / "tasks" / "sums.yaml").resolve()))
+    assert cli.main(["slurm", "submit", str(grid), "--dry-run"]) == 0  # the array manifest names the file absolutely
+    assert f"--task {(tmp_path / 'tasks' / 'capitals.yaml').resolve()}" in capsys.readouterr().out
     assert cli.main(["grid", str(grid)]) == 0
     assert cli.main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "report"), "--no-plots"]) == 0
     header = next(ln for ln in (tmp_path / "report" / "report.md").read_text().splitlines() if ln.startswith("| Method"))
