@@ -214,8 +214,10 @@ def results_record(
     ``truncated`` is ``truncation_summary`` of the scored trajectories; None
     where the method has none (DSPy baselines), recorded as null.
 
-    ``protocol`` is recorded as the top-level ``protocol`` object and its
-    ``protocol_hash`` (what ``mtg report`` groups tables by).
+    ``protocol`` is recorded as the top-level ``protocol`` object, its
+    ``settings_hash`` (what ``mtg report`` groups tables by) and ``protocol_hash``
+    (the settings and the task's identity, ``mtg_local.protocol.task_hash_part``);
+    ``task_id`` is the task's identity id (``Task.identity``).
 
     A "complete" status is checked against the failed requests in ``engine_usage``
     (``mtg_local.runs.health``): it becomes "degraded" or "failed" there, and
@@ -227,11 +229,15 @@ def results_record(
         status = health.status
     if health.errors:
         extra.setdefault("failed_requests", health.record())
-    proto = {"protocol": protocol.to_dict(), "protocol_hash": protocol_hash(protocol)} if protocol else {}
+    info = task.describe()
+    identity = info.get("identity") if isinstance(info.get("identity"), dict) else None
+    proto = {"protocol": protocol.to_dict(), "protocol_hash": protocol_hash(protocol, task=identity),
+             "settings_hash": protocol_hash(protocol)} if protocol else {}
     return {
         "status": status,
         "task": task.name,
-        "task_info": task.describe(),
+        "task_info": info,
+        **({"task_id": identity["id"]} if identity else {}),
         "method": method,
         "engine": engine,
         "optimizer_engine": optimizer_engine or engine,

@@ -402,7 +402,10 @@ def _finish(task: Task, tr: Trajectory, config: InnerLoopConfig) -> None:
             final = tr.answers[idx]
     tr.final_answer = final
     tr.extracted = task.extract_answer(final, ex)
-    tr.score = float(task.score(final, ex))
+    scored = task.score_item(final, ex)  # a user scorer that raises: 0, its error kept here
+    tr.score = float(scored.score)
+    if scored.error:
+        tr.errors.append(f"scoring: {scored.error}")
 
 
 # Also provided (same contract):

@@ -320,9 +320,39 @@ def canonical_json(d: dict[str, Any]) -> str:
     return json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
-def protocol_hash(p: Protocol | dict[str, Any]) -> str:
-    """Short hex digest of the protocol's canonical JSON (equal settings -> equal hash)."""
+def task_hash_part(identity: dict[str, Any] | None) -> Any:
+    """What of a task's identity (``Task.identity()``) enters ``protocol_hash``; None: nothing.
+
+    A built-in task on its own data (its Hub dataset, or the set it generates) adds
+    nothing: its name, the code and the protocol's ``task_seed`` and ``scoring`` fix it,
+    so the hashes recorded before tasks had identities stay what they were. Every other
+    task adds its name and identity ``id`` (definition and data content): a task file, a
+    Python task, or a built-in reading a local data file. A multi-task run adds the list
+    of its tasks' parts when any of them has one.
+    """
+    if not identity:
+        return None
+    if identity.get("kind") == "multi":
+        parts = [task_hash_part(t) for t in identity.get("tasks") or []]
+        return parts if any(p is not None for p in parts) else None
+    if identity.get("kind") == "builtin" and "file_sha256" not in canonical_json(identity.get("data") or {}):
+        return None
+    return {"name": identity.get("name"), "id": identity.get("id")}
+
+
+def protocol_hash(p: Protocol | dict[str, Any], *, task: dict[str, Any] | None = None) -> str:
+    """Short hex digest of the protocol's canonical JSON (equal settings -> equal hash).
+
+    With ``task`` (a task's ``identity()``), the task's part (``task_hash_part``) is
+    hashed with the settings under the key ``"task"``: two runs share a hash only if
+    they ran under equal settings on the same task definition and data. Without it
+    (or for a built-in task on its own data) the hash is the settings' alone, what
+    ``mtg report`` tabulates by (results.json ``settings_hash``).
+    """
     d = p.to_dict() if isinstance(p, Protocol) else Protocol.from_dict(p).to_dict()
+    part = task_hash_part(task)
+    if part is not None:
+        d = {**d, "task": part}
     return hashlib.sha256(canonical_json(d).encode()).hexdigest()[:HASH_LENGTH]
 
 
@@ -363,8 +393,8 @@ def check_context(protocol: Protocol, engines: dict[str, Any], *, meta: bool = F
 def load_task(name: str, protocol: Protocol, *, data_file: str | None = None) -> Any:
     """``get_task(name, data_file=..., **protocol.task_kwargs())``, its initial loss prompt the protocol's.
 
-    Under ``loss_prompt_source="textgrad"`` a task TextGrad has an instance task for
-    starts from that task's loss prompt (``textgrad_prompts.task_loss_prompt``).
+    ``name`` may be a task file. Under ``loss_prompt_source="textgrad"`` a task TextGrad has an
+    instance task for starts from that task's loss prompt (``textgrad_prompts.task_loss_prompt``).
     """
     from mtg_local.tasks import get_task
 

@@ -26,7 +26,7 @@ from mtg_local.inner_loop import derive_seed
 from mtg_local.meta.outer_loop import sample_minibatch
 from mtg_local.tasks import get_task
 from mtg_local.tasks.base import Example
-from mtg_local.tasks.gpqa import option_permutation
+from mtg_local.tasks.defined_task import option_permutation
 from mtg_local.tasks.word_sorting import generate_examples
 
 train = [Example(id=f"t{i}", question=f"q{i}", answer="a") for i in range(20)]
@@ -35,7 +35,7 @@ splits = get_task(name).splits()
 print(json.dumps({
     "derive_seed": [derive_seed(s, ph, t) for s in (0, 1, 5) for ph in ("loss", "backward", "update") for t in (1, 2)],
     "minibatch": [[e.id for e in sample_minibatch(train, 3, ss, k)] for ss in (0, 7) for k in (1, 2, 3)],
-    "gpqa": [option_permutation(s, r) for s in (0, 1) for r in (0, 1, 2, 197)],
+    "gpqa": [option_permutation(s, r, 4) for s in (0, 1) for r in (0, 1, 2, 197)],
     "words": [[e.id, e.question.rsplit("List: ", 1)[-1], e.answer] for e in generate_examples(3, 0)]
              + [[e.id, e.answer] for e in generate_examples(2, 42)],
     "task": [len(splits.train), len(splits.val), len(splits.test), splits.test[0].id, splits.test[0].answer,
@@ -76,7 +76,7 @@ def test_golden_values_in_a_subprocess_with_another_hash_seed(hash_seed):
 
 def test_golden_values_in_this_process():
     from mtg_local.inner_loop import derive_seed
-    from mtg_local.tasks.gpqa import option_permutation
+    from mtg_local.tasks.defined_task import option_permutation
 
     assert derive_seed(0, "loss", 1) == GOLDEN["derive_seed"][0]
-    assert option_permutation(1, 197) == GOLDEN["gpqa"][-1]
+    assert option_permutation(1, 197, 4) == GOLDEN["gpqa"][-1]

@@ -29,7 +29,7 @@ from mtg_local.meta import Preempted, StopFlag, run_train
 from mtg_local.meta.outer_loop import sample_task_minibatch
 from mtg_local.prompts import meta_prompts as P
 from mtg_local.tasks import get_task
-from mtg_local.tasks.multiple_choice import LETTERS
+from mtg_local.tasks.answer_types import LETTERS
 from mtg_local.tasks.word_sorting import INITIAL_LOSS_PROMPT as WS_LOSS_PROMPT
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -169,7 +169,7 @@ def _eval(out: Path, *extra: str) -> None:
 def test_report_separates_datasets_and_protocols(tmp_path: Path):
     fixture = Path(__file__).parent / "fixtures" / "tasks_bbh_word_sorting.jsonl"
     other = tmp_path / "other_bbh.jsonl"
-    other.write_text(fixture.read_text())
+    other.write_text("\n".join(reversed(fixture.read_text().splitlines())) + "\n")  # another dataset (content)
     root = tmp_path / "runs"
     _eval(root / "synthetic/zs", "--task", "synthetic_word_sorting", "--method", "zero_shot_cot")  # generated data
     _eval(root / "bbh/zs", "--task", "bbh_word_sorting", "--data-file", str(fixture), "--method", "zero_shot_cot")

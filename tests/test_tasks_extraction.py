@@ -13,7 +13,8 @@ from mtg_local.tasks.answer_parsing import (
 )
 from mtg_local.tasks.base import Example
 from mtg_local.prompts import textgrad_prompts as P
-from mtg_local.tasks.multiple_choice import MultipleChoiceTask
+from mtg_local.tasks.defined_task import DefinedTask
+from mtg_local.tasks.task_file import TaskDefinition
 from mtg_local.tasks.word_sorting import WordSortingTask, make_question
 
 CHOICES = ("True, True", "False, False", "A decision tree", "False, True")
@@ -61,17 +62,15 @@ def test_choice_text_is_only_used_when_choices_are_given():
     assert extract_choice_letter("Answer: false, true") is None
 
 
-class _MC(MultipleChoiceTask):
-    name = "mc_test"
-
-    def parse_row(self, row_number, row):  # pragma: no cover - not loaded here
-        raise NotImplementedError
+def _mc() -> DefinedTask:
+    """A four-option ``choice`` task (what MMLU's and GPQA's task files are), not loaded."""
+    rows = [{"q": "Q", "options": list(CHOICES), "gold": 3}]
+    return DefinedTask(TaskDefinition.define(name="mc_test", rows=rows, question="q", choices="options",
+                                             answer="gold", answer_type="choice", num_choices=4))
 
 
 def test_multiple_choice_task_scores_letters_lenient():
-    from mtg_local.tasks.loading import DataSource
-
-    task = _MC(DataSource("x/y", None, ("train",)))
+    task = _mc()
     task.scoring = "lenient"
     ex = Example(id="t-0", question="Q", answer="D", choices=CHOICES)
     # the format sentences of TextGrad's template; its TGD constraint is the first of them
@@ -102,9 +101,7 @@ def test_reference_choice_letter_is_textgrads_first_match(response, expected):
 
 
 def test_multiple_choice_task_reference_scoring_is_the_default():
-    from mtg_local.tasks.loading import DataSource
-
-    task = _MC(DataSource("x/y", None, ("train",)))
+    task = _mc()
     ex = Example(id="t-0", question="Q", answer="B", choices=CHOICES)
     assert task.scoring == "reference"
     assert task.extract_answer("Answer: B ... is the answer C?", ex) == "B"

@@ -17,7 +17,7 @@ import pytest
 
 from mtg_local.tasks import TaskDataError, get_task
 from mtg_local.tasks.base import Splits
-from mtg_local.tasks.gpqa import OPTION_FIELDS
+OPTION_FIELDS = ("Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
 
 FIX = Path(__file__).parent / "fixtures"
 MMLU = FIX / "tasks_mmlu_machine_learning.jsonl"
@@ -168,7 +168,7 @@ def test_gpqa_split_and_recorded_permutation():
         assert sorted(perm) == [0, 1, 2, 3]
         assert e.choices == tuple(src[OPTION_FIELDS[p]].strip() for p in perm)
         assert e.choices["ABCD".index(e.answer)] == src["Correct Answer"].strip()  # ground truth is right
-        assert e.meta["record_id"] == src["Record ID"]
+        assert e.meta["Record ID"] == src["Record ID"]  # the task file's meta_fields
     assert "\n" in next(e.question for e in all_examples(s) if e.meta["row"] == 11)  # multi-line CSV cell
     assert len({e.answer for e in all_examples(s)}) > 1  # shuffled: not always "A"
 
@@ -185,7 +185,7 @@ def test_gpqa_permutation_determinism():
 GPQA_BAD_ROWS = [
     {"row": 1, "reason": "missing field 'Question'"},
     {"row": 4, "reason": "missing field 'Incorrect Answer 3'"},
-    {"row": 6, "reason": "the four answers are not distinct (the correct one would be ambiguous)"},
+    {"row": 6, "reason": "the 4 options are not distinct (the correct one would be ambiguous)"},
 ]
 
 
@@ -198,7 +198,8 @@ def test_gpqa_bad_rows():
 
 
 def test_gpqa_missing_column_is_a_schema_error():
-    with pytest.raises(TaskDataError, match=r"missing column\(s\) \['Incorrect Answer 3'\]"):
+    with pytest.raises(TaskDataError, match=r"gpqa_diamond.yaml: key 'choices': field 'Incorrect Answer 3' is not in "
+                                             r"the data \(data\); it has: .*Incorrect Answer 2"):
         get_task("gpqa_diamond", data_file=FIX / "tasks_gpqa_diamond_missing_column.csv").splits()
 
 

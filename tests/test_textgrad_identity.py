@@ -190,8 +190,14 @@ def test_textgrad_preset_sends_textgrads_requests(task_name: str, tmp_path: Path
 def test_textgrads_gpqa_loss_prompt_is_the_papers_but_for_one_line_break() -> None:
     """TextGrad's GPQA instruction has a newline before "Use the Janusian Process", the paper's appendix C
     text a space (its PDF's line joined): the default protocol sends the paper's, the preset TextGrad's."""
+    import yaml
+
     from mtg_local.protocol import load_task
-    from mtg_local.tasks.gpqa import INITIAL_LOSS_PROMPT
+    from mtg_local.tasks import builtin
+
+    # the paper's appendix C text, as the shipped task file holds it
+    INITIAL_LOSS_PROMPT = yaml.safe_load((Path(builtin.__file__).parent / "gpqa_diamond.yaml").read_text())[
+        "initial_loss_prompt"]
 
     theirs = P.task_loss_prompt("gpqa_diamond")
     assert theirs != INITIAL_LOSS_PROMPT and theirs.replace("\nUse the Janusian", " Use the Janusian") == INITIAL_LOSS_PROMPT

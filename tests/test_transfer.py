@@ -79,7 +79,8 @@ def test_from_run_sends_the_requests_of_the_texts_by_hand(tmp_path: Path, source
     assert source["run_dir"] == str(src.resolve()) and source["run_id"] == run_id(src_results)
     assert source["method"] == source_method and source["task"] == "synthetic_word_sorting"
     assert source["engine"] == "fake:scripted" and source["applied"] == [target]
-    assert source["protocol_hash"] == src_results["protocol_hash"] == by_run["protocol_hash"]
+    assert source["protocol_hash"] == src_results["protocol_hash"]
+    assert src_results["settings_hash"] == by_run["settings_hash"]  # one protocol; protocol_hash adds the task
     assert source["prompts_hash"] == prompts_hash({target: learned["learned"][target]})
     config = json.loads((tmp_path / "from-run" / "config.json").read_text())
     assert config["from_run"] == str(src) and config[target if target == "template" else "loss_prompt"] \
@@ -185,7 +186,7 @@ def test_from_run_under_another_protocol_warns_records_and_labels_the_row(tmp_pa
     capsys.readouterr()
     res, _ = run_cli_eval(eval_argv(root / "other", src, "--from-run", str(src), "--steps", "2", "--seeds", "0"))
     err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
-    assert len(err) == 1 and f"--from-run {src} was learned under protocol {learned['protocol_hash']}" in err[0]
+    assert len(err) == 1 and f"--from-run {src} was learned under protocol {learned['settings_hash']}" in err[0]
     assert "seeds: [0, 1] -> [0]" in err[0] and "steps: 1 -> 2" in err[0]
     assert res["source"]["protocol_diff"] == {"seeds": [[0, 1], [0]], "steps": [1, 2]}
     assert res["source"]["kept_initial"] is True and res["protocol_hash"] != learned["protocol_hash"]
@@ -196,18 +197,19 @@ def test_from_run_under_another_protocol_warns_records_and_labels_the_row(tmp_pa
     assert same["source"]["protocol_diff"] == {} and "warning" not in capsys.readouterr().err
 
     col = collect([root])
-    (table,) = transfer_tables([r for r in col.runs if r.protocol_hash == res["protocol_hash"]], res["protocol_hash"])
+    # tables and transfer.csv key by settings (the protocol without the task's identity)
+    (table,) = transfer_tables([r for r in col.runs if r.protocol_hash == res["settings_hash"]], res["settings_hash"])
     (label,) = table.row_labels.values()
-    assert label.endswith(f"(kept nothing: its initial prompt) (learned under protocol `{learned['protocol_hash']}`: "
+    assert label.endswith(f"(kept nothing: its initial prompt) (learned under protocol `{learned['settings_hash']}`: "
                           "seeds, steps differ)")
     md = markdown_report(col)
     assert label in md
     _, files = write_report([root], tmp_path / "report", plots=False)
     rows = list(csv.DictReader(io.StringIO((tmp_path / "report" / "transfer.csv").read_text())))
-    other = [r for r in rows if r["protocol_hash"] == res["protocol_hash"]]
+    other = [r for r in rows if r["protocol_hash"] == res["settings_hash"]]
     assert [(r["source_protocol_hash"], r["source_protocol_diff"], r["source_kept_initial"]) for r in other] == [
-        (learned["protocol_hash"], "seeds;steps", "true")]
-    mine = [r for r in rows if r["protocol_hash"] == learned["protocol_hash"]]
+        (learned["settings_hash"], "seeds;steps", "true")]
+    mine = [r for r in rows if r["protocol_hash"] == learned["settings_hash"]]
     assert {(r["source_protocol_diff"], r["source_kept_initial"]) for r in mine} == {("", "true")}
 
 

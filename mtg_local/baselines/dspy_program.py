@@ -250,7 +250,8 @@ def evaluate_program(
     for k, ((ex, s), r) in enumerate(zip(keys, results)):
         answer = parsed[k].get("answer") if parsed[k] is not None else None
         text = response_text(task, answer, r.text) if r.ok else ""
-        score = task.score(text, ex) if r.ok else 0.0
+        scored = task.score_item(text, ex) if r.ok else None  # a user scorer that raises: 0, error kept
+        score = scored.score if scored is not None else 0.0
         scores[s].append(score)
         records.append(
             {
@@ -265,7 +266,7 @@ def evaluate_program(
                 "scored_text": text,
                 "extracted": task.extract_answer(text, ex) if text else None,
                 "score": score,
-                "errors": [r.error] if r.error else [],
+                "errors": [r.error] if r.error else ([f"scoring: {scored.error}"] if scored and scored.error else []),
             }
         )
     per_seed = {s: (sum(v) / len(v) if v else 0.0) for s, v in scores.items()}

@@ -145,8 +145,15 @@ class GepaConfig(DSPyRunConfig):
 
 
 def feedback_text(task: Task, response: str, example: Example) -> tuple[float, str]:
-    """The task's score of ``response`` and GEPA's feedback (gold answer, what was extracted)."""
-    score = task.score(response, example)
+    """The task's score of ``response`` and GEPA's feedback.
+
+    The feedback is the task's own when its scorer gives one (a task file's ``python``
+    scorer returning ``(score, feedback)``), else ours: the gold answer and what was extracted.
+    """
+    scored = task.score_item(response, example)
+    score = scored.score
+    if scored.feedback:
+        return score, scored.feedback
     extracted = task.extract_answer(response, example) if response else None
     if extracted is None:
         return score, GP.GEPA_FEEDBACK_NO_ANSWER.format(gold=example.answer)

@@ -30,7 +30,7 @@ from typing import Any
 from engines import Engine
 from engines.errors import UserError
 from mtg_local.commands.common import DEFAULT_ENGINE, add_engine_args, open_run_engines
-from mtg_local.commands.eval import read_text_arg
+from mtg_local.commands.eval import read_text_arg, task_help
 from mtg_local.protocol_flags import add_protocol_args, context_check, parse_seeds, protocol_from_args
 from mtg_local.evaluation import UsageMeter, evaluate, now_iso, results_record, write_trajectories
 from mtg_local.evaluation import truncation_summary
@@ -44,7 +44,7 @@ from mtg_local.runs.lock import RunDirLock
 from mtg_local.runs.run_dir import RunDir
 from mtg_local.runs.secrets import public_engine_opts
 from mtg_local.runs.transfer import prompt_pair_record
-from mtg_local.tasks import task_names
+from mtg_local.tasks import normalize_task_spec
 
 METHODS = ("prompt_opt", "copro", "miprov2", "gepa")
 #: The optimized instruction of a DSPy method, as plain text in the run dir.
@@ -80,6 +80,7 @@ class BaselineConfig:
             raise UserError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if not isinstance(self.protocol, Protocol):
             raise UserError(f"protocol must be a Protocol, got {type(self.protocol).__name__}")
+        object.__setattr__(self, "task", normalize_task_spec(self.task))  # a task file: its absolute path
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -101,7 +102,7 @@ class BaselineConfig:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("baseline", help="run a prompt-optimization baseline (prompt_opt, copro, miprov2, gepa) and test it")
     p.add_argument("--method", required=True, choices=METHODS)
-    p.add_argument("--task", default="synthetic_word_sorting", help=f"task name ({', '.join(task_names())})")
+    p.add_argument("--task", default="synthetic_word_sorting", metavar="NAME|FILE.yaml", help=task_help())
     p.add_argument("--data-file", default=None, metavar="FILE", help="load the task from a local file")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
     add_protocol_args(p)

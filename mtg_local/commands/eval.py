@@ -46,7 +46,7 @@ from mtg_local.runs.lock import RunDirLock
 from mtg_local.runs.run_dir import RunDir
 from mtg_local.runs.secrets import public_engine_opts
 from mtg_local.runs.transfer import DSPY_METHODS, dspy_applied, dspy_program_of, protocol_warning, read_source_run
-from mtg_local.tasks import task_names
+from mtg_local.tasks import normalize_task_spec, task_names
 
 _RERUN_HINT = "the same command (finished generations are served from the run's cache)"
 #: What ``mtg eval`` runs: the inner-loop methods, and the DSPy program of the DSPy baselines.
@@ -72,7 +72,7 @@ class EvalConfig:
     cache: str | None = None  # None: RUN_DIR/cache.sqlite
     no_cache: bool = False
     loss_prompt: str | None = None  # None: the task's initial loss prompt
-    template: str = DEFAULT_TEMPLATE
+    template: str | None = None  # None: the task's inference template, else the paper's
     system_prompt: str | None = None  # forward system prompt (an artifact, e.g. from prompt_opt)
     protocol: Protocol = DEFAULT_PROTOCOL
     progress: bool = True
@@ -102,6 +102,7 @@ class EvalConfig:
             raise UserError(f"--split must be train, val or test, got {self.split!r}")
         if not isinstance(self.protocol, Protocol):
             raise UserError(f"protocol must be a Protocol, got {type(self.protocol).__name__}")
+        object.__setattr__(self, "task", normalize_task_spec(self.task))  # a task file: its absolute path
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -127,7 +128,7 @@ class EvalConfig:
             cache=args.cache,
             no_cache=args.no_cache,
             loss_prompt=read_text_arg(args.loss_prompt, "--loss-prompt"),
-            template=read_text_arg(args.template, "--template") or DEFAULT_TEMPLATE,
+            template=read_text_arg(args.template, "--template") or None,
             system_prompt=read_text_arg(args.system_prompt, "--system-prompt"),
             protocol=protocol_from_args(args),
             progress=not args.no_progress,
@@ -151,7 +152,7 @@ _FLAGS = {"loss_prompt": "--loss-prompt", "template": "--template", "system_prom
 
 
 def _given_by_hand(cfg: EvalConfig) -> dict[str, bool]:
-    return {"loss_prompt": cfg.loss_prompt is not None, "template": cfg.template != DEFAULT_TEMPLATE,
+    return {"loss_prompt": cfg.loss_prompt is not None, "template": cfg.template is not None,
             "system_prompt": cfg.system_prompt is not None}
 
 
@@ -224,6 +225,14 @@ def _evaluate_dspy_program(cfg: EvalConfig, task: Any, examples: list, engine: E
     return ev.accuracy, None
 
 
+def task_help(*, several: bool = False) -> str:
+    """``--task`` help: the registered names, or a task file (and, for train, several)."""
+    more = ("; or A,B[,C]: one loss prompt / template meta-trained across several tasks (starting from the "
+            "first task's loss prompt)") if several else ""
+    return (f"task name ({', '.join(task_names())}) or a task file (path/to/task.yaml: docs/tasks.md, "
+            f"'Your own task'){more}; default: %(default)s")
+
+
 def read_text_arg(value: str | None, flag: str) -> str | None:
     """TEXT as is, or the contents of FILE for "@FILE" (trailing newline dropped)."""
     if value is None or not value.startswith("@"):
@@ -237,7 +246,7 @@ def read_text_arg(value: str | None, flag: str) -> str | None:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate zero-shot CoT, TextGrad solution optimization or a DSPy program on a "
                                     "task split")
-    p.add_argument("--task", default="synthetic_word_sorting", help=f"task name ({', '.join(task_names())})")
+    p.add_argument("--task", default="synthetic_word_sorting", metavar="NAME|FILE.yaml", help=task_help())
     p.add_argument("--method", default="solution_opt", choices=EVAL_METHODS,
                    help="default: %(default)s; dspy_program: DSPy's chain-of-thought program as the copro/miprov2/"
                         "gepa baselines test it (with --from-run of such a run: its instruction and demos)")
@@ -246,7 +255,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
     p.add_argument("--loss-prompt", default=None, metavar="TEXT|@FILE", help="loss prompt (default: the task's)")
     p.add_argument(
-        "--template", default=None, metavar="TEXT|@FILE", help=f"inference template (default: {DEFAULT_TEMPLATE!r})"
+        "--template", default=None, metavar="TEXT|@FILE",
+        help=f"inference template (default: the task's, else {DEFAULT_TEMPLATE!r})"
     )
     p.add_argument("--system-prompt", default=None, metavar="TEXT|@FILE", help="forward system prompt (default: none)")
     p.add_argument("--from-run", default=None, metavar="RUN_DIR",
@@ -299,6 +309,7 @@ def run_eval(
         check_item_schedule(engine or cfg.engine, optimizer_engine or cfg.optimizer_engine)
     task = load_task(cfg.task, cfg.protocol, data_file=cfg.data_file)
     examples = list(task.splits().limited(cfg.protocol.limit).get(cfg.split))
+    template = cfg.template or task.inference_template or DEFAULT_TEMPLATE
     if not examples:
         raise UserError(f"the {cfg.split} split of {cfg.task} has no questions")
     run_dir = RunDir(cfg.out).create()
@@ -309,8 +320,8 @@ def run_eval(
                           engine=engine, optimizer_engine=optimizer_engine) as engines:
         context_check(cfg.protocol, engines)
         config = {**cfg.to_dict(), **engines.specs}
-        if cfg.method != "dspy_program":  # the loss prompt (None above: the task's); a DSPy program has none
-            config["loss_prompt"] = cfg.loss_prompt or task.initial_loss_prompt
+        if cfg.method != "dspy_program":  # the prompts it runs with (None above: the task's); a DSPy program has none
+            config.update(loss_prompt=cfg.loss_prompt or task.initial_loss_prompt, template=template)
         run_dir.write_config(config)
         run_dir.log_event("eval_start", method=cfg.method, n_questions=len(examples), seeds=list(cfg.seeds),
                           **({"source_run_id": source["run_id"], "source_protocol_diff": source["protocol_diff"]}
@@ -332,7 +343,7 @@ def run_eval(
                     outcome = evaluate(
                         task, examples, method=cfg.method, seeds=cfg.seeds, forward_engine=engines.forward_run,
                         optimizer_engine=engines.optimizer_run, config=cfg.inner, loss_prompt=cfg.loss_prompt,
-                        template=cfg.template, progress=cfg.progress,
+                        template=template, progress=cfg.progress,
                     )
                     write_trajectories(run_dir, outcome.trajectories, split=cfg.split, method=cfg.method)
                     accuracy, truncated = outcome.accuracy, truncation_summary(outcome.trajectories)

@@ -188,6 +188,9 @@ def run(args: argparse.Namespace) -> int:
     runs = select_runs(every, entry, args.stage)
     by_name = {r.name: r for r in every}
     cells = [build_cell(r, args.engine_opt, by_name) for r in runs]  # parses every cell's arguments up front
+    from mtg_local.tasks import check_task_files
+
+    check_task_files(p for r in runs for p in r.task.datasets())  # a wrong task file: before the engine starts
     tail = "" if args.stage is None else f"-stage{args.stage}"  # a stage's own summary file
     opts_list = [*grid.engine_opts, *entry.opts, *args.engine_opt]
     optimizer_specs = {c.optimizer_spec: sum(d.optimizer_spec == c.optimizer_spec for d in cells)

@@ -3,9 +3,10 @@
 Searches every RUN_DIR recursively for results.json files; incomplete, failed and
 corrupt runs are listed in the report (and problems.csv), never silently dropped.
 The paper's GPT-4o-mini numbers appear in labelled columns, quoted from the paper,
-beside the paper's tasks only. Runs are tabulated per protocol (``protocol_hash``,
+beside the paper's tasks only. Runs are tabulated per protocol (``settings_hash``,
 docs/protocol.md), the most common first; runs of another protocol are also listed in
-problems.csv with the settings that differ. Columns are task + dataset. Evals that applied
+problems.csv with the settings that differ. A column is one task identity (its definition
+and data content, docs/tasks.md): two data files never share a column. Evals that applied
 another run's learned prompts (``mtg eval --from-run``) and multi-task meta runs form the
 transfer table (learned where x applied where; transfer.csv, plots/transfer_*.png).
 """

@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_submit(args: argparse.Namespace) -> int:
     grid = load_grid(args.grid, runs_root=args.runs_root)
+    from mtg_local.tasks import check_task_files
+
+    check_task_files(p for t in grid.tasks for p in t.datasets())  # a wrong task file: before any job
     if args.shared:
         return _submit_shared(args, grid)
     jobs = plan(grid)

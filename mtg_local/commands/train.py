@@ -32,7 +32,7 @@ from typing import Any
 
 from engines.errors import UserError
 from mtg_local.commands.common import add_engine_args
-from mtg_local.commands.eval import read_text_arg
+from mtg_local.commands.eval import read_text_arg, task_help
 from mtg_local.protocol_flags import add_protocol_args, protocol_from_args
 from mtg_local.meta.meta_config import JOINT_TEMPLATE_UPDATES, METHODS, MetaConfig
 from mtg_local.meta.train_run import run_train
@@ -52,9 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--task", default=_D.task,
-                   help=f"task name ({', '.join(task_names())}; default: %(default)s), or A,B[,C]: one loss prompt / "
-                        "template meta-trained across several tasks (starting from the first task's loss prompt)")
+    p.add_argument("--task", default=_D.task, metavar="NAME|FILE.yaml[,...]", help=task_help(several=True))
     p.add_argument("--method", default=_D.method, choices=METHODS, help="default: %(default)s")
     p.add_argument("--data-file", action="append", default=[], metavar="FILE|TASK=FILE",
                    help="load the task from a local file; with several tasks, TASK=FILE once per task that reads one")
@@ -63,7 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--joint-template", default=_D.joint_template, choices=JOINT_TEMPLATE_UPDATES,
                    help="template update of --method joint (default: %(default)s)")
     p.add_argument("--loss-prompt", default=None, metavar="TEXT|@FILE", help="starting loss prompt (default: the task's)")
-    p.add_argument("--template", default=None, metavar="TEXT|@FILE", help="starting inference template (default: the paper's)")
+    p.add_argument("--template", default=None, metavar="TEXT|@FILE",
+                   help="starting inference template (default: the task's, else the paper's)")
     add_protocol_args(p, meta=True)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_engine_args(p, optimizer=True, schedule=True)

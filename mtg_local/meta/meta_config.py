@@ -95,8 +95,9 @@ class MetaConfig:
 
     def _check_tasks(self) -> None:
         """Normalizes ``data_files`` (a dict or pairs) and checks it against ``task``."""
-        from mtg_local.tasks import resolve_task_name
+        from mtg_local.tasks import normalize_task_spec, resolve_task_name
 
+        object.__setattr__(self, "task", normalize_task_spec(self.task))  # task files: absolute paths
         files = self.data_files.items() if isinstance(self.data_files, dict) else self.data_files
         try:
             pairs = tuple((str(t), str(f)) for t, f in files)

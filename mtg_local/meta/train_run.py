@@ -124,15 +124,21 @@ def run_train(
         _check_resumable(rd, config)
 
     task, splits, parts = load_training_task(config)
+    if resume:  # the same task file or registered name, but its definition or data changed since
+        stored = (read_json(rd.config_path).get("task") or {}).get("identity") if rd.config_path.exists() else None
+        if isinstance(stored, dict) and stored.get("id") not in (None, task.identity().get("id")):
+            raise UserError(f"{rd.path}: the task's definition or data changed since the run started "
+                            f"(identity {stored.get('id')} -> {task.identity().get('id')}); use another --out")
     for task_name, part in parts.items():
         for name in ("val", "test") + (("train",) if config.outer_steps else ()):
             if not part.get(name):
                 raise UserError(f"the {name} split of task {task_name!r} is empty")
     start = Artifacts(config.initial_loss_prompt or task.initial_loss_prompt,
-                      config.initial_template or DEFAULT_TEMPLATE)
+                      config.initial_template or task.inference_template or DEFAULT_TEMPLATE)
     if checkpoint is None:
         state = TrainState(completed_step=-1, best=start)
-        rd.write_config({"command": "train", "train": config.to_dict(), "protocol_hash": protocol_hash(config.protocol),
+        rd.write_config({"command": "train", "train": config.to_dict(),
+                         "protocol_hash": protocol_hash(config.protocol, task=task.identity()),
                          "inner_loop": config.inner_config().to_dict(), "task": task.describe(),
                          "splits": {s: len(splits.get(s)) for s in ("train", "val", "test")},
                          **({"splits_per_task": {n: {s: len(p.get(s)) for s in ("train", "val", "test")}
@@ -192,7 +198,8 @@ def run_train(
     except Exception as e:
         rd.write_results({"status": "failed", "error": f"{type(e).__name__}: {e}", "method": config.method,
                           "config": config.to_dict(), "protocol": config.protocol.to_dict(),
-                          "protocol_hash": protocol_hash(config.protocol), "history": state.history})
+                          "protocol_hash": protocol_hash(config.protocol, task=task.identity()),
+                          "settings_hash": protocol_hash(config.protocol), "history": state.history})
         rd.log_event("failed", error=f"{type(e).__name__}: {e}")
         raise
     finally:

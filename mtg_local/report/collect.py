@@ -16,10 +16,16 @@ becomes a ``Problem`` that the report lists, never silently drops:
                  (the most common one): it gets its own table, and the problem names the
                  differing protocol fields.
 
-A run's column is its task *and* dataset: the paper's task names are aliased
-(``bbh_word_sorting`` -> ``word_sorting``), a synthetic (generated) word-sorting set
-is the column ``synthetic_word_sorting`` whatever its recorded name, and one task
-name with several datasets (data files, hub sets) gets one column per dataset.
+A run's column is its task's identity (results.json ``task_info.identity``, docs/tasks.md):
+the task's definition and a content hash of its data, so two data files never share a
+column and one file is one column however its path was written. The paper's task names
+are aliased (``bbh_word_sorting`` -> ``word_sorting``), a synthetic (generated)
+word-sorting set is the column ``synthetic_word_sorting`` whatever its recorded name, and
+one task name with several identities gets one column per identity, labelled by the
+shortest part of its data file's (or task file's) path that tells them apart. Runs
+recorded before identities existed fall back to the data file's path or Hub name.
+Tables are per protocol *settings* (results.json ``settings_hash``; older runs: their
+``protocol_hash``), whose runs' ``protocol_hash`` also covers their task.
 
 A prompt optimizer's test runs the task model only (``PROMPT_OPTIMIZERS``: COPRO, MIPROv2,
 GEPA, TextGrad's prompt optimization): its prompt / reflection / optimizer model is
@@ -88,7 +94,7 @@ class RunRecord:
     """One complete run, as the report needs it (accuracies in [0, 1])."""
 
     path: Path  # the run dir
-    task: str  # column key (task name, + data-file stem when variants of one task differ)
+    task: str  # column key (task name, + a data-file label when identities of one task name differ)
     method: str
     engine: str  # forward engine spec (" / optimizer" appended when it differs, except for PROMPT_OPTIMIZERS)
     per_seed: dict[str, float]
@@ -101,8 +107,8 @@ class RunRecord:
     history: tuple[dict[str, Any], ...] = ()
     finished_at: str = ""
     data_file: str | None = None
-    dataset: str = ""  # dataset identity: "synthetic:...", "file:PATH", "hub:NAME/CONFIG" or ""
-    protocol_hash: str = ""  # "" when the run recorded no protocol
+    dataset: str = ""  # identity: "task:ID", "data:HASH", "synthetic:...", "hub:NAME/CONFIG", legacy "file:PATH", ""
+    protocol_hash: str = ""  # the table key: settings_hash (older runs: protocol_hash); "" when none recorded
     protocol: dict[str, Any] | None = None
     learned_from: LearnedFrom | None = None  # where the prompts it ran with were learned (transfer)
     transfer_only: bool = False  # not a Table-2 cell: an eval with another run's prompts, or a multi-task run
@@ -153,8 +159,13 @@ def _num(d: dict[str, Any], key: str, where: str) -> float:
     return float(v)
 
 
-def parse_results(data: Any, path: Path) -> RunRecord | Problem:
-    """Validates one results.json body (schema: docs/results_schema.md)."""
+def parse_results(data: Any, path: Path, hints: dict[str, str] | None = None) -> RunRecord | Problem:
+    """Validates one results.json body (schema: docs/results_schema.md).
+
+    ``hints`` (dataset identity -> the path or name it was read from) collects what
+    ``collect`` labels columns by.
+    """
+    hints = hints if hints is not None else {}
     if not isinstance(data, dict):
         return Problem(path, "corrupt", f"top level is {type(data).__name__}, not an object")
     version = data.get("schema_version")
@@ -198,9 +209,9 @@ def parse_results(data: Any, path: Path) -> RunRecord | Problem:
         config = data.get("config") if isinstance(data.get("config"), dict) else {}
         history = data.get("history") or []
         info = data.get("task_info") if isinstance(data.get("task_info"), dict) else {}
-        task, dataset = task_identity(data["task"], info, config.get("data_file") or None)
+        task, dataset = task_identity(data["task"], info, config.get("data_file") or None, hints)
         protocol = data.get("protocol") if isinstance(data.get("protocol"), dict) else None
-        learned_from, per_task = _transfer_fields(data, path.parent)
+        learned_from, per_task = _transfer_fields(data, path.parent, hints)
         return RunRecord(
             path=path.parent,
             task=task,
@@ -217,7 +228,7 @@ def parse_results(data: Any, path: Path) -> RunRecord | Problem:
             finished_at=str(data.get("finished_at") or ""),
             data_file=config.get("data_file") or None,
             dataset=dataset,
-            protocol_hash=str(data.get("protocol_hash") or "") if protocol is not None else "",
+            protocol_hash=str(data.get("settings_hash") or data.get("protocol_hash") or "") if protocol is not None else "",
             protocol=protocol,
             learned_from=learned_from,
             transfer_only=isinstance(data.get("source"), dict) or bool(per_task),
@@ -242,42 +253,43 @@ def _engine_label(engine: Any, optimizer: Any) -> str:
     return f"{engine} / {optimizer}" if optimizer and optimizer != engine else str(engine)
 
 
-def _learned_tasks(source: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+def _learned_tasks(source: dict[str, Any], hints: dict[str, str] | None = None) -> tuple[tuple[str, str], ...]:
     """(column key, dataset) of each task a source run learned on."""
     info = source.get("task_info") if isinstance(source.get("task_info"), dict) else {}
     names = source.get("tasks")
     if isinstance(names, list) and names:
         infos = info.get("tasks") if isinstance(info.get("tasks"), dict) else {}
         files = source.get("data_files") if isinstance(source.get("data_files"), dict) else {}
-        return tuple(task_identity(str(n), infos.get(n) or {}, files.get(n)) for n in names)
-    return (task_identity(str(source["task"]), info, source.get("data_file") or None),)
+        return tuple(task_identity(str(n), infos.get(n) or {}, files.get(n), hints) for n in names)
+    return (task_identity(str(source["task"]), info, source.get("data_file") or None, hints),)
 
 
-def _learned_from(source: dict[str, Any]) -> LearnedFrom:
+def _learned_from(source: dict[str, Any], hints: dict[str, str] | None = None) -> LearnedFrom:
     for key in ("run_id", "task", "method", "engine"):
         if not isinstance(source.get(key), str) or not source[key]:
             raise ValueError(f"source.{key} must be a non-empty string, got {source.get(key)!r}")
     kept = source.get("kept_initial")
     diff = source.get("protocol_diff")
-    return LearnedFrom(run_id=source["run_id"], tasks=_learned_tasks(source),
+    return LearnedFrom(run_id=source["run_id"], tasks=_learned_tasks(source, hints),
                        engine=_engine_label(source["engine"], source.get("optimizer_engine")), method=source["method"],
-                       protocol_hash=str(source.get("protocol_hash") or ""),
+                       protocol_hash=str(source.get("settings_hash") or source.get("protocol_hash") or ""),
                        prompts_hash=str(source.get("prompts_hash") or ""), run_dir=str(source.get("run_dir") or ""),
                        kept_initial=kept if isinstance(kept, bool) else None,
                        protocol_diff=tuple(str(k) for k in diff) if isinstance(diff, dict) else ())
 
 
-def _transfer_fields(data: dict[str, Any], run_dir: Path) -> tuple[LearnedFrom | None, tuple[TaskResult, ...]]:
+def _transfer_fields(data: dict[str, Any], run_dir: Path,
+                     hints: dict[str, str] | None = None) -> tuple[LearnedFrom | None, tuple[TaskResult, ...]]:
     """``learned_from`` and ``per_task`` of a results.json body (see the module docstring)."""
     from mtg_local.runs import transfer as T
 
     if isinstance(data.get("source"), dict):
-        return _learned_from(data["source"]), ()
+        return _learned_from(data["source"], hints), ()
     if data.get("method") not in OWN_TEST_METHOD or not T.learned_texts(data):
         return None, ()
     # the texts a transfer of this run applies (so its own test and its transfers share a row)
     applied = T.dspy_applied(T.dspy_program_of(data)) if data["method"] in T.DSPY_METHODS else T.transferable(data)
-    own = _learned_from(T.source_record(data, run_dir, applied))
+    own = _learned_from(T.source_record(data, run_dir, applied), hints)
     per_task = data.get("per_task")
     if not isinstance(per_task, dict):
         return own, ()
@@ -296,19 +308,37 @@ TASK_ALIASES = {"bbh_word_sorting": "word_sorting"}
 SYNTHETIC_WORD_SORTING = "synthetic_word_sorting"
 
 
-def task_identity(name: str, info: dict[str, Any], data_file: str | None) -> tuple[str, str]:
+def task_identity(name: str, info: dict[str, Any], data_file: str | None,
+                  hints: dict[str, str] | None = None) -> tuple[str, str]:
     """(column task name, dataset identity) of a run from its task name and ``task_info``.
 
-    A generated set (``task_info.source`` "builtin...", or a ``synthetic_*`` name) is
-    never the paper's task: a built-in ``word_sorting`` run becomes ``synthetic_word_sorting``.
+    With a recorded ``task_info.identity``: a task file's or Python task's column is its
+    name and ``task:<identity id>`` (definition and data); a built-in's is its name and
+    ``data:<data hash>`` (the file's bytes or the Hub revision). Without one (older runs):
+    the data file's path or the Hub name. A generated set (``task_info.source``
+    "builtin...", or a ``synthetic_*`` name) is never the paper's task: a built-in
+    ``word_sorting`` run becomes ``synthetic_word_sorting``. ``hints`` gets, per dataset
+    identity, the path or name it was read from (for column labels).
     """
+    hints = hints if hints is not None else {}
     source = str(info.get("source") or "")
     data_file = info.get("data_file") or data_file
+    ident = info.get("identity") if isinstance(info.get("identity"), dict) else {}
     if source.startswith("builtin") or name.startswith("synthetic"):
         task = SYNTHETIC_WORD_SORTING if name in ("word_sorting", "bbh_word_sorting") else name
         return task, f"synthetic:{source or name}"
     task = TASK_ALIASES.get(name, name)
+    if ident.get("kind") in ("file", "python") and ident.get("id"):
+        key = f"task:{ident['id']}"
+        hints.setdefault(key, str(info.get("task_file") or data_file or ident.get("source") or ""))
+        return task, key
+    if ident.get("data_hash"):
+        key = f"data:{ident['data_hash']}"
+        hub = f"hub:{info['dataset']}/{info.get('config') or ''}" if info.get("dataset") else ""
+        hints.setdefault(key, str(data_file) if data_file else hub)
+        return task, key
     if data_file:
+        hints.setdefault(f"file:{data_file}", str(data_file))
         return task, f"file:{data_file}"
     if info.get("dataset"):
         return task, f"hub:{info['dataset']}/{info.get('config') or ''}"
@@ -325,6 +355,31 @@ def dataset_label(dataset: str) -> str:
     return kind or "builtin"
 
 
+def dataset_labels(datasets: list[str], hints: dict[str, str]) -> dict[str, str]:
+    """Distinct column suffixes for one task name's datasets.
+
+    A dataset read from a file is labelled by the fewest trailing parts of its path that
+    tell it from the others ("mmlu", else "v1/mmlu"; the suffix dropped); two datasets read
+    from one path (its content changed between runs) also get their hash. Others keep
+    ``dataset_label``.
+    """
+    paths = {d: hints[d] for d in datasets if hints.get(d) and not hints[d].startswith("hub:")}
+    labels = {d: (dataset_label(hints[d]) if d in hints and hints[d].startswith("hub:") else dataset_label(d))
+              for d in datasets if d not in paths}
+    if paths:
+        parts = {d: Path(p).with_suffix("").parts for d, p in paths.items()}
+        depth = 1
+        while depth < max(len(x) for x in parts.values()) and len({x[-depth:] for x in parts.values()}) < len(parts):
+            depth += 1
+        for d, x in parts.items():
+            labels[d] = "/".join(x[-depth:])
+    for d in datasets:  # one path or name read twice with other content, or no hint: tell them apart
+        if sum(labels[e] == labels[d] for e in datasets) > 1:
+            kind, _, rest = d.partition(":")
+            labels[d] += f" #{rest[:6]}" if kind in ("data", "task") else f" ({kind or 'unrecorded'})"
+    return labels
+
+
 def _incomplete(run_dir: Path) -> Problem:
     if is_locked(run_dir):
         return Problem(run_dir, "running", f"no results.json yet; in use by {describe_holder(read_holder(run_dir))}")
@@ -338,20 +393,22 @@ def _incomplete(run_dir: Path) -> Problem:
     return Problem(run_dir, "incomplete", detail)
 
 
-def _disambiguate_tasks(runs: list[RunRecord]) -> list[RunRecord]:
-    """Appends the dataset label to a task name when one task name has several datasets.
+def _disambiguate_tasks(runs: list[RunRecord], hints: dict[str, str] | None = None) -> list[RunRecord]:
+    """Appends a dataset label to a task name when one task name has several identities (``dataset_labels``).
 
     The tasks of multi-task results and of transfer sources count too, and are renamed alike.
     """
+    hints = hints or {}
     datasets: dict[str, set] = {}
     for r in runs:
         pairs = [(r.task, r.dataset), *((t.task, t.dataset) for t in r.per_task)]
         pairs += list(r.learned_from.tasks) if r.learned_from else []
         for task, dataset in pairs:
             datasets.setdefault(task, set()).add(dataset)
+    labels = {task: dataset_labels(sorted(ds), hints) for task, ds in datasets.items() if len(ds) > 1}
 
     def name(task: str, dataset: str) -> str:
-        return f"{task} [{dataset_label(dataset)}]" if len(datasets.get(task, ())) > 1 else task
+        return f"{task} [{labels[task][dataset]}]" if task in labels else task
 
     out = []
     for r in runs:
@@ -400,6 +457,7 @@ def collect(paths: list[str | os.PathLike[str]]) -> Collection:
         UserError: a path does not exist, or nothing at all was found.
     """
     col = Collection()
+    hints: dict[str, str] = {}
     seen_files: set[Path] = set()
     seen_dirs: set[Path] = set()
     for raw in paths:
@@ -421,7 +479,7 @@ def collect(paths: list[str | os.PathLike[str]]) -> Collection:
             except (OSError, ValueError) as e:
                 col.problems.append(Problem(f, "corrupt", f"cannot read JSON: {e}"))
                 continue
-            item = parse_results(data, f)
+            item = parse_results(data, f, hints)
             (col.runs if isinstance(item, RunRecord) else col.problems).append(item)
         for d in run_dirs:
             d = d.resolve()
@@ -430,6 +488,6 @@ def collect(paths: list[str | os.PathLike[str]]) -> Collection:
                 col.problems.append(_incomplete(d))
     if not col.runs and not col.problems:
         raise UserError(f"no results.json or run dir (config.json) found under {', '.join(map(str, paths))}")
-    col.runs = _disambiguate_tasks(col.runs)
+    col.runs = _disambiguate_tasks(col.runs, hints)
     col.problems += _protocol_problems(col.runs)
     return col

@@ -30,23 +30,22 @@ PAPER_TABLE2: dict[str, dict[str, float]] = {
 }
 
 
-def canonical_task(name: str) -> str | None:
-    """Maps a task name used by runs to the paper's column key (None: not in the paper).
+#: Task names of the paper's own tasks (and the keys above) -> paper column key. Only these names
+#: get the paper's numbers: built-in names are reserved (a task file or a registered task cannot
+#: take them), so a user's task never sits beside the paper's column, whatever it is called.
+_PAPER_NAMES = {"word_sorting": "word_sorting", "bbh_word_sorting": "word_sorting",
+                "mmlu_machine_learning": "mmlu_ml", "mmlu_ml": "mmlu_ml", "gpqa_diamond": "gpqa", "gpqa": "gpqa"}
 
-    ``word_sorting`` / ``bbh_word_sorting`` (and variants such as ``word_sorting-bbh``) ->
-    ``word_sorting``; anything with ``mmlu`` -> ``mmlu_ml``; anything with ``gpqa`` -> ``gpqa``;
-    a synthetic task (``synthetic_*``: generated data, not the paper's) -> None.
+
+def canonical_task(name: str) -> str | None:
+    """Maps a report column's task to the paper's column key (None: not the paper's task).
+
+    The paper's task names (``word_sorting`` / ``bbh_word_sorting``, ``mmlu_machine_learning``,
+    ``gpqa_diamond``), with a column's data label (``word_sorting [v1/bbh]``) allowed after
+    them; anything else, a synthetic set or a user's task, -> None.
     """
-    n = name.lower()
-    if n.startswith("synthetic"):
-        return None
-    if n.startswith("word_sorting") or n.startswith("bbh_word_sorting"):
-        return "word_sorting"
-    if "mmlu" in n:
-        return "mmlu_ml"
-    if "gpqa" in n:
-        return "gpqa"
-    return None
+    base = name.split(" [", 1)[0].strip().lower()
+    return _PAPER_NAMES.get(base)
 
 
 def paper_accuracy(method: str, task: str) -> float | None:

@@ -5,8 +5,9 @@ optimizers, meta-learned); columns are tasks; a cell is ``mean ± std`` over see
 with the number of seeds. Runs of the same (engine, task, method) are merged by seed (a later
 run wins for a seed present in both). The paper's GPT-4o-mini numbers appear in their own,
 labelled columns, quoted from the paper, and only beside the paper's tasks (never beside a
-synthetic one). Runs are tabulated per protocol (``protocol_hash``): one set of tables per
-protocol, the most common first; runs of two protocols never share a table or a cell.
+synthetic one or a user's task). Runs are tabulated per protocol (``settings_hash``; older runs:
+``protocol_hash``): one set of tables per protocol, the most common first; runs of two protocols
+never share a table or a cell, runs of two task identities never share a column.
 
 A table is one task model: a prompt optimizer run with its own prompt / reflection model
 (``RunRecord.optimizer``) is a row of its method labelled with that model (``row_key``),
@@ -251,7 +252,8 @@ def markdown_report(col: Collection, *, plots: list[str] = ()) -> str:
     parts = ["# mtg-local results", "",
              f"Cells: test accuracy in %, mean ± std over seeds (n = seeds). "
              f"Columns labelled “{PAPER_LABEL}” are quoted from the paper ({PAPER_SOURCE}), not run here. "
-             "Only runs of one protocol (`protocol_hash`) share a table.", ""]
+             "Only runs of one protocol (results.json `settings_hash`) share a table; a column is one task "
+             "identity (its definition and data content: `task_id`).", ""]
     groups = protocol_groups(col.runs)
     for gi, (h, runs) in enumerate(groups):
         table = table_runs(runs)

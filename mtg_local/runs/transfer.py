@@ -177,7 +177,7 @@ def protocol_warning(from_run: str | Path, source: dict[str, Any]) -> str:
     """The one warning line of a transfer under another protocol than its source's (``source`` as recorded)."""
     diff = source.get("protocol_diff") or {}
     fields = "; ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, (a, b) in diff.items())
-    return (f"warning: --from-run {from_run} was learned under protocol {source.get('protocol_hash')}, this eval "
+    return (f"warning: --from-run {from_run} was learned under protocol {source.get('settings_hash') or source.get('protocol_hash')}, this eval "
             f"differs in {fields} (source -> this eval); recorded as results.json source.protocol_diff, and the "
             f"report tabulates it under this eval's protocol. To match the source: --protocol "
             f"{Path(str(from_run)) / 'results.json'}")
@@ -205,6 +205,8 @@ def source_record(results: dict[str, Any], run_dir: str | Path, applied: dict[st
         "engine": results.get("engine"),
         "optimizer_engine": results.get("optimizer_engine"),
         "protocol_hash": results.get("protocol_hash"),
+        # the settings part of it (no task identity), what the report's tables and this run's warning compare
+        "settings_hash": results.get("settings_hash") or results.get("protocol_hash"),
         "prompts_hash": prompts_hash(applied),
         "applied": list(applied),
         "origin": {k: origin.get(k, "learned") for k in applied},

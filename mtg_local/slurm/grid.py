@@ -5,7 +5,8 @@ Grid YAML (every key but ``tasks``, ``methods`` and ``engines`` optional)::
     name: paper-7b                 # runs land in RUNS_ROOT/name/<task>/<method>/<engine>
     runs_root: runs                # default: $MTG_RUNS, else ./runs (made absolute at submit)
     tasks: [word_sorting, {name: mmlu_ml, data_file: data/mmlu_ml.jsonl, label: mmlu},
-            {tasks: [word_sorting, mmlu]}]   # multi-task: train methods only (mtg train --task A,B)
+            {tasks: [word_sorting, mmlu]},   # multi-task: train methods only (mtg train --task A,B)
+            tasks/capitals.yaml]           # a task file (relative to the grid file; label: its name)
     methods: [zero_shot_cot, solution_opt, learned_loss, maml, reptile]
     engines:
       - vllm:Qwen/Qwen2.5-7B-Instruct
@@ -121,7 +122,7 @@ class TaskEntry:
     def parse(cls, raw: Any, known: dict[str, TaskEntry] | None = None) -> TaskEntry:
         """One ``tasks`` item; ``known`` (label -> entry) resolves the members of a multi-task entry."""
         if isinstance(raw, str):
-            return cls(name=raw, label=label_of(raw))
+            return cls(name=raw, label=label_of(_task_file_name(raw) or raw))
         if isinstance(raw, dict) and "tasks" in raw:
             return cls._parse_multi(raw, known or {})
         if not isinstance(raw, dict) or "name" not in raw:
@@ -130,7 +131,7 @@ class TaskEntry:
         if unknown:
             raise GridError(f"unknown keys {sorted(unknown)} in grid task {raw!r} (name, label, data_file, args)")
         data_file = str(raw["data_file"]) if raw.get("data_file") else None
-        default_label = raw["name"] + (f"-{Path(data_file).stem}" if data_file else "")
+        default_label = (_task_file_name(str(raw["name"])) or raw["name"]) + (f"-{Path(data_file).stem}" if data_file else "")
         return cls(
             name=str(raw["name"]),
             label=label_of(str(raw.get("label") or default_label)),
@@ -344,8 +345,32 @@ def refuse_secrets(opts: Any, where: str) -> tuple[str, ...]:
     return opts
 
 
-def parse_grid(raw: Any, *, source: str = "grid", runs_root: str | None = None) -> Grid:
-    """Validates a loaded grid mapping; relative ``runs_root`` resolves against the cwd."""
+def _task_file_name(spec: str) -> str | None:
+    """The task name a task file defines (the file is checked here: a wrong key stops the grid), or None."""
+    from mtg_local.tasks import TaskDefinition, is_task_file
+
+    return TaskDefinition.load(spec).name if is_task_file(spec) else None
+
+
+def _absolute_task_files(raw: Any, base: Path) -> Any:
+    """The ``tasks`` list with task file paths made absolute against ``base`` (the grid file's folder)."""
+    from mtg_local.tasks import is_task_file
+
+    def fix(item: Any) -> Any:
+        if isinstance(item, str):
+            return str((base / Path(item).expanduser()).resolve()) if is_task_file(item) else item
+        if isinstance(item, dict) and "tasks" in item and isinstance(item["tasks"], list):
+            return {**item, "tasks": [fix(t) for t in item["tasks"]]}
+        if isinstance(item, dict) and isinstance(item.get("name"), str):
+            return {**item, "name": fix(item["name"])}
+        return item
+
+    return [fix(t) for t in raw] if isinstance(raw, list) else raw
+
+
+def parse_grid(raw: Any, *, source: str = "grid", runs_root: str | None = None, base_dir: Path | None = None) -> Grid:
+    """Validates a loaded grid mapping; relative ``runs_root`` resolves against the cwd, relative task
+    files against ``base_dir`` (the grid file's folder; default the cwd)."""
     if not isinstance(raw, dict):
         raise GridError(f"{source}: the grid must be a YAML mapping, got {type(raw).__name__}")
     unknown = set(raw) - _GRID_KEYS
@@ -379,7 +404,7 @@ def parse_grid(raw: Any, *, source: str = "grid", runs_root: str | None = None) 
     return Grid(
         name=str(raw.get("name") or Path(source).stem),
         runs_root=Path(root).expanduser().absolute(),
-        tasks=_parse_tasks(raw["tasks"]),
+        tasks=_parse_tasks(_absolute_task_files(raw["tasks"], base_dir or Path.cwd())),
         methods=tuple(str(m) for m in raw["methods"]),
         engines=tuple(EngineEntry.parse(e) for e in raw["engines"]),
         seeds=tuple(seeds) if seeds is not None else None,
@@ -406,4 +431,4 @@ def load_grid(path: str | os.PathLike[str], *, runs_root: str | None = None) -> 
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise GridError(f"grid file {p} is not valid YAML: {e}") from e
-    return parse_grid(raw, source=str(p), runs_root=runs_root)
+    return parse_grid(raw, source=str(p), runs_root=runs_root, base_dir=p.resolve().parent)

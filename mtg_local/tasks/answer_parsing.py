@@ -211,3 +211,86 @@ def extract_sorted_words(response: str, words: Sequence[str] | None = None) -> s
     if words is not None and "and" not in {w.lower() for w in words}:
         segment = re.sub(r"(,|\n)\s*and\s+", r"\1 ", segment, flags=re.IGNORECASE)
     return normalize_words(segment) or None
+
+
+# ---------------------------------------------------------------- numbers
+
+# A number as people and models write it: optional sign, digits with optional thousands
+# commas ("1,234"), a decimal part, an exponent; or a bare decimal part (".5").
+_NUMBER = re.compile(
+    r"(?<![\w.])[-+\u2212]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])"
+)
+#: The anchor of an answer line (the same word TextGrad's rules anchor on).
+_ANSWER_ANCHOR = re.compile(r"(?i)\banswer\s*(?:is\s*)?[:\-=]")
+
+
+def parse_number(text: str) -> str | None:
+    """``text`` (one number, as written) in canonical form, or None if it is not one number.
+
+    Canonical: no thousands commas, no trailing zeros, no exponent, "-0" -> "0"
+    ("1,234.50" -> "1234.5", "1e3" -> "1000", "+7" -> "7"). A leading "$" and a
+    trailing "%" are dropped (the number is kept as written, not divided by 100).
+    """
+    from decimal import Decimal, InvalidOperation
+
+    s = str(text).strip().replace("\u2212", "-").removeprefix("$").removesuffix("%").strip()
+    m = _NUMBER.fullmatch(s)
+    if not s or m is None or not re.search(r"\d", s):
+        return None
+    try:
+        d = Decimal(s.replace(",", ""))
+    except InvalidOperation:
+        return None
+    if not d.is_finite():
+        return None
+    if d == d.to_integral_value():
+        return str(int(d))
+    return format(d.normalize(), "f")
+
+
+def _numbers(text: str) -> list[str]:
+    return [m.group(0) for m in _NUMBER.finditer(text.replace("\u2212", "-")) if re.search(r"\d", m.group(0))]
+
+
+def extract_number(response: str, *, last_answer: bool = False) -> str | None:
+    """The number a response gives as its answer, canonical (``parse_number``), or None.
+
+    The one rule every number-scored task uses:
+
+    1. Markdown and LaTeX wrappers are removed (``**42**``, ``$\\boxed{42}$``).
+    2. If the response has an answer line (``Answer: ...``, ``The answer is: ...``),
+       the first number on the first such line (``last_answer``: the last such
+       line) is the answer; an answer line without a number gives None (no
+       guessing from elsewhere).
+    3. A response without an answer line gives its last number (what a small
+       model that ignores the answer-line instruction ends on; lm-evaluation-harness's
+       "flexible-extract" for GSM8K reads the same).
+
+    Returns:
+        The canonical number ("1234.5"), or None.
+    """
+    text = _clean(response)
+    anchors = list(_ANSWER_ANCHOR.finditer(text))
+    if anchors:
+        m = anchors[-1] if last_answer else anchors[0]
+        line = text[m.end():].split("\n", 1)[0]
+        found = _numbers(line)
+        return parse_number(found[0]) if found else None
+    found = _numbers(text)
+    return parse_number(found[-1]) if found else None
+
+
+def numbers_equal(a: str | None, b: str | None, *, tolerance: float = 0.0, relative_tolerance: float = 0.0) -> bool:
+    """Whether two canonical numbers are equal within ``max(tolerance, relative_tolerance * |b|)``.
+
+    With both tolerances 0 the comparison is exact (decimal, so "0.3" equals
+    "0.30" and "3e-1"); None never equals anything.
+    """
+    from decimal import Decimal
+
+    if a is None or b is None:
+        return False
+    da, db = Decimal(a), Decimal(b)
+    if not tolerance and not relative_tolerance:
+        return da == db
+    return abs(da - db) <= max(Decimal(str(tolerance)), Decimal(str(relative_tolerance)) * abs(db))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
+import json
 from typing import Any
 
 from mtg_local.prompts import textgrad_prompts
@@ -62,6 +64,29 @@ class Splits:
         return Splits(self.train[:limit], self.val[:limit], self.test[:limit], self.skipped)
 
 
+@dataclasses.dataclass(frozen=True)
+class ScoreResult:
+    """A response's score in [0, 1], optional feedback text (GEPA shows it), and the scorer's error.
+
+    ``error`` is set when the task's scorer raised or returned something that is no
+    score; the score is then 0 (one bad item never stops a run).
+    """
+
+    score: float
+    feedback: str | None = None
+    error: str | None = None
+
+
+#: Length of the short hashes of a task's identity (hex digits of SHA-256).
+IDENTITY_HASH_LENGTH = 12
+
+
+def short_hash(obj: Any) -> str:
+    """Short SHA-256 of ``obj``'s sorted-key JSON."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:IDENTITY_HASH_LENGTH]
+
+
 #: Answer-extraction rules a task can score with (see ``mtg_local.tasks.answer_parsing``):
 #: "reference" = the rule the paper's numbers were scored with (TextGrad / simple-evals),
 #: "lenient" = this project's parsers for what small models emit.
@@ -81,6 +106,11 @@ class Task(abc.ABC):
     answer_role: str = textgrad_prompts.ANSWER_ROLE
     #: answer-extraction rule, one of ``SCORINGS`` (``get_task`` sets it; recorded in describe())
     scoring: str = "reference"
+    #: the inference template y_T a run starts from when none is given (None: the paper's)
+    inference_template: str | None = None
+    #: where the task is defined: {"kind": builtin | file | python, "source": ..., "definition_hash": ...};
+    #: the registry sets it (``get_task``); None: a Python class used directly
+    origin: dict[str, Any] | None = None
 
     @abc.abstractmethod
     def splits(self) -> Splits:
@@ -120,6 +150,43 @@ class Task(abc.ABC):
         """1.0 if the response's extracted answer equals the ground truth, else 0.0."""
         return float(self.extract_answer(response, example) == example.answer)
 
+    def score_item(self, response: str, example: Example) -> ScoreResult:
+        """The score with feedback and error (``ScoreResult``); never raises for a bad response.
+
+        The default wraps ``score``; a task whose scorer is the user's code (answer type
+        ``python``) catches that code's errors here: the item scores 0 and the error is
+        kept (the inner loop writes it into the item's trajectory; ``describe`` counts them).
+        """
+        return ScoreResult(float(self.score(response, example)))
+
+    def data_identity(self) -> dict[str, Any]:
+        """What identifies the task's data: a file's bytes, a Hub revision, a generator's seed.
+
+        The default hashes the loaded examples (split, id, question, answer, choices).
+        """
+        s = self.splits()
+        rows = [[name, e.id, e.question, e.answer, list(e.choices or ())]
+                for name in ("train", "val", "test") for e in s.get(name)]
+        return {"examples_sha256": hashlib.sha256(json.dumps(rows).encode()).hexdigest()}
+
+    def identity(self) -> dict[str, Any]:
+        """The task's identity as results.json records it (``task_info.identity``).
+
+        ``kind`` (builtin | file | python), ``source`` (the task file, or the Python that
+        defines it), ``definition_hash`` (the task file's text and the code it runs;
+        for a built-in, its name), ``data`` (``data_identity``), ``data_hash`` (short hash
+        of ``data``) and ``id`` (short hash of name, kind, definition and data: what
+        ``mtg report`` puts in one column).
+        """
+        origin = self.origin or {"kind": "python", "source": f"{type(self).__module__}:{type(self).__qualname__}",
+                                 "definition_hash": ""}
+        data = self.data_identity()
+        ident = {"name": self.name, "kind": origin["kind"], "source": origin.get("source"),
+                 "definition_hash": origin.get("definition_hash") or short_hash({"python": origin.get("source")}),
+                 "data": data, "data_hash": short_hash(data)}
+        ident["id"] = short_hash([ident["name"], ident["kind"], ident["definition_hash"], ident["data_hash"]])
+        return ident
+
     def describe(self) -> dict[str, Any]:
         """What to record about the task in a run's config/results."""
-        return {"name": self.name, "scoring": self.scoring}
+        return {"name": self.name, "scoring": self.scoring, "identity": self.identity()}

@@ -16,9 +16,11 @@ stop the load with the row number and the reason.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import random
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -61,6 +63,8 @@ class DataSource:
         gated: the Hub dataset needs an accepted licence and a token.
         json_field: for a ``.json`` file holding one object, the key of its
             list of rows (BBH / BIG-bench: "examples").
+        revision: the Hub revision to read (None: the default branch).
+        owner: how messages name the task that reads it (a task file), or None.
     """
 
     dataset: str
@@ -69,6 +73,8 @@ class DataSource:
     data_file: str | None = None
     gated: bool = False
     json_field: str | None = None
+    revision: str | None = None
+    owner: str | None = None
 
     def __post_init__(self) -> None:
         if not self.dataset:
@@ -86,6 +92,9 @@ class DataSource:
     @property
     def label(self) -> str:
         """How messages name this source."""
+        if self.owner is not None:
+            what = f"data file {self.data_file}" if self.data_file is not None else f"dataset {self.dataset!r}"
+            return f"{self.owner}: {what}" + (f" config {self.config!r}" if self.data_file is None else "")
         if self.data_file is not None:
             return f"data file {self.data_file} ({self.dataset} schema)"
         return f"dataset {self.dataset!r} config {self.config!r}"
@@ -97,11 +106,15 @@ class DataSource:
             "config": self.config,
             "hub_splits": list(self.hub_splits) if self.data_file is None else None,
             "data_file": self.data_file,
+            **({"revision": self.revision} if self.revision else {}),
         }
 
 
-def load_rows(source: DataSource) -> tuple[list[dict[str, Any]], list[str]]:
+def load_rows(source: DataSource, *, info: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
     """Reads every row of ``source``.
+
+    ``info``, if given, receives ``"resolved"``: the revision of a Hub dataset as
+    ``datasets`` resolved it (the hash its cache is keyed by: the commit read), or None.
 
     Returns:
         ``(rows, origins)``: the rows in order (Hub splits concatenated in
@@ -115,11 +128,14 @@ def load_rows(source: DataSource) -> tuple[list[dict[str, Any]], list[str]]:
     import datasets  # heavy import, only when data is actually loaded
 
     if source.data_file is not None:
+        if _holds_no_rows(Path(source.data_file)):  # datasets stumbles on these: say "no rows" instead
+            return [], []
         ds = _load_file(datasets, source)
         rows = ds.to_list()
         return rows, ["file"] * len(rows)
     try:
-        dd = datasets.load_dataset(source.dataset, source.config)
+        kwargs = {"revision": source.revision} if source.revision else {}
+        dd = datasets.load_dataset(source.dataset, source.config, **kwargs)
     except Exception as exc:  # translated below; anything unknown is re-raised
         raise _hub_error(exc, source) from exc
     present = [s for s in source.hub_splits if s in dd]
@@ -132,7 +148,42 @@ def load_rows(source: DataSource) -> tuple[list[dict[str, Any]], list[str]]:
         part = dd[split].to_list()
         rows.extend(part)
         origins.extend([split] * len(part))
+    if info is not None:
+        info["resolved"] = resolved_revision(dd[present[0]])
     return rows, origins
+
+
+def resolved_revision(ds: Any) -> str | None:
+    """The revision hash a loaded Hub dataset's cache is keyed by (the commit read), or None.
+
+    ``datasets`` keeps a Hub dataset under ``.../<config>/<version>/<hash>/``, the hash
+    being the commit it resolved; a dataset held in memory has no cache files.
+    """
+    try:
+        files = ds.cache_files
+    except AttributeError:
+        return None
+    if not files:
+        return None
+    name = Path(files[0]["filename"]).parent.name
+    return name if re.fullmatch(r"[0-9a-f]{7,64}", name) else None
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes (a data file's identity, however its path was written)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _holds_no_rows(path: Path) -> bool:
+    """An empty file, or a CSV with its header line only."""
+    if not path.is_file() or path.suffix.lower() not in (".json", ".jsonl", ".csv") or path.stat().st_size > 1 << 16:
+        return False
+    lines = [ln for ln in path.read_bytes().splitlines() if ln.strip()]
+    return not lines or (path.suffix.lower() == ".csv" and len(lines) == 1)
 
 
 def _load_file(datasets: Any, source: DataSource) -> Any:
@@ -146,6 +197,8 @@ def _load_file(datasets: Any, source: DataSource) -> Any:
         field, data_path = _json_layout(path, source.json_field)
         if field is not None:
             kwargs["field"] = field
+    shown = not datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()  # a local file of a few rows: no "Generating train split" bar on stderr
     try:
         return datasets.load_dataset(builder, data_files=str(data_path), split="train", **kwargs)
     except (datasets.exceptions.DatasetsError, ValueError, OSError) as exc:
@@ -153,6 +206,8 @@ def _load_file(datasets: Any, source: DataSource) -> Any:
         detail = f"{exc}" + (f" ({type(cause).__name__}: {cause})" if cause else "")
         raise TaskDataError(f"{source.label}: cannot be read as {builder}: {detail}") from exc
     finally:
+        if shown:
+            datasets.enable_progress_bars()
         if data_path != path:  # the normalised temporary copy; the dataset lives in the Arrow cache
             shutil.rmtree(data_path.parent, ignore_errors=True)
 

@@ -18,7 +18,8 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from mtg_local.tasks.base import Example, Splits, Task
+from mtg_local.tasks.base import Example, ScoreResult, Splits, Task, short_hash
+from mtg_local.tasks.errors import TaskDataError
 
 #: Separates task names in a multi-task run's name ("word_sorting,mmlu_machine_learning").
 TASK_SEPARATOR = ","
@@ -37,19 +38,21 @@ class MultiTask(Task):
         limit: first N questions of every split of every task (None: whole splits).
 
     Raises:
-        ValueError: fewer than two tasks, or two with one name.
+        TaskDataError: fewer than two tasks, or two with one name (two task files may name
+            their tasks alike).
     """
 
     def __init__(self, tasks: Sequence[Task], *, limit: int | None = None) -> None:
         names = [t.name for t in tasks]
         if len(names) < 2:
-            raise ValueError(f"a multi-task run needs at least two tasks, got {names}")
+            raise TaskDataError(f"a multi-task run needs at least two tasks, got {names}")
         if len(set(names)) != len(names):
-            raise ValueError(f"tasks of a multi-task run must be distinct, got {names}")
+            raise TaskDataError(f"tasks of a multi-task run must have distinct names, got {names}")
         self.tasks: dict[str, Task] = dict(zip(names, tasks))
         self.limit = limit
         self.name = TASK_SEPARATOR.join(names)
         self.initial_loss_prompt = tasks[0].initial_loss_prompt
+        self.inference_template = tasks[0].inference_template
         self.format_instruction = ""  # per example: update_constraints
         self.scoring = tasks[0].scoring
         self._parts: dict[str, Splits] | None = None
@@ -96,11 +99,20 @@ class MultiTask(Task):
     def score(self, response: str, example: Example) -> float:
         return self.task_of(example).score(response, example)
 
+    def score_item(self, response: str, example: Example) -> ScoreResult:
+        return self.task_of(example).score_item(response, example)
+
     def update_constraints(self, example: Example) -> list[str]:
         return self.task_of(example).update_constraints(example)
 
     def answer_role_for(self, example: Example) -> str:
         return self.task_of(example).answer_role_for(example)
 
+    def identity(self) -> dict[str, Any]:
+        """Each task's identity, in task order, and an ``id`` over theirs."""
+        parts = [t.identity() for t in self.tasks.values()]
+        return {"name": self.name, "kind": "multi", "tasks": parts, "id": short_hash([p["id"] for p in parts])}
+
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "scoring": self.scoring, "tasks": {n: t.describe() for n, t in self.tasks.items()}}
+        return {"name": self.name, "scoring": self.scoring, "tasks": {n: t.describe() for n, t in self.tasks.items()},
+                "identity": self.identity()}

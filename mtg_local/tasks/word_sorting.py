@@ -30,7 +30,7 @@ from mtg_local.prompts import textgrad_prompts
 from mtg_local.tasks.answer_parsing import extract_sorted_words, normalize_words, reference_sorted_words
 from mtg_local.tasks.base import Example, Splits, Task
 from mtg_local.tasks.errors import TaskDataError
-from mtg_local.tasks.loading import BadRow, DataSource, check_columns, load_rows, parse_rows, text_field
+from mtg_local.tasks.loading import BadRow, DataSource, check_columns, file_sha256, load_rows, parse_rows, text_field
 
 __all__ = ["WordSortingTask", "normalize_words", "make_question", "generate_examples", "bundled_words"]
 
@@ -160,6 +160,7 @@ class WordSortingTask(Task):
         self.strict = strict
         self.sizes = sizes
         self.seed = seed
+        self._resolved: str | None = None
         self._n_rows = sum(len(x) for x in (splits.train, splits.val, splits.test)) if splits else 0
 
     @classmethod
@@ -194,7 +195,9 @@ class WordSortingTask(Task):
 
     def _load(self) -> Splits:
         assert self.data is not None
-        rows, _ = load_rows(self.data)
+        info: dict[str, Any] = {}
+        rows, _ = load_rows(self.data, info=info)
+        self._resolved = info.get("resolved")
         check_columns(rows, ("input", "target"), self.data.label)
         parsed, skipped = parse_rows(rows, parse_bbh_row, label=self.data.label, strict=self.strict)
         self._n_rows = len(rows)
@@ -247,4 +250,25 @@ class WordSortingTask(Task):
         else:
             d.update(seed=self.seed, split_rule="generated; 50/100/100 in generation order")
         d.update(sizes={"train": len(s.train), "val": len(s.val), "test": len(s.test)}, skipped=len(s.skipped))
+        d["identity"] = self.identity()
         return d
+
+    def data_identity(self) -> dict[str, Any]:
+        """The data file's sha256, the Hub dataset read, or the generator and its seed."""
+        if self.data is None:
+            return {"generated": self.name, "seed": self.seed}
+        if self.data.data_file is not None:
+            return {"file_sha256": file_sha256(self.data.data_file)}
+        self.splits()
+        return {"hub": self.data.dataset, "config": self.data.config, "splits": list(self.data.hub_splits),
+                "revision": self.data.revision, "resolved": self._resolved}
+
+
+def bbh_task(*, data_file: str | None = None, strict: bool = False) -> WordSortingTask:
+    """The built-in task ``word_sorting`` (``builtin/word_sorting.yaml``): BBH from the Hub or a file."""
+    return WordSortingTask.load(data_file=data_file, strict=strict)
+
+
+def synthetic_task(*, seed: int = 0) -> WordSortingTask:
+    """The built-in task ``synthetic_word_sorting``: generated offline from ``seed``."""
+    return WordSortingTask.builtin(seed=seed)
