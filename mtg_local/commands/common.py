@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from engines import Engine, SamplingConfig, create_engine
+from engines import Engine, SamplingConfig, create_engine, vllm_platform
 from engines.cache import CachedEngine
 from engines.errors import BackendUnavailableError, UserError
 from engines.gpu_memory import split_engine_options
@@ -71,11 +71,10 @@ def preflight_engines(args: argparse.Namespace) -> None:
     if getattr(args, "resume", None):
         return
     specs = [getattr(args, name, None) for name in ("engine", "optimizer_engine", "reflection_engine")]
-    if any(is_vllm_spec(s) for s in specs):
-        from engines.vllm_platform import require_usable_platform
-
+    # The CPU build always has its device: no need to import vLLM (seconds) before the command.
+    if any(is_vllm_spec(s) for s in specs) and not vllm_platform.cpu_build_installed():
         try:
-            require_usable_platform()
+            vllm_platform.require_usable_platform()
         except BackendUnavailableError:  # no vLLM here: the engine's start names the extra to install
             pass
 

@@ -25,10 +25,11 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from engines import vllm_platform
 from engines.errors import BackendUnavailableError, UserError
 from engines.gpu_memory import ENGINES_PER_GPU_ENV, engines_per_gpu_from_env
 from engines.registry import config_from_options, parse_engine_opts, parse_spec
-from engines.vllm_platform import VLLM_BACKENDS, platform_facts, problem
+from engines.vllm_platform import VLLM_BACKENDS, problem
 
 #: The settings rows of the text report, in order: (key, label).
 ROWS = [
@@ -82,20 +83,28 @@ def bundled_state() -> dict[str, Any]:
     return {"state": "not converted" if gguf else "missing", "path": str(path), "gguf": gguf}
 
 
-def engine_settings(model: str, options: dict[str, Any], *, on_cpu: bool) -> dict[str, dict[str, Any]]:
-    """What ``vllm:MODEL`` and ``vllm-async:MODEL`` would start with here, or why it is not known."""
-    from engines.bundled import bundled_model_dir, is_prepared, resolve_model
+def configs(model: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Each vLLM backend's config for ``model`` and ``options`` (a bad option: ``EngineSpecError``, exit 2)."""
     from engines.vllm_async_engine import AsyncVLLMConfig
     from engines.vllm_engine import VLLMConfig
-    from engines.vllm_settings import resolved_settings
 
-    out: dict[str, dict[str, Any]] = {}
+    out = {}
     for backend in VLLM_BACKENDS:
-        cls = AsyncVLLMConfig if backend == "vllm-async" else VLLMConfig
         opts = dict(options)
         if backend == "vllm" and opts.get("data_parallel_size") in (None, 1):
             opts.pop("data_parallel_size", None)  # the async engine's only extra option
-        config = config_from_options(cls, backend, model, opts)  # a bad option: exit 2
+        out[backend] = config_from_options(AsyncVLLMConfig if backend == "vllm-async" else VLLMConfig,
+                                           backend, model, opts)  # fmt: skip
+    return out
+
+
+def engine_settings(model: str, options: dict[str, Any], *, on_cpu: bool) -> dict[str, dict[str, Any]]:
+    """What ``vllm:MODEL`` and ``vllm-async:MODEL`` would start with here, or why it is not known."""
+    from engines.bundled import bundled_model_dir, is_prepared, resolve_model
+    from engines.vllm_settings import resolved_settings
+
+    out: dict[str, dict[str, Any]] = {}
+    for backend, config in configs(model, options).items():
         if model == "bundled" and not is_prepared(bundled_model_dir()):
             out[backend] = {"error": "the bundled model is not converted yet: run mtg prepare-model"}
             continue
@@ -116,6 +125,7 @@ def collect(spec: str, engine_opts: list[str]) -> dict[str, Any]:
     if backend not in VLLM_BACKENDS:
         raise UserError(f"mtg doctor resolves vLLM engines: give --engine vllm:MODEL, got {spec!r}")
     options = parse_engine_opts(engine_opts)
+    configs(model or "", options)  # bad options: exit 2 before anything is asked
     report: dict[str, Any] = {
         "host": socket.gethostname(), "os": platform.platform(), "python": platform.python_version(),
         "engine": spec, "engine_opts": list(engine_opts),
@@ -123,7 +133,7 @@ def collect(spec: str, engine_opts: list[str]) -> dict[str, Any]:
     }
     try:
         with quiet_vllm():
-            facts = platform_facts(ask_nvidia_smi=True)
+            facts = vllm_platform.platform_facts(ask_nvidia_smi=True)
     except BackendUnavailableError as e:
         return {**report, "platform": None, "gpus": [], "usable": False, "problem": str(e), "engines": {}}
     why = problem(facts)
