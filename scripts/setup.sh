@@ -75,5 +75,15 @@ if [ ! -f "$stamp" ]; then
 fi
 "$venv/bin/mtg" prepare-model
 if [ "$build" = gpu ]; then
+  kernels="$venv/.mtg-vllm-kernels-$(sha1sum pyproject.toml | cut -c1-12)"
+  if [ ! -f "$kernels" ] && command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+    # vLLM's own post-install step: FlashInfer's precompiled kernels, which the first engine
+    # start would otherwise download or compile (minutes on Hopper). Its CLI needs a GPU.
+    if "$venv/bin/vllm" download-kernels; then
+      touch "$kernels"
+    else
+      echo "setup.sh: \`vllm download-kernels\` failed (offline?); the first engine start compiles FlashInfer's kernels instead" >&2
+    fi
+  fi
   echo "GPU install done. On a GPU node, \`$venv/bin/mtg doctor\` shows what vLLM runs with there (docs/gpu.md)." >&2
 fi
