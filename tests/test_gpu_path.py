@@ -68,8 +68,9 @@ def test_both_vllm_engines_resolve_the_offline_limits_on_a_cuda_gpu(bundled_mode
 
     monkeypatch.setattr(llm_module.LLMEngine, "from_engine_args", capture("vllm"))  # inside vllm.LLM(**kw)
     monkeypatch.setattr(AsyncLLM, "from_engine_args", capture("vllm-async"))
-    for module in (ve, vae):  # the GPU branch of the engines' keyword arguments
+    for module in (ve, vae):  # the GPU branch of the engines' keyword arguments, on a usable CUDA platform
         monkeypatch.setattr(module, "import_vllm", lambda: (vllm, False))
+        monkeypatch.setattr(module, "require_usable_platform", lambda: H100_NODE)
     with pytest.raises(_Captured):
         ve.VLLMEngine(ve.VLLMConfig(model="bundled"))
     with pytest.raises(_Captured):
@@ -278,8 +279,11 @@ def test_doctor_json_reports_this_machine_and_both_engines(bundled_model_path: P
     assert plat["vllm_version"] and plat["torch_version"] and plat["build"] in ("cpu", "cuda", "rocm")
     assert {"platform", "device_type", "torch_cuda", "cuda_visible_devices", "driver_version", "driver_cuda",
             "nvidia_smi", "vllm_distribution"} <= plat.keys()
-    assert isinstance(rep["gpus"], list) and rep["usable"] is True and rep["problem"] is None
-    assert rep["bundled_model"]["state"] == "converted"
+    assert isinstance(rep["gpus"], list) and rep["bundled_model"]["state"] == "converted"
+    if not rep["usable"]:  # e.g. the CUDA build on a machine without a GPU: the line a run stops with
+        assert rep["problem"].startswith("no usable GPU") and "error" in rep["engines"]["vllm"]
+        return
+    assert rep["problem"] is None
     one, other = rep["engines"]["vllm"], rep["engines"]["vllm-async"]
     for key in ("dtype", "max_model_len", "max_num_seqs", "max_num_batched_tokens", "enable_prefix_caching",
                 "enable_chunked_prefill", "enforce_eager", "cuda_graphs", "kv_cache_gib", "gpu_memory_utilization"):

@@ -47,8 +47,13 @@ ROWS = [
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("doctor", help="what this node runs vLLM engines with (GPUs, versions, engine settings)",
-                       description=__doc__.split("\n\n")[1])
+    p = sub.add_parser(
+        "doctor", help="what this node runs vLLM engines with (GPUs, versions, engine settings)",
+        description="Before a long job (e.g. one `srun ... mtg doctor` on a GPU node): the platform vLLM picked, "
+        "the GPUs (name, memory, compute capability), the driver, the vLLM / torch / CUDA versions, the bundled "
+        "model's state, and the settings vllm:MODEL and vllm-async:MODEL would start with here (resolved by the "
+        "installed vLLM, nothing loaded). Where vLLM cannot run, the line a run would stop with. Exit 0 whatever "
+        "it finds (2 for bad options). docs/gpu.md.")
     p.add_argument("--engine", default="vllm:bundled", metavar="SPEC",
                    help="the vLLM model to resolve settings for: vllm:MODEL or vllm-async:MODEL (both engines are "
                         "shown either way; default: %(default)s)")
