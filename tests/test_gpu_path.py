@@ -219,6 +219,16 @@ def test_no_usable_gpu_stops_a_run_in_one_line_before_its_run_dir(command: list[
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(("engine", "needle"), [
+    (["--engine", "vllm:/no/such/model/dir"], "model path does not exist: /no/such/model/dir"),
+    (["--engine", "vllm:bundled", "--engine-opt", "kv_cache_gib=-2"], "kv_cache_gib must be a number > 0"),
+])
+def test_the_users_own_mistakes_come_before_the_platform(engine: list[str], needle: str, tmp_path: Path,
+                                                         no_gpu_here: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", *engine, "--out", str(tmp_path / "run")]) == 2  # as the engine's start would order them
+    assert needle in capsys.readouterr().err
+
+
 def test_the_engine_itself_stops_before_building_vllm(bundled_model_path: Path, no_gpu_here: None,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     vllm = require("vllm")

@@ -66,17 +66,41 @@ def preflight_engines(args: argparse.Namespace) -> None:
     usable GPU raises ``NoUsableGPUError`` (one line, exit 3) before a run dir
     exists. Checks the specs the command was given (``--engine``,
     ``--optimizer-engine``, ``--reflection-engine``); a resumed run's specs are
-    its stored ones, so ``--resume`` is left to the engine's own check.
+    its stored ones, so ``--resume`` is left to the engine's own check. As at
+    an engine's start, the user's own mistakes in those specs come first (a bad
+    spec or option, a local model path that does not exist: exit 2).
     """
     if getattr(args, "resume", None):
         return
-    specs = [getattr(args, name, None) for name in ("engine", "optimizer_engine", "reflection_engine")]
+    specs = [s for s in (getattr(args, name, None) for name in ("engine", "optimizer_engine", "reflection_engine"))
+             if is_vllm_spec(s)]
     # The CPU build always has its device: no need to import vLLM (seconds) before the command.
-    if any(is_vllm_spec(s) for s in specs) and not vllm_platform.cpu_build_installed():
-        try:
-            vllm_platform.require_usable_platform()
-        except BackendUnavailableError:  # no vLLM here: the engine's start names the extra to install
-            pass
+    if not specs or vllm_platform.cpu_build_installed():
+        return
+    for spec in specs:
+        check_vllm_spec(spec, parse_engine_opts(list(getattr(args, "engine_opt", []) or [])))
+    try:
+        vllm_platform.require_usable_platform()
+    except BackendUnavailableError:  # no vLLM here: the engine's start names the extra to install
+        pass
+
+
+def check_vllm_spec(spec: str, options: dict[str, Any]) -> None:
+    """What a vLLM engine's start checks before it imports vLLM: the spec, the options, a local model path.
+
+    Raises:
+        EngineSpecError: a bad spec or option.
+        ModelNotFoundError: a local model path that does not exist.
+    """
+    from engines.bundled import BUNDLED_NAME, resolve_model
+    from engines.registry import config_from_options, parse_spec
+    from engines.vllm_async_engine import AsyncVLLMConfig
+    from engines.vllm_engine import VLLMConfig
+
+    backend, model = parse_spec(spec)
+    config_from_options(AsyncVLLMConfig if backend == "vllm-async" else VLLMConfig, backend, model, dict(options))
+    if model != BUNDLED_NAME:  # the bundled model is converted by the engine itself (tens of seconds)
+        resolve_model(model or "")
 
 
 def add_schedule_arg(parser: Any) -> None:
