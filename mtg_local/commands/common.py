@@ -9,10 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from engines import Engine, SamplingConfig, create_engine
+from engines import Engine, SamplingConfig, create_engine, vllm_platform
 from engines.cache import CachedEngine
-from engines.errors import UserError
+from engines.errors import BackendUnavailableError, UserError
+from engines.gpu_memory import split_engine_options
 from engines.registry import parse_engine_opts
+from engines.vllm_platform import is_vllm_spec
 from mtg_local.inner_loop import SCHEDULES
 
 DEFAULT_ENGINE = "vllm:bundled"
@@ -34,7 +36,9 @@ def add_engine_args(parser: argparse.ArgumentParser, *, optimizer: bool = False,
         default=[],
         metavar="KEY=VALUE",
         help="backend option, repeatable (e.g. dtype=bfloat16, max_model_len=4096, "
-        "tensor_parallel_size=2, gpu_memory_utilization=0.9, base_url=http://host:8000/v1)",
+        "tensor_parallel_size=2, gpu_memory_utilization=0.9, base_url=http://host:8000/v1); "
+        "GPU memory: each vLLM engine takes 0.9 / engines_per_gpu (2 when a run builds two vLLM "
+        "engines), or its own gpu_memory_utilization= / kv_cache_gib= (docs/gpu.md)",
     )
     if optimizer:
         g.add_argument(
@@ -52,6 +56,51 @@ def add_engine_args(parser: argparse.ArgumentParser, *, optimizer: bool = False,
     g.add_argument("--no-cache", action="store_true", help="switch the generation cache off")
     if schedule:
         add_schedule_arg(g)
+    parser.set_defaults(preflight=preflight_engines)
+
+
+def preflight_engines(args: argparse.Namespace) -> None:
+    """Stops a command whose vLLM engine cannot run here before it creates anything.
+
+    Run by ``mtg_local.cli`` before the command: a CUDA build of vLLM without a
+    usable GPU raises ``NoUsableGPUError`` (one line, exit 3) before a run dir
+    exists. Checks the specs the command was given (``--engine``,
+    ``--optimizer-engine``, ``--reflection-engine``); a resumed run's specs are
+    its stored ones, so ``--resume`` is left to the engine's own check. As at
+    an engine's start, the user's own mistakes in those specs come first (a bad
+    spec or option, a local model path that does not exist: exit 2).
+    """
+    if getattr(args, "resume", None):
+        return
+    specs = [s for s in (getattr(args, name, None) for name in ("engine", "optimizer_engine", "reflection_engine"))
+             if is_vllm_spec(s)]
+    # The CPU build always has its device: no need to import vLLM (seconds) before the command.
+    if not specs or vllm_platform.cpu_build_installed():
+        return
+    for spec in specs:
+        check_vllm_spec(spec, parse_engine_opts(list(getattr(args, "engine_opt", []) or [])))
+    try:
+        vllm_platform.require_usable_platform()
+    except BackendUnavailableError:  # no vLLM here: the engine's start names the extra to install
+        pass
+
+
+def check_vllm_spec(spec: str, options: dict[str, Any]) -> None:
+    """What a vLLM engine's start checks before it imports vLLM: the spec, the options, a local model path.
+
+    Raises:
+        EngineSpecError: a bad spec or option.
+        ModelNotFoundError: a local model path that does not exist.
+    """
+    from engines.bundled import BUNDLED_NAME, resolve_model
+    from engines.registry import config_from_options, parse_spec
+    from engines.vllm_async_engine import AsyncVLLMConfig
+    from engines.vllm_engine import VLLMConfig
+
+    backend, model = parse_spec(spec)
+    config_from_options(AsyncVLLMConfig if backend == "vllm-async" else VLLMConfig, backend, model, dict(options))
+    if model != BUNDLED_NAME:  # the bundled model is converted by the engine itself (tens of seconds)
+        resolve_model(model or "")
 
 
 def add_schedule_arg(parser: Any) -> None:
@@ -126,14 +175,19 @@ def open_run_engines(
     """
     owned: list[Engine] = []
     wrappers: list[CachedEngine] = []
+    # The engines this call builds share one GPU: split its memory (engines.gpu_memory).
+    build_fwd = engine is None
+    build_opt = optimizer_engine is None and bool(optimizer_spec) and optimizer_spec != spec
+    built = [s for s, b in ((spec, build_fwd), (optimizer_spec, build_opt)) if b]
+    opts = iter(split_engine_options(built, parse_engine_opts(list(engine_opts))))
     try:
         fwd = engine
         if fwd is None:
-            fwd = create_engine(spec, **parse_engine_opts(list(engine_opts)))
+            fwd = create_engine(spec, **next(opts))
             owned.append(fwd)
         opt = optimizer_engine
-        if opt is None and optimizer_spec and optimizer_spec != spec:
-            opt = create_engine(optimizer_spec, **parse_engine_opts(list(engine_opts)))
+        if build_opt:
+            opt = create_engine(optimizer_spec, **next(opts))
             owned.append(opt)
         opt = opt or fwd
         fwd_run, opt_run = fwd, opt

@@ -206,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{cell_state(r):<24} mtg {r.manifest_line()}{after}")
         return 0
 
+    from engines.gpu_memory import split_engine_options
     from engines.registry import parse_engine_opts
     from mtg_local.runs.interrupt import ALL_STOP_SIGNALS, interruption, stop_on_signals
 
@@ -219,11 +220,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         try:
             with stop_on_signals(stop, abort_on=ALL_STOP_SIGNALS):
-                engine = open_shared_engine(entry.spec, parse_engine_opts(opts_list))
+                # The shared engine and the optimizer engines share the node's GPU(s): split its memory.
+                opts = iter(split_engine_options([shared_spec(entry.spec), *map(shared_spec, optimizer_specs)],
+                                                 parse_engine_opts(opts_list)))
+                engine = open_shared_engine(entry.spec, next(opts))
                 engine.probe()  # an engine that is not there: exit 3 in seconds, before any cell
                 for spec in optimizer_specs:  # the cells' engine options, as each cell alone would use
                     log(f"[grid] starting optimizer engine {shared_spec(spec)} for {optimizer_specs[spec]} cells")
-                    optimizers[spec] = open_shared_engine(spec, parse_engine_opts(opts_list))
+                    optimizers[spec] = open_shared_engine(spec, next(opts))
                     optimizers[spec].probe()
         except Exception as e:  # e.g. vLLM's start-up wrapped the Interrupted our handler raised in it
             intr = interruption(e, stop, grace_s=0) if stop else None

@@ -20,6 +20,7 @@ from typing import Any
 from engines.base import Engine
 from engines.cache import CachedEngine, GenerationCache
 from engines.errors import UserError
+from engines.gpu_memory import split_engine_options
 from engines.registry import create_engine
 from mtg_local.barrier_free import check_item_schedule
 from mtg_local.evaluation import UsageMeter, now_iso, results_record
@@ -150,13 +151,16 @@ def run_train(
         rd.log_event("resume", completed_step=state.completed_step, tested=state.test is not None)
 
     own: list[Engine] = []
-    opts = _engine_opts(config.engine_opts)
+    # The engines built here share one GPU: split its memory (engines.gpu_memory).
+    build_opt = optimizer_engine is None and bool(config.optimizer_engine) and config.optimizer_engine != config.engine
+    built = [s for s, b in ((config.engine, engine is None), (config.optimizer_engine, build_opt)) if b]
+    opts = iter(split_engine_options(built, _engine_opts(config.engine_opts)))
     if engine is None:
-        engine = create_engine(config.engine, **opts)
+        engine = create_engine(config.engine, **next(opts))
         own.append(engine)
     if optimizer_engine is None:
-        if config.optimizer_engine and config.optimizer_engine != config.engine:
-            optimizer_engine = create_engine(config.optimizer_engine, **opts)
+        if build_opt:
+            optimizer_engine = create_engine(config.optimizer_engine, **next(opts))
             own.append(optimizer_engine)
         else:
             optimizer_engine = engine
