@@ -108,14 +108,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def _fast_tests_build_no_real_engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A test not marked ``real`` fails if it builds a vLLM or transformers engine in this process."""
+    """A test not marked ``real`` fails if it builds a vLLM or transformers engine in this process.
+
+    Constructors that raise (a bad model path, a test's stand-in for vLLM that stops the start
+    where it would load the model) raise as usual; an engine that was really built is closed,
+    and the test fails.
+    """
     if request.node.get_closest_marker("real") is not None:
         return
     from engines import hf_engine, vllm_async_engine, vllm_engine
 
     def refuse(cls: type) -> None:
-        def init(self: Any, config: Any) -> None:  # noqa: ARG001
-            pytest.fail(f"{request.node.nodeid} builds a real {cls.__name__} ({config.model}) but is not marked "
+        build = cls.__init__
+
+        def init(self: Any, config: Any) -> None:
+            build(self, config)
+            self.close()
+            pytest.fail(f"{request.node.nodeid} built a real {cls.__name__} ({config.model}) but is not marked "
                         "real: use a session engine fixture of tests/conftest.py or mark it vllm/hf", pytrace=False)
 
         monkeypatch.setattr(cls, "__init__", init)
