@@ -1,13 +1,19 @@
 """Shared fixtures: the bundled model and ONE real engine of each kind per pytest session.
 
-Starting vLLM costs ~40-60 s here, so every test file shares the session's
-``vllm_engine``. Its counters are shared too: a test that checks usage calls
-``engine.reset_usage()`` first or compares before/after values. ``close()`` on
-the shared engines is a no-op (a ``CachedEngine`` wrapper closing its inner
-engine must not kill it for later tests); the real close runs at session end.
+Starting vLLM costs ~35-60 s on 2 CPU cores, so every test file shares the session's
+engines (``vllm_engine``, ``async_engine_f32``, ``hf_engine``, ``vllm_server``), built here
+and nowhere else, with the options of ``ENGINES``. An ``mtg`` subprocess on vLLM pays its own
+start; tests use one only where the process boundary is the point (signals, exit codes,
+processes left behind, SLURM jobs). Counters are shared too: a test that checks usage calls
+``engine.reset_usage()`` first or compares before/after values. ``close()`` on the shared
+engines is a no-op (a ``CachedEngine`` wrapper closing its inner engine must not kill it for
+later tests); the real close runs at session end.
 
-Tests that use ``vllm_engine`` or ``async_engine_f32`` get the ``vllm`` marker automatically, so
-``pytest -m "not vllm"`` skips them.
+Markers (docs/testing.md): ``real`` is added here to every test that starts a real engine, a
+vLLM server or the SLURM daemons -- the tests marked ``vllm``, ``hf`` or ``slurm`` and the
+tests using a fixture of ``FIXTURE_MARKS`` -- so ``pytest -m "not real"`` is the fast part.
+A test without ``real`` that builds a vLLM or transformers engine in this process fails
+(``_fast_tests_build_no_real_engine``), which keeps that selection fast and complete.
 
 Under ``CI=true`` a missing bundled model, vllm, dspy or textgrad FAILS the tests that
 need it instead of skipping them (``require`` / ``skip_or_fail``), as the SLURM tests
@@ -24,6 +30,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,6 +44,34 @@ os.environ.setdefault("MTG_ENGINES_PER_GPU", "6")
 FULL = os.environ.get("MTG_TEST_FULL") == "1"
 #: True under CI: missing real parts are failures, not skips.
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+#: Every real engine the tests build: the session fixtures' spec and options, and the
+#: ``--engine-opt`` options of the ``mtg`` processes on vLLM (``SUBPROCESS_VLLM_OPTS``).
+#: The session keeps its engines to the end, so they are alive beside each other and beside
+#: any subprocess engine: on one GPU each needs its share of the memory (set it here).
+ENGINES: dict[str, tuple[str, dict[str, Any]]] = {
+    # the CPU (bf16 where the CPU has it, else float32) or GPU defaults
+    "vllm_engine": ("vllm:bundled", {}),
+    # float32: bf16 kernels round differently with the batch's size and mates, and the tests on
+    # it compare runs alone with runs that shared the batch (and with ``mtg`` processes below)
+    "async_engine_f32": ("vllm-async:bundled", {"dtype": "float32"}),
+    # context matched to the vLLM CPU default (4096)
+    "hf_engine": ("hf:bundled", {"max_model_len": 4096}),
+    # a second process beside the in-process engines: small context and KV cache
+    "vllm_server": ("vllm:bundled", {"max_model_len": 2048, "kv_cache_gib": 1}),
+}
+#: ``--engine-opt`` of ``mtg`` subprocesses on vLLM whose results are compared with
+#: ``async_engine_f32`` (tests/test_lifecycle_vllm.py, tests/test_grid_vllm.py).
+SUBPROCESS_VLLM_OPTS: tuple[str, ...] = ("dtype=float32",)
+#: ``--engine-opt`` of the SLURM job on vLLM (tests/test_slurm.py): the share of memory it
+#: asks for must fit beside the session's engines.
+SLURM_VLLM_OPTS: tuple[str, ...] = ("gpu_memory_utilization=0.4",)
+
+#: Fixtures that start a real part -> the marker their tests get (and ``real``).
+FIXTURE_MARKS = {"vllm_engine": "vllm", "async_engine_f32": "vllm", "vllm_server": "vllm", "hf_engine": "hf",
+                 "cluster": "slurm"}
+#: Markers that mean "starts a real part" (``real`` is added to their tests).
+REAL_MARKS = ("vllm", "hf", "slurm")
 
 
 def skip_or_fail(reason: str) -> None:
@@ -67,10 +102,40 @@ def require_spec(module: str) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     skip_full = pytest.mark.skip(reason="full-size real-model run: set MTG_TEST_FULL=1 (too slow for 2-core CI)")
     for item in items:
-        if {"vllm_engine", "async_engine_f32"} & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.vllm)
+        fixtures = set(getattr(item, "fixturenames", ()))
+        for name in sorted(fixtures & FIXTURE_MARKS.keys()):
+            item.add_marker(getattr(pytest.mark, FIXTURE_MARKS[name]))
+        if any(item.get_closest_marker(m) is not None for m in REAL_MARKS):
+            item.add_marker(pytest.mark.real)
         if "full" in item.keywords and not FULL:
             item.add_marker(skip_full)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_build_no_real_engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test not marked ``real`` fails if it builds a vLLM or transformers engine in this process.
+
+    Constructors that raise (a bad model path, a test's stand-in for vLLM that stops the start
+    where it would load the model) raise as usual; an engine that was really built is closed,
+    and the test fails.
+    """
+    if request.node.get_closest_marker("real") is not None:
+        return
+    from engines import hf_engine, vllm_async_engine, vllm_engine
+
+    def refuse(cls: type) -> None:
+        build = cls.__init__
+
+        def init(self: Any, config: Any) -> None:
+            build(self, config)
+            self.close()
+            pytest.fail(f"{request.node.nodeid} built a real {cls.__name__} ({config.model}) but is not marked "
+                        "real: use a session engine fixture of tests/conftest.py or mark it vllm/hf", pytrace=False)
+
+        monkeypatch.setattr(cls, "__init__", init)
+
+    for cls in (vllm_engine.VLLMEngine, vllm_async_engine.AsyncVLLMEngine, hf_engine.HFEngine):
+        refuse(cls)
 
 
 @pytest.fixture(scope="session")
@@ -86,48 +151,59 @@ def bundled_model_path() -> Path:
     return prepare_bundled_model()
 
 
-def _shared(engine):  # noqa: ANN001, ANN202
-    """Makes ``engine.close`` a no-op for tests; returns the real close."""
+def _session_engine(name: str):  # noqa: ANN202
+    """Builds ``ENGINES[name]``; makes its ``close`` a no-op for tests and returns (engine, real close)."""
+    from engines import create_engine
+
+    spec, options = ENGINES[name]
+    engine = create_engine(spec, **options)
     real_close = engine.close
     engine.close = lambda: None
-    return real_close
+    return engine, real_close
 
 
 @pytest.fixture(scope="session")
 def vllm_engine(bundled_model_path: Path):  # noqa: ANN201
-    """vLLM engine on the bundled model with the CPU (or GPU) defaults, shared by all tests."""
+    """``vllm:bundled`` with the CPU (or GPU) defaults, shared by all tests."""
     require_spec("vllm")
-    from engines import create_engine
-
-    engine = create_engine("vllm:bundled")
-    real_close = _shared(engine)
+    engine, real_close = _session_engine("vllm_engine")
     yield engine
     real_close()
 
 
 @pytest.fixture(scope="session")
 def hf_engine(bundled_model_path: Path):  # noqa: ANN201
-    """transformers engine on the bundled model, context matched to the vLLM CPU default (4096)."""
-    from engines import create_engine
-
-    engine = create_engine("hf:bundled", max_model_len=4096)
-    real_close = _shared(engine)
+    """The transformers engine on the bundled model, context matched to the vLLM CPU default (4096)."""
+    engine, real_close = _session_engine("hf_engine")
     yield engine
     real_close()
 
 
 @pytest.fixture(scope="session")
 def async_engine_f32(bundled_model_path: Path):  # noqa: ANN201
-    """``vllm-async:bundled`` in float32, shared by all tests (runs alone vs runs sharing a batch).
+    """``vllm-async:bundled`` in float32, shared by all tests.
 
-    float32, not the bf16 CPU default where the CPU has it: bf16 kernels round differently
-    with the batch's size and mates, and these tests compare runs alone with runs that
-    shared the batch.
+    The runs alone vs runs sharing a batch of tests/test_vllm_async.py, the cells alone and the
+    grid's rerun of tests/test_grid_vllm.py, the uninterrupted run and the resume of
+    tests/test_lifecycle_vllm.py. It has the identity of ``vllm:bundled`` in float32 (the two
+    vLLM engines share generation caches), so it continues what an ``mtg`` process with
+    ``SUBPROCESS_VLLM_OPTS`` cached.
     """
     require_spec("vllm")
-    from engines import create_engine
-
-    engine = create_engine("vllm-async:bundled", dtype="float32")
-    real_close = _shared(engine)
+    engine, real_close = _session_engine("async_engine_f32")
     yield engine
     real_close()
+
+
+@pytest.fixture(scope="module")
+def vllm_server(bundled_model_path: Path):  # noqa: ANN201
+    """A real vLLM OpenAI-compatible server (its own process) on the bundled model, served as ``smollm2``.
+
+    Per module (only tests/test_openai_engine.py uses it): stopped when that module is done.
+    """
+    require_spec("vllm")
+    from mtg_local.bench.vllm_server import VLLMServer
+
+    spec, options = ENGINES["vllm_server"]
+    with VLLMServer.for_model(spec.split(":", 1)[1], served_name="smollm2", **options) as server:
+        yield server

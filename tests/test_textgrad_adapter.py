@@ -97,7 +97,7 @@ def test_threaded_textgrad_calls_are_coalesced_and_errors_stay_local():
 
 @pytest.mark.vllm
 def test_textgrad_program_on_bundled_vllm(vllm_engine):  # noqa: ANN001
-    llm = TextGradEngine(vllm_engine, max_tokens=96)
+    llm = TextGradEngine(vllm_engine, max_tokens=32)
     calls_before = vllm_engine.usage.calls
     try:
         answer = tg.Variable("The words sorted: pear apple.", role_description="answer to a question", requires_grad=True)
