@@ -329,6 +329,9 @@ class Engine(abc.ABC):
     #: registry spec the engine was built from, e.g. "vllm:bundled"
     spec: str = ""
     capabilities = Capabilities()
+    #: identical requests of one batch reach the backend once (``engines.dedup``); False sends
+    #: every copy (a benchmark at equal work with a client that sends each: ``mtg bench peer``)
+    deduplicate: bool = True
 
     def __init__(self) -> None:
         self._usage = Usage()
@@ -356,7 +359,7 @@ class Engine(abc.ABC):
                 raise TypeError(f"requests[{i}] must be a GenRequest, got {type(r).__name__}")
         if not requests:
             return []
-        unique, index = collapse(requests)
+        unique, index = collapse(requests) if self.deduplicate else (requests, list(range(len(requests))))
         t0 = time.perf_counter()
         results = self._generate(unique, **kwargs)
         wall = time.perf_counter() - t0

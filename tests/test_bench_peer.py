@@ -251,19 +251,26 @@ def test_under_every_protocol_textgrad_and_ours_send_the_same_requests(protocol:
 
 def test_the_textgrad_protocol_runs_its_seed_and_folding_needs_asking() -> None:
     greedy = dataclasses.replace(workload(), temperature=0.0)
-    # Two seeds at temperature 0 send every request twice: refused unless folding is asked for.
-    with pytest.raises(ValueError, match="--fold-seeds"):
-        PeerBenchConfig(workload=greedy, protocol="textgrad")
-    assert main(["bench", "peer", "--protocol", "textgrad", "--seeds", "2"]) == 2
-    # One seed: the protocol's, recorded as what ran; nothing folded.
+    ran = PRESETS["textgrad"].replace(steps=T, max_tokens=M, optimizer_max_tokens=M)
+    # The protocol's seed, recorded as what ran; nothing folded.
     config = PeerBenchConfig(workload=dataclasses.replace(greedy, seeds=1), protocol="textgrad", widths=(1,),
                              variants=("textgrad", "ours-server", "ours-inproc"))  # fmt: skip
     rec, _, _ = run(config, answer=scripted_answer)
-    ran = PRESETS["textgrad"].replace(steps=T, max_tokens=M, optimizer_max_tokens=M)
     assert rec["seeds"] == rec["preset_seeds"] == [0] and rec["protocol_hash"] == protocol_hash(ran)
     assert rec["workload"]["items"] == N and rec["variants"]["textgrad-w1"]["requests"] == N * PER_ITEM
     assert rec["folding"] == {**rec["folding"], "asked": False, "folded_requests": {"ours-server": 0, "ours-inproc": 0}}
-    # Asked to fold: it runs; what was folded is reported beside, not inside, the headline's name.
+    # Two seeds at temperature 0 send every request twice, identical: the seeds that ran are recorded,
+    # and ours send every copy as TextGrad does (equal work) unless folding is asked for.
+    two = PeerBenchConfig(workload=greedy, protocol="textgrad", widths=(1,), variants=("textgrad", "ours-server",
+                                                                                        "ours-inproc"))  # fmt: skip
+    rec, server, _ = run(two, answer=scripted_answer)
+    assert rec["seeds"] == [0, 1] and rec["protocol_hash"] == protocol_hash(ran.replace(seeds=(0, 1)))
+    for name in ("textgrad-w1", "ours-server"):
+        assert rec["variants"][name]["requests"] == 2 * N * PER_ITEM, name
+    assert rec["variants"]["ours-inproc"]["requests"] == 2 * N * PER_ITEM
+    assert rec["folding"]["folded_requests"] == {"ours-server": 0, "ours-inproc": 0}
+    assert rec["headline"]["includes_folding"] is False and rec["headline"]["value"] is not None
+    # Asked to fold: ours generate seed 1's copies once; what was folded is reported beside the headline.
     folded = PeerBenchConfig(workload=greedy, protocol="textgrad", fold_seeds=True, widths=(1,),
                              variants=("textgrad", "ours-server"))  # fmt: skip
     rec, _, _ = run(folded, answer=scripted_answer)

@@ -34,6 +34,17 @@ def test_identical_requests_reach_the_backend_once_and_fan_out_in_order() -> Non
     assert u.deduplicated_prompt_tokens == 4 * 3
 
 
+def test_an_engine_told_not_to_deduplicate_sends_every_copy() -> None:
+    eng = FakeEngine(responder=lambda r: f"answer to {r.messages[-1].content}")
+    eng.deduplicate = False  # what mtg bench peer does for equal work with TextGrad's threads
+    batch = [ask("same question here", f"dup-{i}", temperature=0.0, seed=i) for i in range(3)]
+    results = eng.generate(batch)
+    assert [[r.id for r in b] for b in eng.batches] == [["dup-0", "dup-1", "dup-2"]]
+    assert [r.id for r in results] == ["dup-0", "dup-1", "dup-2"] and not any(r.deduplicated for r in results)
+    u = eng.usage
+    assert (u.requests, u.deduplicated, u.prompt_tokens) == (3, 0, 3 * 3)
+
+
 def test_differing_seeds_are_not_merged_above_temperature_zero() -> None:
     eng = FakeEngine()
     batch = [ask("q", f"s{s}", temperature=0.7, seed=s) for s in range(4)]

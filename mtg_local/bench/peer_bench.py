@@ -35,10 +35,12 @@ task's initial loss prompt -- to TextGrad and to our variants alike: under
 ``textgrad`` both send the same requests. The seeds are the protocol's
 (``--seeds`` unset: ``textgrad`` runs seed 0, ``default`` seeds 0-5); ``--seeds S``
 runs seeds 0..S-1 and the recorded protocol and ``protocol_hash`` say so. At
-forward temperature 0 several seeds send identical copies of every request,
-which our engine generates once (``engines.dedup``) and TextGrad sends each
-time: the bench refuses S > 1 there unless ``--fold-seeds`` asks for it, and
-the record lists the folded requests apart from the speed figures.
+forward temperature 0 several seeds send identical copies of every request
+(and at any temperature two seeds whose answers agree send identical greedy
+loss, backward and update requests), which TextGrad's threads send each time:
+our engines send every copy too, so both sides do the same work, unless
+``--fold-seeds`` lets ours generate each once (``engines.dedup``); the record
+then lists the folded requests apart from the speed figures.
 
 Under ``default`` our answers start with the paper's inference template,
 which TextGrad's API cannot ask for: its client wrapper prefills the forward
@@ -140,8 +142,10 @@ class PeerBenchConfig:
         textgrad_prefill: TextGrad's forward calls start the answer with the
             template (prefilled by its client wrapper, as our ``openai:`` engine
             does). False: TextGrad as it ships, answers without the template.
-        fold_seeds: allow S > 1 at forward temperature 0, where every seed sends
-            the same requests (ours generate each once, TextGrad each time).
+        fold_seeds: let our engines generate identical requests of a phase once
+            (``engines.dedup``: every seed's copy at forward temperature 0, greedy
+            phases whose answers agree otherwise), where TextGrad sends each;
+            False (default): every request reaches the engine, as TextGrad's do.
         repeats: timed runs of every variant (order alternating, see the module docstring).
     """
 
@@ -173,14 +177,6 @@ class PeerBenchConfig:
             raise ValueError(f"protocol must be one of {', '.join(PRESETS)}, got {self.protocol!r}")
         if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
             raise ValueError(f"repeats must be an integer >= 1, got {self.repeats!r}")
-        s = self.workload.seeds
-        if s > 1 and self.workload.temperature == 0 and not self.fold_seeds:
-            raise ValueError(
-                f"--seeds {s} at forward temperature 0 sends every request {s} times, identical: our engine "
-                f"generates each once and TextGrad sends each, so the bench would time folding, not speed; "
-                f"use --seeds 1 (the textgrad protocol's) with more --questions, or --fold-seeds to time it anyway "
-                f"(the folded requests are reported apart)"
-            )
 
     def run_protocol(self) -> RunProtocol:
         """The protocol of every variant: the named one with the workload's seeds, steps, caps and temperature."""
@@ -256,8 +252,9 @@ def _settled(read: Callable[[], dict[str, float] | None], before: dict[str, floa
 
 def _run_ours(name: str, engine: Engine, task: Task, config: InnerLoopBenchConfig, start_s: float | None,
               counters: Callable[[], dict[str, float] | None], reset: Callable[[], bool | None],
-              protocol: RunProtocol) -> tuple[dict[str, Any], list[Trajectory]]:  # fmt: skip
+              protocol: RunProtocol, *, fold: bool = False) -> tuple[dict[str, Any], list[Trajectory]]:  # fmt: skip
     items = build_items(task, config)
+    engine.deduplicate = fold  # equal work with TextGrad's threads unless folding was asked for
     ok = reset()
     before = counters()
     engine.reset_usage()
@@ -378,7 +375,7 @@ def run_peer_bench(
                         else:
                             eng = engines[name]
                             rec, _ = _run_ours(name, eng, task, w, server.start_s, server.counters,
-                                               server.reset_prefix_cache, protocol)  # fmt: skip
+                                               server.reset_prefix_cache, protocol, fold=config.fold_seeds)  # fmt: skip
                             rec["max_concurrency"] = eng.config.max_concurrency  # type: ignore[attr-defined]
                         timed(name, repeat, pos, rec)
             finally:
@@ -394,7 +391,8 @@ def run_peer_bench(
                 for pos, name in enumerate(alternating(names, repeat)):
                     workload = dataclasses.replace(w, **INPROC[name][1])
                     rec, trajs = _run_ours(name, engine, task, workload, start_s, lambda: None,
-                                           lambda e=engine: reset_prefix_cache(e), protocol)  # fmt: skip
+                                           lambda e=engine: reset_prefix_cache(e), protocol,
+                                           fold=config.fold_seeds)  # fmt: skip
                     trajectories.setdefault(name, trajs)  # the first repeat's texts
                     timed(name, repeat, pos, rec)
         finally:

@@ -152,8 +152,8 @@ def summarize(config: Any, variants: dict[str, dict[str, Any]], *, n_items: int,
             "asked": config.fold_seeds,
             "folded_requests": folded,
             "note": "identical requests of one phase generated once by our engine and sent each time by "
-            "TextGrad; nonzero only where requests repeat (several seeds at temperature 0, which needs "
-            "--fold-seeds, or answers that happen to agree)",
+            "TextGrad; only with --fold-seeds (otherwise ours send every copy too), and nonzero only where "
+            "requests repeat (several seeds at temperature 0, or answers that happen to agree)",
         },
         "textgrad_best": best["variant"] if best else None,
         "speedup_inproc_vs_textgrad_best": _ratio(best_wall, inproc["wall_s"] if inproc else None),

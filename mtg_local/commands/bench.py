@@ -184,11 +184,11 @@ def add_peer_bench(bench_sub: argparse._SubParsersAction) -> None:
                    help="vLLM option (VLLMConfig), applied to the server and the in-process engine alike")
     p.add_argument("--questions", type=int, default=d.questions, metavar="N", help="default: %(default)s")
     p.add_argument("--seeds", type=int, default=None, metavar="S",
-                   help="seeds 0..S-1 (default: the protocol's: 6 default, 1 textgrad); more than 1 at forward "
-                        "temperature 0 needs --fold-seeds")
+                   help="seeds 0..S-1 (default: the protocol's: 6 default, 1 textgrad)")
     p.add_argument("--fold-seeds", action="store_true",
-                   help="allow S > 1 at temperature 0, where every seed sends the same requests: ours generate "
-                        "each once, TextGrad sends each; the record lists the folded requests apart")
+                   help="let our engines generate identical requests of a phase once (every seed's copy at "
+                        "temperature 0; greedy phases whose answers agree), which TextGrad sends each: less work, "
+                        "listed apart in the record (default: ours send every request, as TextGrad does)")
     p.add_argument("--repeats", type=int, default=1, metavar="N",
                    help="timed runs of every variant, order reversed on every other run; the record has each "
                         "variant's median wall and spread (default: %(default)s)")
