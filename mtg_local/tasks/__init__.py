@@ -10,6 +10,8 @@ name                        data
 ``mmlu_machine_learning``   ``cais/mmlu`` / ``machine_learning`` (paper task)
 ``gpqa_diamond``            ``Idavidrein/gpqa`` / ``gpqa_diamond``, gated (paper task)
 ``synthetic_word_sorting``  generated offline from a seed (not a paper task)
+``arithmetic``              generated offline from a seed (not a paper task;
+                            ``mtg_local.tasks.arithmetic``)
 ==========================  ==================================================
 
 With ``data_file=PATH`` the Hub tasks read a local file in the dataset's Hub
@@ -25,7 +27,10 @@ from mtg_local.tasks.errors import TaskDataError
 
 __all__ = ["SCORINGS", "Example", "Splits", "Task", "TaskDataError", "get_task", "resolve_task_name", "task_names"]
 
-_NAMES = ("word_sorting", "bbh_word_sorting", "mmlu_machine_learning", "gpqa_diamond", "synthetic_word_sorting")
+_NAMES = ("word_sorting", "bbh_word_sorting", "mmlu_machine_learning", "gpqa_diamond", "synthetic_word_sorting",
+          "arithmetic")
+#: Tasks generated offline, without data files or a Hub source.
+_GENERATED = ("synthetic_word_sorting", "arithmetic")
 #: Accepted old names -> the task they resolve to (results carry the resolved name).
 _ALIASES = {"bbh_word_sorting": "word_sorting"}
 _SOURCES = ("builtin", "hub")
@@ -55,14 +60,14 @@ def get_task(
     Args:
         name: one of ``task_names()`` (``bbh_word_sorting`` resolves to ``word_sorting``).
         data_file: a local JSON/JSONL/CSV/Parquet file in the dataset's Hub
-            schema, read instead of the Hub (not for ``synthetic_word_sorting``).
-        seed: the *data* seed -- generation seed of the synthetic word sorting,
+            schema, read instead of the Hub (not for the generated tasks).
+        seed: the *data* seed -- generation seed of the generated tasks,
             split shuffle of MMLU/GPQA and GPQA's option order (BBH splits are
             in file order and ignore it). Keep it fixed across runs whose
             results are compared; it is not the sampling seed.
-        source: ``"builtin"`` (only ``synthetic_word_sorting``, its only
-            source) or ``"hub"`` (the only source of the others). Ignored with
-            ``data_file``.
+        source: ``"builtin"`` (only the generated ``synthetic_word_sorting``
+            and ``arithmetic``, their only source) or ``"hub"`` (the only
+            source of the others). Ignored with ``data_file``.
         strict: stop at the first bad row (``TaskDataError`` naming the row)
             instead of skipping it into ``Splits.skipped``.
         scoring: "reference" (TextGrad's first ``Answer:`` rule) or "lenient".
@@ -77,17 +82,15 @@ def get_task(
         raise TaskDataError(f"source must be one of {', '.join(_SOURCES)}, got {source!r}")
     if scoring not in SCORINGS:
         raise TaskDataError(f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
-    synthetic = name == "synthetic_word_sorting"
+    synthetic = name in _GENERATED
     if source == "builtin" and not synthetic:
         raise TaskDataError(
             f"task {name!r} has no built-in data; use source='hub' or data_file= "
-            "(the generated offline set is 'synthetic_word_sorting')"
+            f"(the generated offline sets are {', '.join(map(repr, _GENERATED))})"
         )
     if synthetic and (source == "hub" or data_file is not None):
-        raise TaskDataError(
-            "task 'synthetic_word_sorting' is generated offline and reads no data; "
-            "use 'word_sorting' for BBH from the Hub or a file"
-        )
+        hint = "; use 'word_sorting' for BBH from the Hub or a file" if name == "synthetic_word_sorting" else ""
+        raise TaskDataError(f"task {name!r} is generated offline and reads no data{hint}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TaskDataError(f"seed must be an int, got {seed!r}")
     data_file = str(data_file) if data_file is not None else None
@@ -100,6 +103,10 @@ def get_task(
             task = WordSortingTask.builtin(seed=seed)
         else:
             task = WordSortingTask.load(data_file=data_file, strict=strict)
+    elif name == "arithmetic":
+        from mtg_local.tasks.arithmetic import ArithmeticTask
+
+        task = ArithmeticTask(seed=seed)
     elif name == "mmlu_machine_learning":
         from mtg_local.tasks.mmlu import MMLUMachineLearningTask
 

@@ -211,3 +211,53 @@ def extract_sorted_words(response: str, words: Sequence[str] | None = None) -> s
     if words is not None and "and" not in {w.lower() for w in words}:
         segment = re.sub(r"(,|\n)\s*and\s+", r"\1 ", segment, flags=re.IGNORECASE)
     return normalize_words(segment) or None
+
+
+# ---------------------------------------------------------------- numbers
+
+# A number not glued to a word: "12", "-3", "1,234", "2.5"; the sign only when it is not a
+# binary minus ("5-3" reads 5 and 3, "= -2" reads -2). "12th", "x2" and "2x" are not numbers.
+_NUMBER = re.compile(r"(?<![\w.])(?:(?<![\w)])[-\u2212])?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\w])")
+
+
+def normalize_number(text: str) -> str | None:
+    """The canonical form of one number written as ``text``, or None if it is not one.
+
+    Thousands commas are dropped, a Unicode minus becomes "-", and the value is
+    written without trailing zeros: "1,234" -> "1234", "12.50" -> "12.5",
+    "12.0" -> "12", "-0" -> "0". Ground truths and extracted answers both go
+    through it, so "12" equals "12.0".
+    """
+    from decimal import Decimal, InvalidOperation
+
+    t = text.strip().replace("\u2212", "-").replace(",", "")
+    try:
+        d = Decimal(t)
+    except InvalidOperation:
+        return None
+    if not d.is_finite():
+        return None
+    if d == d.to_integral_value():
+        return str(int(d))
+    return format(d.normalize(), "f")
+
+
+def extract_number(response: str) -> str | None:
+    """The LAST number in ``response``, canonical (``normalize_number``), or None if there is none.
+
+    The rule TextGrad scores numeric BBH answers with (``parse_integer_answer``
+    in ``textgrad/tasks/big_bench_hard.py``) also takes the last number of the
+    response; this one reads the number itself rather than the digits of the
+    last token that holds one: a sign and decimals are kept ("-3", "2.5"),
+    thousands commas dropped ("1,234"), a number glued to letters ("12th",
+    "x2") is not a number, and no number gives None (TextGrad's gives 0).
+    Markdown and LaTeX around the number do not matter (``**12**``,
+    ``\\boxed{12}``). So "7 + 5 = 12." and "... Answer: 12" both give "12", while
+    "Answer: 12. Check: 12 - 5 = 7" gives "7": the last number counts, whatever
+    comes before it, as the task's format instruction asks for the answer on
+    the last line.
+    """
+    last = None
+    for m in _NUMBER.finditer(response):
+        last = m.group(0)
+    return normalize_number(last) if last is not None else None
