@@ -9,7 +9,9 @@ a rerun of the same evaluation makes no backend calls. SIGUSR1/SIGTERM/SIGINT
 "interrupted" and exit 99 (130 for SIGINT): rerun the same command to finish. ``--loss-prompt`` and
 ``--template`` (TEXT or @FILE) evaluate learned artifacts; ``--from-run RUN_DIR`` applies the
 ones a finished run learned (on another task, model or engine) and records where they came
-from as results.json ``source`` (``mtg_local.runs.transfer``).
+from as results.json ``source`` (``mtg_local.runs.transfer``). It ends with a JSON summary on
+stdout and a short human summary on stderr: accuracy ± std over seeds, what was applied,
+tokens, wall time, the run dir.
 
 Tests call ``run_eval(args_or_config, engine=..., optimizer_engine=...)`` to
 reuse a session engine instead of building one.
@@ -39,6 +41,7 @@ from mtg_local.runs.interrupt import stop_on_signals
 from mtg_local.runs.health import exit_code
 from mtg_local.runs.engine_events import log_engines
 from mtg_local.runs.lock import RunDirLock
+from mtg_local.runs import summary
 from mtg_local.runs.run_dir import RunDir
 from mtg_local.runs.secrets import public_engine_opts
 from mtg_local.runs.transfer import read_source_run
@@ -196,6 +199,8 @@ def run(args: argparse.Namespace) -> int:
     except Interrupted as e:
         print(f"mtg eval: {e}", file=sys.stderr)
         return e.exit_code
+    given = [k for k in _FLAGS if getattr(args, k, None) is not None]  # texts set by hand
+    summary.end_of_run(summary.result_line(results, args.out), summary.eval_summary(results, args.out, given=given))
     return exit_code(results, "eval", args.out)
 
 
