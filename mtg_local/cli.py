@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from engines.errors import EngineUnreachableError, UserError
@@ -29,15 +30,32 @@ COMMAND_MODULES = [
 ]
 
 
+VERBOSE_HELP = "show vLLM's INFO log (stats every 10 s, start-up, shutdown); default: warnings and errors only, " \
+               "unless VLLM_LOGGING_LEVEL is set"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtg",
         description="metaTextGrad on local open-weight models (vLLM), with the paper's tasks and baselines.",
     )
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    for p in sub.choices.values():  # also after the command; SUPPRESS keeps a global -v set
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
+
+
+def set_log_level(verbose: bool) -> None:
+    """vLLM's log level for this process and its children (engine cores, servers): INFO with --verbose.
+
+    Read by vLLM when it is first imported; without --verbose the engines set WARNING
+    (``engines.vllm_engine.import_vllm``). A VLLM_LOGGING_LEVEL the user set always wins.
+    """
+    if verbose:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             with stop_on_signals(stop, abort_on=ALL_STOP_SIGNALS):
                 args = build_parser().parse_args(argv)
                 command = f"mtg {args.command}"
+                set_log_level(args.verbose)
                 rc = args.func(args)
         except Exception as e:
             # e.g. vLLM's start-up wrapped the Interrupted our handler raised inside it

@@ -143,6 +143,7 @@ class VLLMServer:
         # Same start-up environment as the in-process engine (engines/vllm_engine.py).
         env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         env.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "3600")
+        env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # as the in-process engine; --verbose: INFO
         t0 = time.perf_counter()
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
