@@ -24,8 +24,9 @@ from typing import Any
 
 #: How a learned artifact is named in a sentence.
 ARTIFACT_NAMES = {"loss_prompt": "loss prompt", "template": "inference template", "system_prompt": "system prompt"}
-#: The protocol flag that raises the cap a skipped step's cut-off output ran into.
-_CAP_FLAGS = {"meta": "--meta-max-tokens"}
+#: What lifts the limit a skipped step's cut-off meta output ran into.
+_CUT_OFF_HINTS = {"cut off at max_tokens": "raise --meta-max-tokens",
+                  "cut off at the context": "lower --max-meta-pairs or raise --engine-opt max_model_len"}
 _PREVIEW = 90
 
 
@@ -82,8 +83,7 @@ def _skip_reasons(info: Mapping[str, Any] | None) -> str:
         if not isinstance(rec, Mapping):
             continue
         why = rec.get("skipped") or "no candidate"
-        if "cut off at max_tokens" in why:
-            why += f" (raise {_CAP_FLAGS['meta']})"
+        why += "".join(f" ({hint})" for cut, hint in _CUT_OFF_HINTS.items() if cut in why)
         reasons.append(f"{ARTIFACT_NAMES.get(target, target)}: {why}")
     return "; ".join(reasons) or "no candidate"
 
