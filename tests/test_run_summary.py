@@ -64,7 +64,7 @@ def test_train_summary_says_why_a_step_was_skipped_and_no_progress_lines(tmp_pat
                               "--no-progress", "--out", str(out)])
     assert err.startswith("mtg train:")  # --no-progress: only the summary
     assert ("step 1 (minibatch accuracy 0.0 %): skipped: loss prompt: TGD step output cut off at max_tokens "
-            "(raise --meta-max-tokens)") in err
+            "(the --meta-max-tokens cap)") in err
     assert "1 outer step: 0 validated (0 accepted, 0 reverted), 1 skipped" in err
     assert "(the starting prompts: no step was accepted)" in err
 

@@ -24,9 +24,10 @@ from typing import Any
 
 #: How a learned artifact is named in a sentence.
 ARTIFACT_NAMES = {"loss_prompt": "loss prompt", "template": "inference template", "system_prompt": "system prompt"}
-#: What lifts the limit a skipped step's cut-off meta output ran into.
-_CUT_OFF_HINTS = {"cut off at max_tokens": "raise --meta-max-tokens",
-                  "cut off at the context": "lower --max-meta-pairs or raise --engine-opt max_model_len"}
+#: The limit a skipped step's cut-off meta output ran into, as the flag that sets it (raising the
+#: cap helps only an output that would have ended: a small model may repeat itself to any cap).
+_CUT_OFF_HINTS = {"cut off at max_tokens": "the --meta-max-tokens cap",
+                  "cut off at the context": "shorten it with --max-meta-pairs or raise --engine-opt max_model_len"}
 _PREVIEW = 90
 
 
