@@ -114,7 +114,7 @@ def test_outer_step_line_of_several_candidates_and_a_degraded_run():
                                  "engine": "fake", "seeds": [0], "split": "test", "n_questions": 1,
                                  "test_accuracy": {"mean": 1.0, "std": 0.0, "per_seed": {"0": 1.0}, "n": 1},
                                  "engine_usage": {"errors": 1, "requests": 2}, "wall_s": 75.2}, "d")
-    assert "accuracy 100.0 ± 0.0 % over 1 seed (test split, 1 questions)" in text
+    assert "accuracy 100.0 ± 0.0 % over 1 seed (test split, 1 question)" in text
     assert "1 failed" in text and "wall time: 1 min 15 s" in text and "status: degraded" in text
 
 

@@ -31,6 +31,11 @@ _CUT_OFF_HINTS = {"cut off at max_tokens": "the --meta-max-tokens cap",
 _PREVIEW = 90
 
 
+def count(n: Any, noun: str) -> str:
+    """3, "seed" -> "3 seeds"; 1, "seed" -> "1 seed"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def pct(x: float | None) -> str:
     """0.375 -> "37.5 %"; None -> "n/a"."""
     return "n/a" if x is None else f"{100 * x:.1f} %"
@@ -41,7 +46,7 @@ def accuracy_text(acc: Mapping[str, Any] | None) -> str:
     if not acc or not acc.get("n"):
         return "n/a"
     n = int(acc["n"])
-    return f"{100 * acc['mean']:.1f} ± {100 * (acc.get('std') or 0.0):.1f} % over {n} seed{'s' * (n != 1)}"
+    return f"{100 * acc['mean']:.1f} ± {100 * (acc.get('std') or 0.0):.1f} % over {count(n, 'seed')}"
 
 
 def duration(seconds: float | None) -> str:
@@ -159,14 +164,14 @@ def train_summary(results: Mapping[str, Any], run_dir: str | Path, files: Mappin
     validated = sorted({r["step"] for r in outer if r.get("candidate") is not None})
     accepted = sorted({r["step"] for r in outer if r.get("accepted")})
     lines = history_lines(history)
-    lines.append(f"{len(steps)} outer step{'s' * (len(steps) != 1)}: {len(validated)} validated "
+    lines.append(f"{count(len(steps), 'outer step')}: {len(validated)} validated "
                  f"({len(accepted)} accepted, {len(validated) - len(accepted)} reverted), "
                  f"{len(steps) - len(validated)} skipped")
     best_step = results.get("best_step")
     lines.append(f"best validation accuracy {pct(results.get('best_val_accuracy'))} at step {best_step}"
                  + (" (the starting prompts: no step was accepted)" if best_step == 0 else ""))
     lines.append(f"test accuracy {accuracy_text(results.get('test_accuracy'))} "
-                 f"({results.get('n_questions')} questions)")
+                 f"({count(results.get('n_questions'), 'question')})")
     for name, r in (results.get("per_task") or {}).items():
         lines.append(f"  {name}: {accuracy_text(r.get('test_accuracy'))}")
     learned = results.get("learned") or {}
@@ -210,15 +215,15 @@ def eval_summary(results: Mapping[str, Any], run_dir: str | Path, *, given: Sequ
         given: the texts set by hand ("loss_prompt", "template", "system_prompt"): shown as applied.
     """
     lines = [f"accuracy {accuracy_text(results.get('test_accuracy'))} "
-             f"({results.get('split')} split, {results.get('n_questions')} questions)"]
+             f"({results.get('split')} split, {count(results.get('n_questions'), 'question')})"]
     per_seed = (results.get("test_accuracy") or {}).get("per_seed") or {}
     if len(per_seed) > 1:
         lines.append("per seed: " + ", ".join(f"{s}: {pct(a)}" for s, a in per_seed.items()))
     lines += _applied_lines(results, given)
     truncated = (results.get("truncated") or {}).get("total")
     if truncated:
-        lines.append(f"{truncated} calls were cut off at their token cap (results.json 'truncated'): "
-                     "those answers usually lost their answer line")
+        lines.append(f"{count(truncated, 'call')} cut off at the token cap (results.json 'truncated'): "
+                     "such answers often lost their answer line")
     lines += _footer(results, run_dir) + _status_line(results)
     title = f"mtg eval: {results.get('method')} on {_task(results)}, engine {results.get('engine')}"
     return _indent(title, lines)
@@ -236,7 +241,7 @@ def baseline_summary(results: Mapping[str, Any], run_dir: str | Path, *, instruc
     lines = []
     if history:
         noun = {"prompt_opt": "step", "miprov2": "trial"}.get(str(results.get("method")), "candidate")
-        text = f"optimization: {len(history)} {noun}{'s' * (len(history) != 1)} recorded"
+        text = f"optimization: {count(len(history), noun)} recorded"
         if any(h.get("accepted") is not None for h in history):
             text += f", {sum(1 for h in history if h.get('accepted'))} kept"
         if results.get("optimization_wall_s"):
@@ -251,8 +256,9 @@ def baseline_summary(results: Mapping[str, Any], run_dir: str | Path, *, instruc
         lines.append(f"applied at test: the learned {kind}, {where}  {preview(learned)}")
     demos = (results.get("learned") or {}).get("demos")
     if demos:
-        lines.append(f"  with {len(demos)} demo{'s' * (len(demos) != 1)}")
-    lines.append(f"test accuracy {accuracy_text(results.get('test_accuracy'))} ({results.get('n_questions')} questions)")
+        lines.append(f"  with {count(len(demos), 'demo')}")
+    lines.append(f"test accuracy {accuracy_text(results.get('test_accuracy'))} "
+                 f"({count(results.get('n_questions'), 'question')})")
     lines += _footer(results, run_dir) + _status_line(results)
     title = f"mtg baseline: {results.get('method')} on {_task(results)}, engine {results.get('engine')}"
     return _indent(title, lines)
