@@ -226,6 +226,9 @@ def import_vllm() -> tuple[Any, bool]:
     # vLLM logs to stdout by default, which would corrupt JSONL/JSON that
     # commands print there; must be set before vllm is first imported.
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    # Warnings only: its INFO stats line every 10 s and shutdown lines would bury the progress
+    # bars (``mtg --verbose`` or the user's own VLLM_LOGGING_LEVEL shows them).
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     try:
         import vllm
         from vllm.platforms import current_platform

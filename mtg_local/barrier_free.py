@@ -44,13 +44,12 @@ import concurrent.futures
 import threading
 from collections.abc import Sequence
 
-from tqdm.auto import tqdm
-
 from engines.base import Engine
 from engines.errors import UserError
 from engines.registry import engine_class, parse_spec
 from engines.shared import EngineView, serves_concurrent_calls
 from mtg_local.inner_loop import InnerItem, InnerLoopConfig, Trajectory, run_phases
+from mtg_local.runs import progress as progress_display
 from mtg_local.tasks.base import Task
 
 #: Most items in flight at once (threads mostly wait on the engine; the cap bounds thread count).
@@ -148,7 +147,7 @@ def solution_optimization_by_item(
             raise
         return traj
 
-    bar = tqdm(total=len(items), desc="solution_opt", unit="item", disable=not progress)
+    bar = progress_display.bar(total=len(items), desc="inner loop, by item", unit="item", enabled=progress, leave=False)
     pool = concurrent.futures.ThreadPoolExecutor(min(max_workers, len(items)), thread_name_prefix="mtg-item")
     futures = {pool.submit(run_one, i): i for i in range(len(items))}
     out: list[Trajectory | None] = [None] * len(items)

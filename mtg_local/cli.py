@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from engines.errors import EngineStartError, EngineUnreachableError, UserError
@@ -34,15 +35,32 @@ COMMAND_MODULES = [
 ]
 
 
+VERBOSE_HELP = "show vLLM's INFO log (stats every 10 s, start-up, shutdown); default: warnings and errors only, " \
+               "unless VLLM_LOGGING_LEVEL is set"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtg",
         description="metaTextGrad on local open-weight models (vLLM), with the paper's tasks and baselines.",
     )
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    for p in sub.choices.values():  # also after the command; SUPPRESS keeps a global -v set
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
+
+
+def set_log_level(verbose: bool) -> None:
+    """vLLM's log level for this process and its children (engine cores, servers): INFO with --verbose.
+
+    Read by vLLM when it is first imported; without --verbose the engines set WARNING
+    (``engines.vllm_engine.import_vllm``). A VLLM_LOGGING_LEVEL the user set always wins.
+    """
+    if verbose:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             with stop_on_signals(stop, abort_on=ALL_STOP_SIGNALS):
                 args = build_parser().parse_args(argv)
                 command = f"mtg {args.command}"
+                set_log_level(args.verbose)
                 preflight = getattr(args, "preflight", None)
                 if preflight is not None:  # e.g. no usable GPU: stop before a run dir is created
                     preflight(args)

@@ -33,10 +33,9 @@ import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from engines.base import Engine, SamplingConfig, is_cut_off
 from mtg_local import metrics
+from mtg_local.runs import progress as progress_display
 from mtg_local.tasks.base import Example, Task
 from mtg_local.textgrad import TextualGradientDescent, Variable, backward, forward, loss
 # PROMPT_LAYOUTS ("textgrad": TextGrad's own requests; "chained": each phase extends the previous
@@ -216,6 +215,7 @@ def solution_optimization(
     optimizer_engine: Engine | None = None,
     config: InnerLoopConfig,
     progress: bool = False,
+    desc: str | None = None,
 ) -> list[Trajectory]:
     """Batched TextGrad solution optimization; trajectories in item order.
 
@@ -231,7 +231,8 @@ def solution_optimization(
         forward_engine: answers the questions (initial answers).
         optimizer_engine: loss, backward and update phases (default: forward_engine).
         config: steps, sampling, layout, freezing, majority vote.
-        progress: show a phase-level tqdm bar (an item-level one under "item").
+        progress: show a phase-level tqdm bar (an item-level one under "item") on a terminal.
+        desc: the bar's label (default: what the loop is: answers only, or the inner loop).
 
     Returns:
         One ``Trajectory`` per item, ``result[i]`` for ``items[i]``.
@@ -247,7 +248,7 @@ def solution_optimization(
             progress=progress,
         )
     return run_phases(task, items, forward_engine=forward_engine, optimizer_engine=optimizer_engine, config=config,
-                      progress=progress)  # fmt: skip
+                      progress=progress, desc=desc)  # fmt: skip
 
 
 def run_phases(
@@ -259,11 +260,12 @@ def run_phases(
     config: InnerLoopConfig,
     progress: bool = False,
     id_offset: int = 0,
+    desc: str | None = None,
 ) -> list[Trajectory]:
     """The inner loop's four phases, each one engine call for every active item.
 
     Args:
-        task / items / forward_engine / optimizer_engine / config / progress: as
+        task / items / forward_engine / optimizer_engine / config / progress / desc: as
             for ``solution_optimization`` (``config.schedule`` is not read here).
         id_offset: request ids number items from here ("fwd-{id_offset + i}"); the
             item schedule runs item i alone with ``id_offset=i``.
@@ -277,7 +279,10 @@ def run_phases(
     n = len(items)
     questions = [task.format_question(it.example) for it in items]
     constraints = [task.update_constraints(it.example) for it in items]  # per item: a batch may mix tasks
-    bar = tqdm(total=1 + 3 * config.steps, desc="solution_opt", unit="phase", disable=not progress)
+    # Transient (leave=False): it sits below an outer-step bar and clears when the loop ends.
+    desc = desc or ("answers" if config.steps == 0 else f"inner loop T={config.steps}")
+    bar = progress_display.bar(total=1 + 3 * config.steps, desc=f"{desc} ({n} items)", unit="phase",
+                               enabled=progress, leave=False)
 
     def opt_sampling(i: int, phase: str, t: int) -> SamplingConfig:
         return SamplingConfig(temperature=config.optimizer_temperature, top_p=config.top_p,

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -57,6 +58,9 @@ TRAIN = ["--engine", "vllm:bundled", *[x for opt in SUBPROCESS_VLLM_OPTS for x i
          "--optimizer-max-tokens", "16", "--meta-max-tokens", "16", "--temperature", "0",
          "--optimizer-temperature", "0", "--no-progress"]
 TIMEOUT = 600
+#: A vLLM INFO log line ("INFO 12-07 03:54:44 [file.py:12] ...", from a child process prefixed
+#: "(EngineCore_DP0 pid=7) ").
+VLLM_INFO = re.compile(r"^(?:\(\S+ pid=\d+\) )?INFO \d\d-\d\d ", re.MULTILINE)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -67,6 +71,7 @@ def _needs_vllm(bundled_model_path):
 def mtg_train(*argv: str) -> subprocess.Popen:
     """``mtg train ARGV`` in its own session; stderr (vLLM's log) goes to a file, never a full pipe."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env.pop("VLLM_LOGGING_LEVEL", None)  # the command's own choice (this process's engine may have set one)
     log = open(Path(argv[argv.index("--out") + 1] if "--out" in argv else argv[argv.index("--resume") + 1])
                .with_suffix(f".{time.time_ns()}.log"), "w+")
     proc = subprocess.Popen([sys.executable, "-m", "mtg_local.cli", "train", *argv], cwd=REPO, env=env,
@@ -115,14 +120,15 @@ def wait_mid_step(proc: subprocess.Popen, run_dir: Path, tree: Tree, rows_floor:
         time.sleep(0.02)
 
 
-#: vLLM's log line when the engine has finished starting (model loaded, KV cache made, warm-up done).
+#: vLLM's log line when the engine has finished starting (model loaded, KV cache made, warm-up done);
+#: an INFO line, shown with ``--verbose``.
 STARTED = "init engine (profile, create kv cache, warmup model) took"
 
 
 def test_sigkill_during_model_load_leaves_no_engine(tmp_path):
     """The engine core is up and loading the model when the main process is killed (no finished load)."""
     run = tmp_path / "run"
-    proc = mtg_train(*TRAIN, "--out", str(run))
+    proc = mtg_train(*TRAIN, "--out", str(run), "--verbose")  # vLLM's INFO lines: STARTED below
     tree = Tree(proc)
     t0 = time.time()
     try:
@@ -173,6 +179,11 @@ def test_group_sigterm_then_kill9_mid_step_then_resume_equals_uninterrupted(tmp_
         assert not tree.wait_gone(10), "engine processes outlived an interrupted run"
     finally:
         tree.cleanup()
+    # Without --verbose vLLM logs warnings only: none of its INFO lines (start-up, the stats line
+    # every 10 s, shutdown) reach what the user sees. (The end-of-run summary: tests/test_run_summary.py.)
+    err = stderr_of(proc)
+    assert not VLLM_INFO.search(err), VLLM_INFO.search(err).group(0)
+    assert "Avg prompt throughput" not in err
     res = json.loads((run / "results.json").read_text())
     assert res["status"] == "interrupted", res
     assert res["signal"] == "SIGTERM" and f"mtg train --resume {run}" in res["message"]

@@ -247,7 +247,7 @@ def test_definition_errors_name_the_key(tmp_path, keys, needle):
 
 def test_built_ins_are_the_files_of_the_builtin_folder():
     files = {p.stem for p in BUILTIN_DIR.iterdir() if p.suffix in (".yaml", ".py") and not p.name.startswith("_")}
-    assert files == {"word_sorting", "synthetic_word_sorting", "mmlu_machine_learning", "gpqa_diamond"}
+    assert files == {"word_sorting", "synthetic_word_sorting", "mmlu_machine_learning", "gpqa_diamond", "arithmetic"}
     assert set(task_names()) >= files | {"bbh_word_sorting"}
     gpqa = TaskDefinition.load(BUILTIN_DIR / "gpqa_diamond.yaml")
     assert gpqa.answer_type == "choice" and gpqa.shuffle_choices and gpqa.data.gated

@@ -44,7 +44,8 @@ def ids_and_questions(s: Splits) -> list[tuple[str, str]]:
 
 def test_task_names_and_prompts():
     assert sorted(task_names()) == sorted([
-        "word_sorting", "bbh_word_sorting", "mmlu_machine_learning", "gpqa_diamond", "synthetic_word_sorting"
+        "word_sorting", "bbh_word_sorting", "mmlu_machine_learning", "gpqa_diamond", "synthetic_word_sorting",
+        "arithmetic",
     ])
     ws = get_task("synthetic_word_sorting")
     mmlu = get_task("mmlu_machine_learning", data_file=MMLU)
@@ -64,7 +65,7 @@ def test_task_names_and_prompts():
     [
         ({"name": "nope"}, "unknown task 'nope'"),
         ({"name": "mmlu_machine_learning", "source": "builtin"}, "has no built-in data"),
-        ({"name": "word_sorting", "source": "builtin"}, "is 'synthetic_word_sorting'"),
+        ({"name": "word_sorting", "source": "builtin"}, "are 'arithmetic', 'synthetic_word_sorting'"),
         ({"name": "synthetic_word_sorting", "source": "hub"}, "use 'word_sorting' for BBH"),
         ({"name": "synthetic_word_sorting", "data_file": "x.json"}, "reads no data"),
         ({"name": "word_sorting", "source": "web"}, "source must be one of"),

@@ -96,6 +96,7 @@ def server_env(on_cpu: bool, base: dict[str, str] | None = None) -> dict[str, st
         "VLLM_SERVER_DEV_MODE": "1",  # POST /reset_prefix_cache
         "VLLM_LOGGING_STREAM": "ext://sys.stderr",
     }
+    env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # as the in-process engine; --verbose: INFO
     if on_cpu:
         env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         env.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "3600")

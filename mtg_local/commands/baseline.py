@@ -13,7 +13,9 @@ DSPy methods, dspy_program.json (DSPy's saved program state) and
 learned_instruction.txt (the optimized instruction as plain text).
 SIGUSR1/SIGTERM/SIGINT (also to the whole process group) stop it at once with
 results.json status "interrupted" and exit 99 (130 for SIGINT): rerun the same
-command; finished generations come from the run's cache.
+command; finished generations come from the run's cache. It ends with a JSON
+summary on stdout and a short human summary on stderr (test accuracy ± std over
+seeds, the learned prompt applied at test, tokens, wall time, run dir).
 
 Tests call ``run_baseline(config, engine=...)`` with a session engine.
 """
@@ -41,6 +43,7 @@ from mtg_local.runs.interrupt import signal_name, stop_on_signals
 from mtg_local.runs.health import exit_code
 from mtg_local.runs.engine_events import log_engines
 from mtg_local.runs.lock import RunDirLock
+from mtg_local.runs import summary
 from mtg_local.runs.run_dir import RunDir
 from mtg_local.runs.secrets import public_engine_opts
 from mtg_local.runs.transfer import prompt_pair_record
@@ -254,6 +257,9 @@ def run(args: argparse.Namespace) -> int:
     except Interrupted as e:
         print(f"mtg baseline: {e}", file=sys.stderr)
         return e.exit_code
+    instruction = INSTRUCTION_FILE if cfg.method != "prompt_opt" else None
+    summary.end_of_run(summary.result_line(results, cfg.out),
+                       summary.baseline_summary(results, cfg.out, instruction_file=instruction))
     return exit_code(results, "baseline", cfg.out)
 
 

@@ -14,6 +14,8 @@ task, model or engine) and records where it came from as results.json ``source``
 ``--method dspy_program`` evaluates DSPy's chain-of-thought program as the COPRO/MIPROv2/GEPA
 baselines test theirs: with ``--from-run`` of such a run, its instruction and demos; without,
 DSPy's starting instruction (the reference row of their transfer table).
+It ends with a JSON summary on stdout and a short human summary on stderr: accuracy ± std over
+seeds, what was applied, tokens, wall time, the run dir.
 
 Tests call ``run_eval(args_or_config, engine=..., optimizer_engine=...)`` to
 reuse a session engine instead of building one.
@@ -43,6 +45,7 @@ from mtg_local.runs.interrupt import stop_on_signals
 from mtg_local.runs.health import exit_code
 from mtg_local.runs.engine_events import log_engines
 from mtg_local.runs.lock import RunDirLock
+from mtg_local.runs import summary
 from mtg_local.runs.run_dir import RunDir
 from mtg_local.runs.secrets import public_engine_opts
 from mtg_local.runs.transfer import DSPY_METHODS, dspy_applied, dspy_program_of, protocol_warning, read_source_run
@@ -278,6 +281,8 @@ def run(args: argparse.Namespace) -> int:
     except Interrupted as e:
         print(f"mtg eval: {e}", file=sys.stderr)
         return e.exit_code
+    given = [k for k in _FLAGS if getattr(args, k, None) is not None]  # texts set by hand
+    summary.end_of_run(summary.result_line(results, args.out), summary.eval_summary(results, args.out, given=given))
     return exit_code(results, "eval", args.out)
 
 

@@ -15,6 +15,12 @@ drawn across the tasks, a candidate is kept only if the mean of the per-task
 validation accuracies beats the best so far, and the test split of every task is
 evaluated; the loss prompt starts from the first task's (docs/results_schema.md).
 
+Output: a JSON summary on stdout; on stderr, progress (bars on a terminal, one line
+per outer step otherwise; none with --no-progress) and at the end a short human
+summary (each outer step validated or skipped, accepted or reverted; the learned
+prompt's file; tokens; wall time). vLLM logs warnings only unless --verbose or
+VLLM_LOGGING_LEVEL is set.
+
 Exit status: 0 done; 2 user error; 99 stopped by SIGUSR1/SIGTERM ("requeue
 me": resume with --resume RUN_DIR); 130 stopped by SIGINT. SIGUSR1 stops at the
 next stage boundary; SIGTERM/SIGINT (also when sent to the whole process group,
@@ -25,7 +31,6 @@ the last completed stage is kept and results.json says "interrupted".
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,11 +40,12 @@ from mtg_local.commands.common import add_engine_args
 from mtg_local.commands.eval import read_text_arg, task_help
 from mtg_local.protocol_flags import add_protocol_args, protocol_from_args
 from mtg_local.meta.meta_config import JOINT_TEMPLATE_UPDATES, METHODS, MetaConfig
-from mtg_local.meta.train_run import run_train
+from mtg_local.meta.train_run import LOSS_PROMPT_FILE, TEMPLATE_FILE, run_train
 from mtg_local.runs.interrupt import Interrupted
 from mtg_local.runs.health import exit_code
 from mtg_local.runs.lock import RunDirLock
 from mtg_local.runs.run_dir import RunDir, read_json
+from mtg_local.runs.summary import end_of_run, train_summary
 from mtg_local.tasks import task_names
 
 _D = MetaConfig(out="-")
@@ -167,7 +173,8 @@ def run(args: argparse.Namespace) -> int:
         "engine_calls": results["engine_usage"]["calls"],
         "wall_s": results["wall_s"],
     }
-    print(json.dumps(summary, indent=2))
+    files = {"loss_prompt": LOSS_PROMPT_FILE, "template": TEMPLATE_FILE}
+    end_of_run(summary, train_summary(results, config.out, files))
     # A finished train run's checkpoint holds its test result, so --resume would not retry:
     # a new run dir reusing this one's cache regenerates only what failed.
     cache = config.cache or str(Path(config.out) / "cache.sqlite")

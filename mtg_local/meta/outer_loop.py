@@ -44,8 +44,6 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from engines.base import Engine
 from mtg_local import inner_loop, metrics
 from mtg_local.evaluation import write_trajectories
@@ -57,8 +55,10 @@ from mtg_local.meta.maml_template import MAMLTemplate
 from mtg_local.meta.meta_config import MetaConfig
 from mtg_local.meta.meta_update import Artifacts, Candidate, MetaContext, MetaUpdate, propose
 from mtg_local.meta.reptile_template import ReptileTemplate
+from mtg_local.runs import progress as progress_display
 from mtg_local.runs.interrupt import EXIT_REQUEUE, Interrupted, StopFlag, signal_name
 from mtg_local.runs.run_dir import RunDir
+from mtg_local.runs.summary import accuracy_text, outer_step_line, pct
 from mtg_local.tasks.base import Example, Splits, Task
 from mtg_local.tasks.multi_task import MultiTask
 
@@ -181,10 +181,23 @@ class OuterLoop:
         self.updates, self.combine = method_updates(config)
         self.inner_config = config.inner_config()
         self.multi = task if isinstance(task, MultiTask) else None
+        self._bar: Any = None  # the outer-step bar while ``run`` runs
+
+    # -- progress ----------------------------------------------------------------
+    def _stage(self, text: str) -> None:
+        """Shows what the run is doing beside the outer-step bar (a terminal only)."""
+        if self._bar is not None:
+            best = f", best val {pct(self.state.best_val)}" if self.state.completed_step >= 0 else ""
+            self._bar.set_postfix_str(text + best)
+
+    def _report(self, step: int) -> None:
+        """The line of outer step ``step`` (validated or skipped, accepted or reverted) on stderr."""
+        records = [r for r in self.state.history if r["step"] == step]
+        progress_display.note(outer_step_line(records), enabled=self.config.progress)
 
     # -- helpers ---------------------------------------------------------------
-    def _inner(self, items: list[InnerItem]) -> list[Trajectory]:
-        """One batched inner loop (1 + 3T engine calls) over ``items``."""
+    def _inner(self, items: list[InnerItem], desc: str | None = None) -> list[Trajectory]:
+        """One batched inner loop (1 + 3T engine calls) over ``items``; ``desc`` labels its bar."""
         return inner_loop.solution_optimization(
             self.task,
             items,
@@ -192,6 +205,7 @@ class OuterLoop:
             optimizer_engine=self.optimizer_engine,
             config=self.inner_config,
             progress=self.config.progress,
+            desc=desc,
         )
 
     def _checkpoint(self) -> None:
@@ -243,7 +257,8 @@ class OuterLoop:
         """
         val_items = make_items(self.splits.val, self.config.seeds, self.state.best, "val:0:initial")
         train_items = self._minibatch_items(1) if self.config.outer_steps >= 1 else []
-        trajs = self._inner(val_items + train_items)
+        self._stage("initial validation")
+        trajs = self._inner(val_items + train_items, "validation" + (" + step 1 minibatch" if train_items else ""))
         acc, per_task = self._score(trajs[: len(val_items)])
         self.state.best_val = acc
         self.state.completed_step = 0
@@ -254,18 +269,21 @@ class OuterLoop:
         self.state.history.append(record)
         self.run_dir.log_event("initial_validation", val_accuracy=acc, n_items=len(val_items))
         self._checkpoint()
+        self._report(0)
         return trajs[len(val_items) :] if train_items else None
 
     def _step(self, step: int, minibatch: list[Trajectory] | None) -> None:
         """One outer step: minibatch inner loop, proposal, batched validation, revert rule."""
         if minibatch is None:
-            minibatch = self._inner(self._minibatch_items(step))
+            self._stage(f"step {step}: minibatch")
+            minibatch = self._inner(self._minibatch_items(step), f"step {step} minibatch")
         self._check_stop(f"after the minibatch inner loop of step {step}")
         ids = list(dict.fromkeys(t.item.example.id for t in minibatch))
         train_acc = mean_score(minibatch)  # over the minibatch's items, whatever their task
         ctx = MetaContext(self.task, self.optimizer_engine, self.config.meta_max_tokens,
                           self.config.meta_temperature, self.config.max_meta_pairs, top_p=self.config.top_p,
                           meta_step=self.config.meta_step, prefill_tag=self.config.protocol.meta_prefill_update_tag)
+        self._stage(f"step {step}: meta update")
         candidates, info = propose(self.updates, ctx, self.state.best, minibatch, step=step, combine=self.combine)
         self._check_stop(f"after the meta step of step {step}")
         base = {"step": step, "minibatch": ids, "train_accuracy": train_acc, "best_val_before": self.state.best_val,
@@ -293,6 +311,7 @@ class OuterLoop:
                 self.state.best_val, self.state.best_step = accs[winner], step
         self.state.completed_step = step
         self._checkpoint()
+        self._report(step)
 
     def _validate(
         self, step: int, candidates: list[Candidate]
@@ -302,7 +321,8 @@ class OuterLoop:
         items: list[InnerItem] = []
         for c in candidates:
             items += make_items(self.splits.val, self.config.seeds, c.artifacts, f"val:{step}:{c.label}")
-        trajs = self._inner(items)
+        self._stage(f"step {step}: validation")
+        trajs = self._inner(items, f"step {step} validation")
         n = len(items) // len(candidates)
         parts = [trajs[i * n : (i + 1) * n] for i in range(len(candidates))]
         scores = [self._score(p) for p in parts]
@@ -311,7 +331,8 @@ class OuterLoop:
     def _test(self) -> None:
         """Final evaluation of the best artifacts on the test split over all seeds."""
         items = make_items(self.splits.test, self.config.seeds, self.state.best, "test")
-        trajs = self._inner(items)
+        self._stage("test")
+        trajs = self._inner(items, "test")
         write_trajectories(self.run_dir, trajs, split="test", method=self.config.method)
         summary = metrics.summarize(metrics.accuracy_by_seed(trajs))
         self.state.test = {"accuracy": summary, "n_questions": len(self.splits.test),
@@ -321,6 +342,7 @@ class OuterLoop:
             summary = self.state.test["accuracy"]
         self.run_dir.log_event("test", accuracy=summary)
         self._checkpoint()
+        progress_display.note(f"test accuracy {accuracy_text(summary)}", enabled=self.config.progress)
 
     def _test_per_task(self, trajs: Sequence[Trajectory]) -> dict[str, Any]:
         """A multi-task test: each task's accuracy over seeds, and per seed the mean over tasks."""
@@ -343,8 +365,8 @@ class OuterLoop:
             Preempted: the stop flag was set; the checkpoint is written.
         """
         k = self.config.outer_steps
-        bar = tqdm(total=k, initial=max(self.state.completed_step, 0), desc="outer steps",
-                   disable=not self.config.progress, unit="step")
+        bar = self._bar = progress_display.bar(total=k, initial=max(self.state.completed_step, 0),
+                                               desc="outer steps", unit="step", enabled=self.config.progress)
         try:
             pending = None
             if self.state.completed_step < 0:
@@ -355,10 +377,10 @@ class OuterLoop:
                 self._step(step, pending)
                 pending = None
                 bar.update(1)
-                bar.set_postfix(best_val=f"{self.state.best_val:.3f}")
             if self.state.test is None:
                 self._check_stop("before the test evaluation")
                 self._test()
         finally:
             bar.close()
+            self._bar = None
         return self.state

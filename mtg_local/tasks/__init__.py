@@ -13,6 +13,8 @@ built-in                    data
 ``mmlu_machine_learning``   ``cais/mmlu`` / ``machine_learning`` (paper task)
 ``gpqa_diamond``            ``Idavidrein/gpqa`` / ``gpqa_diamond``, gated (paper task)
 ``synthetic_word_sorting``  generated offline from a seed (not a paper task)
+``arithmetic``              generated offline from a seed (not a paper task;
+                            ``mtg_local.tasks.arithmetic``)
 ==========================  ==================================================
 
 With ``data_file=PATH`` a task reads a local file (for the paper's tasks: in the
@@ -97,7 +99,7 @@ def get_task(
             or a task file (``.yaml``/``.yml``, docs/tasks.md "Your own task").
         data_file: a local JSON/JSONL/CSV/Parquet file read instead of the task's
             data (the paper's tasks: in the dataset's Hub schema). Not for generated tasks.
-        seed: the *data* seed -- generation seed of the synthetic word sorting,
+        seed: the *data* seed -- generation seed of the generated tasks,
             seeded split shuffle (MMLU, GPQA, task files without ``splits``) and option
             shuffling (GPQA). Keep it fixed across runs whose results are compared;
             it is not the sampling seed.
@@ -120,15 +122,14 @@ def get_task(
     if not is_task_file(name):
         entry = REGISTRY.lookup(name)
         if source == "builtin" and not entry.generated:
+            generated = ", ".join(repr(n) for n, s in REGISTRY.builtins().items() if s.generated)
             raise TaskDataError(
                 f"task {entry.name!r} has no built-in data; use source='hub' or data_file= "
-                "(the generated offline set is 'synthetic_word_sorting')"
+                f"(the generated offline sets are {generated})"
             )
         if entry.generated and (source == "hub" or data_file is not None):
-            raise TaskDataError(
-                f"task {entry.name!r} is generated offline and reads no data; "
-                "use 'word_sorting' for BBH from the Hub or a file"
-            )
+            hint = "; use 'word_sorting' for BBH from the Hub or a file" if entry.name == "synthetic_word_sorting" else ""
+            raise TaskDataError(f"task {entry.name!r} is generated offline and reads no data{hint}")
     from mtg_local.tasks.registry import build_task
 
     task = build_task(str(name), data_file=str(data_file) if data_file is not None else None, seed=seed,
