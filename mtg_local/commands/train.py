@@ -172,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
         "learned": {k: v for k, v in results["learned"].items() if v is not None},
         "engine_calls": results["engine_usage"]["calls"],
         "wall_s": results["wall_s"],
+        "status": results.get("status", "complete"),
     }
     files = {"loss_prompt": LOSS_PROMPT_FILE, "template": TEMPLATE_FILE}
     end_of_run(summary, train_summary(results, config.out, files))

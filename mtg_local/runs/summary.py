@@ -289,7 +289,12 @@ def result_line(results: Mapping[str, Any], run_dir: str | Path) -> dict[str, An
 
 
 def end_of_run(line: Mapping[str, Any], text: str) -> None:
-    """The JSON ``line`` on stdout, then the human ``text`` on stderr (below it on a terminal)."""
+    """The JSON ``line`` on stdout, then the human ``text`` on stderr (below it on a terminal).
+
+    A failed run (every request failed) gets no summary: its accuracies are not measurements,
+    and the command's one error line says what failed and how to rerun.
+    """
     print(json.dumps(line, indent=2))
     sys.stdout.flush()
-    print(text, file=sys.stderr)
+    if line.get("status") != "failed":
+        print(text, file=sys.stderr)
