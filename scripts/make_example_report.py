@@ -1,17 +1,23 @@
-"""Makes docs/example_report from real runs on the bundled model: a small learn-then-transfer study.
+"""Makes docs/example_report from real runs on the bundled model: a small study with real numbers.
 
-The runs are ordinary ``mtg`` command lines (``--print`` shows them as shell commands; each
-can be run on its own with ``mtg``); this script runs them one after another in ONE process
-on ONE engine (an engine start costs ~40 s here), then ``mtg report``. Every run uses one
-protocol file (docs/example_report/protocol.json: 3 questions per split, 2 seeds, T = 1, 64
-forward/optimizer tokens, 128 meta tokens, 1 outer step), so they share one table. On shared machines hold the
-real-engine lock::
+The bundled 135M model answers none of the paper's tasks, so the study runs on tasks it partly
+solves: the built-in generated ``arithmetic`` task and the user-task example
+``docs/examples/tasks/sums.yaml`` (a task file, as a user writes one). On ``arithmetic``:
+zero-shot CoT, TextGrad solution optimization, metaTextGrad's learned loss and GEPA (DSPy); on
+``sums``: zero-shot CoT and solution optimization, and the loss prompt learned on ``arithmetic``
+applied with ``mtg eval --from-run`` (the transfer table). The runs are ordinary ``mtg`` command
+lines (``--print`` shows them as shell commands; each can be run on its own with ``mtg``); this
+script runs them one after another in ONE process on ONE engine (an engine start costs ~40 s
+here), then ``mtg report``. Every run uses one protocol file (docs/example_report/protocol.json:
+8 questions per split, 3 seeds, T = 1, 128-token caps, and README command 1's meta settings), so
+they share one table. On shared machines hold the real-engine lock::
 
     flock /tmp/mtg-real-engine.lock python scripts/make_example_report.py --runs /tmp/mtg-example-runs
     python scripts/make_example_report.py --runs /tmp/mtg-example-runs --print   # the commands only
 
-Complete runs are skipped, so a rerun after a stop only does what is missing. The numbers of
-the bundled 135M model are plumbing, not results.
+Complete runs are skipped, so a rerun after a stop only does what is missing. The numbers are a
+135M model's on generated and toy tasks: they show what the report shows, not how the methods
+compare on the paper's tasks.
 """
 
 from __future__ import annotations
@@ -23,43 +29,34 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-FIXTURES = REPO / "tests" / "fixtures"
 OUT = REPO / "docs" / "example_report"
-#: task label -> (task name, local data file in the dataset's schema)
-TASKS = {"ws": ("word_sorting", FIXTURES / "tasks_bbh_word_sorting.jsonl"),
-         "mmlu": ("mmlu_machine_learning", FIXTURES / "tasks_mmlu_machine_learning.jsonl")}
-
-
-def _rel(p: Path) -> str:
-    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
+#: task label -> the task (a built-in name or a task file)
+TASKS = {"arithmetic": "arithmetic", "sums": "docs/examples/tasks/sums.yaml"}
+#: GEPA's budget: the seed's validation and a few reflections
+GEPA = ["--max-metric-calls", "30", "--reflection-minibatch-size", "3"]
 
 
 def commands(runs: Path, engine: str, protocol: Path) -> list[tuple[Path, list[str]]]:
     """(run dir, mtg argv) of every run, sources before the runs that apply them."""
     common = ["--engine", engine, "--protocol", _rel(protocol), "--no-progress"]
     out: list[tuple[Path, list[str]]] = []
-
-    def task_args(label: str) -> list[str]:
-        name, data = TASKS[label]
-        return ["--task", name, "--data-file", _rel(data)]
-
-    for label in TASKS:
+    for label, task in TASKS.items():
         for method in ("zero_shot_cot", "solution_opt"):
             rd = runs / label / method
-            out.append((rd, ["eval", *task_args(label), "--method", method, *common, "--out", str(rd)]))
-        rd = runs / label / "learned_loss"
-        out.append((rd, ["train", *task_args(label), "--method", "learned_loss", *common, "--out", str(rd)]))
-    rd = runs / "ws+mmlu" / "learned_loss"
-    names = ",".join(name for name, _ in TASKS.values())
-    files = [x for name, data in TASKS.values() for x in ("--data-file", f"{name}={_rel(data)}")]
-    out.append((rd, ["train", "--task", names, *files, "--method", "learned_loss", *common, "--out", str(rd)]))
-    for src in TASKS:  # each learned prompt on the other task
-        for dst in TASKS:
-            if dst != src:
-                rd = runs / "transfer" / f"{src}-to-{dst}"
-                out.append((rd, ["eval", *task_args(dst), "--from-run", str(runs / src / "learned_loss"), *common,
-                                 "--out", str(rd)]))
+            out.append((rd, ["eval", "--task", task, "--method", method, *common, "--out", str(rd)]))
+    arith = TASKS["arithmetic"]
+    rd = runs / "arithmetic" / "learned_loss"
+    out.append((rd, ["train", "--task", arith, "--method", "learned_loss", *common, "--out", str(rd)]))
+    rd = runs / "arithmetic" / "gepa"
+    out.append((rd, ["baseline", "--task", arith, "--method", "gepa", *GEPA, *common, "--out", str(rd)]))
+    rd = runs / "transfer" / "arithmetic-to-sums"
+    out.append((rd, ["eval", "--task", TASKS["sums"], "--from-run", str(runs / "arithmetic" / "learned_loss"),
+                     *common, "--out", str(rd)]))
     return out
+
+
+def _rel(p: Path) -> str:
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
 
 
 def run_one(argv: list[str], engine) -> dict:  # noqa: ANN001
@@ -70,6 +67,10 @@ def run_one(argv: list[str], engine) -> dict:  # noqa: ANN001
         from mtg_local.commands.eval import run_eval
 
         return run_eval(args, engine=engine)
+    if argv[0] == "baseline":
+        from mtg_local.commands.baseline import config_from_args as baseline_config, run_baseline
+
+        return run_baseline(baseline_config(args), engine=engine)
     from mtg_local.commands.train import config_from_args
     from mtg_local.meta.train_run import run_train
 

@@ -12,10 +12,11 @@ import pytest
 
 from mtg_local.cli import build_parser
 from mtg_local.slurm.grid import METHOD_COMMANDS, load_grid
-from mtg_local.tasks import task_names
+from mtg_local.tasks import is_task_file, task_names
 
 REPO = Path(__file__).parent.parent
-DOCS = [REPO / "README.md", REPO / "slurm" / "README.md", REPO / "docs" / "protocol.md"]
+DOCS = [REPO / "README.md", REPO / "slurm" / "README.md",
+        *(REPO / "docs" / f"{name}.md" for name in ("protocol", "runs", "engines", "tasks", "gpu", "performance"))]
 
 
 def shell_lines(text: str) -> list[str]:
@@ -47,8 +48,8 @@ def check_argv(argv: list[str], where: str) -> None:
         pytest.fail(f"{where}: `mtg {shlex.join(argv)}` does not parse (exit {e.code})")
     if getattr(args, "task", None) is not None and args.command in ("eval", "train", "baseline"):
         tasks = args.task.split(",") if args.command == "train" else [args.task]  # train: A,B = multi-task
-        for task in tasks:
-            assert task in task_names(), f"{where}: unknown task {task!r} in `mtg {shlex.join(argv)}`"
+        for task in tasks:  # a registered name, or a task file (the docs' examples name files of their own)
+            assert task in task_names() or is_task_file(task), f"{where}: unknown task {task!r} in `mtg {shlex.join(argv)}`"
 
 
 def readme_commands() -> list[tuple[str, list[str]]]:
