@@ -1,4 +1,4 @@
-"""The README's Python example (docs/tasks.md, "From Python") runs as written on the bundled model.
+"""The README's Python example (also in docs/tasks.md, "From Python") runs as written on the bundled model.
 
 It meta-trains one outer step on two questions with one seed, small token caps. The engine it
 names, ``vllm:bundled``, is the session's shared engine (``vllm_engine``): the example's code
@@ -30,6 +30,12 @@ def test_the_example_is_about_twenty_lines_with_a_scorer_and_one_train_call():
     assert 15 <= len([ln for ln in code.splitlines() if ln.strip()]) <= 25
     assert code.count("train(") == 1 and "def score(" in code and 'engine="vllm:bundled"' in code
     compile(code, "readme-example", "exec")
+
+
+def test_the_readme_shows_this_example_word_for_word():
+    readme = (DOCS.parents[1] / "README.md").read_text()
+    blocks = re.compile(r"```python\n(.*?)```", re.S).findall(readme)
+    assert readme_example() in blocks
 
 
 @pytest.mark.vllm
