@@ -88,6 +88,21 @@ def test_prompt_opt(tasks, tmp_path):
     assert res["test_accuracy"]["mean"] == 1.0 and res["history"]
 
 
+@pytest.mark.parametrize("given", [None, "By hand: "])
+def test_prompt_opt_answers_start_with_the_tasks_template_unless_one_is_given(tasks, tmp_path, given):
+    own = tasks["capitals"].with_name("capitals_own.yaml")
+    own.write_text(tasks["capitals"].read_text() + 'inference_template: "Step one: "\n')
+    model = TaskModel()
+    res = baseline(task=own, method="prompt_opt", out=tmp_path / "po", engine=model, epochs=1, max_steps=1,
+                   **({} if given is None else {"template": given}), **SMALL)
+    want = given or "Step one: "
+    answers = [s for s in model.seen if "capital of" in s and s.endswith(want)]
+    assert answers and not [s for s in model.seen if s.endswith(("Step one: ", "By hand: ")) and not s.endswith(want)]
+    assert res["learned"]["template"] == want
+    config = json.loads((tmp_path / "po" / "config.json").read_text())
+    assert config["method_config"]["template"] == want  # the template the run used, recorded
+
+
 @pytest.mark.parametrize("method", ["copro", "miprov2"])
 def test_dspy_optimizers(tasks, tmp_path, method):
     pytest.importorskip("dspy")

@@ -88,7 +88,8 @@ class PromptOptConfig:
         max_steps: stop after this many minibatches in all (None: no limit).
         initial_system_prompt: the starting variable (None: TextGrad's BBH task
             description without its answer-format sentence).
-        template: inference template (response prefix) of every answer ("" : none, as TextGrad).
+        template: inference template (response prefix) of every answer ("" : none, as TextGrad;
+            None: the task's ``inference_template``, else the paper's, as every other method).
         val_seeds: seeds of the validation passes.
         seed: the minibatch shuffle (numpy, as TextGrad's ``set_seed``) and the training-forward seeds.
     """
@@ -98,7 +99,7 @@ class PromptOptConfig:
     steps_per_epoch: int | None = 4
     max_steps: int | None = None
     initial_system_prompt: str | None = None
-    template: str = DEFAULT_TEMPLATE
+    template: str | None = None
     val_seeds: tuple[int, ...] = (0,)
     seed: int = 0
 
@@ -114,12 +115,18 @@ class PromptOptConfig:
                 raise ValueError(f"{name} must be None or an integer >= 1, got {v!r}")
         if self.initial_system_prompt is not None and not self.initial_system_prompt.strip():
             raise ValueError("initial_system_prompt must not be empty")
-        if not isinstance(self.template, str):
+        if self.template is not None and not isinstance(self.template, str):
             raise ValueError(f"template must be a string, got {type(self.template).__name__}")
         if not self.val_seeds or len(set(self.val_seeds)) != len(self.val_seeds) or min(self.val_seeds) < 0:
             raise ValueError(f"val_seeds must be distinct integers >= 0, got {list(self.val_seeds)}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
+
+    def for_task(self, task: Task) -> PromptOptConfig:
+        """This config with its template resolved: the given one, else the task's, else the paper's."""
+        if self.template is not None:
+            return self
+        return dataclasses.replace(self, template=task.inference_template or DEFAULT_TEMPLATE)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -202,6 +209,7 @@ def optimize_system_prompt(
 
     if not train or not val:
         raise ValueError("prompt optimization needs training and validation questions")
+    config = config.for_task(task)
     opt = optimizer_engine or forward_engine
     current = config.initial_system_prompt or R.initial_system_prompt()
     current_val = validate(task, val, current, engine=forward_engine, config=config, protocol=protocol)

@@ -124,7 +124,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--initial-system-prompt", default=None, metavar="TEXT|@FILE",
                    help="default: TextGrad's BBH task description without its answer-format sentence")
     g.add_argument("--template", default=None, metavar="TEXT|@FILE",
-                   help=f"answer prefix; '' for none, as TextGrad (default: {DEFAULT_TEMPLATE!r})")
+                   help=f"answer prefix; '' for none, as TextGrad (default: the task's inference_template, "
+                        f"else {DEFAULT_TEMPLATE!r})")
     g = p.add_argument_group("DSPy (copro, miprov2, gepa)")
     g.add_argument("--num-threads", type=int, default=16, help="DSPy threads, coalesced into batches (default: %(default)s)")
     g.add_argument("--max-errors", type=int, default=None, help="DSPy error budget (default: unlimited)")
@@ -177,7 +178,7 @@ def method_config_from_args(args: argparse.Namespace, protocol: Protocol = DEFAU
             template = read_text_arg(args.template, "--template")
             return PromptOptConfig(
                 batch_size=args.batch_size, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch or None,
-                max_steps=args.max_steps, template=DEFAULT_TEMPLATE if template is None else template,
+                max_steps=args.max_steps, template=template,
                 initial_system_prompt=read_text_arg(args.initial_system_prompt, "--initial-system-prompt"),
                 val_seeds=parse_seeds(args.val_seeds), seed=args.optimization_seed,
             )
@@ -280,6 +281,8 @@ def run_baseline(
     splits = task.splits().limited(cfg.limit)
     if not splits.train or not splits.val or not splits.test:
         raise UserError(f"{cfg.task} needs non-empty train, val and test splits for {cfg.method}")
+    if cfg.method == "prompt_opt":  # the template a run used is recorded, not "the default"
+        cfg = dataclasses.replace(cfg, method_config=cfg.method_config.for_task(task))
     run_dir = RunDir(cfg.out).create()
     started, t0 = now_iso(), time.perf_counter()
     cache_path = None if cfg.no_cache else (cfg.cache or run_dir.cache_path)
