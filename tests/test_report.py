@@ -203,6 +203,6 @@ def test_report_separates_datasets_and_protocols(tmp_path: Path):
     so = [c for (e, t, m), c in cells.items() if m == "solution_opt"]
     assert len(so) == 1 and [r.path for r in so[0].runs] == [by_dir["bbh/so"].path]
     rows = list(csv.DictReader(io.StringIO(cells_csv(col))))
-    assert {r["protocol_hash"] for r in rows} == {main_hash, by_dir["bbh/so-T2"].protocol_hash}
+    assert {r["settings_hash"] for r in rows} == {main_hash, by_dir["bbh/so-T2"].protocol_hash}
     synth = [r for r in rows if r["task"] == "synthetic_word_sorting"]
     assert len(synth) == 1 and synth[0]["paper_gpt4omini_pct"] == "" and synth[0]["dataset"].startswith("synthetic:")

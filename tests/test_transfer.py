@@ -206,10 +206,10 @@ def test_from_run_under_another_protocol_warns_records_and_labels_the_row(tmp_pa
     assert label in md
     _, files = write_report([root], tmp_path / "report", plots=False)
     rows = list(csv.DictReader(io.StringIO((tmp_path / "report" / "transfer.csv").read_text())))
-    other = [r for r in rows if r["protocol_hash"] == res["settings_hash"]]
-    assert [(r["source_protocol_hash"], r["source_protocol_diff"], r["source_kept_initial"]) for r in other] == [
+    other = [r for r in rows if r["settings_hash"] == res["settings_hash"]]
+    assert [(r["source_settings_hash"], r["source_protocol_diff"], r["source_kept_initial"]) for r in other] == [
         (learned["settings_hash"], "seeds;steps", "true")]
-    mine = [r for r in rows if r["protocol_hash"] == learned["settings_hash"]]
+    mine = [r for r in rows if r["settings_hash"] == learned["settings_hash"]]
     assert {(r["source_protocol_diff"], r["source_kept_initial"]) for r in mine} == {("", "true")}
 
 

@@ -287,7 +287,7 @@ def cells_csv(col: Collection) -> str:
     """One row per (engine, task, method): accuracy in %, seeds, paper value, totals."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["protocol_hash", "engine", "task", "dataset", "method", "method_label", "optimizer_engine", "mean_pct",
+    w.writerow(["settings_hash", "engine", "task", "dataset", "method", "method_label", "optimizer_engine", "mean_pct",
                 "std_pct", "n_seeds", "n_questions", "paper_gpt4omini_pct", "requests", "prompt_tokens",
                 "completion_tokens", "wall_s", "cost_usd", "run_dirs"])
     rows = []

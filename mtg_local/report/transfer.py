@@ -156,8 +156,8 @@ def transfer_csv(col: Collection) -> str:
     """One row per transfer cell: source, where applied, accuracy, the reference's accuracy."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["protocol_hash", "applied_method", "source_run_id", "source_tasks", "source_engine", "source_method",
-                "source_prompts_hash", "source_protocol_hash", "source_protocol_diff", "source_kept_initial",
+    w.writerow(["settings_hash", "applied_method", "source_run_id", "source_tasks", "source_engine", "source_method",
+                "source_prompts_hash", "source_settings_hash", "source_protocol_diff", "source_kept_initial",
                 "applied_task", "applied_engine", "mean_pct", "std_pct", "n_seeds",
                 "reference_mean_pct", "reference_std_pct", "run_dirs"])
     for h, runs in protocol_groups(col.runs):
