@@ -370,3 +370,33 @@ def test_prometheus_counters_are_summed_over_labels() -> None:
     ]) + "\n"  # fmt: skip
     c = parse_metrics(text)
     assert (c["prompt_tokens"], c["requests"], c["cached_tokens"], c["completion_tokens"]) == (120, 5, 64, 0)
+
+
+def test_a_stop_signal_while_textgrads_threads_run_stops_the_bench(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM lands in the main thread while it waits on TextGrad's pool: the bench stops (Interrupted, as every
+    command's stop) and drops the items not started, instead of counting the stop as one item's failure."""
+    import os
+    import signal
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from mtg_local.bench import textgrad_peer
+    from mtg_local.runs.interrupt import ALL_STOP_SIGNALS, Interrupted, StopFlag, stop_on_signals
+
+    started: list[str] = []
+
+    def slow_item(question: str, *args: Any, **kwargs: Any) -> list[str]:
+        started.append(question)
+        time.sleep(0.3)
+        return []
+
+    monkeypatch.setattr(textgrad_peer, "run_item", slow_item)
+    monkeypatch.setattr(textgrad_peer, "make_engine", lambda *a, **k: SimpleNamespace(cache_lookups=0))
+    items = [(f"q{i}", 0, "") for i in range(20)]
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    with pytest.raises(Interrupted), stop_on_signals(StopFlag(), abort_on=ALL_STOP_SIGNALS):
+        textgrad_peer.run_textgrad(items, width=1, base_url="http://127.0.0.1:9/v1", model="m", steps=1,
+                                   temperature=0.0, max_tokens=8, loss_prompt="x", constraint=None, role="r",
+                                   system_prompt=None, top_p=1.0)
+    assert 1 <= len(started) < 6  # the running item finished its call; the queued ones never started

@@ -59,6 +59,7 @@ from typing import Any
 
 from engines.adapters.common import import_textgrad
 from engines.openai_support import prefilled_chat
+from mtg_local.runs.interrupt import Interrupted
 
 
 class CountingClient:
@@ -228,13 +229,19 @@ def run_textgrad(
     failed: list[str] = []
     update_errors = 0
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=width, thread_name_prefix="textgrad") as pool:
+    pool = ThreadPoolExecutor(max_workers=width, thread_name_prefix="textgrad")
+    try:
         futures = [pool.submit(one, it) for it in items]
         for f in futures:
             try:
                 update_errors += len(f.result())
+            except Interrupted:  # a stop signal, raised here in the main thread: not an item's failure
+                raise
             except Exception as e:  # one item's failure never stops the others
                 failed.append(f"{type(e).__name__}: {str(e)[:200]}")
+    finally:
+        # After a stop, items not yet started are dropped; running ones end with their current call.
+        pool.shutdown(wait=True, cancel_futures=True)
     wall = time.perf_counter() - t0
     raw.close()
     return {
